@@ -1,0 +1,3 @@
+from discoveryctl.cli import main
+
+main()

@@ -1,0 +1,120 @@
+"""The object every command receives (as hatch's ``Application``): settings, database,
+consoles and output helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from discoveryctl.config import Config
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+    from sqlalchemy.orm import Session
+
+    from discoveryctl.crypto import Vault
+    from discoveryctl.db.engine import Database
+
+
+class Application:
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        from discoveryctl import logging
+
+        self.config = Config()
+        logging.configure(
+            level=self.config.log_level,
+            fmt=self.config.log_format,
+            colors=sys.stderr.isatty() and "NO_COLOR" not in os.environ,
+        )
+        self.out: Console = Console(markup=False, highlight=False, emoji=False)
+        self.err: Console = Console(stderr=True, markup=False, highlight=False, emoji=False)
+        self._database: Database | None = None
+
+    # -- database ---------------------------------------------------------------------------
+
+    def open_database(self, *, at_head: bool = True) -> Database:
+        """The database, upgraded when it is the SQLite default, else checked to be at head."""
+        if self._database is None:
+            from discoveryctl.db.engine import Database
+
+            self._database = Database(self.config.database_url)
+            if at_head:
+                self._ensure_head(self._database)
+        return self._database
+
+    def _ensure_head(self, database: Database) -> None:
+        from discoveryctl.db.engine import HEAD_REVISION
+
+        if self.config.uses_default_database:
+            if database.current_revision() != HEAD_REVISION:
+                import structlog
+
+                from discoveryctl.db.migrations import upgrade
+
+                structlog.get_logger().info(
+                    "database_upgraded", database=str(self.config.default_database_path)
+                )
+                upgrade(database)
+        else:
+            database.require_head()
+
+    def session(self) -> AbstractContextManager[Session]:
+        return self.open_database().session()
+
+    def vault(self, session: Session) -> Vault:
+        from discoveryctl.credentials import open_vault
+
+        return open_vault(self.config, session)
+
+    def close(self) -> None:
+        if self._database is not None:
+            self._database.dispose()
+
+    # -- output -----------------------------------------------------------------------------
+
+    def print_json(self, data: Any) -> None:
+        indent = 2 if sys.stdout.isatty() else None
+        sys.stdout.write(json.dumps(data, indent=indent, ensure_ascii=False, default=str) + "\n")
+        sys.stdout.flush()
+
+    def print_json_line(self, data: Any) -> None:
+        sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
+
+    @contextmanager
+    def progress(self, description: str, total: int | None) -> Iterator[Progress | None]:
+        """A progress bar on a terminal; elsewhere nothing (logs carry the progress)."""
+        if not self.err.is_terminal:
+            yield None
+            return
+        from rich.progress import Progress
+
+        with Progress(console=self.err, transient=True) as bar:
+            yield bar
+
+
+def relative_time(moment: datetime | str | None, now: datetime | None = None) -> str:
+    """``3m ago``, ``2d ago``, ``never``."""
+    if moment is None:
+        return "never"
+    if isinstance(moment, str):
+        try:
+            moment = datetime.fromisoformat(moment)
+        except ValueError:
+            return "unknown"
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    seconds = int(((now or datetime.now(UTC)) - moment).total_seconds())
+    if seconds < 0:
+        return "just now"
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"

@@ -1,0 +1,35 @@
+"""`discoveryctl doctor`: is this installation ready to run the cron job?"""
+
+from __future__ import annotations
+
+import typer
+
+
+def doctor(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="The checks as JSON on stdout."),
+) -> None:
+    """Check the database, the encryption key, the secrets and the LWA secret's age.
+
+    Exit 1 if any check fails.
+
+    Example: discoveryctl doctor
+    """
+    from discoveryctl.cli.application import Application
+    from discoveryctl.diagnostics import FAIL, run_checks
+
+    app: Application = ctx.obj
+    checks = run_checks(app.config)
+    if as_json:
+        app.print_json([{"check": c.name, "state": c.state, "detail": c.detail} for c in checks])
+    else:
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False)
+        for column in ("check", "state", "detail"):
+            table.add_column(column, overflow="fold")
+        for check in checks:
+            table.add_row(check.name, check.state, check.detail)
+        app.out.print(table)
+    if any(check.state == FAIL for check in checks):
+        raise typer.Exit(1)

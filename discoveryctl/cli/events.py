@@ -1,0 +1,94 @@
+"""`discoveryctl events`: the audit history."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import typer
+
+from discoveryctl.errors import ConfigError
+from discoveryctl.integrations.health import Provider
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(value: str, now: datetime | None = None) -> datetime:
+    """``24h``, ``30m``, ``7d`` back from now, or an ISO 8601 time."""
+    match = _DURATION.match(value.strip())
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"--since {value!r} is neither a duration like 24h or 7d nor an ISO 8601 time"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def events(
+    ctx: typer.Context,
+    user: str | None = typer.Option(None, "--user", help="Only this user's events."),
+    provider: Provider | None = typer.Option(None, "--provider", help="Only this provider."),
+    since: str = typer.Option("24h", "--since", help="How far back: 30m, 24h, 7d, or a time."),
+    limit: int = typer.Option(1000, "--limit", help="At most this many, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="JSON list on stdout."),
+) -> None:
+    """Show the audit history: every attempt, outcome and transition.
+
+    Example: discoveryctl events --user seller-42 --since 7d
+    """
+    from discoveryctl import events as history
+    from discoveryctl.cli.application import Application
+    from discoveryctl.integrations.health import isoformat
+
+    app: Application = ctx.obj
+    start = parse_since(since)
+    with app.session() as session:
+        views: list[dict[str, Any]] = [
+            {
+                "id": e.id,
+                "occurred_at": isoformat(e.occurred_at),
+                "user_id": e.user_id,
+                "provider": e.provider,
+                "kind": e.kind,
+                "outcome": e.outcome,
+                "error_type": e.error_type,
+                "detail": e.detail,
+            }
+            for e in history.history(
+                session,
+                user_id=user,
+                provider=provider.value if provider else None,
+                since=start,
+                limit=limit,
+            )
+        ]
+    if as_json:
+        app.print_json(views)
+        return
+    if not views:
+        app.err.print(f"no events since {isoformat(start)}")
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("time", "user", "provider", "event", "outcome"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    for view in views:
+        outcome = view["outcome"] + (f" ({view['error_type']})" if view["error_type"] else "")
+        table.add_row(
+            view["occurred_at"],
+            view["user_id"] or "",
+            view["provider"] or "",
+            view["kind"],
+            outcome,
+            json.dumps(view["detail"], ensure_ascii=False, separators=(",", ":")),
+        )
+    app.out.print(table)

@@ -1,0 +1,54 @@
+"""`discoveryctl reconnect amazon`: send sellers back through consent."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import typer
+
+
+class ReconnectProvider(StrEnum):
+    amazon = "amazon"
+
+
+def reconnect(
+    ctx: typer.Context,
+    provider: ReconnectProvider = typer.Argument(..., help="The provider to reconnect."),
+    user: str | None = typer.Option(
+        None, "--user", help="This user (default: every revoked or expired integration)."
+    ),
+    notify: bool = typer.Option(False, "--notify", help="Also notify the seller with the URL."),
+    as_json: bool = typer.Option(False, "--json", help="JSON list on stdout."),
+) -> None:
+    """Print reconnect URLs and count the attempt; --notify tells the seller too.
+
+    Example: discoveryctl reconnect amazon --user seller-42 --notify
+    """
+    from discoveryctl.cli.application import Application
+    from discoveryctl.integrations import reconnect as reconnects
+
+    app: Application = ctx.obj
+    frontend_url = app.config.frontend_url
+    with app.session() as session:
+        if user is not None:
+            targets = [reconnects.for_user(session, provider.value, user)]
+        else:
+            targets = list(reconnects.needing_reconnect(session, provider.value))
+        results = [
+            reconnects.request(session, target, frontend_url=frontend_url, notify=notify)
+            for target in targets
+        ]
+
+    if as_json:
+        app.print_json(results)
+        return
+    if not results:
+        app.err.print(f"no {provider.value} integration is revoked or expired")
+        return
+    for result in results:
+        note = "  (notified)" if result["notified"] else ""
+        app.out.print(
+            f"{result['user_id']}  {result['status']}  attempt {result['attempts']}  "
+            f"{result['reconnectUrl']}{note}",
+            soft_wrap=True,
+        )

@@ -1,0 +1,120 @@
+"""`discoveryctl secrets`: settings kept in the OS keyring instead of the environment."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+
+import typer
+
+from discoveryctl.config import KEYRING_SERVICE, SETTINGS
+from discoveryctl.errors import ConfigError
+
+group = typer.Typer(
+    help="Keep secrets in the OS keyring (service `discoveryctl`); the environment wins.\n\n"
+    "Example: discoveryctl secrets set STRIPE_API_KEY",
+    no_args_is_help=True,
+)
+
+ROTATED_AT = "AMAZON_LWA_CLIENT_SECRET_ROTATED_AT"
+
+
+def _secret_name(name: str) -> str:
+    name = name.upper()
+    setting = SETTINGS.get(name)
+    if setting is None or not setting.secret:
+        known = ", ".join(sorted(n for n, s in SETTINGS.items() if s.secret))
+        raise ConfigError(f"{name} is not a secret discoveryctl reads; one of: {known}")
+    return name
+
+
+def _keyring() -> object:
+    import keyring
+    from keyring.backends.fail import Keyring as NoKeyring
+
+    backend = keyring.get_keyring()
+    if isinstance(backend, NoKeyring):
+        raise ConfigError(
+            "no OS keyring is available on this machine: set the variable in the "
+            "environment instead"
+        )
+    return backend
+
+
+@group.command("set")
+def set_secret(
+    name: str = typer.Argument(..., help="The variable name, e.g. STRIPE_API_KEY."),
+) -> None:
+    """Store a secret, read from a hidden prompt or the first line of stdin.
+
+    Example: discoveryctl secrets set AMAZON_LWA_CLIENT_SECRET
+    """
+    import keyring
+
+    name = _secret_name(name)
+    backend = _keyring()
+    if sys.stdin.isatty():
+        value = typer.prompt(name, hide_input=True, confirmation_prompt=True)
+    else:
+        value = sys.stdin.readline().strip()
+    if not value:
+        raise ConfigError(f"no value given for {name}")
+    keyring.set_password(KEYRING_SERVICE, name, value)
+    if name == "AMAZON_LWA_CLIENT_SECRET":
+        keyring.set_password(KEYRING_SERVICE, ROTATED_AT, datetime.now(UTC).date().isoformat())
+    typer.echo(f"stored {name} in the {type(backend).__name__} keyring", err=True)
+
+
+@group.command("get")
+def get_secret(
+    name: str = typer.Argument(..., help="The variable name."),
+    show: bool = typer.Option(False, "--show", help="Print the value itself, unmasked."),
+) -> None:
+    """Print a stored secret, masked unless --show.
+
+    Example: discoveryctl secrets get STRIPE_API_KEY
+    """
+    import keyring
+
+    name = _secret_name(name)
+    _keyring()
+    value = keyring.get_password(KEYRING_SERVICE, name)
+    if value is None:
+        raise ConfigError(f"{name} is not in the keyring")
+    typer.echo(value if show else mask(value))
+
+
+@group.command("delete")
+def delete_secret(name: str = typer.Argument(..., help="The variable name.")) -> None:
+    """Remove a secret from the keyring.
+
+    Example: discoveryctl secrets delete STRIPE_API_KEY
+    """
+    import keyring
+    from keyring.errors import PasswordDeleteError
+
+    name = _secret_name(name)
+    _keyring()
+    try:
+        keyring.delete_password(KEYRING_SERVICE, name)
+    except PasswordDeleteError:
+        raise ConfigError(f"{name} is not in the keyring") from None
+    typer.echo(f"deleted {name}", err=True)
+
+
+@group.command("generate-key")
+def generate_key() -> None:
+    """Print a new encryption key for DISCOVERY_ENCRYPTION_KEY.
+
+    Example: export DISCOVERY_ENCRYPTION_KEY=$(discoveryctl secrets generate-key)
+    """
+    from discoveryctl.crypto import generate_key as new_key
+
+    typer.echo(new_key())
+
+
+def mask(value: str) -> str:
+    """Enough to recognise a secret, not enough to use it."""
+    if len(value) <= 8:
+        return "*" * len(value)
+    return value[:4] + "*" * 8 + value[-2:]

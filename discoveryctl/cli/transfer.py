@@ -1,0 +1,127 @@
+"""`discoveryctl import` and `discoveryctl export`: integrations as JSON lines."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+import typer
+
+from discoveryctl.errors import ConfigError, RejectedInput
+
+
+def import_integrations(
+    ctx: typer.Context,
+    source: str = typer.Argument(..., metavar="FILE|-", help="JSON lines file, or - for stdin."),
+    as_json: bool = typer.Option(False, "--json", help="The report as JSON on stdout."),
+) -> None:
+    """Import integrations from JSON lines; bad lines are reported by number, the rest stored.
+
+    One integration a line: {"user_id","provider":"amazon","refresh_token","selling_partner_id",
+    "region","authorized_at"?} or {"user_id","provider":"stripe","email","customer_id"?}.
+    Importing the same line twice changes nothing. Exit 1 if any line was rejected.
+
+    Example: discoveryctl import sellers.jsonl
+    """
+    from discoveryctl.cli.application import Application
+    from discoveryctl.integrations.transfer import import_lines
+
+    app: Application = ctx.obj
+    database = app.open_database()
+    with database.session() as session:
+        vault = app.vault(session)
+    stream, size = _open_source(source)
+    try:
+        with app.progress("importing", size) as bar:
+            task = bar.add_task("importing", total=size) if bar is not None else None
+
+            def advance(_lines: int) -> None:
+                if bar is not None and task is not None and size:
+                    bar.update(task, completed=stream.tell())
+
+            report = import_lines(
+                stream,
+                database.session,
+                vault,
+                frontend_url=app.config.frontend_url,
+                progress=advance,
+            )
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+    if as_json:
+        app.print_json(report.as_dict())
+    else:
+        for number, reason in report.rejected:
+            app.err.print(f"line {number}: {reason}")
+        app.out.print(
+            f"imported {report.accepted} line{'s' if report.accepted != 1 else ''}: "
+            f"{report.created} created, {report.updated} updated, "
+            f"{report.unchanged} unchanged; {len(report.rejected)} rejected"
+        )
+    if report.rejected:
+        raise typer.Exit(RejectedInput.exit_code)
+
+
+def _open_source(source: str) -> tuple[BinaryIO, int | None]:
+    if source == "-":
+        return sys.stdin.buffer, None
+    path = Path(source)
+    try:
+        return path.open("rb"), path.stat().st_size
+    except FileNotFoundError:
+        raise ConfigError(f"no such file: {source}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{source} is a directory, not a JSON lines file") from None
+    except PermissionError:
+        raise ConfigError(f"cannot read {source}: permission denied") from None
+
+
+def export_integrations(
+    ctx: typer.Context,
+    include_secrets: bool = typer.Option(
+        False, "--include-secrets", help="Include refresh tokens in plain text (handle with care)."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write to this file (mode 0600) instead of stdout."
+    ),
+) -> None:
+    """Export every integration as JSON lines, in the format `import` reads.
+
+    Refresh tokens are left out unless --include-secrets is given.
+
+    Example: discoveryctl export --include-secrets -o backup.jsonl
+    """
+    import json
+
+    from discoveryctl.cli.application import Application
+    from discoveryctl.integrations.transfer import export_lines
+
+    app: Application = ctx.obj
+    count = 0
+    with app.session() as session:
+        vault = app.vault(session) if include_secrets else None
+        if include_secrets:
+            app.err.print("warning: the export contains refresh tokens in plain text")
+        handle = _open_output(output) if output is not None else sys.stdout
+        try:
+            for line in export_lines(session, vault):
+                handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+                count += 1
+        finally:
+            if handle is not sys.stdout:
+                handle.close()
+            else:
+                handle.flush()
+    app.err.print(f"exported {count} integration{'s' if count != 1 else ''}")
+
+
+def _open_output(path: Path) -> TextIO:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as error:
+        raise ConfigError(f"cannot write {path}: {error.strerror}") from None
+    return os.fdopen(fd, "w", encoding="utf-8")

@@ -1,0 +1,263 @@
+"""Settings: the environment first, then the OS keyring (SPEC §2).
+
+``Config`` reads lazily: a setting is looked up the first time a command needs it, so a
+command that never touches Amazon never asks the keyring for the LWA secret. Every missing or
+malformed setting raises ``ConfigError`` naming the variable and how to set it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from discoveryctl.errors import ConfigError
+
+KEYRING_SERVICE = "discoveryctl"
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("console", "json")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    meaning: str
+    secret: bool = False
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting("DATABASE_URL", "SQLAlchemy URL of the shared database", secret=True),
+        Setting("JWT_SECRET", "signs OAuth state and API tokens (HS256)", secret=True),
+        Setting("FRONTEND_URL", "base of reconnect URLs"),
+        Setting("LOG_LEVEL", "debug, info, warning or error"),
+        Setting("LOG_FORMAT", "console or json"),
+        Setting("DISCOVERY_ENCRYPTION_KEY", "Fernet key(s) for tokens at rest", secret=True),
+        Setting("AMAZON_LWA_CLIENT_ID", "the SP-API app's LWA client id", secret=True),
+        Setting("AMAZON_LWA_CLIENT_SECRET", "the SP-API app's LWA client secret", secret=True),
+        Setting(
+            "AMAZON_LWA_CLIENT_SECRET_ROTATED_AT",
+            "when the LWA client secret was last rotated (ISO date)",
+            secret=True,
+        ),
+        Setting("AMAZON_SPAPI_APP_ID", "application_id in the consent URL"),
+        Setting("AMAZON_REDIRECT_URI", "the redirect URI registered on the app"),
+        Setting("AMAZON_APP_DRAFT", "1 adds version=beta to consent URLs"),
+        Setting("AMAZON_SELLER_CENTRAL_URL", "overrides the Seller Central base"),
+        Setting("AMAZON_LWA_TOKEN_URL", "overrides the LWA token endpoint"),
+        Setting("AMAZON_SPAPI_URL", "overrides the SP-API endpoint"),
+        Setting("STRIPE_API_KEY", "Stripe secret key", secret=True),
+        Setting("STRIPE_API_BASE", "Stripe API base"),
+        Setting("DISCOVERY_ADMIN_WEBHOOK_URL", "where admin alerts are POSTed"),
+        Setting("DISCOVERY_ADMIN_WEBHOOK_SECRET", "signs admin alerts (HMAC-SHA256)", secret=True),
+    )
+}
+
+DEFAULT_FRONTEND_URL = "http://localhost:3000"
+DEFAULT_REDIRECT_URI = "http://127.0.0.1:8765/callback"
+
+
+def how_to_set(name: str) -> str:
+    if SETTINGS.get(name, Setting(name, "")).secret:
+        return f"export {name}=… or run `discoveryctl secrets set {name}`"
+    return f"export {name}=…"
+
+
+KeyringLookup = Callable[[str], str | None]
+
+
+def keyring_lookup(name: str) -> str | None:
+    """Read one secret from the OS keyring; no keyring at all reads as "not set"."""
+    import keyring
+    from keyring.errors import KeyringError
+
+    try:
+        value: str | None = keyring.get_password(KEYRING_SERVICE, name)
+    except KeyringError:
+        return None
+    return value
+
+
+class Config:
+    """Settings for one command run."""
+
+    def __init__(
+        self,
+        environ: Mapping[str, str] | None = None,
+        keyring: KeyringLookup | None = keyring_lookup,
+    ) -> None:
+        self._environ = os.environ if environ is None else environ
+        self._keyring = keyring
+        self._cache: dict[str, str | None] = {}
+
+    # -- raw lookup -------------------------------------------------------------------------
+
+    def get(self, name: str) -> str | None:
+        """The value of a setting, from the environment, then (secrets only) the keyring."""
+        if name not in self._cache:
+            value = self._environ.get(name)
+            if value is not None and value.strip() == "":
+                value = None
+            if value is None and self._keyring is not None and SETTINGS[name].secret:
+                value = self._keyring(name)
+            self._cache[name] = value.strip() if value is not None else None
+        return self._cache[name]
+
+    def require(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise ConfigError(f"{name} is not set: {how_to_set(name)}")
+        return value
+
+    # -- paths ------------------------------------------------------------------------------
+
+    @property
+    def data_dir(self) -> Path:
+        from platformdirs import user_data_dir
+
+        return Path(user_data_dir("discoveryctl", appauthor=False))
+
+    @property
+    def default_database_path(self) -> Path:
+        return self.data_dir / "discoveryctl.db"
+
+    # -- typed settings ---------------------------------------------------------------------
+
+    @property
+    def uses_default_database(self) -> bool:
+        return self.get("DATABASE_URL") is None
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL, with plain ``postgres://`` URLs mapped to psycopg 3."""
+        raw = self.get("DATABASE_URL")
+        if raw is None:
+            return f"sqlite:///{self.default_database_path}"
+        return normalise_database_url(raw)
+
+    @property
+    def frontend_url(self) -> str:
+        return self._http_url("FRONTEND_URL", DEFAULT_FRONTEND_URL).rstrip("/")
+
+    @property
+    def redirect_uri(self) -> str:
+        return self._http_url("AMAZON_REDIRECT_URI", DEFAULT_REDIRECT_URI)
+
+    @property
+    def app_draft(self) -> bool:
+        value = (self.get("AMAZON_APP_DRAFT") or "0").lower()
+        if value in ("1", "true", "yes"):
+            return True
+        if value in ("0", "false", "no"):
+            return False
+        raise ConfigError(f"AMAZON_APP_DRAFT must be 1 or 0, not {value!r}")
+
+    @property
+    def log_level(self) -> str:
+        value = (self.get("LOG_LEVEL") or "info").lower()
+        if value not in LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
+        return value
+
+    @property
+    def log_format(self) -> str:
+        value = self.get("LOG_FORMAT")
+        if value is None:
+            return "console" if sys.stderr.isatty() else "json"
+        value = value.lower()
+        if value not in LOG_FORMATS:
+            raise ConfigError(f"LOG_FORMAT must be console or json, not {value!r}")
+        return value
+
+    def encryption_keys(self) -> tuple[list[str], Path | None]:
+        """The Fernet keys (current first) and the file they came from, if generated.
+
+        Only the SQLite default may fall back to a key file kept beside the database.
+        """
+        value = self.get("DISCOVERY_ENCRYPTION_KEY")
+        if value is not None:
+            return split_keys(value), None
+        if not self.uses_default_database:
+            raise ConfigError(
+                "DISCOVERY_ENCRYPTION_KEY is not set (required for any database but the "
+                "SQLite default): run `discoveryctl secrets generate-key`, then "
+                f"{how_to_set('DISCOVERY_ENCRYPTION_KEY')}"
+            )
+        path = self.data_dir / "encryption.key"
+        key = read_or_create_secret_file(
+            path, _new_fernet_key, "back this file up: without it the stored tokens cannot be read"
+        )
+        return split_keys(key), path
+
+    def jwt_secret(self) -> str:
+        value = self.get("JWT_SECRET")
+        if value is not None:
+            if len(value) < 32:
+                raise ConfigError("JWT_SECRET is too short: use at least 32 characters")
+            return value
+        if not self.uses_default_database:
+            raise ConfigError(f"JWT_SECRET is not set: {how_to_set('JWT_SECRET')}")
+        return read_or_create_secret_file(
+            self.data_dir / "jwt.secret",
+            lambda: secrets.token_urlsafe(48),
+            "a new JWT secret: API tokens and OAuth states signed before are no longer valid",
+        )
+
+    def _http_url(self, name: str, default: str) -> str:
+        value = self.get(name) or default
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"{name} must be an http(s) URL, not {value!r}")
+        return value
+
+
+def split_keys(value: str) -> list[str]:
+    keys = [k.strip() for k in value.split(",") if k.strip()]
+    if not keys:
+        raise ConfigError("DISCOVERY_ENCRYPTION_KEY is empty")
+    return keys
+
+
+def normalise_database_url(raw: str) -> str:
+    """Map the URLs Supabase and Heroku hand out to the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if raw.startswith(prefix):
+            return "postgresql+psycopg://" + raw[len(prefix) :]
+    return raw
+
+
+def _new_fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+def read_or_create_secret_file(path: Path, make: Callable[[], str], hint: str) -> str:
+    """Read a generated secret, or create it once with mode 0600 and a warning."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = make()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+    except FileExistsError:  # another process created it first: use theirs
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    import structlog
+
+    structlog.get_logger().warning(
+        "generated_secret_file",
+        path=str(path),
+        hint=hint,
+    )
+    return value

@@ -1,0 +1,72 @@
+"""Encrypted seller credentials: the vault, checked against what is already stored."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from discoveryctl import events
+from discoveryctl.config import Config
+from discoveryctl.crypto import Vault
+from discoveryctl.db.models import Credential, table_of, utcnow
+
+
+def open_vault(config: Config, session: Session) -> Vault:
+    """The vault for the configured keys, refused if it cannot read the newest credential.
+
+    Checking first means a wrong key stops a command before it writes anything, instead of
+    leaving tokens encrypted under two unrelated keys.
+    """
+    keys, path = config.encryption_keys()
+    vault = Vault(keys, source=str(path) if path else "DISCOVERY_ENCRYPTION_KEY")
+    newest = session.execute(
+        sa.select(Credential.refresh_token).order_by(Credential.id.desc()).limit(1)
+    ).scalar()
+    if newest is not None:
+        vault.decrypt(newest, what="the stored refresh tokens")
+    return vault
+
+
+def rotate_all(
+    session: Session,
+    vault: Vault,
+    batch_size: int = 500,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Re-encrypt every stored token with the current key; returns how many rows changed."""
+    table = table_of(Credential)
+    done = 0
+    last_id = 0
+    while True:
+        rows = session.execute(
+            sa.select(table.c.id, table.c.refresh_token, table.c.access_token)
+            .where(table.c.id > last_id)
+            .order_by(table.c.id)
+            .limit(batch_size)
+        ).all()
+        if not rows:
+            break
+        session.execute(
+            sa.update(table).where(table.c.id == sa.bindparam("row_id")),
+            [
+                {
+                    "row_id": row.id,
+                    "refresh_token": vault.rotate(row.refresh_token),
+                    "access_token": vault.rotate(row.access_token) if row.access_token else None,
+                    "updated_at": utcnow(),
+                }
+                for row in rows
+            ],
+        )
+        done += len(rows)
+        last_id = rows[-1].id
+        if progress is not None:
+            progress(len(rows))
+    events.record(session, "keys_rotated", outcome=events.SUCCESS, credentials=done)
+    return done
+
+
+def count(session: Session) -> int:
+    return session.execute(sa.select(sa.func.count()).select_from(Credential)).scalar_one()

@@ -1,0 +1,1 @@
+"""The shared database: models, engine setup, migrations and the queries the core needs."""

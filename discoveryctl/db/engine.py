@@ -1,0 +1,124 @@
+"""Engine and session setup, with every way a database can be unusable turned into one line."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from discoveryctl.errors import DatabaseError
+
+# The newest migration in migrations/versions; a test keeps the two in step.
+HEAD_REVISION = "0001"
+
+UPGRADE_HINT = "run `discoveryctl db upgrade`"
+
+
+def parse_url(raw: str) -> URL:
+    try:
+        return make_url(raw)
+    except exc.ArgumentError:
+        raise DatabaseError(
+            "DATABASE_URL is malformed: expected e.g. postgresql://user:pass@host:5432/db "
+            "or sqlite:////path/to/file.db"
+        ) from None
+
+
+def describe(url: URL) -> str:
+    """The URL without its password, for messages."""
+    return url.render_as_string(hide_password=True)
+
+
+def create_engine(raw_url: str) -> Engine:
+    url = parse_url(raw_url)
+    kwargs: dict[str, Any] = {}
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = sa.create_engine(url, **kwargs)
+    except exc.NoSuchModuleError:
+        raise DatabaseError(
+            f"DATABASE_URL names the database driver {url.drivername!r}, which discoveryctl "
+            "does not support: use sqlite:/// or postgresql://"
+        ) from None
+    except ImportError as error:
+        raise DatabaseError(
+            f"DATABASE_URL needs the Python package {error.name!r} for {url.drivername!r}, "
+            "which is not installed"
+        ) from None
+    if url.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class Database:
+    """One database: its engine, sessions, and its migration revision."""
+
+    def __init__(self, raw_url: str) -> None:
+        self.engine = create_engine(raw_url)
+        self.url = self.engine.url
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def current_revision(self) -> str | None:
+        try:
+            with self.engine.connect() as connection:
+                if not sa.inspect(connection).has_table("alembic_version"):
+                    return None
+                value = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+                return value.scalar()
+        except exc.OperationalError as error:
+            raise self.unreachable(error) from None
+
+    def unreachable(self, error: exc.DBAPIError) -> DatabaseError:
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        return DatabaseError(f"cannot use the database at {describe(self.url)}: {reason}")
+
+    def require_head(self) -> None:
+        revision = self.current_revision()
+        if revision != HEAD_REVISION:
+            state = "is not migrated" if revision is None else f"is at revision {revision}"
+            raise DatabaseError(
+                f"the database at {describe(self.url)} {state} (this discoveryctl needs "
+                f"{HEAD_REVISION}): {UPGRADE_HINT}"
+            )
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on any error."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except exc.OperationalError as error:
+            session.rollback()
+            raise self.unreachable(error) from None
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,186 @@
+"""Tables of SPEC §4. ``integration_status`` is exactly what the seed API exposes; secrets live
+apart in ``credentials``, encrypted."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite returns naive values)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONDocument = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def table_of(model: type[Base]) -> sa.Table:
+    """The Core table behind a model, for fast bulk reads and writes."""
+    table = model.__table__
+    assert isinstance(table, sa.Table)
+    return table
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+        }
+    )
+
+
+class IntegrationStatus(Base):
+    """One row per user and provider: the status the front end shows."""
+
+    __tablename__ = "integration_status"
+    __table_args__ = (
+        sa.UniqueConstraint("user_id", "provider"),
+        sa.Index(None, "provider", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(sa.String(255))
+    provider: Mapped[str] = mapped_column(sa.String(32))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONDocument, default=dict)
+
+
+class Credential(Base):
+    """An Amazon authorization: encrypted tokens, never exposed, plus the refresh lease."""
+
+    __tablename__ = "credentials"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    integration_id: Mapped[str] = mapped_column(
+        sa.String(36), sa.ForeignKey("integration_status.id", ondelete="CASCADE"), unique=True
+    )
+    selling_partner_id: Mapped[str] = mapped_column(sa.String(64))
+    region: Mapped[str] = mapped_column(sa.String(8))
+    refresh_token: Mapped[str] = mapped_column(sa.Text)
+    access_token: Mapped[str | None] = mapped_column(sa.Text)
+    access_token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    authorized_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expiry_warned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class OAuthState(Base):
+    """A consent ``state`` issued to one user and region; consumed once on callback."""
+
+    __tablename__ = "oauth_states"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(sa.String(255))
+    region: Mapped[str] = mapped_column(sa.String(8))
+    flow: Mapped[str] = mapped_column(sa.String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    consumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Event(Base):
+    """Append-only audit history: every attempt, outcome and transition."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        sa.Index(None, "user_id", "occurred_at"),
+        sa.Index(None, "kind", "occurred_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    user_id: Mapped[str | None] = mapped_column(sa.String(255))
+    provider: Mapped[str | None] = mapped_column(sa.String(32))
+    kind: Mapped[str] = mapped_column(sa.String(64))
+    outcome: Mapped[str] = mapped_column(sa.String(16))
+    error_type: Mapped[str | None] = mapped_column(sa.String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
+
+
+class Notification(Base):
+    """A message for a user or the admins; one open notification per dedupe key."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        sa.Index(
+            "uq_notifications_open_dedupe_key",
+            "dedupe_key",
+            unique=True,
+            sqlite_where=sa.text("resolved_at IS NULL"),
+            postgresql_where=sa.text("resolved_at IS NULL"),
+        ),
+        sa.Index(None, "audience", "user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    audience: Mapped[str] = mapped_column(sa.String(8))
+    user_id: Mapped[str | None] = mapped_column(sa.String(255))
+    provider: Mapped[str | None] = mapped_column(sa.String(32))
+    kind: Mapped[str] = mapped_column(sa.String(64))
+    title: Mapped[str] = mapped_column(sa.String(200))
+    message: Mapped[str] = mapped_column(sa.Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
+    dedupe_key: Mapped[str] = mapped_column(sa.String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    read_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class StripeCustomer(Base):
+    """A user's Stripe customer: created exactly once, with a persisted idempotency key."""
+
+    __tablename__ = "stripe_customers"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    email: Mapped[str] = mapped_column(sa.String(320))
+    name: Mapped[str | None] = mapped_column(sa.String(255))
+    customer_id: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(64))
+    idempotency_key_created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

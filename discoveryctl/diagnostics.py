@@ -1,0 +1,123 @@
+"""`doctor`'s checks: can this installation do its job, and what must the operator fix?"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from discoveryctl.config import Config
+from discoveryctl.errors import DiscoveryError
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+# Amazon asks for the LWA client secret to be rotated every 180 days.
+LWA_SECRET_MAX_AGE_DAYS = 180
+LWA_SECRET_WARN_DAYS = 150
+
+PROVIDER_SECRETS = (
+    "AMAZON_LWA_CLIENT_ID",
+    "AMAZON_LWA_CLIENT_SECRET",
+    "AMAZON_SPAPI_APP_ID",
+    "STRIPE_API_KEY",
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    state: str
+    detail: str
+
+
+def run_checks(config: Config, today: date | None = None) -> list[Check]:
+    """Every check, in order; a failed database check skips those that need it."""
+    from discoveryctl.db.engine import HEAD_REVISION, Database, describe
+
+    checks: list[Check] = []
+
+    def attempt(name: str, probe: Callable[[], Check]) -> bool:
+        try:
+            checks.append(probe())
+        except DiscoveryError as error:
+            checks.append(Check(name, FAIL, error.message))
+            return False
+        return checks[-1].state != FAIL
+
+    database: Database | None = None
+
+    def reach_database() -> Check:
+        nonlocal database
+        database = Database(config.database_url)
+        revision = database.current_revision()
+        where = describe(database.url)
+        if revision == HEAD_REVISION:
+            return Check("database", OK, f"{where} at {revision}")
+        if config.uses_default_database:
+            return Check("database", WARN, f"{where} will be upgraded on first use")
+        return Check(
+            "database",
+            FAIL,
+            f"{where} is at {revision or 'no revision'}, not {HEAD_REVISION}: "
+            "run `discoveryctl db upgrade`",
+        )
+
+    at_head = attempt("database", reach_database)
+
+    def encryption() -> Check:
+        import sqlalchemy as sa
+
+        from discoveryctl.credentials import open_vault
+        from discoveryctl.db.models import Credential
+
+        assert database is not None
+        with database.session() as session:
+            vault = open_vault(config, session)
+            count = 0
+            for ciphertext in session.scalars(sa.select(Credential.refresh_token)):
+                vault.decrypt(ciphertext, what=f"stored credential #{count + 1}")
+                count += 1
+        return Check("encryption key", OK, f"decrypts all {count} stored credentials")
+
+    if at_head:
+        attempt("encryption key", encryption)
+
+    for name in PROVIDER_SECRETS:
+        present = config.get(name) is not None
+        checks.append(
+            Check(
+                name,
+                OK if present else FAIL,
+                "set" if present else f"not set: export it or `discoveryctl secrets set {name}`",
+            )
+        )
+    attempt("JWT_SECRET", lambda: Check("JWT_SECRET", OK, _jwt_source(config)))
+    checks.append(_lwa_secret_age(config, today or datetime.now(UTC).date()))
+    return checks
+
+
+def _jwt_source(config: Config) -> str:
+    config.jwt_secret()
+    return "set" if config.get("JWT_SECRET") else "generated beside the SQLite default"
+
+
+def _lwa_secret_age(config: Config, today: date) -> Check:
+    name = "LWA secret age"
+    raw = config.get("AMAZON_LWA_CLIENT_SECRET_ROTATED_AT")
+    if raw is None:
+        return Check(
+            name,
+            WARN,
+            "unknown: set AMAZON_LWA_CLIENT_SECRET_ROTATED_AT (YYYY-MM-DD) or store the "
+            "secret with `discoveryctl secrets set`; Amazon expects rotation every 180 days",
+        )
+    try:
+        rotated = date.fromisoformat(raw[:10])
+    except ValueError:
+        return Check(name, FAIL, f"AMAZON_LWA_CLIENT_SECRET_ROTATED_AT {raw!r} is not a date")
+    age = (today - rotated).days
+    if age >= LWA_SECRET_MAX_AGE_DAYS:
+        return Check(name, FAIL, f"{age} days old: past Amazon's 180-day rotation, rotate it now")
+    if age >= LWA_SECRET_WARN_DAYS:
+        return Check(name, WARN, f"{age} days old: rotate within {180 - age} days")
+    return Check(name, OK, f"{age} days old")

@@ -1,0 +1,60 @@
+"""The audit history: an append-only record of every attempt, outcome and transition."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from discoveryctl.db.models import Event, utcnow
+from discoveryctl.redaction import redact
+
+SUCCESS = "success"
+FAILURE = "failure"
+INFO = "info"
+
+
+def record(
+    session: Session,
+    kind: str,
+    *,
+    outcome: str = INFO,
+    user_id: str | None = None,
+    provider: str | None = None,
+    error_type: str | None = None,
+    **detail: Any,
+) -> Event:
+    """Append one event; ``detail`` is redacted before it is stored."""
+    event = Event(
+        occurred_at=utcnow(),
+        kind=kind,
+        outcome=outcome,
+        user_id=user_id,
+        provider=provider,
+        error_type=error_type,
+        detail=redact(detail),
+    )
+    session.add(event)
+    return event
+
+
+def history(
+    session: Session,
+    *,
+    user_id: str | None = None,
+    provider: str | None = None,
+    since: datetime | None = None,
+    limit: int = 1000,
+) -> Sequence[Event]:
+    """The newest events first."""
+    query = sa.select(Event).order_by(Event.occurred_at.desc(), Event.id.desc()).limit(limit)
+    if user_id is not None:
+        query = query.where(Event.user_id == user_id)
+    if provider is not None:
+        query = query.where(Event.provider == provider)
+    if since is not None:
+        query = query.where(Event.occurred_at >= since)
+    return session.scalars(query).all()

@@ -1,0 +1,1 @@
+"""The integration core: statuses, transitions, reconnects, import and export (SPEC §4)."""

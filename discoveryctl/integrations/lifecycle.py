@@ -1,0 +1,186 @@
+"""Integration rows and their transitions: every change leaves an event, and the transitions
+that matter to a seller or an admin leave a notification (SPEC §4, §5)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from discoveryctl import events, notifications
+from discoveryctl.db.models import IntegrationStatus, table_of, utcnow
+from discoveryctl.integrations.health import (
+    CONSECUTIVE_FAILURES,
+    LAST_ERROR,
+    LAST_SYNCED_AT,
+    Status,
+    consecutive_failures,
+    isoformat,
+    message_for,
+    needs_reconnect,
+    reconnect_url,
+)
+
+CONNECTION_LOST = "connection_lost"
+REPEATED_FAILURES = "repeated_failures"
+RECONNECT_REQUESTED = "reconnect_requested"
+DEFAULT_FAILURE_THRESHOLD = 3
+
+
+def find(session: Session, user_id: str, provider: str) -> IntegrationStatus | None:
+    return session.scalars(
+        sa.select(IntegrationStatus).where(
+            IntegrationStatus.user_id == user_id, IntegrationStatus.provider == provider
+        )
+    ).first()
+
+
+def listing(
+    session: Session,
+    *,
+    provider: str | None = None,
+    user_id: str | None = None,
+    status: str | None = None,
+) -> Sequence[sa.Row[Any, Any, Any, Any, Any, Any]]:
+    """Plain rows (no ORM objects: fast for tens of thousands), ordered by user."""
+    table = table_of(IntegrationStatus)
+    query = sa.select(
+        table.c.id,
+        table.c.user_id,
+        table.c.provider,
+        table.c.status,
+        table.c.updated_at,
+        table.c.metadata,
+    ).order_by(table.c.user_id, table.c.provider)
+    if provider is not None:
+        query = query.where(table.c.provider == provider)
+    if user_id is not None:
+        query = query.where(table.c.user_id == user_id)
+    if status is not None:
+        query = query.where(table.c.status == status)
+    return session.execute(query).all()
+
+
+def create(
+    session: Session, user_id: str, provider: str, status: Status, **meta: Any
+) -> IntegrationStatus:
+    now = utcnow()
+    integration = IntegrationStatus(
+        user_id=user_id,
+        provider=provider,
+        status=status,
+        created_at=now,
+        updated_at=now,
+        meta=dict(meta),
+    )
+    session.add(integration)
+    events.record(
+        session, "integration_created", user_id=user_id, provider=provider, status=str(status)
+    )
+    return integration
+
+
+def update_meta(integration: IntegrationStatus, **changes: Any) -> None:
+    """Replace metadata keys (a new dict, so the JSON column sees the change)."""
+    merged = {**integration.meta, **changes}
+    integration.meta = {k: v for k, v in merged.items() if v is not None}
+    integration.updated_at = utcnow()
+
+
+def change_status(
+    session: Session,
+    integration: IntegrationStatus,
+    status: Status,
+    *,
+    reason: str,
+    frontend_url: str,
+    error_type: str | None = None,
+) -> bool:
+    """Move an integration to ``status``; returns False when it was already there.
+
+    Losing the connection notifies the seller with the reconnect URL; coming back resolves
+    that notification and any repeated-failure alert.
+    """
+    previous = integration.status
+    if previous == status:
+        return False
+    integration.status = status
+    integration.updated_at = utcnow()
+    user_id, provider = integration.user_id, integration.provider
+    events.record(
+        session,
+        "status_changed",
+        outcome=events.FAILURE if needs_reconnect(status) else events.INFO,
+        user_id=user_id,
+        provider=provider,
+        error_type=error_type,
+        **{"from": previous, "to": str(status), "reason": reason},
+    )
+    if needs_reconnect(status):
+        url = reconnect_url(frontend_url, provider, user_id)
+        notifications.notify(
+            session,
+            audience=notifications.USER,
+            kind=CONNECTION_LOST,
+            title=f"{provider.capitalize()} connection lost",
+            message=message_for(provider, status),
+            user_id=user_id,
+            provider=provider,
+            detail={"reconnectUrl": url, "status": str(status)},
+        )
+    elif status == Status.active:
+        update_meta(integration, **{CONSECUTIVE_FAILURES: None, LAST_ERROR: None})
+        _resolve_alerts(session, user_id, provider)
+    return True
+
+
+def record_success(session: Session, integration: IntegrationStatus, **detail: Any) -> None:
+    """A provider call for this integration worked: it is in sync, failures are forgotten."""
+    failures = consecutive_failures(integration.meta)
+    update_meta(
+        integration,
+        **{LAST_SYNCED_AT: isoformat(utcnow()), CONSECUTIVE_FAILURES: None, LAST_ERROR: None},
+    )
+    if failures:
+        _resolve_alerts(session, integration.user_id, integration.provider)
+
+
+def record_transient_failure(
+    session: Session,
+    integration: IntegrationStatus,
+    *,
+    error_type: str,
+    message: str,
+    threshold: int = DEFAULT_FAILURE_THRESHOLD,
+) -> int:
+    """Count a transient failure without touching the status; alert admins at ``threshold``."""
+    failures = consecutive_failures(integration.meta) + 1
+    update_meta(
+        integration,
+        **{
+            CONSECUTIVE_FAILURES: failures,
+            LAST_ERROR: {"type": error_type, "message": message, "at": isoformat(utcnow())},
+        },
+    )
+    if failures >= threshold:
+        notifications.notify(
+            session,
+            audience=notifications.ADMIN,
+            kind=REPEATED_FAILURES,
+            title=f"{integration.provider.capitalize()} failing repeatedly",
+            message=(
+                f"{failures} consecutive {error_type} failures for user "
+                f"{integration.user_id}: {message}"
+            ),
+            user_id=integration.user_id,
+            provider=integration.provider,
+            detail={"consecutiveFailures": failures, "errorType": error_type},
+        )
+    return failures
+
+
+def _resolve_alerts(session: Session, user_id: str, provider: str) -> None:
+    for kind in (CONNECTION_LOST, REPEATED_FAILURES, RECONNECT_REQUESTED):
+        notifications.resolve(session, notifications.dedupe_key(kind, provider, user_id))

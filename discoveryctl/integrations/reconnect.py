@@ -1,0 +1,85 @@
+"""Reconnect requests: the URL that sends a seller back through consent (SPEC §3, seed API)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from discoveryctl import events, notifications
+from discoveryctl.db.models import IntegrationStatus, utcnow
+from discoveryctl.errors import NotFound
+from discoveryctl.integrations import lifecycle
+from discoveryctl.integrations.health import (
+    RECONNECT_ATTEMPTS,
+    Status,
+    isoformat,
+    reconnect_url,
+)
+
+RECONNECT_REQUESTED = lifecycle.RECONNECT_REQUESTED
+
+
+def needing_reconnect(session: Session, provider: str) -> Sequence[IntegrationStatus]:
+    """Every integration of ``provider`` that is revoked or expired."""
+    return session.scalars(
+        sa.select(IntegrationStatus)
+        .where(
+            IntegrationStatus.provider == provider,
+            IntegrationStatus.status.in_([Status.revoked, Status.expired]),
+        )
+        .order_by(IntegrationStatus.user_id)
+    ).all()
+
+
+def for_user(session: Session, provider: str, user_id: str) -> IntegrationStatus:
+    integration = lifecycle.find(session, user_id, provider)
+    if integration is None:
+        raise NotFound(f"user {user_id} has no {provider} integration")
+    return integration
+
+
+def request(
+    session: Session,
+    integration: IntegrationStatus,
+    *,
+    frontend_url: str,
+    notify: bool = False,
+) -> dict[str, Any]:
+    """Count a reconnect attempt and return the URL (and notify the seller if asked)."""
+    url = reconnect_url(frontend_url, integration.provider, integration.user_id)
+    attempts = int(integration.meta.get(RECONNECT_ATTEMPTS, 0) or 0) + 1
+    lifecycle.update_meta(
+        integration,
+        **{RECONNECT_ATTEMPTS: attempts, "last_reconnect_requested_at": isoformat(utcnow())},
+    )
+    events.record(
+        session,
+        RECONNECT_REQUESTED,
+        user_id=integration.user_id,
+        provider=integration.provider,
+        attempt=attempts,
+        notify=notify,
+    )
+    notified = False
+    if notify:
+        _, notified = notifications.notify(
+            session,
+            audience=notifications.USER,
+            kind=RECONNECT_REQUESTED,
+            title=f"Reconnect your {integration.provider.capitalize()} account",
+            message=f"Redirect to this URL to reconnect your {integration.provider} integration",
+            user_id=integration.user_id,
+            provider=integration.provider,
+            detail={"reconnectUrl": url},
+        )
+    return {
+        "user_id": integration.user_id,
+        "provider": integration.provider,
+        "status": integration.status,
+        "reconnectUrl": url,
+        "attempts": attempts,
+        "notified": notified,
+    }

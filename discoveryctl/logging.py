@@ -1,0 +1,71 @@
+"""structlog to stderr: console on a TTY, JSON lines otherwise, secrets redacted (SPEC §7)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+from discoveryctl.redaction import REDACTED, is_sensitive_key, redact, redact_text
+
+
+def _redact_processor(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in list(event_dict.items()):
+        if key in ("exception", "exc_info"):
+            continue
+        event_dict[key] = REDACTED if is_sensitive_key(key) else redact(value)
+    return event_dict
+
+
+def _redact_rendered(_logger: Any, _method: str, rendered: Any) -> Any:
+    """Last line of defence: a rendered line (tracebacks included) never carries a token."""
+    return redact_text(rendered)
+
+
+class _StderrLogger:
+    """Writes to whatever ``sys.stderr`` is at the time (test runners swap it)."""
+
+    def msg(self, message: str) -> None:
+        stream: TextIO = sys.stderr
+        stream.write(message + "\n")
+        stream.flush()
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def configure(level: str = "info", fmt: str = "json", colors: bool = False) -> None:
+    """Set up structlog for one process (or one CLI invocation)."""
+    renderer: Any
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=colors, exception_formatter=structlog.dev.plain_traceback
+        )
+        exception_processors: list[Any] = []
+    else:
+        renderer = structlog.processors.JSONRenderer()
+        exception_processors = [
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        ]
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact_processor,
+            *exception_processors,
+            renderer,
+            _redact_rendered,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=lambda *_: _StderrLogger(),
+        cache_logger_on_first_use=False,
+    )

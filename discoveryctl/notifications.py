@@ -1,0 +1,129 @@
+"""User and admin notifications, one open notification per dedupe key.
+
+A notification stays open until the condition behind it resolves (a reconnect, a recovery);
+while it is open, the same condition does not notify again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.orm import Session
+
+from discoveryctl import events
+from discoveryctl.db.models import Notification, utcnow
+from discoveryctl.errors import NotFound
+
+USER = "user"
+ADMIN = "admin"
+
+
+def dedupe_key(kind: str, provider: str | None, user_id: str | None) -> str:
+    return f"{kind}:{provider or '-'}:{user_id or '-'}"
+
+
+def notify(
+    session: Session,
+    *,
+    audience: str,
+    kind: str,
+    title: str,
+    message: str,
+    user_id: str | None = None,
+    provider: str | None = None,
+    detail: dict[str, Any] | None = None,
+    key: str | None = None,
+) -> tuple[Notification, bool]:
+    """Create a notification unless one with the same dedupe key is still open.
+
+    Returns the open notification and whether it was created now.
+    """
+    key = key or dedupe_key(kind, provider, user_id)
+    existing = _open(session, key)
+    if existing is not None:
+        return existing, False
+    notification = Notification(
+        audience=audience,
+        kind=kind,
+        title=title,
+        message=message,
+        user_id=user_id,
+        provider=provider,
+        detail=detail or {},
+        dedupe_key=key,
+        created_at=utcnow(),
+    )
+    try:
+        with session.begin_nested():
+            session.add(notification)
+    except exc.IntegrityError:  # another process opened the same one first
+        found = _open(session, key)
+        assert found is not None
+        return found, False
+    events.record(
+        session,
+        "notification_created",
+        user_id=user_id,
+        provider=provider,
+        audience=audience,
+        notification_kind=kind,
+        dedupe_key=key,
+    )
+    return notification, True
+
+
+def resolve(session: Session, key: str) -> int:
+    """Close the open notification with this dedupe key, if any."""
+    result = session.execute(
+        sa.update(Notification)
+        .where(Notification.dedupe_key == key, Notification.resolved_at.is_(None))
+        .values(resolved_at=utcnow())
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _open(session: Session, key: str) -> Notification | None:
+    return session.scalars(
+        sa.select(Notification).where(
+            Notification.dedupe_key == key, Notification.resolved_at.is_(None)
+        )
+    ).first()
+
+
+def inbox(
+    session: Session,
+    *,
+    user_id: str | None = None,
+    admin: bool = False,
+    unread: bool = False,
+    limit: int = 500,
+) -> Sequence[Notification]:
+    """Notifications, newest first: the users' by default, the admins' with ``admin``."""
+    query = (
+        sa.select(Notification)
+        .where(Notification.audience == (ADMIN if admin else USER))
+        .order_by(Notification.created_at.desc(), Notification.id.desc())
+        .limit(limit)
+    )
+    if user_id is not None:
+        query = query.where(Notification.user_id == user_id)
+    if unread:
+        query = query.where(Notification.read_at.is_(None))
+    return session.scalars(query).all()
+
+
+def acknowledge(session: Session, ids: Iterable[int]) -> list[int]:
+    """Mark notifications read; every id must exist."""
+    wanted = sorted(set(ids))
+    found = session.scalars(sa.select(Notification).where(Notification.id.in_(wanted))).all()
+    missing = sorted(set(wanted) - {n.id for n in found})
+    if missing:
+        raise NotFound(f"no notification with id {', '.join(map(str, missing))}")
+    now = utcnow()
+    for notification in found:
+        if notification.read_at is None:
+            notification.read_at = now
+    return wanted
