@@ -81,6 +81,8 @@ def run_checks(config: Config, today: date | None = None) -> list[Check]:
 
     if at_head:
         attempt("encryption key", encryption)
+    if database is not None:
+        database.dispose()
 
     for name in PROVIDER_SECRETS:
         present = config.get(name) is not None

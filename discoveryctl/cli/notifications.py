@@ -57,23 +57,17 @@ def notifications(
     if not views:
         app.err.print("no notifications")
         return
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False)
-    for column in ("id", "created", "user", "kind", "message", "state"):
-        table.add_column(column, overflow="fold")
     for view in views:
         state = "resolved" if view["resolved_at"] else "read" if view["read_at"] else "unread"
-        url = view["detail"].get("reconnectUrl")
-        table.add_row(
-            str(view["id"]),
-            relative_time(view["created_at"]),
-            view["user_id"] or "",
-            view["kind"],
-            view["message"] + (f"\n{url}" if url else ""),
-            state,
+        who = f"user {view['user_id']}" if view["user_id"] else view["audience"]
+        app.out.print(
+            f"#{view['id']}  {state}  {relative_time(view['created_at'])}  {who}  {view['kind']}",
+            soft_wrap=True,
         )
-    app.out.print(table)
+        app.out.print(f"    {view['message']}", soft_wrap=True)
+        url = view["detail"].get("reconnectUrl")
+        if url:
+            app.out.print(f"    {url}", soft_wrap=True)
 
 
 @group.command("ack")

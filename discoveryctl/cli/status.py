@@ -50,23 +50,30 @@ def status(
     else:
         if not summary:
             from rich.table import Table
+            from rich.text import Text
 
             ordered = sorted(rows, key=lambda r: not is_unhealthy(r.status, r.metadata))
             shown = ordered if limit <= 0 else ordered[:limit]
-            table = Table(box=None, pad_edge=False)
-            for column in ("user", "provider", "status", "last synced", "failures", "message"):
-                table.add_column(column, overflow="fold")
+            cells = []
             for row in shown:
                 meta: dict[str, Any] = row.metadata
                 failures = consecutive_failures(meta)
-                table.add_row(
-                    row.user_id,
-                    row.provider,
-                    row.status,
-                    relative_time(meta.get("last_synced_at")),
-                    str(failures) if failures else "",
-                    _last_error(meta) or message_for(row.provider, row.status),
+                cells.append(
+                    (
+                        row.user_id,
+                        row.provider,
+                        row.status,
+                        relative_time(meta.get("last_synced_at")),
+                        str(failures) if failures else "",
+                        _last_error(meta) or message_for(row.provider, row.status),
+                    )
                 )
+            table = Table(box=None, pad_edge=False)
+            for header in ("user", "provider", "status", "last synced", "failures"):
+                table.add_column(header, no_wrap=True)
+            table.add_column("message", ratio=1)
+            for *fixed, message in cells:
+                table.add_row(*fixed, Text(message, no_wrap=True, overflow="ellipsis"))
             if shown:
                 app.out.print(table)
             if len(shown) < len(rows):

@@ -23,7 +23,7 @@ UPGRADE_HINT = "run `discoveryctl db upgrade`"
 def parse_url(raw: str) -> URL:
     try:
         return make_url(raw)
-    except exc.ArgumentError:
+    except (exc.ArgumentError, ValueError):
         raise DatabaseError(
             "DATABASE_URL is malformed: expected e.g. postgresql://user:pass@host:5432/db "
             "or sqlite:////path/to/file.db"

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from discoveryctl import events, notifications
-from discoveryctl.db.models import IntegrationStatus, table_of, utcnow
+from discoveryctl.db.models import IntegrationStatus, new_id, table_of, utcnow
 from discoveryctl.integrations.health import (
     CONSECUTIVE_FAILURES,
     LAST_ERROR,
@@ -68,6 +68,7 @@ def create(
 ) -> IntegrationStatus:
     now = utcnow()
     integration = IntegrationStatus(
+        id=new_id(),
         user_id=user_id,
         provider=provider,
         status=status,

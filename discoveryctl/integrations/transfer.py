@@ -275,7 +275,6 @@ def _store_amazon(
         integration = lifecycle.create(
             session, line.user_id, Provider.amazon, Status.active, **meta
         )
-        session.flush([integration])
         integrations[key] = integration
     credential = credentials.get(integration.id)
     if credential is None:
@@ -284,7 +283,7 @@ def _store_amazon(
             selling_partner_id=line.selling_partner_id,
             region=line.region,
             refresh_token=vault.encrypt(line.refresh_token),
-            authorized_at=line.authorized_at or utcnow(),
+            authorized_at=line.authorized_at or _now_to_the_second(),
         )
         session.add(credential)
         credentials[integration.id] = credential
@@ -298,7 +297,7 @@ def _store_amazon(
         credential.access_token = None
         credential.access_token_expires_at = None
         credential.expiry_warned_at = None
-        credential.authorized_at = line.authorized_at or utcnow()
+        credential.authorized_at = line.authorized_at or _now_to_the_second()
         credential.updated_at = utcnow()
         outcome = "updated"
     lifecycle.update_meta(integration, **meta)
@@ -315,6 +314,11 @@ def _store_amazon(
         region=line.region,
     )
     return outcome
+
+
+def _now_to_the_second() -> datetime:
+    """Consent time for a line without one; whole seconds, so exports round-trip."""
+    return utcnow().replace(microsecond=0)
 
 
 def _same_authorization(credential: Credential, line: AmazonLine, vault: Vault) -> bool:
@@ -370,7 +374,6 @@ def _store_stripe(
     status = Status.active if customer.customer_id else Status.pending
     if integration is None:
         integrations[key] = lifecycle.create(session, line.user_id, Provider.stripe, status)
-        session.flush([customer])
         return outcome
     if lifecycle.change_status(
         session, integration, status, reason="imported", frontend_url=frontend_url
@@ -418,7 +421,7 @@ def export_lines(
                 "provider": row.provider,
                 "selling_partner_id": row.selling_partner_id,
                 "region": row.region,
-                "authorized_at": isoformat(row.authorized_at),
+                "authorized_at": row.authorized_at.isoformat().replace("+00:00", "Z"),
             }
             if vault is not None:
                 line["refresh_token"] = vault.decrypt(row.refresh_token)

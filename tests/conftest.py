@@ -1,0 +1,173 @@
+"""Shared fixtures: an isolated environment per test, the CLI, and real databases.
+
+Every test that takes ``db`` runs twice: on a fresh SQLite file and on a fresh PostgreSQL
+schema (``DISCOVERY_TEST_POSTGRES_URL``). Without that variable the PostgreSQL half is skipped
+with a loud warning, except under CI, where it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import keyring
+import pytest
+import sqlalchemy as sa
+from cryptography.fernet import Fernet
+from keyring.backend import KeyringBackend
+from sandbox_fixtures import sandbox  # noqa: F401  (fixture)
+from typer.testing import CliRunner
+
+from discoveryctl.cli import app
+from discoveryctl.config import SETTINGS
+
+POSTGRES_URL = os.environ.get("DISCOVERY_TEST_POSTGRES_URL")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+class MemoryKeyring(KeyringBackend):
+    """An in-memory OS keyring."""
+
+    priority = 1  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.store.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.store[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        from keyring.errors import PasswordDeleteError
+
+        if self.store.pop((service, username), None) is None:
+            raise PasswordDeleteError(username)
+
+
+@pytest.fixture(autouse=True)
+def isolation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[MemoryKeyring]:
+    for name in SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "120")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    backend = MemoryKeyring()
+    previous = keyring.get_keyring()
+    keyring.set_keyring(backend)
+    yield backend
+    keyring.set_keyring(previous)
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+@pytest.fixture
+def cli() -> Any:
+    """``cli("status", "--json")`` runs the command in-process and returns its result."""
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | bytes | None = None) -> Result:
+        result = runner.invoke(app, list(args), input=input, catch_exceptions=False)
+        return Result(result.exit_code, result.stdout, result.stderr)
+
+    return invoke
+
+
+@dataclass
+class TestDatabase:
+    url: str
+    kind: str
+    engine: sa.Engine
+    key: str
+
+    def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        with self.engine.connect() as connection:
+            return [dict(r._mapping) for r in connection.execute(sa.text(sql), params)]
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        with self.engine.connect() as connection:
+            return connection.execute(sa.text(sql), params).scalar()
+
+
+def _postgres_schema_url(schema: str) -> str:
+    assert POSTGRES_URL is not None
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    return f"{POSTGRES_URL}{separator}options={quote(f'-csearch_path={schema}')}"
+
+
+def _engine_url(url: str) -> str:
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestDatabase]:
+    """A fresh, un-migrated database; ``DATABASE_URL`` and the key point at it."""
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    key = Fernet.generate_key().decode()
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'discovery.db'}"
+        engine = sa.create_engine(url)
+        schema = None
+    else:
+        if POSTGRES_URL is None:
+            message = "DISCOVERY_TEST_POSTGRES_URL is not set: PostgreSQL tests did not run"
+            if IN_CI:
+                pytest.fail(message)
+            pytest.skip(message)
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        admin = sa.create_engine(_engine_url(POSTGRES_URL))
+        try:
+            with admin.begin() as connection:
+                connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        except sa.exc.OperationalError as error:
+            admin.dispose()
+            pytest.fail(f"PostgreSQL at DISCOVERY_TEST_POSTGRES_URL is unreachable: {error}")
+        admin.dispose()
+        url = _postgres_schema_url(schema)
+        engine = sa.create_engine(_engine_url(url))
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("DISCOVERY_ENCRYPTION_KEY", key)
+    yield TestDatabase(url=url, kind=request.param, engine=engine, key=key)
+    engine.dispose()
+    if schema is not None:
+        admin = sa.create_engine(_engine_url(POSTGRES_URL or ""))
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def db(empty_db: TestDatabase, cli: Any) -> TestDatabase:
+    """A fresh database migrated to head with ``discoveryctl db upgrade``."""
+    result = cli("db", "upgrade")
+    assert result.exit_code == 0, result.stderr
+    return empty_db
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if POSTGRES_URL is None:
+        terminalreporter.write_sep(
+            "!",
+            "DISCOVERY_TEST_POSTGRES_URL is not set: the PostgreSQL half of the suite was skipped",
+            red=True,
+        )

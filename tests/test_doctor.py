@@ -1,0 +1,68 @@
+"""`doctor`: each check says what to fix."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+
+from helpers import amazon_line, write_lines
+
+
+def checks(result: Any) -> dict[str, tuple[str, str]]:
+    return {c["check"]: (c["state"], c["detail"]) for c in result.json()}
+
+
+def configure_providers(monkeypatch: pytest.MonkeyPatch, rotated_days_ago: int) -> None:
+    for name in (
+        "AMAZON_LWA_CLIENT_ID",
+        "AMAZON_LWA_CLIENT_SECRET",
+        "AMAZON_SPAPI_APP_ID",
+        "STRIPE_API_KEY",
+    ):
+        monkeypatch.setenv(name, f"value-of-{name}")
+    monkeypatch.setenv("JWT_SECRET", "j" * 40)
+    rotated = datetime.now(UTC).date() - timedelta(days=rotated_days_ago)
+    monkeypatch.setenv("AMAZON_LWA_CLIENT_SECRET_ROTATED_AT", rotated.isoformat())
+
+
+def test_healthy_installation(
+    db: Any, cli: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli("import", str(write_lines(tmp_path / "a.jsonl", amazon_line("a"), amazon_line("b"))))
+    configure_providers(monkeypatch, rotated_days_ago=10)
+    result = cli("doctor", "--json")
+    assert result.exit_code == 0, result.stdout
+    found = checks(result)
+    assert found["database"][0] == "ok"
+    assert found["encryption key"] == ("ok", "decrypts all 2 stored credentials")
+    assert found["LWA secret age"] == ("ok", "10 days old")
+
+
+def test_problems_are_named(
+    db: Any, cli: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli("import", str(write_lines(tmp_path / "a.jsonl", amazon_line("a"))))
+    configure_providers(monkeypatch, rotated_days_ago=200)
+    monkeypatch.delenv("STRIPE_API_KEY")
+    monkeypatch.setenv("DISCOVERY_ENCRYPTION_KEY", Fernet.generate_key().decode())
+    result = cli("doctor", "--json")
+    assert result.exit_code == 1
+    found = checks(result)
+    assert found["encryption key"][0] == "fail"
+    assert "wrong key" in found["encryption key"][1]
+    assert found["STRIPE_API_KEY"][0] == "fail"
+    assert found["LWA secret age"][0] == "fail"
+    assert "200 days old" in found["LWA secret age"][1]
+    table = cli("doctor")
+    assert "STRIPE_API_KEY" in table.stdout
+
+
+def test_unmigrated_database(empty_db: Any, cli: Any) -> None:
+    result = cli("doctor", "--json")
+    assert result.exit_code == 1
+    state, detail = checks(result)["database"]
+    assert state == "fail"
+    assert "discoveryctl db upgrade" in detail

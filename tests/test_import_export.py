@@ -1,0 +1,211 @@
+"""`import` and `export`: line-numbered rejects, idempotence, secrets encrypted at rest."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+from helpers import amazon_line, stripe_line, write_lines
+
+
+def test_good_lines_are_stored_and_bad_lines_reported_by_number(
+    db: Any, cli: Any, tmp_path: Path
+) -> None:
+    source = write_lines(
+        tmp_path / "sellers.jsonl",
+        amazon_line("u1"),
+        "this is not json",
+        stripe_line("u2"),
+        amazon_line("u3", region="mars"),
+        "",
+        {"user_id": "u4", "provider": "shopify"},
+        stripe_line("u5", customer_id="cus_Q1w2E3r4"),
+        amazon_line("u6", colour="blue"),
+        {"provider": "stripe", "email": "x@example.com"},
+        stripe_line("u7", email="not-an-email"),
+        amazon_line("u8", authorized_at="2026-01-02T03:04:05"),
+        "[1, 2]",
+    )
+    result = cli("import", str(source))
+    assert result.exit_code == 1
+    rejects = [line for line in result.stderr.splitlines() if line.startswith("line ")]
+    assert rejects == [
+        "line 2: not valid JSON (Expecting value at column 1)",
+        "line 4: region must be one of na, eu, fe, not 'mars'",
+        "line 6: provider must be amazon or stripe, not 'shopify'",
+        "line 8: unknown field colour",
+        "line 9: missing field user_id",
+        "line 10: email 'not-an-email' is not an email address",
+        "line 11: authorized_at needs a timezone, e.g. 2026-01-02T03:04:05Z",
+        "line 12: expected a JSON object",
+    ]
+    assert "imported 3 lines: 3 created, 0 updated, 0 unchanged; 8 rejected" in result.stdout
+    rows = db.rows("SELECT user_id, provider, status FROM integration_status ORDER BY user_id")
+    assert rows == [
+        {"user_id": "u1", "provider": "amazon", "status": "active"},
+        {"user_id": "u2", "provider": "stripe", "status": "pending"},
+        {"user_id": "u5", "provider": "stripe", "status": "active"},
+    ]
+    assert db.scalar("SELECT customer_id FROM stripe_customers WHERE user_id = 'u5'") == (
+        "cus_Q1w2E3r4"
+    )
+
+
+def test_reimport_creates_no_duplicates(db: Any, cli: Any, tmp_path: Path) -> None:
+    source = write_lines(
+        tmp_path / "s.jsonl", amazon_line("u1"), stripe_line("u2"), amazon_line("u1")
+    )
+    first = cli("import", str(source), "--json")
+    assert first.exit_code == 0
+    assert first.json() == {"created": 2, "updated": 0, "unchanged": 1, "rejected": []}
+    events_after_first = db.scalar("SELECT count(*) FROM events")
+
+    second = cli("import", str(source), "--json")
+    assert second.exit_code == 0
+    assert second.json() == {"created": 0, "updated": 0, "unchanged": 3, "rejected": []}
+    assert db.scalar("SELECT count(*) FROM integration_status") == 2
+    assert db.scalar("SELECT count(*) FROM credentials") == 1
+    assert db.scalar("SELECT count(*) FROM stripe_customers") == 1
+    assert db.scalar("SELECT count(*) FROM events") == events_after_first
+
+
+def test_a_new_refresh_token_updates_the_authorization_and_reactivates(
+    db: Any, cli: Any, tmp_path: Path
+) -> None:
+    cli("import", str(write_lines(tmp_path / "a.jsonl", amazon_line("u1", "Atzr|old-token"))))
+    with db.engine.begin() as connection:
+        import sqlalchemy as sa
+
+        connection.execute(sa.text("UPDATE integration_status SET status = 'revoked'"))
+    result = cli(
+        "import",
+        str(write_lines(tmp_path / "b.jsonl", amazon_line("u1", "Atzr|new-token"))),
+        "--json",
+    )
+    assert result.json()["updated"] == 1
+    assert db.scalar("SELECT status FROM integration_status") == "active"
+    exported = cli("export", "--include-secrets")
+    assert json.loads(exported.stdout)["refresh_token"] == "Atzr|new-token"
+    changes = db.rows("SELECT detail FROM events WHERE kind = 'status_changed' ORDER BY id")
+    detail = changes[-1]["detail"]
+    detail = json.loads(detail) if isinstance(detail, str) else detail
+    assert detail == {"from": "revoked", "to": "active", "reason": "imported"}
+
+
+def test_refresh_token_is_never_stored_in_plain_text(db: Any, cli: Any, tmp_path: Path) -> None:
+    token = "Atzr|IwEBIPlainTextMustNeverAppear0123456789"
+    result = cli("import", str(write_lines(tmp_path / "a.jsonl", amazon_line("u1", token))))
+    assert result.exit_code == 0
+    assert token not in result.stdout + result.stderr
+    if db.kind == "sqlite":
+        db.engine.dispose()
+        database = Path(db.url.removeprefix("sqlite:///"))
+        files = [p for p in database.parent.iterdir() if p.name.startswith(database.name)]
+        assert files
+        for path in files:
+            assert token.encode() not in path.read_bytes(), path
+            assert b"PlainTextMustNeverAppear" not in path.read_bytes(), path
+    for table in ("integration_status", "credentials", "events", "notifications"):
+        for row in db.rows(f"SELECT * FROM {table}"):
+            assert "PlainTextMustNeverAppear" not in json.dumps(row, default=str), table
+
+
+def test_export_leaves_secrets_out_unless_asked(db: Any, cli: Any, tmp_path: Path) -> None:
+    token = "Atzr|export-me-only-when-asked"
+    cli(
+        "import",
+        str(
+            write_lines(
+                tmp_path / "a.jsonl",
+                amazon_line("u1", token, authorized_at="2026-03-04T05:06:07Z"),
+                stripe_line("u2", customer_id="cus_abc"),
+            )
+        ),
+    )
+    plain = cli("export")
+    assert plain.exit_code == 0
+    assert token not in plain.stdout
+    lines = [json.loads(line) for line in plain.stdout.splitlines()]
+    assert lines == [
+        {
+            "user_id": "u1",
+            "provider": "amazon",
+            "selling_partner_id": amazon_line("u1")["selling_partner_id"],
+            "region": "na",
+            "authorized_at": "2026-03-04T05:06:07Z",
+        },
+        {
+            "user_id": "u2",
+            "provider": "stripe",
+            "email": "u2@example.com",
+            "customer_id": "cus_abc",
+        },
+    ]
+    out = tmp_path / "backup.jsonl"
+    with_secrets = cli("export", "--include-secrets", "-o", str(out))
+    assert with_secrets.exit_code == 0
+    assert "refresh tokens in plain text" in with_secrets.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert json.loads(out.read_text().splitlines()[0])["refresh_token"] == token
+
+
+def test_export_with_secrets_round_trips_through_import(db: Any, cli: Any, tmp_path: Path) -> None:
+    cli("import", str(write_lines(tmp_path / "a.jsonl", amazon_line("u1"), stripe_line("u2"))))
+    out = tmp_path / "backup.jsonl"
+    cli("export", "--include-secrets", "-o", str(out))
+    again = cli("import", str(out), "--json")
+    assert again.exit_code == 0
+    assert again.json() == {"created": 0, "updated": 0, "unchanged": 2, "rejected": []}
+
+
+def test_import_reads_stdin(db: Any, cli: Any) -> None:
+    text = json.dumps(stripe_line("u1")) + "\n" + "{" + "\n"
+    result = cli("import", "-", input=text)
+    assert result.exit_code == 1
+    assert "line 2: not valid JSON" in result.stderr
+    assert db.scalar("SELECT count(*) FROM stripe_customers") == 1
+
+
+def test_stripe_customer_conflicts_are_rejected(db: Any, cli: Any, tmp_path: Path) -> None:
+    cli("import", str(write_lines(tmp_path / "a.jsonl", stripe_line("u1", customer_id="cus_A"))))
+    result = cli(
+        "import",
+        str(
+            write_lines(
+                tmp_path / "b.jsonl",
+                stripe_line("u1", customer_id="cus_B"),
+                stripe_line("u2", customer_id="cus_A"),
+            )
+        ),
+    )
+    assert result.exit_code == 1
+    assert "line 1: user u1 already has Stripe customer cus_A" in result.stderr
+    assert "line 2: Stripe customer cus_A belongs to user u1" in result.stderr
+    assert db.scalar("SELECT count(*) FROM stripe_customers") == 1
+
+
+def test_missing_file_is_a_usage_error(db: Any, cli: Any, tmp_path: Path) -> None:
+    result = cli("import", str(tmp_path / "nope.jsonl"))
+    assert result.exit_code == 2
+    assert "no such file" in result.stderr
+
+
+def test_invalid_utf8_and_huge_lines_are_rejected_not_fatal(
+    db: Any, cli: Any, tmp_path: Path
+) -> None:
+    source = tmp_path / "bad.jsonl"
+    source.write_bytes(
+        b"\xff\xfe garbage\n"
+        + json.dumps(stripe_line("u1")).encode()
+        + b"\n"
+        + b'{"user_id": "'
+        + b"x" * 70000
+        + b'"}\n'
+    )
+    result = cli("import", str(source))
+    assert result.exit_code == 1
+    assert "line 1: not valid UTF-8" in result.stderr
+    assert "line 3: line is longer than 65536 bytes" in result.stderr
+    assert db.scalar("SELECT count(*) FROM stripe_customers") == 1

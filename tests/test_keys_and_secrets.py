@@ -1,0 +1,96 @@
+"""`keys rotate` and `secrets`: rotation keeps every token readable; the keyring is a source."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+
+from helpers import amazon_line, write_lines
+
+
+def test_rotation_keeps_every_token_readable(
+    db: Any, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = [amazon_line(f"u{i}", f"Atzr|token-{i}") for i in range(7)]
+    assert cli("import", str(write_lines(tmp_path / "a.jsonl", *lines))).exit_code == 0
+    old, new = db.key, Fernet.generate_key().decode()
+    before = db.rows("SELECT refresh_token FROM credentials ORDER BY id")
+
+    monkeypatch.setenv("DISCOVERY_ENCRYPTION_KEY", f"{new},{old}")
+    result = cli("keys", "rotate", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json() == {"rotated": 7}
+    after = db.rows("SELECT refresh_token FROM credentials ORDER BY id")
+    assert all(a != b for a, b in zip(after, before, strict=True))
+
+    monkeypatch.setenv("DISCOVERY_ENCRYPTION_KEY", new)  # the old key is gone
+    exported = cli("export", "--include-secrets")
+    assert exported.exit_code == 0, exported.stderr
+    tokens = {
+        json.loads(line)["user_id"]: json.loads(line)["refresh_token"]
+        for line in exported.stdout.splitlines()
+    }
+    assert tokens == {f"u{i}": f"Atzr|token-{i}" for i in range(7)}
+    assert db.scalar("SELECT count(*) FROM events WHERE kind = 'keys_rotated'") == 1
+
+
+def test_secrets_set_get_delete_through_the_keyring(cli: Any, isolation: Any) -> None:
+    stored = cli("secrets", "set", "stripe_api_key", input="sk_test_abcdefghijkl\n")
+    assert stored.exit_code == 0, stored.stderr
+    assert isolation.store[("discoveryctl", "STRIPE_API_KEY")] == "sk_test_abcdefghijkl"
+    masked = cli("secrets", "get", "STRIPE_API_KEY")
+    assert masked.stdout.strip() == "sk_t********kl"
+    assert cli("secrets", "get", "STRIPE_API_KEY", "--show").stdout.strip() == (
+        "sk_test_abcdefghijkl"
+    )
+    assert cli("secrets", "delete", "STRIPE_API_KEY").exit_code == 0
+    missing = cli("secrets", "get", "STRIPE_API_KEY")
+    assert missing.exit_code == 2
+    assert "not in the keyring" in missing.stderr
+
+
+def test_secrets_refuse_unknown_names_and_empty_values(cli: Any) -> None:
+    unknown = cli("secrets", "set", "HOME", input="x\n")
+    assert unknown.exit_code == 2
+    assert "HOME is not a secret discoveryctl reads" in unknown.stderr
+    empty = cli("secrets", "set", "JWT_SECRET", input="\n")
+    assert empty.exit_code == 2
+
+
+def test_setting_the_lwa_secret_records_its_rotation_date(cli: Any, isolation: Any) -> None:
+    cli("secrets", "set", "AMAZON_LWA_CLIENT_SECRET", input="amzn1.oa2-cs.v1.abc\n")
+    assert ("discoveryctl", "AMAZON_LWA_CLIENT_SECRET_ROTATED_AT") in isolation.store
+
+
+def test_keyring_is_read_after_the_environment(
+    db: Any, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolation: Any
+) -> None:
+    cli("import", str(write_lines(tmp_path / "a.jsonl", amazon_line("u1", "Atzr|kr"))))
+    monkeypatch.delenv("DISCOVERY_ENCRYPTION_KEY")
+    isolation.store[("discoveryctl", "DISCOVERY_ENCRYPTION_KEY")] = db.key
+    exported = cli("export", "--include-secrets")
+    assert exported.exit_code == 0, exported.stderr
+    assert json.loads(exported.stdout)["refresh_token"] == "Atzr|kr"
+    # The environment wins over the keyring.
+    monkeypatch.setenv("DISCOVERY_ENCRYPTION_KEY", Fernet.generate_key().decode())
+    assert cli("export", "--include-secrets").exit_code == 2
+
+
+def test_generate_key_prints_a_usable_fernet_key(cli: Any) -> None:
+    key = cli("secrets", "generate-key").stdout.strip()
+    Fernet(key.encode())
+
+
+def test_default_database_generates_a_private_key_file_once(cli: Any, tmp_path: Path) -> None:
+    result = cli("import", str(write_lines(tmp_path / "a.jsonl", amazon_line("u1"))))
+    assert result.exit_code == 0, result.stderr
+    key_file = tmp_path / "data" / "discoveryctl" / "encryption.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert '"generated_secret_file"' in result.stderr
+    again = cli("export", "--include-secrets")
+    assert again.exit_code == 0
+    assert "generated_secret_file" not in again.stderr

@@ -1,0 +1,153 @@
+"""`status`: the health table, its JSON, and the --check exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from discoveryctl.db.engine import Database
+from discoveryctl.integrations import lifecycle
+from discoveryctl.integrations.health import Status
+from helpers import amazon_line, stripe_line, write_lines
+
+FRONTEND = "http://localhost:3000"
+
+
+def seed(cli: Any, tmp_path: Path) -> None:
+    source = write_lines(
+        tmp_path / "seed.jsonl",
+        amazon_line("alice"),
+        amazon_line("bob"),
+        amazon_line("carol"),
+        stripe_line("alice", customer_id="cus_alice"),
+        stripe_line("dave"),
+    )
+    assert cli("import", str(source)).exit_code == 0
+
+
+def set_status(url: str, user: str, status: Status) -> None:
+    database = Database(url)
+    with database.session() as session:
+        integration = lifecycle.find(session, user, "amazon")
+        assert integration is not None
+        lifecycle.change_status(session, integration, status, reason="test", frontend_url=FRONTEND)
+    database.dispose()
+
+
+def fail_transiently(url: str, user: str, times: int) -> None:
+    database = Database(url)
+    with database.session() as session:
+        integration = lifecycle.find(session, user, "amazon")
+        assert integration is not None
+        for _ in range(times):
+            lifecycle.record_transient_failure(
+                session, integration, error_type="lwa_timeout", message="timed out after 10s"
+            )
+    database.dispose()
+
+
+def test_json_is_shaped_like_the_seed_api(db: Any, cli: Any, tmp_path: Path) -> None:
+    seed(cli, tmp_path)
+    set_status(db.url, "bob", Status.revoked)
+    result = cli("status", "--json")
+    assert result.exit_code == 0
+    data = result.json()
+    assert [(d["user_id"], d["provider"]) for d in data] == [
+        ("alice", "amazon"),
+        ("alice", "stripe"),
+        ("bob", "amazon"),
+        ("carol", "amazon"),
+        ("dave", "stripe"),
+    ]
+    for item in data:
+        assert set(item) == {
+            "id",
+            "user_id",
+            "provider",
+            "status",
+            "updated_at",
+            "metadata",
+            "lastSyncedAt",
+            "message",
+        }
+        assert len(item["id"]) == 36
+        assert item["updated_at"].endswith("Z")
+        assert isinstance(item["metadata"], dict)
+    by_user = {(d["user_id"], d["provider"]): d for d in data}
+    assert by_user[("alice", "amazon")]["message"] == "Your amazon integration is working properly"
+    assert by_user[("alice", "amazon")]["lastSyncedAt"] is None
+    assert by_user[("bob", "amazon")]["status"] == "revoked"
+    assert "reconnect" in by_user[("bob", "amazon")]["message"]
+    assert by_user[("dave", "stripe")]["status"] == "pending"
+    assert result.stderr.count("\n") <= 1  # nothing else on stdout, at most a log line
+
+
+def test_filters(db: Any, cli: Any, tmp_path: Path) -> None:
+    seed(cli, tmp_path)
+    set_status(db.url, "bob", Status.expired)
+    assert [d["user_id"] for d in cli("status", "stripe", "--json").json()] == ["alice", "dave"]
+    assert [d["provider"] for d in cli("status", "--user", "alice", "--json").json()] == [
+        "amazon",
+        "stripe",
+    ]
+    assert [d["user_id"] for d in cli("status", "--status", "expired", "--json").json()] == ["bob"]
+    bad = cli("status", "--status", "sleeping")
+    assert bad.exit_code == 2
+
+
+def test_check_exit_codes(db: Any, cli: Any, tmp_path: Path) -> None:
+    seed(cli, tmp_path)
+    assert cli("status", "--check").exit_code == 0
+    fail_transiently(db.url, "carol", 1)
+    failing = cli("status", "--check")
+    assert failing.exit_code == 1
+    assert cli("status", "stripe", "--check").exit_code == 0
+    set_status(db.url, "bob", Status.revoked)
+    assert cli("status", "--check", "--json").exit_code == 1
+    assert cli("status", "--user", "alice", "--check").exit_code == 0
+
+
+def test_table_shows_unhealthy_first_with_failures_and_summary(
+    db: Any, cli: Any, tmp_path: Path
+) -> None:
+    seed(cli, tmp_path)
+    set_status(db.url, "bob", Status.revoked)
+    fail_transiently(db.url, "carol", 2)
+    result = cli("status")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "user",
+        "provider",
+        "status",
+        "last",
+        "synced",
+        "failures",
+        "message",
+    ]
+    assert lines[1].split()[:3] == ["bob", "amazon", "revoked"]
+    assert lines[2].split()[:5] == ["carol", "amazon", "active", "never", "2"]
+    assert "lwa_timeout: timed out after 10s" in lines[2]
+    assert lines[-1] == ("5 integrations: 3 active, 1 revoked, 1 pending; 2 need attention")
+    summary = cli("status", "--summary")
+    assert summary.stdout.strip() == lines[-1]
+
+
+def test_table_is_limited_but_says_so(db: Any, cli: Any, tmp_path: Path) -> None:
+    seed(cli, tmp_path)
+    result = cli("status", "--limit", "2")
+    assert "… 3 more not shown" in result.stdout
+    assert len(cli("status", "--limit", "0").stdout.splitlines()) == 1 + 5 + 1
+
+
+def test_user_data_is_not_read_as_markup(db: Any, cli: Any, tmp_path: Path) -> None:
+    write_lines(tmp_path / "m.jsonl", stripe_line("[red]mallory[/red]"))
+    cli("import", str(tmp_path / "m.jsonl"))
+    assert "[red]mallory[/red]" in cli("status").stdout
+
+
+def test_empty_database(db: Any, cli: Any) -> None:
+    result = cli("status")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == "no integrations"
+    assert cli("status", "--json").json() == []
