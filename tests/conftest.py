@@ -21,11 +21,12 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from keyring.backend import KeyringBackend
-from sandbox_fixtures import sandbox  # noqa: F401  (fixture)
 from typer.testing import CliRunner
 
 from discoveryctl.cli import app
 from discoveryctl.config import SETTINGS
+
+from sandbox_fixtures import sandbox  # noqa: F401  (fixture)
 
 POSTGRES_URL = os.environ.get("DISCOVERY_TEST_POSTGRES_URL")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

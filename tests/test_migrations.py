@@ -34,7 +34,7 @@ def test_upgrade_from_empty_creates_every_table_and_check_finds_no_drift(
 
     import sqlalchemy as sa
 
-    assert TABLES <= set(sa.inspect(empty_db.engine).get_table_names())
+    assert set(sa.inspect(empty_db.engine).get_table_names()) >= TABLES
     database = Database(empty_db.url)
     config = alembic_config(empty_db.url)
     try:

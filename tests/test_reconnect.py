@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from discoveryctl.integrations.health import Status
+
 from helpers import amazon_line, write_lines
 from test_status import set_status
 

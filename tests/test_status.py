@@ -8,6 +8,7 @@ from typing import Any
 from discoveryctl.db.engine import Database
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.health import Status
+
 from helpers import amazon_line, stripe_line, write_lines
 
 FRONTEND = "http://localhost:3000"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from discoveryctl.integrations.health import Status
+
 from helpers import amazon_line, write_lines
 from test_status import fail_transiently, set_status
 

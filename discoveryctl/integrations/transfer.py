@@ -33,7 +33,7 @@ from discoveryctl.db.models import (
     utcnow,
 )
 from discoveryctl.integrations import lifecycle
-from discoveryctl.integrations.health import Provider, Region, Status, isoformat
+from discoveryctl.integrations.health import Provider, Region, Status
 
 BATCH_SIZE = 500
 MAX_LINE_BYTES = 64 * 1024
