@@ -1,0 +1,156 @@
+"""`make demo`: the tool's job so far, on the embedded SQLite default, against the sandbox.
+
+Everything happens in a throw-away data directory and on 127.0.0.1; each step prints the
+command it runs, as an operator would type it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+SELLERS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def discoveryctl(env: dict[str, str], *args: str, expect: tuple[int, ...] = (0,)) -> str:
+    print(f"$ discoveryctl {shlex.join(args)}", flush=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "discoveryctl", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    sys.stdout.write(done.stdout)
+    for line in done.stderr.splitlines():
+        print(f"  {line}")
+    print(f"  (exit {done.returncode})", flush=True)
+    if done.returncode not in expect:
+        raise SystemExit(f"demo failed: discoveryctl {' '.join(args)} exited {done.returncode}")
+    return done.stdout
+
+
+def start_sandbox(
+    env: dict[str, str], seed_file: Path
+) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "discoveryctl",
+        "sandbox",
+        "--port",
+        str(port),
+        "--seed",
+        str(SELLERS),
+        "--seed-file",
+        str(seed_file),
+    ]
+    print(f"$ discoveryctl sandbox --port {port} --seed {SELLERS} --seed-file {seed_file.name} &")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    exports: dict[str, str] = {}
+    assert process.stdout is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        if line.startswith("export "):
+            name, _, value = line.removeprefix("export ").strip().partition("=")
+            exports[name] = shlex.split(value)[0] if value else ""
+            print(f"  export {name}=…")
+        if "STRIPE_API_BASE" in exports and "AMAZON_LWA_TOKEN_URL" in exports:
+            break
+    if not exports:
+        process.kill()
+        raise SystemExit("demo failed: the sandbox did not start")
+    return process, exports
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="discoveryctl-demo-") as home:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key != "DATABASE_URL" and not key.startswith(("AMAZON_", "STRIPE_", "DISCOVERY_"))
+        }
+        env.update({"XDG_DATA_HOME": home, "LOG_FORMAT": "console", "NO_COLOR": "1"})
+        seed_file = Path(home) / "sellers.jsonl"
+
+        step("Start the sandbox (Seller Central, LWA, SP-API and Stripe on 127.0.0.1)")
+        sandbox, exports = start_sandbox(env, seed_file)
+        env.update(exports)
+        try:
+            step("Is this installation ready?")
+            discoveryctl(env, "doctor", expect=(0, 1))
+
+            step("Import the sandbox's sellers, and their Stripe customers to be")
+            sellers = [json.loads(line) for line in seed_file.read_text().splitlines()]
+            with seed_file.open("a") as handle:
+                for seller in sellers:
+                    user = seller["user_id"]
+                    handle.write(
+                        json.dumps(
+                            {"user_id": user, "provider": "stripe", "email": f"{user}@example.com"}
+                        )
+                        + "\n"
+                    )
+                handle.write('{"user_id": "broken", "provider": "amazon"}\n')
+            discoveryctl(env, "import", str(seed_file), expect=(1,))
+            step("Importing the same file again changes nothing")
+            discoveryctl(env, "import", str(seed_file), "--json", expect=(1,))
+
+            step("The seller behind the first integration revokes access in Seller Central")
+            revoked = sellers[0]
+            print(
+                f"$ curl -X POST $AMAZON_LWA_TOKEN_URL/../_sandbox/sellers/"
+                f"{revoked['selling_partner_id']}/revoke"
+            )
+            response = httpx.post(
+                f"{exports['AMAZON_SELLER_CENTRAL_URL']}/_sandbox/sellers/"
+                f"{revoked['selling_partner_id']}/revoke"
+            )
+            response.raise_for_status()
+            print("  (the next refresh of that seller's token will find it revoked)")
+
+            step("Integration health")
+            discoveryctl(env, "status")
+            discoveryctl(env, "status", "--check")
+
+            step("Send a seller back through consent")
+            discoveryctl(env, "reconnect", "amazon", "--user", revoked["user_id"], "--notify")
+            discoveryctl(env, "notifications", "--user", revoked["user_id"])
+
+            step("The audit history and an export without secrets")
+            discoveryctl(env, "events", "--user", revoked["user_id"])
+            discoveryctl(env, "export")
+        finally:
+            sandbox.send_signal(signal.SIGINT)
+            sandbox.wait(timeout=10)
+    print("\ndemo finished")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
