@@ -14,9 +14,13 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from discoveryctl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from discoveryctl.providers.amazon import AmazonApp
 
 KEYRING_SERVICE = "discoveryctl"
 
@@ -208,6 +212,29 @@ class Config:
             self.data_dir / "jwt.secret",
             lambda: secrets.token_urlsafe(48),
             "a new JWT secret: API tokens and OAuth states signed before are no longer valid",
+        )
+
+    def amazon_app(self) -> AmazonApp:
+        """The SP-API app: its LWA credentials, consent settings and endpoint overrides."""
+        from discoveryctl.providers.amazon import LWA_TOKEN_URL, AmazonApp
+
+        overrides = {
+            name: self._http_url(name, "") if self.get(name) else None
+            for name in (
+                "AMAZON_SELLER_CENTRAL_URL",
+                "AMAZON_LWA_TOKEN_URL",
+                "AMAZON_SPAPI_URL",
+            )
+        }
+        return AmazonApp(
+            client_id=self.require("AMAZON_LWA_CLIENT_ID"),
+            client_secret=self.require("AMAZON_LWA_CLIENT_SECRET"),
+            application_id=self.require("AMAZON_SPAPI_APP_ID"),
+            redirect_uri=self.redirect_uri,
+            draft=self.app_draft,
+            seller_central_url=overrides["AMAZON_SELLER_CENTRAL_URL"],
+            token_url=overrides["AMAZON_LWA_TOKEN_URL"] or LWA_TOKEN_URL,
+            spapi_url=overrides["AMAZON_SPAPI_URL"],
         )
 
     def _http_url(self, name: str, default: str) -> str:

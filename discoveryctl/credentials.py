@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 from discoveryctl import events
 from discoveryctl.config import Config
 from discoveryctl.crypto import Vault
-from discoveryctl.db.models import Credential, table_of, utcnow
+from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
 
 
 def open_vault(config: Config, session: Session) -> Vault:
@@ -27,6 +28,49 @@ def open_vault(config: Config, session: Session) -> Vault:
     if newest is not None:
         vault.decrypt(newest, what="the stored refresh tokens")
     return vault
+
+
+def for_integration(session: Session, integration: IntegrationStatus) -> Credential | None:
+    return session.scalars(
+        sa.select(Credential).where(Credential.integration_id == integration.id)
+    ).first()
+
+
+def store_authorization(
+    session: Session,
+    integration: IntegrationStatus,
+    vault: Vault,
+    *,
+    selling_partner_id: str,
+    region: str,
+    refresh_token: str,
+    authorized_at: datetime,
+    access_token: str | None = None,
+    expires_in: int | None = None,
+    credential: Credential | None = None,
+) -> Credential:
+    """Store a seller's (new) authorization, encrypted, replacing whatever was there.
+
+    ``credential`` is the integration's current one (see ``for_integration``), or None to add
+    the first. A new authorization starts a new 365-day term: the expiry warning is re-armed
+    and any cached access token from the old one is dropped unless a new one is given.
+    """
+    now = utcnow()
+    if credential is None:
+        credential = Credential(integration_id=integration.id, created_at=now)
+        session.add(credential)
+    credential.selling_partner_id = selling_partner_id
+    credential.region = region
+    credential.refresh_token = vault.encrypt(refresh_token)
+    credential.access_token = vault.encrypt(access_token) if access_token else None
+    credential.access_token_expires_at = (
+        now + timedelta(seconds=expires_in) if access_token and expires_in else None
+    )
+    credential.refreshed_at = now if access_token else None
+    credential.authorized_at = authorized_at
+    credential.expiry_warned_at = None
+    credential.updated_at = now
+    return credential
 
 
 def rotate_all(

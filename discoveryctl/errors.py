@@ -48,7 +48,18 @@ class NotFound(ConfigError):
 
 
 class ProviderError(DiscoveryError):
-    """Amazon or Stripe answered with a failure."""
+    """Amazon or Stripe answered with a failure.
+
+    ``error_type`` is the stable name logged and stored with the failure (``lwa_timeout``,
+    ``oauth_token_revoked``…); ``status_code`` is the HTTP status, if there was an answer.
+    """
+
+    def __init__(
+        self, message: str, *, error_type: str = "provider_error", status_code: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.status_code = status_code
 
 
 class AppCredentialsRejected(ProviderError):
@@ -63,6 +74,17 @@ class SellerAuthorizationRevoked(ProviderError):
 
 class TransientProviderError(ProviderError):
     """A failure worth retrying: throttling, 5xx, timeouts, connection errors, bad bodies."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_type: str = "transient_error",
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, error_type=error_type, status_code=status_code)
+        self.retry_after = retry_after
 
 
 class OAuthCallbackError(DiscoveryError):

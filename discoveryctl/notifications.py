@@ -127,3 +127,19 @@ def acknowledge(session: Session, ids: Iterable[int]) -> list[int]:
         if notification.read_at is None:
             notification.read_at = now
     return wanted
+
+
+APP_CREDENTIALS_REJECTED = "app_credentials_rejected"
+
+
+def alert_app_credentials(session: Session, provider: str, message: str) -> bool:
+    """Tell the admins the app's own credentials were refused (once, until resolved)."""
+    _, created = notify(
+        session,
+        audience=ADMIN,
+        kind=APP_CREDENTIALS_REJECTED,
+        title=f"{provider.capitalize()} rejected the app's credentials",
+        message=message,
+        provider=provider,
+    )
+    return created

@@ -51,6 +51,7 @@ def _root(ctx: typer.Context) -> None:
 
 
 from discoveryctl.cli import (  # noqa: E402  (command modules import only typer)
+    connect,
     database,
     doctor,
     events,
@@ -64,6 +65,7 @@ from discoveryctl.cli import (  # noqa: E402  (command modules import only typer
 )
 
 app.command("status")(status.status)
+app.command("connect")(connect.connect)
 app.command("reconnect")(reconnect.reconnect)
 app.add_typer(notifications.group, name="notifications")
 app.command("events")(events.events)

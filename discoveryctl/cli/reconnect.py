@@ -6,6 +6,9 @@ from enum import StrEnum
 
 import typer
 
+from discoveryctl.errors import ConfigError
+from discoveryctl.integrations.health import Region
+
 
 class ReconnectProvider(StrEnum):
     amazon = "amazon"
@@ -18,9 +21,14 @@ def reconnect(
         None, "--user", help="This user (default: every revoked or expired integration)."
     ),
     notify: bool = typer.Option(False, "--notify", help="Also notify the seller with the URL."),
+    local: bool = typer.Option(
+        False, "--local", help="Run `connect` here instead (needs --user): consent in a browser."
+    ),
     as_json: bool = typer.Option(False, "--json", help="JSON list on stdout."),
 ) -> None:
     """Print reconnect URLs and count the attempt; --notify tells the seller too.
+
+    With --local --user U, run the consent flow on this machine instead (as `connect`).
 
     Example: discoveryctl reconnect amazon --user seller-42 --notify
     """
@@ -28,6 +36,27 @@ def reconnect(
     from discoveryctl.integrations import reconnect as reconnects
 
     app: Application = ctx.obj
+    if local:
+        if user is None:
+            raise ConfigError("--local needs --user: it connects one seller")
+        from discoveryctl.cli.connect import ConnectProvider, connect
+
+        with app.session() as session:
+            known = reconnects.for_user(session, provider.value, user)
+            region = Region(known.meta.get("region", Region.na))
+        connect(
+            ctx,
+            ConnectProvider.amazon,
+            user=user,
+            region=region,
+            no_browser=False,
+            paste=False,
+            timeout=300,
+            tls_cert=None,
+            tls_key=None,
+            as_json=as_json,
+        )
+        return
     frontend_url = app.config.frontend_url
     with app.session() as session:
         if user is not None:

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from discoveryctl import events
+from discoveryctl.credentials import store_authorization
 from discoveryctl.crypto import Vault
 from discoveryctl.db.models import (
     Credential,
@@ -277,29 +278,19 @@ def _store_amazon(
         )
         integrations[key] = integration
     credential = credentials.get(integration.id)
-    if credential is None:
-        credential = Credential(
-            integration_id=integration.id,
-            selling_partner_id=line.selling_partner_id,
-            region=line.region,
-            refresh_token=vault.encrypt(line.refresh_token),
-            authorized_at=line.authorized_at or _now_to_the_second(),
-        )
-        session.add(credential)
-        credentials[integration.id] = credential
-        outcome = "created"
-    elif _same_authorization(credential, line, vault):
+    if credential is not None and _same_authorization(credential, line, vault):
         return "unchanged"
-    else:
-        credential.selling_partner_id = line.selling_partner_id
-        credential.region = line.region
-        credential.refresh_token = vault.encrypt(line.refresh_token)
-        credential.access_token = None
-        credential.access_token_expires_at = None
-        credential.expiry_warned_at = None
-        credential.authorized_at = line.authorized_at or _now_to_the_second()
-        credential.updated_at = utcnow()
-        outcome = "updated"
+    credentials[integration.id] = store_authorization(
+        session,
+        integration,
+        vault,
+        selling_partner_id=line.selling_partner_id,
+        region=line.region,
+        refresh_token=line.refresh_token,
+        authorized_at=line.authorized_at or _now_to_the_second(),
+        credential=credential,
+    )
+    outcome = "created" if credential is None else "updated"
     lifecycle.update_meta(integration, **meta)
     lifecycle.change_status(
         session, integration, Status.active, reason="imported", frontend_url=frontend_url

@@ -1,0 +1,176 @@
+"""The one-shot local server that receives Amazon's consent redirect (SPEC §5).
+
+It listens on 127.0.0.1 only, at the port of ``AMAZON_REDIRECT_URI``, serves that URI's path
+and ``/login``, and answers everything else with a small error page. It never decides
+anything itself: each request is handed to the flow's callbacks, which return the page to
+show and whether the flow is finished. A request that makes a callback raise gets a 500 page;
+the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import errno
+import html
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import structlog
+
+from discoveryctl.errors import ConfigError
+
+LOOPBACK = "127.0.0.1"
+LOGIN_PATH = "/login"
+REQUEST_TIMEOUT_SECONDS = 5
+MAX_QUERY_BYTES = 8192
+CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Page:
+    """What the browser gets: a status, a short message, and maybe a redirect."""
+
+    status: int
+    title: str
+    message: str = ""
+    location: str | None = None
+    finished: bool = False
+
+
+Query = dict[str, list[str]]
+CallbackHandler = Callable[[Query], Page]
+
+
+def render(page: Page) -> bytes:
+    title, message = html.escape(page.title), html.escape(page.message)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{title}</title></head><body style='font-family:sans-serif;margin:3em'>"
+        f"<h1>{title}</h1><p>{message}</p></body></html>"
+    ).encode()
+
+
+class CallbackServer:
+    """Serves one consent flow until a callback finishes it or the time runs out."""
+
+    def __init__(
+        self,
+        redirect_uri: str,
+        on_callback: CallbackHandler,
+        on_login: CallbackHandler,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
+        parts = urlsplit(redirect_uri)
+        self.path = parts.path or "/"
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.finished = False
+        handler = _handler_class(self, on_callback, on_login)
+        try:
+            self._server = HTTPServer((LOOPBACK, self.port), handler, bind_and_activate=False)
+            self._server.allow_reuse_address = True
+            self._server.server_bind()
+            self._server.server_activate()
+        except OSError as error:
+            self._server.server_close()
+            if error.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {self.port} on {LOOPBACK} (from AMAZON_REDIRECT_URI) is already in "
+                    "use: stop whatever listens there, or use --paste"
+                ) from None
+            raise ConfigError(
+                f"cannot listen on {LOOPBACK}:{self.port}: {error.strerror}"
+            ) from None
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            try:
+                context.load_cert_chain(certfile=str(tls[0]), keyfile=str(tls[1]))
+            except (OSError, ssl.SSLError) as error:
+                self._server.server_close()
+                raise ConfigError(f"cannot use --tls-cert/--tls-key: {error}") from None
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self._server.timeout = 0.2
+
+    def serve(self, timeout: float) -> bool:
+        """Handle requests until a callback finishes the flow; False when time ran out."""
+        deadline = time.monotonic() + timeout
+        while not self.finished and time.monotonic() < deadline:
+            self._server.handle_request()
+        return self.finished
+
+    def close(self) -> None:
+        self._server.server_close()
+
+    def __enter__(self) -> CallbackServer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _handler_class(
+    server: CallbackServer, on_callback: CallbackHandler, on_login: CallbackHandler
+) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        timeout = REQUEST_TIMEOUT_SECONDS
+        server_version = "discoveryctl"
+        sys_version = ""
+
+        def do_GET(self) -> None:
+            parts = urlsplit(self.path)
+            if len(parts.query) > MAX_QUERY_BYTES:
+                self._send(Page(414, "Request too long"))
+                return
+            query = parse_qs(parts.query, keep_blank_values=True)
+            if parts.path == server.path:
+                page = self._call(on_callback, query)
+            elif parts.path == LOGIN_PATH:
+                page = self._call(on_login, query)
+            else:
+                page = Page(404, "Not found", "This address only receives Amazon's redirect.")
+            self._send(page)
+            if page.finished:
+                server.finished = True
+
+        def _call(self, handler: CallbackHandler, query: Query) -> Page:
+            try:
+                return handler(query)
+            except Exception:
+                log.exception("callback_handler_crashed", path=urlsplit(self.path).path)
+                return Page(500, "Something went wrong", "The connection was not completed.")
+
+        def _refuse(self) -> None:
+            self._send(Page(405, "Method not allowed"), allow="GET")
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse
+
+        def _send(self, page: Page, allow: str | None = None) -> None:
+            body = render(page)
+            self.send_response(page.status)
+            if page.location is not None:
+                self.send_header("Location", page.location)
+            if allow is not None:
+                self.send_header("Allow", allow)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Referrer-Policy", "no-referrer")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header(
+                "Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"
+            )
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Query strings carry codes and states: log the path only."""
+            log.debug("callback_request", method=self.command, path=urlsplit(self.path).path)
+
+    return Handler

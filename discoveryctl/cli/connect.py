@@ -1,0 +1,98 @@
+"""`discoveryctl connect amazon`: a seller grants consent through a local callback server."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from discoveryctl.integrations.health import Region
+
+
+class ConnectProvider(StrEnum):
+    amazon = "amazon"
+
+
+def connect(
+    ctx: typer.Context,
+    provider: ConnectProvider = typer.Argument(..., help="The provider to connect."),
+    user: str = typer.Option(..., "--user", help="The user the seller's account belongs to."),
+    region: Region = typer.Option(Region.na, "--region", help="The seller's Amazon region."),
+    no_browser: bool = typer.Option(
+        False, "--no-browser", help="Print the consent URL instead of opening a browser."
+    ),
+    paste: bool = typer.Option(
+        False, "--paste", help="Paste the final address from the browser instead of listening."
+    ),
+    timeout: float = typer.Option(300, "--timeout", help="Seconds to wait for the seller."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Certificate for https."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="Private key for https."),
+    as_json: bool = typer.Option(False, "--json", help="The result as JSON on stdout."),
+) -> None:
+    """Connect (or reconnect) a seller's Amazon account through Seller Central consent.
+
+    Example: discoveryctl connect amazon --user seller-42 --no-browser
+    """
+    from discoveryctl.cli.application import Application
+    from discoveryctl.connect import Flow, via_local_server, via_paste
+    from discoveryctl.errors import ConfigError
+    from discoveryctl.providers.amazon import LwaClient
+
+    app: Application = ctx.obj
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    amazon = app.config.amazon_app()
+    database = app.open_database()
+
+    def announce(url: str) -> None:
+        if no_browser or paste:
+            sys.stdout.write(url + "\n")
+            sys.stdout.flush()
+        else:
+            import webbrowser
+
+            if not webbrowser.open(url):
+                sys.stdout.write(url + "\n")
+                sys.stdout.flush()
+        app.err.print(f"waiting for {user}'s consent on Amazon (up to {timeout:g} s)…")
+
+    def read_pasted() -> str:
+        app.err.print("paste the address the browser ended on, then press Enter:")
+        line = sys.stdin.readline()
+        if not line:
+            raise ConfigError("nothing was pasted")
+        return line
+
+    with LwaClient(amazon) as lwa:
+        flow = Flow(database.session, app.config, amazon, lwa, user, region.value)
+        if paste:
+            connected = via_paste(flow, announce=announce, read_pasted=read_pasted)
+        else:
+            connected = via_local_server(
+                flow,
+                announce=announce,
+                ignored=lambda error: app.err.print(
+                    f"ignored a callback that is not this flow's: {error.message}"
+                ),
+                timeout=timeout,
+                tls=tls,
+            )
+    if as_json:
+        app.print_json(
+            {
+                "user_id": connected.user_id,
+                "provider": "amazon",
+                "selling_partner_id": connected.selling_partner_id,
+                "region": connected.region,
+                "reconnected": connected.reconnected,
+            }
+        )
+    else:
+        verb = "reconnected" if connected.reconnected else "connected"
+        app.err.print(
+            f"{verb} {connected.user_id}: seller {connected.selling_partner_id} "
+            f"({connected.region})"
+        )

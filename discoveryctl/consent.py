@@ -1,0 +1,388 @@
+"""Amazon consent: issue a ``state``, validate the callback, exchange the code, store the
+authorization (SPEC §5). Independent of the CLI and of any HTTP server: the local callback
+server, ``--paste`` and the API's routes all go through ``complete``.
+
+A ``state`` is an HS256 JWT signed with ``JWT_SECRET``, valid 10 minutes, bound to one user
+and region, carrying 256 bits of randomness as its id; the id is recorded when issued and
+consumed on the first callback, so a state works once.
+
+Every failure is an ``OAuthCallbackError`` with its own reason code, recorded as an
+``oauth_callback_failed`` event; nothing else is stored for a failed callback.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import jwt
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from discoveryctl import credentials, events, notifications
+from discoveryctl.config import Config
+from discoveryctl.db.models import OAuthState, utcnow
+from discoveryctl.errors import (
+    AppCredentialsRejected,
+    OAuthCallbackError,
+    ProviderError,
+)
+from discoveryctl.integrations import lifecycle
+from discoveryctl.integrations.health import Provider, Region, Status, isoformat
+from discoveryctl.providers.amazon import AmazonApp, LwaClient, consent_url, login_continue_url
+
+STATE_LIFETIME = timedelta(minutes=10)
+STATE_AUDIENCE = "discoveryctl:amazon-consent"
+CALLBACK_FAILED = "oauth_callback_failed"
+CALLBACK_SUCCEEDED = "oauth_callback_succeeded"
+
+
+class Reason(StrEnum):
+    """Why a callback failed; shown on the page, in the CLI and in the event."""
+
+    access_denied = "access_denied"
+    missing_state = "missing_state"
+    invalid_state = "invalid_state"
+    expired_state = "expired_state"
+    state_reused = "state_reused"
+    user_mismatch = "user_mismatch"
+    missing_code = "missing_code"
+    missing_selling_partner_id = "missing_selling_partner_id"
+    code_exchange_failed = "code_exchange_failed"
+    app_credentials_rejected = "app_credentials_rejected"
+    invalid_login_request = "invalid_login_request"
+    timeout = "timeout"
+
+
+SessionScope = Callable[[], AbstractContextManager[Session]]
+
+
+@dataclass(frozen=True)
+class ConsentStart:
+    user_id: str
+    region: str
+    state: str
+    url: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Connected:
+    user_id: str
+    region: str
+    selling_partner_id: str
+    reconnected: bool
+
+
+def begin(
+    session: Session,
+    app: AmazonApp,
+    jwt_secret: str,
+    *,
+    user_id: str,
+    region: str,
+    flow: str,
+) -> ConsentStart:
+    """Issue and record a state for ``user_id`` and build the consent URL."""
+    if region not in Region.__members__:
+        raise ValueError(f"unknown region {region!r}")
+    now = utcnow()
+    expires_at = now + STATE_LIFETIME
+    state_id = secrets.token_urlsafe(32)  # 256 bits
+    token = jwt.encode(
+        {
+            "sub": user_id,
+            "region": region,
+            "jti": state_id,
+            "aud": STATE_AUDIENCE,
+            "iat": int(now.timestamp()),
+            "exp": int(expires_at.timestamp()),
+        },
+        jwt_secret,
+        algorithm="HS256",
+    )
+    session.add(
+        OAuthState(
+            id=state_id,
+            user_id=user_id,
+            region=region,
+            flow=flow,
+            created_at=now,
+            expires_at=expires_at,
+        )
+    )
+    events.record(
+        session,
+        "oauth_consent_started",
+        user_id=user_id,
+        provider=Provider.amazon,
+        region=region,
+        flow=flow,
+    )
+    return ConsentStart(
+        user_id=user_id,
+        region=region,
+        state=token,
+        url=consent_url(app, region, token),
+        expires_at=expires_at,
+    )
+
+
+@dataclass(frozen=True)
+class StateClaims:
+    state_id: str
+    user_id: str
+    region: str
+
+
+def read_state(token: str, jwt_secret: str) -> StateClaims:
+    """Verify a state strictly: HS256 only, our audience, every claim present, not expired."""
+    try:
+        claims = jwt.decode(
+            token,
+            jwt_secret,
+            algorithms=["HS256"],
+            audience=STATE_AUDIENCE,
+            options={"require": ["exp", "iat", "sub", "jti", "aud"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise OAuthCallbackError(Reason.expired_state, "the consent link has expired") from None
+    except jwt.InvalidTokenError:
+        raise OAuthCallbackError(Reason.invalid_state, "the state is not one we issued") from None
+    user_id, state_id, region = claims.get("sub"), claims.get("jti"), claims.get("region")
+    if (
+        not isinstance(user_id, str)
+        or not isinstance(state_id, str)
+        or not isinstance(region, str)
+        or region not in Region.__members__
+    ):
+        raise OAuthCallbackError(Reason.invalid_state, "the state is not one we issued")
+    return StateClaims(state_id=state_id, user_id=user_id, region=region)
+
+
+def _single(params: Mapping[str, Any], name: str) -> str | None:
+    """One query parameter's value; a repeated or empty parameter counts as missing."""
+    value = params.get(name)
+    if isinstance(value, list | tuple):
+        value = value[0] if len(value) == 1 else None
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return value.strip()
+
+
+def validate(
+    params: Mapping[str, Any],
+    jwt_secret: str,
+    *,
+    expected_state: str | None = None,
+    expected_user: str | None = None,
+) -> tuple[StateClaims, str, str]:
+    """Check a callback's parameters without touching anything.
+
+    Returns the state's claims, the ``spapi_oauth_code`` and the ``selling_partner_id``.
+    """
+    error = _single(params, "error")
+    if error is not None:
+        description = _single(params, "error_description") or error
+        raise OAuthCallbackError(
+            Reason.access_denied, f"Amazon did not grant consent: {description[:200]}"
+        )
+    token = _single(params, "state")
+    if token is None:
+        raise OAuthCallbackError(Reason.missing_state, "the callback carries no state")
+    claims = read_state(token, jwt_secret)
+    if expected_user is not None and claims.user_id != expected_user:
+        raise OAuthCallbackError(Reason.user_mismatch, "the consent was started for another user")
+    if expected_state is not None and not secrets.compare_digest(token, expected_state):
+        raise OAuthCallbackError(
+            Reason.invalid_state, "the state does not belong to this connect flow"
+        )
+    code = _single(params, "spapi_oauth_code")
+    if code is None:
+        raise OAuthCallbackError(Reason.missing_code, "the callback carries no authorization code")
+    seller = _single(params, "selling_partner_id")
+    if seller is None:
+        raise OAuthCallbackError(
+            Reason.missing_selling_partner_id, "the callback carries no selling_partner_id"
+        )
+    return claims, code, seller
+
+
+def consume(session: Session, claims: StateClaims) -> None:
+    """Mark the state used, exactly once, even when two callbacks race."""
+    result = session.execute(
+        sa.update(OAuthState)
+        .where(
+            OAuthState.id == claims.state_id,
+            OAuthState.user_id == claims.user_id,
+            OAuthState.consumed_at.is_(None),
+        )
+        .values(consumed_at=utcnow())
+    )
+    if getattr(result, "rowcount", 0) == 1:
+        return
+    known = session.get(OAuthState, claims.state_id)
+    if known is None:
+        raise OAuthCallbackError(Reason.invalid_state, "the state is not one we issued")
+    raise OAuthCallbackError(Reason.state_reused, "this consent link has already been used")
+
+
+def complete(
+    session_scope: SessionScope,
+    config: Config,
+    app: AmazonApp,
+    lwa: LwaClient,
+    params: Mapping[str, Any],
+    *,
+    expected_state: str | None = None,
+    expected_user: str | None = None,
+) -> Connected:
+    """Validate a callback, exchange its code and store the authorization.
+
+    Failures are recorded (``oauth_callback_failed``) and raised as ``OAuthCallbackError``,
+    except rejected app credentials, raised as ``AppCredentialsRejected`` (exit 3).
+    """
+    jwt_secret = config.jwt_secret()
+    claims: StateClaims | None = None
+    try:
+        claims, code, seller = validate(
+            params, jwt_secret, expected_state=expected_state, expected_user=expected_user
+        )
+        with session_scope() as session:
+            consume(session, claims)
+        try:
+            grant = lwa.exchange_code(code)
+        except AppCredentialsRejected as error:
+            record_failure(
+                session_scope, Reason.app_credentials_rejected, error.message, claims.user_id
+            )
+            with session_scope() as session:
+                notifications.alert_app_credentials(session, Provider.amazon, error.message)
+            raise
+        except ProviderError as error:
+            raise OAuthCallbackError(
+                Reason.code_exchange_failed,
+                f"Amazon would not exchange the authorization code: {error.message}",
+            ) from None
+        if grant.refresh_token is None:
+            raise OAuthCallbackError(
+                Reason.code_exchange_failed, "Amazon's answer carried no refresh token"
+            )
+    except OAuthCallbackError as error:
+        record_failure(
+            session_scope,
+            error.reason,
+            error.message,
+            claims.user_id if claims else expected_user,
+        )
+        raise
+    with session_scope() as session:
+        return _store(
+            session,
+            config,
+            claims,
+            seller,
+            grant.refresh_token,
+            grant.access_token,
+            grant.expires_in,
+        )
+
+
+def _store(
+    session: Session,
+    config: Config,
+    claims: StateClaims,
+    selling_partner_id: str,
+    refresh_token: str,
+    access_token: str,
+    expires_in: int,
+) -> Connected:
+    vault = credentials.open_vault(config, session)
+    integration = lifecycle.find(session, claims.user_id, Provider.amazon)
+    reconnected = integration is not None
+    if integration is None:
+        integration = lifecycle.create(session, claims.user_id, Provider.amazon, Status.active)
+        credential = None
+    else:
+        credential = credentials.for_integration(session, integration)
+    credentials.store_authorization(
+        session,
+        integration,
+        vault,
+        selling_partner_id=selling_partner_id,
+        region=claims.region,
+        refresh_token=refresh_token,
+        access_token=access_token,
+        expires_in=expires_in,
+        authorized_at=utcnow(),
+        credential=credential,
+    )
+    lifecycle.update_meta(
+        integration,
+        selling_partner_id=selling_partner_id,
+        region=claims.region,
+        authorized_at=isoformat(utcnow()),
+    )
+    lifecycle.change_status(
+        session,
+        integration,
+        Status.active,
+        reason="reconnected" if reconnected else "connected",
+        frontend_url=config.frontend_url,
+    )
+    lifecycle.record_success(session, integration)
+    events.record(
+        session,
+        CALLBACK_SUCCEEDED,
+        outcome=events.SUCCESS,
+        user_id=claims.user_id,
+        provider=Provider.amazon,
+        selling_partner_id=selling_partner_id,
+        region=claims.region,
+        reconnected=reconnected,
+    )
+    return Connected(
+        user_id=claims.user_id,
+        region=claims.region,
+        selling_partner_id=selling_partner_id,
+        reconnected=reconnected,
+    )
+
+
+def record_failure(
+    session_scope: SessionScope, reason: str, message: str, user_id: str | None
+) -> None:
+    """An ``oauth_callback_failed`` event, in its own transaction."""
+    with session_scope() as session:
+        events.record(
+            session,
+            CALLBACK_FAILED,
+            outcome=events.FAILURE,
+            user_id=user_id,
+            provider=Provider.amazon,
+            error_type=str(reason),
+            reason=str(reason),
+            message=message,
+        )
+
+
+def login_redirect(app: AmazonApp, params: Mapping[str, Any], state: str, region: str) -> str:
+    """The login-URI step: where to send the seller's browser next."""
+    callback = _single(params, "amazon_callback_uri")
+    amazon_state = _single(params, "amazon_state")
+    if callback is None or amazon_state is None:
+        raise OAuthCallbackError(
+            Reason.invalid_login_request,
+            "the login request lacks amazon_callback_uri or amazon_state",
+        )
+    try:
+        return login_continue_url(app, region, callback, amazon_state, state)
+    except ValueError:
+        raise OAuthCallbackError(
+            Reason.invalid_login_request, "amazon_callback_uri does not point at Seller Central"
+        ) from None

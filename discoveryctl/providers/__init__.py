@@ -1,0 +1,1 @@
+"""HTTP clients for Amazon and Stripe: typed results, typed errors, no database."""

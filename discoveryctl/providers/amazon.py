@@ -1,0 +1,211 @@
+"""Amazon: Seller Central consent URLs and the Login with Amazon (LWA) token endpoint.
+
+Every LWA failure is classified here, once (SPEC §5):
+
+- ``invalid_grant`` → ``SellerAuthorizationRevoked`` (the seller's authorization is gone);
+- ``invalid_client`` / ``unauthorized_client`` → ``AppCredentialsRejected`` (our app's fault);
+- 429, 5xx, timeouts, connection errors, non-JSON bodies → ``TransientProviderError``;
+- anything else → ``ProviderError`` (a request we should not have sent; not retried).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import httpx
+
+from discoveryctl.errors import (
+    AppCredentialsRejected,
+    ProviderError,
+    SellerAuthorizationRevoked,
+    TransientProviderError,
+)
+
+SELLER_CENTRAL = {
+    "na": "https://sellercentral.amazon.com",
+    "eu": "https://sellercentral-europe.amazon.com",
+    "fe": "https://sellercentral.amazon.co.jp",
+}
+SPAPI = {
+    "na": "https://sellingpartnerapi-na.amazon.com",
+    "eu": "https://sellingpartnerapi-eu.amazon.com",
+    "fe": "https://sellingpartnerapi-fe.amazon.com",
+}
+LWA_TOKEN_URL = "https://api.amazon.com/auth/o2/token"
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+
+@dataclass(frozen=True)
+class AmazonApp:
+    """The SP-API application and where its endpoints are."""
+
+    client_id: str
+    client_secret: str
+    application_id: str
+    redirect_uri: str
+    draft: bool = False
+    seller_central_url: str | None = None
+    token_url: str = LWA_TOKEN_URL
+    spapi_url: str | None = None
+
+    def seller_central(self, region: str) -> str:
+        return (self.seller_central_url or SELLER_CENTRAL[region]).rstrip("/")
+
+    def spapi(self, region: str) -> str:
+        return (self.spapi_url or SPAPI[region]).rstrip("/")
+
+
+def consent_url(app: AmazonApp, region: str, state: str) -> str:
+    """Where the seller grants consent: Seller Central's authorize page for this app."""
+    params = {"application_id": app.application_id, "state": state}
+    params["redirect_uri"] = app.redirect_uri
+    if app.draft:
+        params["version"] = "beta"
+    return f"{app.seller_central(region)}/apps/authorize/consent?{urlencode(params)}"
+
+
+def login_continue_url(
+    app: AmazonApp, region: str, amazon_callback_uri: str, amazon_state: str, state: str
+) -> str:
+    """The login-URI step: send the seller back to Amazon with our state.
+
+    A relative ``amazon_callback_uri`` is resolved against Seller Central; an absolute one
+    must point at the same host, so the login step cannot be used as an open redirect.
+    """
+    base = app.seller_central(region)
+    target = urljoin(base + "/", amazon_callback_uri)
+    if urlsplit(target).netloc != urlsplit(base).netloc:
+        raise ValueError("amazon_callback_uri does not point at Seller Central")
+    params = {"amazon_state": amazon_state, "state": state, "redirect_uri": app.redirect_uri}
+    if app.draft:
+        params["version"] = "beta"
+    separator = "&" if urlsplit(target).query else "?"
+    return f"{target}{separator}{urlencode(params)}"
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    """Tokens from LWA; kept out of ``repr`` so they never reach a log or a traceback."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    expires_in: int
+
+
+def parse_token_response(response: httpx.Response) -> TokenGrant:
+    """A successful grant, or the classified error."""
+    status = response.status_code
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        if status == 429 or status >= 500 or status < 400:
+            raise TransientProviderError(
+                f"LWA answered {status} with a body that is not JSON",
+                error_type="lwa_bad_response",
+                status_code=status,
+                retry_after=retry_after(response),
+            )
+        raise ProviderError(f"LWA answered {status} without JSON", status_code=status)
+    if status == 200:
+        access_token = body.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            raise TransientProviderError(
+                "LWA answered 200 without an access token",
+                error_type="lwa_bad_response",
+                status_code=status,
+            )
+        refresh_token = body.get("refresh_token")
+        expires_in = body.get("expires_in", 3600)
+        return TokenGrant(
+            access_token=access_token,
+            refresh_token=refresh_token
+            if isinstance(refresh_token, str) and refresh_token
+            else None,
+            expires_in=int(expires_in) if isinstance(expires_in, int | float | str) else 3600,
+        )
+    error = str(body.get("error", ""))
+    description = str(body.get("error_description", "")) or error or f"HTTP {status}"
+    if status == 429 or status >= 500:
+        raise TransientProviderError(
+            f"LWA answered {status}: {description}",
+            error_type="lwa_throttled" if status == 429 else "lwa_server_error",
+            status_code=status,
+            retry_after=retry_after(response),
+        )
+    if error == "invalid_grant":
+        raise SellerAuthorizationRevoked(
+            f"LWA refused the grant: {description}",
+            error_type="oauth_token_revoked",
+            status_code=status,
+        )
+    if error in ("invalid_client", "unauthorized_client"):
+        raise AppCredentialsRejected(
+            f"LWA rejected the app's credentials ({error}): check AMAZON_LWA_CLIENT_ID and "
+            "AMAZON_LWA_CLIENT_SECRET",
+            error_type="lwa_app_credentials_rejected",
+            status_code=status,
+        )
+    raise ProviderError(
+        f"LWA answered {status} {error or ''}: {description}".replace("  ", " "),
+        error_type=f"lwa_{error}" if error else "lwa_error",
+        status_code=status,
+    )
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def transport_failure(error: httpx.HTTPError, what: str) -> TransientProviderError:
+    kind = "timeout" if isinstance(error, httpx.TimeoutException) else "connection_error"
+    return TransientProviderError(f"{what}: {type(error).__name__}", error_type=f"lwa_{kind}")
+
+
+class LwaClient:
+    """The LWA token endpoint, synchronously (one seller at a time: connect, refresh)."""
+
+    def __init__(self, app: AmazonApp, http: httpx.Client | None = None) -> None:
+        self.app = app
+        self._http = http or httpx.Client(timeout=DEFAULT_TIMEOUT)
+        self._owns_http = http is None
+
+    def __enter__(self) -> LwaClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def exchange_code(self, code: str) -> TokenGrant:
+        """Trade a consent ``spapi_oauth_code`` (valid 5 minutes) for tokens."""
+        return self._grant(
+            {
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": self.app.redirect_uri,
+            }
+        )
+
+    def refresh(self, refresh_token: str) -> TokenGrant:
+        return self._grant({"grant_type": "refresh_token", "refresh_token": refresh_token})
+
+    def _grant(self, form: dict[str, str]) -> TokenGrant:
+        form = {**form, "client_id": self.app.client_id, "client_secret": self.app.client_secret}
+        try:
+            response = self._http.post(self.app.token_url, data=form)
+        except httpx.HTTPError as error:
+            raise transport_failure(error, "LWA token request failed") from None
+        return parse_token_response(response)
