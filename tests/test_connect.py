@@ -1,0 +1,465 @@
+"""`connect amazon` end to end: the CLI in its own process, the sandbox as Amazon, httpx as
+the seller's browser, over real sockets."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import secrets
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import jwt
+import pytest
+
+from discoveryctl.consent import STATE_AUDIENCE
+from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
+
+JWT_SECRET = "test-jwt-secret-" + "x" * 32
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Amazon:
+    sandbox: Sandbox
+    redirect_uri: str
+    db: Any
+
+    def credentials(self) -> list[dict[str, Any]]:
+        return self.db.rows("SELECT * FROM credentials")
+
+    def failures(self) -> list[str]:
+        return [
+            r["error_type"]
+            for r in self.db.rows(
+                "SELECT error_type FROM events WHERE kind = 'oauth_callback_failed' ORDER BY id"
+            )
+        ]
+
+
+def start_amazon(
+    db: Any, monkeypatch: pytest.MonkeyPatch, scheme: str = "http", **config: Any
+) -> Iterator[Amazon]:
+    port = free_port()
+    redirect = f"{scheme}://127.0.0.1:{port}/callback"
+    if config.pop("login", False):
+        config["login_uri"] = f"{scheme}://127.0.0.1:{port}/login"
+    sandbox = run_in_thread(SandboxConfig(redirect_uris=(redirect,), **config))
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("JWT_SECRET", JWT_SECRET)
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    try:
+        yield Amazon(sandbox, redirect, db)
+    finally:
+        sandbox.stop()
+
+
+@pytest.fixture
+def amazon(db: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Amazon]:
+    yield from start_amazon(db, monkeypatch)
+
+
+class Run:
+    """`discoveryctl connect …` running in its own process."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "discoveryctl", "connect", "amazon", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+
+    def consent_url(self) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        assert line.startswith("http"), (line, self.finish())
+        return line.strip()
+
+    def paste(self, text: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(text + "\n")
+        self.process.stdin.flush()
+
+    def finish(self, timeout: float = 30) -> tuple[int, str, str]:
+        stdout, stderr = self.process.communicate(timeout=timeout)
+        return self.process.returncode, stdout, stderr
+
+
+def browse(url: str, verify: ssl.SSLContext | bool = True) -> httpx.Response:
+    """The seller's browser: follows every redirect, from Seller Central to the callback."""
+    with httpx.Client(follow_redirects=True, verify=verify, timeout=10) as browser:
+        return browser.get(url)
+
+
+def approve(url: str) -> str:
+    """Consent at the sandbox and return where Amazon redirects the browser (not followed)."""
+    with httpx.Client(timeout=10) as browser:
+        response = browser.get(url)
+    assert response.status_code == 302, response.text
+    return response.headers["location"]
+
+
+def with_params(url: str, **changes: str | None) -> str:
+    parts = urlsplit(url)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    for key, value in changes.items():
+        if value is None:
+            query.pop(key, None)
+        else:
+            query[key] = value
+    return parts._replace(query=urlencode(query)).geturl()
+
+
+def state_of(url: str) -> str:
+    return parse_qs(urlsplit(url).query)["state"][0]
+
+
+# -- success ----------------------------------------------------------------------------------
+
+
+def test_direct_consent_through_the_local_server(amazon: Amazon, cli: Any) -> None:
+    run = Run("--user", "alice", "--no-browser", "--timeout", "30")
+    url = run.consent_url()
+    query = parse_qs(urlsplit(url).query)
+    assert url.startswith(amazon.sandbox.url + "/apps/authorize/consent?")
+    assert query["application_id"] == [amazon.sandbox.config.application_id]
+    assert query["version"] == ["beta"]
+    assert query["redirect_uri"] == [amazon.redirect_uri]
+
+    page = browse(url)
+    assert page.status_code == 200
+    assert "Amazon account connected" in page.text
+    assert page.headers["referrer-policy"] == "no-referrer"
+    code, stdout, stderr = run.finish()
+    assert code == 0, stderr
+    assert stdout == ""  # the URL was the only line on stdout
+    assert "connected alice: seller" in stderr
+
+    status = cli("status", "--user", "alice", "--json").json()
+    assert status[0]["status"] == "active"
+    assert status[0]["metadata"]["region"] == "na"
+    (credential,) = amazon.credentials()
+    seller = credential["selling_partner_id"]
+    assert credential["access_token"] is not None
+    exported = json.loads(cli("export", "--include-secrets").stdout)
+    assert exported["selling_partner_id"] == seller
+    refreshed = httpx.post(  # the stored token is the one Amazon issued: it refreshes
+        amazon.sandbox.env()["AMAZON_LWA_TOKEN_URL"],
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": exported["refresh_token"],
+            "client_id": amazon.sandbox.config.client_id,
+            "client_secret": amazon.sandbox.config.client_secret,
+        },
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    # The refresh token never reached a log line or the database in plain text.
+    assert exported["refresh_token"] not in stdout + stderr
+    assert exported["refresh_token"] not in json.dumps(
+        amazon.db.rows("SELECT * FROM events") + amazon.credentials(), default=str
+    )
+    stats = amazon.sandbox.state.stats()
+    assert stats["grants"]["authorization_code"] == 1
+
+
+def test_login_uri_mode(db: Any, monkeypatch: pytest.MonkeyPatch, cli: Any) -> None:
+    for amazon in start_amazon(db, monkeypatch, login=True):
+        run = Run("--user", "bob", "--no-browser", "--timeout", "30")
+        with httpx.Client(timeout=10) as browser:
+            to_login = browser.get(run.consent_url())
+            assert to_login.status_code == 302
+            login = to_login.headers["location"]
+            assert urlsplit(login).path == "/login"
+            assert "amazon_callback_uri" in parse_qs(urlsplit(login).query)
+            back_to_amazon = browser.get(login)
+            assert back_to_amazon.status_code == 302
+            confirm = back_to_amazon.headers["location"]
+            assert confirm.startswith(amazon.sandbox.url)
+            assert parse_qs(urlsplit(confirm).query)["version"] == ["beta"]
+        page = browse(confirm)
+        assert "Amazon account connected" in page.text
+        code, _, stderr = run.finish()
+        assert code == 0, stderr
+        assert cli("status", "--user", "bob", "--json").json()[0]["status"] == "active"
+
+
+def test_paste_the_final_address(amazon: Amazon, cli: Any) -> None:
+    run = Run("--user", "carol", "--paste")
+    run.paste(approve(run.consent_url()))
+    code, _, stderr = run.finish()
+    assert code == 0, stderr
+    assert len(amazon.credentials()) == 1
+    assert "paste the address" in stderr
+
+
+def test_reconnect_replaces_the_token_and_resets_failures(amazon: Amazon, cli: Any) -> None:
+    for _ in range(2):
+        run = Run("--user", "dave", "--paste", "--json")
+        run.paste(approve(run.consent_url()))
+        code, stdout, stderr = run.finish()
+        assert code == 0, stderr
+    assert json.loads(stdout)["reconnected"] is True
+    assert len(amazon.credentials()) == 1
+    assert (
+        cli("status", "--user", "dave", "--json").json()[0]["metadata"].get("consecutive_failures")
+        is None
+    )
+    tokens = {
+        json.loads(line)["refresh_token"]
+        for line in cli("export", "--include-secrets").stdout.splitlines()
+    }
+    assert len(tokens) == 1
+    assert amazon.sandbox.state.stats()["grants"]["authorization_code"] == 2
+
+
+def test_https_redirect_with_a_test_certificate(
+    db: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cli: Any
+) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    for amazon in start_amazon(db, monkeypatch, scheme="https"):
+        missing = Run("--user", "erin", "--no-browser")
+        code, _, stderr = missing.finish()
+        assert code == 2
+        assert "pass --tls-cert and --tls-key" in stderr
+
+        run = Run("--user", "erin", "--no-browser", "--tls-cert", str(cert), "--tls-key", str(key))
+        trust = ssl.create_default_context(cafile=str(cert))
+        page = browse(run.consent_url(), verify=trust)
+        assert page.status_code == 200
+        assert "Amazon account connected" in page.text
+        code, _, stderr = run.finish()
+        assert code == 0, stderr
+        assert len(amazon.credentials()) == 1
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+def forged_state(user: str, *, expired: bool = False, secret: str = JWT_SECRET) -> str:
+    now = int(time.time())
+    return jwt.encode(
+        {
+            "sub": user,
+            "region": "na",
+            "jti": secrets.token_urlsafe(32),
+            "aud": STATE_AUDIENCE,
+            "iat": now - 3600,
+            "exp": now - 60 if expired else now + 600,
+        },
+        secret,
+        algorithm="HS256",
+    )
+
+
+PASTE_FAILURES: dict[str, Callable[[str], str]] = {
+    "missing_code": lambda final: with_params(final, spapi_oauth_code=None),
+    "missing_state": lambda final: with_params(final, state=None),
+    "invalid_state": lambda final: with_params(final, state=state_of(final)[:-3] + "abc"),
+    "expired_state": lambda final: with_params(final, state=forged_state("frank", expired=True)),
+    "user_mismatch": lambda final: with_params(final, state=forged_state("someone-else")),
+    "access_denied": lambda final: with_params(
+        final, error="access_denied", error_description="The user denied the request"
+    ),
+    "code_exchange_failed": lambda final: with_params(final, spapi_oauth_code="ANforgedcode"),
+    "missing_selling_partner_id": lambda final: with_params(final, selling_partner_id=None),
+}
+
+
+@pytest.mark.parametrize("reason", sorted(PASTE_FAILURES))
+def test_each_failure_reason(amazon: Amazon, cli: Any, reason: str) -> None:
+    run = Run("--user", "frank", "--paste")
+    run.paste(PASTE_FAILURES[reason](approve(run.consent_url())))
+    code, _, stderr = run.finish()
+    assert code == 1, stderr
+    assert f"({reason})" in stderr.strip().splitlines()[-1]
+    assert amazon.failures() == [reason]
+    assert amazon.credentials() == []
+    assert cli("status", "--json").json() == []
+
+
+def test_a_forged_state_signed_with_another_secret(amazon: Amazon) -> None:
+    run = Run("--user", "frank", "--paste")
+    final = approve(run.consent_url())
+    run.paste(with_params(final, state=forged_state("frank", secret="another-secret" * 3)))
+    code, _, stderr = run.finish()
+    assert code == 1
+    assert "(invalid_state)" in stderr
+
+
+def test_unsigned_state_is_refused(amazon: Amazon) -> None:
+    unsigned = jwt.encode(
+        {
+            "sub": "frank",
+            "region": "na",
+            "jti": "x" * 43,
+            "aud": STATE_AUDIENCE,
+            "iat": int(time.time()),
+            "exp": int(time.time()) + 600,
+        },
+        key=None,
+        algorithm="none",
+    )
+    run = Run("--user", "frank", "--paste")
+    run.paste(with_params(approve(run.consent_url()), state=unsigned))
+    code, _, stderr = run.finish()
+    assert code == 1
+    assert "(invalid_state)" in stderr
+    assert amazon.credentials() == []
+
+
+def test_a_replayed_state_is_refused(amazon: Amazon) -> None:
+    first = Run("--user", "gina", "--paste")
+    final = approve(first.consent_url())
+    first.paste(final)
+    assert first.finish()[0] == 0
+    replay = Run("--user", "gina", "--paste")
+    replay.consent_url()
+    replay.paste(final)
+    code, _, stderr = replay.finish()
+    assert code == 1
+    assert "(state_reused)" in stderr
+    assert amazon.failures() == ["state_reused"]
+    assert len(amazon.credentials()) == 1
+
+
+def test_an_expired_code_is_rejected_by_amazon(db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    for amazon in start_amazon(db, monkeypatch, code_ttl=1):
+        run = Run("--user", "hank", "--paste")
+        final = approve(run.consent_url())
+        time.sleep(1.2)
+        run.paste(final)
+        code, _, stderr = run.finish()
+        assert code == 1
+        assert "(code_exchange_failed)" in stderr
+        assert amazon.credentials() == []
+
+
+def test_timeout_ends_an_abandoned_flow(amazon: Amazon) -> None:
+    run = Run("--user", "ivy", "--no-browser", "--timeout", "1")
+    run.consent_url()
+    code, _, stderr = run.finish()
+    assert code == 1
+    assert "(timeout)" in stderr
+    assert "no callback from Amazon within 1 s" in stderr
+    assert amazon.failures() == ["timeout"]
+
+
+def test_stray_and_hostile_requests_change_nothing(amazon: Amazon, cli: Any) -> None:
+    run = Run("--user", "jack", "--no-browser", "--timeout", "30")
+    url = run.consent_url()
+    final = approve(url)
+    base = amazon.redirect_uri.rsplit("/", 1)[0]
+    with httpx.Client(timeout=5) as stranger:
+        assert stranger.get(base + "/favicon.ico").status_code == 404
+        assert stranger.post(amazon.redirect_uri, data={"state": "x"}).status_code == 405
+        assert stranger.get(amazon.redirect_uri).status_code == 400
+        assert stranger.get(with_params(final, state="garbage")).status_code == 400
+        other = with_params(final, state=forged_state("mallory"))
+        assert stranger.get(other).status_code == 400
+        assert (
+            stranger.get(base + "/login?amazon_callback_uri=https://evil.example/").status_code
+            == 400
+        )
+        huge = stranger.get(amazon.redirect_uri + "?state=" + "A" * 10000)
+        assert huge.status_code == 414
+    assert amazon.credentials() == []
+    page = browse(final)  # the real callback still completes the flow
+    assert page.status_code == 200
+    code, _, stderr = run.finish()
+    assert code == 0, stderr
+    assert "ignored a callback" in stderr
+    assert len(amazon.credentials()) == 1
+
+
+def test_port_in_use_is_a_clear_error(amazon: Amazon) -> None:
+    port = urlsplit(amazon.redirect_uri).port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        code, stdout, stderr = Run("--user", "kim", "--no-browser").finish()
+    assert code == 2
+    assert stderr.strip().splitlines()[-1].startswith("error: port")
+    assert "already in use" in stderr
+    assert stdout == ""
+
+
+def test_missing_app_credentials_are_a_configuration_error(
+    db: Any, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = cli("connect", "amazon", "--user", "x", "--no-browser")
+    assert result.exit_code == 2
+    assert "AMAZON_LWA_CLIENT_ID is not set" in result.stderr
+
+
+def test_rejected_app_credentials_exit_3_and_alert_the_admin(
+    amazon: Amazon, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AMAZON_LWA_CLIENT_SECRET", "wrong-secret")
+    run = Run("--user", "liz", "--paste")
+    run.paste(approve(run.consent_url()))
+    code, _, stderr = run.finish()
+    assert code == 3
+    assert "rejected the app's credentials" in stderr
+    assert amazon.failures() == ["app_credentials_rejected"]
+    admin = cli("notifications", "--admin", "--json").json()
+    assert [n["kind"] for n in admin] == ["app_credentials_rejected"]
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
