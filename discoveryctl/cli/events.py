@@ -75,20 +75,14 @@ def events(
     if not views:
         app.err.print(f"no events since {isoformat(start)}")
         return
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False)
-    for column in ("time", "user", "provider", "event", "outcome"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("detail", overflow="fold")
     for view in views:
         outcome = view["outcome"] + (f" ({view['error_type']})" if view["error_type"] else "")
-        table.add_row(
-            view["occurred_at"],
-            view["user_id"] or "",
-            view["provider"] or "",
-            view["kind"],
-            outcome,
-            json.dumps(view["detail"], ensure_ascii=False, separators=(",", ":")),
+        detail = " ".join(
+            f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+            for key, value in view["detail"].items()
         )
-    app.out.print(table)
+        app.out.print(
+            f"{view['occurred_at']}  {view['user_id'] or '-'}  {view['provider'] or '-'}  "
+            f"{view['kind']}  {outcome}  {detail}".rstrip(),
+            soft_wrap=True,
+        )
