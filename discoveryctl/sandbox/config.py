@@ -1,0 +1,27 @@
+"""How the emulated Amazon app and Stripe account are set up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """The emulated SP-API app registration, Stripe account and injected faults.
+
+    ``login_uri`` switches consent to Amazon's login-URI flow; ``draft`` makes the app a draft
+    one, which Seller Central only authorizes with ``version=beta``; ``latency_ms`` delays and
+    ``fail_rate`` randomly fails (5xx) every LWA, SP-API and Stripe request.
+    """
+
+    client_id: str = "sandbox-client-id"
+    client_secret: str = "sandbox-client-secret"
+    application_id: str = "amzn1.sp.solution.sandbox"
+    stripe_api_key: str = "sk_test_sandbox"
+    redirect_uris: tuple[str, ...] = ("http://127.0.0.1:8765/callback",)
+    login_uri: str | None = None
+    draft: bool = True
+    latency_ms: int = 0
+    fail_rate: float = 0.0
+    access_token_ttl: int = 3600
+    code_ttl: int = 300

@@ -1,0 +1,105 @@
+"""Seller Central's consent pages: ``/apps/authorize/consent`` and, in login-URI mode, the
+``/apps/authorize/confirm`` callback the app sends the seller back to.
+
+The seller approves at once. The checks and their error pages follow Seller Central: an unknown
+application, a redirect URI with a fragment (MD5110) or not registered on the app (MD5101), a
+draft app without ``version=beta`` (MD1000), and a missing ``state``.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from discoveryctl.sandbox.asgi import Request, Response, html_response, redirect
+from discoveryctl.sandbox.config import SandboxConfig
+from discoveryctl.sandbox.state import SandboxState
+
+CONFIRM_PATH = "/apps/authorize/confirm"
+
+
+async def consent(request: Request, config: SandboxConfig, state: SandboxState) -> Response:
+    """The authorization URI: approve and send the seller to the redirect URI with a code, or
+    (login-URI mode) to the app's login URI first."""
+    if request.query.get("application_id") != config.application_id:
+        return _error_page(None, "The application you are trying to authorize could not be found.")
+    checked = _check_authorization(request, config)
+    if isinstance(checked, Response):
+        return checked
+    redirect_uri, app_state = checked
+    seller_id = state.consenting_seller(request.query.get("selling_partner_id") or None)
+    if config.login_uri is None:
+        return _approve(state, config, seller_id, redirect_uri, app_state)
+    amazon_state = state.open_amazon_state(seller_id, config.code_ttl)
+    return redirect(
+        _with_query(
+            config.login_uri,
+            {
+                "amazon_callback_uri": request.base_url + CONFIRM_PATH,
+                "amazon_state": amazon_state,
+                "selling_partner_id": seller_id,
+            },
+        )
+    )
+
+
+async def confirm(request: Request, config: SandboxConfig, state: SandboxState) -> Response:
+    """The ``amazon_callback_uri`` of login-URI mode: check the single-use ``amazon_state``,
+    then send the seller to the redirect URI with a code."""
+    checked = _check_authorization(request, config)
+    if isinstance(checked, Response):
+        return checked
+    redirect_uri, app_state = checked
+    seller_id = state.close_amazon_state(request.query.get("amazon_state", ""))
+    if seller_id is None:
+        return _error_page(
+            None, "The authorization request is invalid or has expired (amazon_state)."
+        )
+    return _approve(state, config, seller_id, redirect_uri, app_state)
+
+
+def _check_authorization(request: Request, config: SandboxConfig) -> tuple[str, str] | Response:
+    """The redirect URI and state to answer with, or the error page Seller Central shows."""
+    redirect_uri = request.query.get("redirect_uri") or config.redirect_uris[0]
+    if "#" in redirect_uri:
+        return _error_page("MD5110", "The redirect URI must not contain a fragment.")
+    if redirect_uri not in config.redirect_uris:
+        return _error_page(
+            "MD5101", "The redirect URI does not match any redirect URI registered for this app."
+        )
+    if config.draft and request.query.get("version") != "beta":
+        return _error_page(
+            "MD1000", "This application is in draft state: add version=beta to authorize it."
+        )
+    app_state = request.query.get("state")
+    if not app_state:
+        return _error_page(None, "The authorization request is missing the state parameter.")
+    return redirect_uri, app_state
+
+
+def _approve(
+    state: SandboxState, config: SandboxConfig, seller_id: str, redirect_uri: str, app_state: str
+) -> Response:
+    code = state.issue_code(seller_id, redirect_uri, config.code_ttl)
+    return redirect(
+        _with_query(
+            redirect_uri,
+            {"state": app_state, "selling_partner_id": seller_id, "spapi_oauth_code": code},
+        )
+    )
+
+
+def _with_query(url: str, params: dict[str, str]) -> str:
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, urlencode(params)) if q)
+    return urlunsplit(parts._replace(query=query))
+
+
+def _error_page(code: str | None, message: str) -> Response:
+    detail = f"<p>Error code: {code}</p>" if code else ""
+    return html_response(
+        400,
+        "<!doctype html><html><head><title>Amazon Seller Central - Error</title></head>"
+        f"<body><h1>We're sorry</h1><p>{escape(message)}</p>{detail}</body></html>",
+        [("cache-control", "no-store")],
+    )

@@ -1,0 +1,79 @@
+"""The Selling Partner API, as far as a health check needs it:
+``GET /sellers/v1/marketplaceParticipations`` with the ``x-amz-access-token`` header."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from discoveryctl.sandbox.asgi import Request, Response, json_response
+from discoveryctl.sandbox.config import SandboxConfig
+from discoveryctl.sandbox.state import SandboxState
+
+PARTICIPATIONS_PATH = "/sellers/v1/marketplaceParticipations"
+
+DENIED = "Access to requested resource is denied."
+TOKEN_INVALID = "The access token you provided is revoked, malformed or invalid."
+
+_MARKETPLACES = (
+    ("ATVPDKIKX0DER", "United States", "US", "USD", "en_US", "www.amazon.com"),
+    ("A2EUQ1WTGCTBG2", "Canada", "CA", "CAD", "en_CA", "www.amazon.ca"),
+)
+
+
+async def marketplace_participations(
+    request: Request, config: SandboxConfig, state: SandboxState
+) -> Response:
+    """The marketplaces the seller behind the access token sells in."""
+    seller_id = state.seller_of_access_token(request.header("x-amz-access-token") or "")
+    if seller_id is None:
+        return _error(403, "Unauthorized", DENIED, TOKEN_INVALID)
+    if state.take_behaviour(seller_id, "spapi_401") is not None:
+        return _error(401, "Unauthorized", DENIED, "")
+    if state.take_behaviour(seller_id, "spapi_403_ambiguous") is not None:
+        return _error(403, "Unauthorized", DENIED, "")
+    quota = state.take_behaviour(seller_id, "spapi_429")
+    if quota is not None:
+        response = _error(
+            429, "QuotaExceeded", "You exceeded your quota for the requested resource.", ""
+        )
+        response.headers.append(("retry-after", str(quota.get("retry_after", 1))))
+        return response
+    return json_response(200, {"payload": _participations(seller_id)}, _headers())
+
+
+def server_error(status: int) -> Response:
+    """What SP-API answers when it fails on its side."""
+    if status == 503:
+        return _error(503, "ServiceUnavailable", "Service temporarily unavailable.", "")
+    return _error(
+        status, "InternalFailure", "We encountered an internal error. Please try again.", ""
+    )
+
+
+def _participations(seller_id: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "marketplace": {
+                "id": marketplace_id,
+                "name": name,
+                "countryCode": country,
+                "defaultCurrencyCode": currency,
+                "defaultLanguageCode": language,
+                "domainName": domain,
+            },
+            "participation": {"isParticipating": True, "hasSuspendedListings": False},
+            "storeName": f"Sandbox store {seller_id}",
+        }
+        for marketplace_id, name, country, currency, language, domain in _MARKETPLACES
+    ]
+
+
+def _error(status: int, code: str, message: str, details: str) -> Response:
+    return json_response(
+        status, {"errors": [{"code": code, "message": message, "details": details}]}, _headers()
+    )
+
+
+def _headers() -> list[tuple[str, str]]:
+    return [("x-amzn-requestid", str(uuid.uuid4())), ("x-amzn-ratelimit-limit", "0.016")]

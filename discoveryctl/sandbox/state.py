@@ -1,0 +1,419 @@
+"""Everything the emulator remembers: sellers and their tokens, consent codes, Stripe customers
+and idempotency keys, the behaviours switched on, and what it was asked.
+
+The server's event loop and the test (or operator) thread both use one ``SandboxState``, so
+every method takes the lock and returns copies, never live records.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+import string
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Literal
+
+STRIPE = "stripe"
+"""The behaviour target of the global Stripe switches."""
+
+_UPPER_ALNUM = string.ascii_uppercase + string.digits
+_ALNUM = string.ascii_letters + string.digits
+
+
+@dataclass(frozen=True)
+class BehaviourSpec:
+    """Who a behaviour applies to and which integer parameters it takes besides ``times``."""
+
+    target: Literal["seller", "stripe"]
+    params: frozenset[str] = frozenset()
+    required: frozenset[str] = frozenset()
+
+
+BEHAVIOURS: dict[str, BehaviourSpec] = {
+    # LWA token requests of one seller.
+    "revoked": BehaviourSpec("seller"),
+    "flaky": BehaviourSpec("seller", frozenset({"status"})),
+    "throttled": BehaviourSpec("seller", frozenset({"retry_after"})),
+    "slow": BehaviourSpec("seller", frozenset({"ms"}), frozenset({"ms"})),
+    "bad_gateway": BehaviourSpec("seller"),
+    "omit_refresh_token": BehaviourSpec("seller"),
+    "app_rejected": BehaviourSpec("seller"),
+    # SP-API calls made with one seller's access tokens.
+    "spapi_401": BehaviourSpec("seller"),
+    "spapi_403_ambiguous": BehaviourSpec("seller"),
+    "spapi_429": BehaviourSpec("seller", frozenset({"retry_after"})),
+    # Every Stripe request.
+    "stripe_5xx": BehaviourSpec("stripe", frozenset({"status"})),
+    "stripe_429": BehaviourSpec("stripe"),
+    "stripe_slow": BehaviourSpec("stripe", frozenset({"ms"}), frozenset({"ms"})),
+    "stripe_drop_after_create": BehaviourSpec("stripe"),
+}
+"""Every behaviour by name. Each also takes ``times=N`` (apply to the next N requests, then
+switch off); without it a behaviour stays on until cleared."""
+
+_PARAM_RANGES = {
+    "times": (1, None),
+    "ms": (0, None),
+    "retry_after": (0, None),
+    "status": (500, 599),
+}
+
+
+@dataclass(frozen=True)
+class Seller:
+    """A seller as `add_seller` hands it out: its id and its refresh token."""
+
+    selling_partner_id: str
+    refresh_token: str
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The outcome of a successful LWA grant."""
+
+    selling_partner_id: str
+    access_token: str
+    refresh_token: str
+
+
+@dataclass
+class StoredResponse:
+    """What an idempotent Stripe request answered, kept to be replayed byte for byte."""
+
+    status: int
+    body: bytes
+    request_id: str
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """What an ``Idempotency-Key`` means for an incoming request.
+
+    ``new``: the key is now in flight for this request; ``in_flight``: another request holds it;
+    ``mismatch``: it was used with other parameters; ``replay``: ``stored`` is the first answer.
+    """
+
+    outcome: Literal["new", "in_flight", "mismatch", "replay"]
+    stored: StoredResponse | None = None
+
+
+@dataclass
+class _Behaviour:
+    params: dict[str, int]
+    remaining: int | None
+
+
+@dataclass
+class _IdempotencyRecord:
+    fingerprint: tuple[Any, ...]
+    stored: StoredResponse | None = None
+
+
+class SandboxState:
+    """The emulator's memory; safe to use from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._sellers: dict[str, set[str]] = {}  # seller id -> its live refresh tokens
+        self._refresh_tokens: dict[str, str] = {}
+        self._access_tokens: dict[str, tuple[str, float]] = {}
+        self._codes: dict[str, tuple[str, str, float]] = {}
+        self._amazon_states: dict[str, tuple[str, float]] = {}
+        self._behaviours: dict[str, dict[str, _Behaviour]] = {}
+        self._customers: dict[str, dict[str, Any]] = {}
+        self._idempotency: dict[str, _IdempotencyRecord] = {}
+        self._requests: Counter[str] = Counter()
+        self._grants: Counter[str] = Counter({"authorization_code": 0, "refresh_token": 0})
+        self._refreshes: Counter[str] = Counter()
+
+    def reset(self) -> None:
+        """Forget everything: sellers, tokens, customers, keys, behaviours and counters."""
+        with self._lock:
+            self._reset()
+
+    # -- sellers --------------------------------------------------------------------------------
+
+    def add_seller(self, selling_partner_id: str | None = None) -> Seller:
+        """A new, authorized seller with a fresh refresh token."""
+        with self._lock:
+            seller_id = selling_partner_id or _new_selling_partner_id()
+            if seller_id in self._sellers:
+                raise ValueError(f"seller {seller_id} already exists")
+            self._sellers[seller_id] = set()
+            return Seller(seller_id, self._issue_refresh_token(seller_id))
+
+    def revoke(self, selling_partner_id: str) -> None:
+        """The seller withdraws the app's authorization: its refresh and access tokens die."""
+        with self._lock:
+            if selling_partner_id not in self._sellers:
+                raise KeyError(f"no seller {selling_partner_id}")
+            for token in self._sellers[selling_partner_id]:
+                del self._refresh_tokens[token]
+            self._sellers[selling_partner_id] = set()
+            self._access_tokens = {
+                token: grant
+                for token, grant in self._access_tokens.items()
+                if grant[0] != selling_partner_id
+            }
+
+    def consenting_seller(self, selling_partner_id: str | None) -> str:
+        """The seller approving consent: the one named, created if new, or a new one."""
+        with self._lock:
+            seller_id = selling_partner_id or _new_selling_partner_id()
+            self._sellers.setdefault(seller_id, set())
+            return seller_id
+
+    def _issue_refresh_token(self, seller_id: str) -> str:
+        token = "Atzr|" + secrets.token_urlsafe(96)
+        self._sellers[seller_id].add(token)
+        self._refresh_tokens[token] = seller_id
+        return token
+
+    # -- consent ----------------------------------------------------------------------------------
+
+    def open_amazon_state(self, selling_partner_id: str, ttl: float) -> str:
+        """An opaque, single-use ``amazon_state`` for the login-URI step."""
+        amazon_state = secrets.token_urlsafe(32)
+        with self._lock:
+            self._amazon_states[amazon_state] = (selling_partner_id, time.monotonic() + ttl)
+        return amazon_state
+
+    def close_amazon_state(self, amazon_state: str) -> str | None:
+        """The seller an ``amazon_state`` was issued for, consuming it; ``None`` if unknown,
+        already used or expired."""
+        with self._lock:
+            entry = self._amazon_states.pop(amazon_state, None)
+        if entry is None or entry[1] <= time.monotonic():
+            return None
+        return entry[0]
+
+    def issue_code(self, selling_partner_id: str, redirect_uri: str, ttl: float) -> str:
+        """A single-use ``spapi_oauth_code`` bound to the seller and the redirect URI."""
+        code = "".join(secrets.choice(_ALNUM) for _ in range(20))
+        with self._lock:
+            self._codes[code] = (selling_partner_id, redirect_uri, time.monotonic() + ttl)
+        return code
+
+    # -- LWA ----------------------------------------------------------------------------------
+
+    def seller_of_code(self, code: str) -> str | None:
+        """The seller a live code was issued for, without using it."""
+        with self._lock:
+            entry = self._codes.get(code)
+        if entry is None or entry[2] <= time.monotonic():
+            return None
+        return entry[0]
+
+    def exchange_code(
+        self, code: str, redirect_uri: str | None, access_ttl: float
+    ) -> Tokens | Literal["invalid_code", "redirect_mismatch"]:
+        """Use a code once: a new refresh token for its seller and an access token."""
+        with self._lock:
+            entry = self._codes.get(code)
+            if entry is None or entry[2] <= time.monotonic():
+                self._codes.pop(code, None)
+                return "invalid_code"
+            seller_id, bound_redirect_uri, _ = entry
+            if redirect_uri is not None and redirect_uri != bound_redirect_uri:
+                return "redirect_mismatch"
+            del self._codes[code]
+            refresh_token = self._issue_refresh_token(seller_id)
+            self._grants["authorization_code"] += 1
+            return Tokens(seller_id, self._issue_access_token(seller_id, access_ttl), refresh_token)
+
+    def record_refresh_request(self, refresh_token: str) -> str | None:
+        """Count a refresh request against the seller of a live refresh token; returns that
+        seller, or ``None`` for an unknown or revoked token."""
+        with self._lock:
+            seller_id = self._refresh_tokens.get(refresh_token)
+            if seller_id is not None:
+                self._refreshes[seller_id] += 1
+            return seller_id
+
+    def refresh(self, refresh_token: str, access_ttl: float) -> Tokens | None:
+        """A new access token for a live refresh token; ``None`` if unknown or revoked."""
+        with self._lock:
+            seller_id = self._refresh_tokens.get(refresh_token)
+            if seller_id is None:
+                return None
+            self._grants["refresh_token"] += 1
+            return Tokens(seller_id, self._issue_access_token(seller_id, access_ttl), refresh_token)
+
+    def _issue_access_token(self, seller_id: str, ttl: float) -> str:
+        token = "Atza|" + secrets.token_urlsafe(96)
+        self._access_tokens[token] = (seller_id, time.monotonic() + ttl)
+        return token
+
+    # -- SP-API -------------------------------------------------------------------------------
+
+    def seller_of_access_token(self, access_token: str) -> str | None:
+        """The seller behind a live, unexpired access token."""
+        with self._lock:
+            grant = self._access_tokens.get(access_token)
+        if grant is None or grant[1] <= time.monotonic():
+            return None
+        return grant[0]
+
+    # -- behaviours -------------------------------------------------------------------------
+
+    def set_behaviour(self, target: str, behaviour: str, **params: int) -> str:
+        """Switch a behaviour on for a seller (by id or refresh token) or for ``"stripe"``.
+
+        Returns the resolved target (the seller id, or ``"stripe"``). Raises ``KeyError`` for
+        an unknown seller and ``ValueError`` for an unknown behaviour or bad parameters.
+        """
+        spec = BEHAVIOURS.get(behaviour)
+        if spec is None:
+            raise ValueError(f"unknown behaviour {behaviour!r}; known: {', '.join(BEHAVIOURS)}")
+        _check_params(behaviour, spec, params)
+        with self._lock:
+            key = self._target(target)
+            if (key == STRIPE) != (spec.target == "stripe"):
+                where = "Stripe" if spec.target == "stripe" else "a seller"
+                raise ValueError(f"behaviour {behaviour!r} applies to {where}")
+            remaining = params.pop("times", None)
+            self._behaviours.setdefault(key, {})[behaviour] = _Behaviour(params, remaining)
+            return key
+
+    def clear_behaviour(self, target: str | None = None, behaviour: str | None = None) -> None:
+        """Switch off one behaviour, every behaviour of a target, or (no target) everything."""
+        with self._lock:
+            if target is None:
+                self._behaviours.clear()
+                return
+            key = self._target(target)
+            if behaviour is None:
+                self._behaviours.pop(key, None)
+            else:
+                self._behaviours.get(key, {}).pop(behaviour, None)
+
+    def take_behaviour(self, target: str, behaviour: str) -> dict[str, int] | None:
+        """The parameters of a behaviour that is on for ``target``, using up one of its
+        ``times``; ``None`` when it is off."""
+        with self._lock:
+            active = self._behaviours.get(target)
+            if not active or behaviour not in active:
+                return None
+            entry = active[behaviour]
+            if entry.remaining is not None:
+                entry.remaining -= 1
+                if entry.remaining == 0:
+                    del active[behaviour]
+            return dict(entry.params)
+
+    def _target(self, target: str) -> str:
+        if target == STRIPE or target in self._sellers:
+            return target
+        seller_id = self._refresh_tokens.get(target)
+        if seller_id is None:
+            raise KeyError("no seller with that id or refresh token")
+        return seller_id
+
+    # -- Stripe ---------------------------------------------------------------------------------
+
+    def create_customer(self, customer: dict[str, Any]) -> dict[str, Any]:
+        """Store a new customer object (given without ``id``); returns it with its id."""
+        with self._lock:
+            customer = {
+                "id": "cus_" + "".join(secrets.choice(_ALNUM) for _ in range(14))
+            } | customer
+            self._customers[customer["id"]] = customer
+            return copy.deepcopy(customer)
+
+    def customers(self) -> list[dict[str, Any]]:
+        """Every customer, newest first."""
+        with self._lock:
+            return [copy.deepcopy(c) for c in reversed(self._customers.values())]
+
+    def customer(self, customer_id: str) -> dict[str, Any] | None:
+        """One customer by id."""
+        with self._lock:
+            found = self._customers.get(customer_id)
+            return None if found is None else copy.deepcopy(found)
+
+    def customers_for(self, user_id: str) -> list[dict[str, Any]]:
+        """The customers whose ``metadata[user_id]`` is ``user_id``, oldest first."""
+        with self._lock:
+            return [
+                copy.deepcopy(c)
+                for c in self._customers.values()
+                if c["metadata"].get("user_id") == user_id
+            ]
+
+    def claim_idempotency_key(self, key: str, fingerprint: tuple[Any, ...]) -> IdempotencyClaim:
+        """Check an ``Idempotency-Key`` and, when it is new, hold it for this request."""
+        with self._lock:
+            record = self._idempotency.get(key)
+            if record is None:
+                self._idempotency[key] = _IdempotencyRecord(fingerprint)
+                return IdempotencyClaim("new")
+            if record.stored is None:
+                return IdempotencyClaim("in_flight")
+            if record.fingerprint != fingerprint:
+                return IdempotencyClaim("mismatch")
+            return IdempotencyClaim("replay", record.stored)
+
+    def store_idempotent_response(self, key: str, stored: StoredResponse) -> None:
+        """Keep the answer of the request holding ``key``, to replay it."""
+        with self._lock:
+            self._idempotency[key].stored = stored
+
+    def release_idempotency_key(self, key: str) -> None:
+        """Let go of a key whose request ended without an answer to keep."""
+        with self._lock:
+            record = self._idempotency.get(key)
+            if record is not None and record.stored is None:
+                del self._idempotency[key]
+
+    def forget_idempotency_keys(self) -> None:
+        """Prune every idempotency key, as Stripe does once keys are 24 hours old."""
+        with self._lock:
+            self._idempotency = {k: r for k, r in self._idempotency.items() if r.stored is None}
+
+    # -- statistics -------------------------------------------------------------------------
+
+    def record_request(self, route: str) -> None:
+        """Count one request to ``route`` ("METHOD /path/template")."""
+        with self._lock:
+            self._requests[route] += 1
+
+    def stats(self) -> dict[str, Any]:
+        """Requests per route, customers per user, successful grants by type, and refresh
+        requests per seller (whatever their outcome)."""
+        with self._lock:
+            per_user: Counter[str] = Counter(
+                c["metadata"]["user_id"]
+                for c in self._customers.values()
+                if "user_id" in c["metadata"]
+            )
+            return {
+                "requests": dict(self._requests),
+                "customers_per_user": dict(per_user),
+                "grants": dict(self._grants),
+                "refreshes_per_seller": dict(self._refreshes),
+            }
+
+
+def _new_selling_partner_id() -> str:
+    return "A" + "".join(secrets.choice(_UPPER_ALNUM) for _ in range(13))
+
+
+def _check_params(behaviour: str, spec: BehaviourSpec, params: dict[str, Any]) -> None:
+    allowed = spec.params | {"times"}
+    unknown = set(params) - allowed
+    if unknown:
+        raise ValueError(f"behaviour {behaviour!r} takes {sorted(allowed)}, not {sorted(unknown)}")
+    missing = spec.required - set(params)
+    if missing:
+        raise ValueError(f"behaviour {behaviour!r} needs {sorted(missing)}")
+    for name, value in params.items():
+        low, high = _PARAM_RANGES[name]
+        if type(value) is not int or value < low or (high is not None and value > high):
+            bounds = f"{low}..{high}" if high is not None else f">= {low}"
+            raise ValueError(f"{name} must be an integer {bounds}")

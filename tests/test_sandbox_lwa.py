@@ -1,0 +1,416 @@
+"""The sandbox's Login with Amazon token endpoint, its per-seller behaviours and the control
+endpoints, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
+
+INVALID_REFRESH_GRANT = {
+    "error": "invalid_grant",
+    "error_description": "The request has an invalid grant parameter : refresh_token. "
+    "User may have revoked or didn't grant the permission.",
+}
+INVALID_CLIENT = {"error": "invalid_client", "error_description": "Client authentication failed"}
+
+
+@pytest.fixture
+def client(sandbox: Sandbox) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=sandbox.url) as http:
+        yield http
+
+
+def refresh(
+    client: httpx.Client, sandbox: Sandbox, refresh_token: str, /, **overrides: str
+) -> httpx.Response:
+    form = {
+        "grant_type": "refresh_token",
+        "refresh_token": refresh_token,
+        "client_id": sandbox.config.client_id,
+        "client_secret": sandbox.config.client_secret,
+    }
+    form.update(overrides)
+    return client.post("/auth/o2/token", data={k: v for k, v in form.items() if v != ""})
+
+
+def test_refresh_grant_returns_a_bearer_access_token_and_the_same_refresh_token(
+    client: httpx.Client, sandbox: Sandbox
+) -> None:
+    seller = sandbox.state.add_seller()
+    response = refresh(client, sandbox, seller.refresh_token)
+    assert response.status_code == 200
+    body = response.json()
+    assert list(body) == ["access_token", "refresh_token", "token_type", "expires_in"]
+    assert body["access_token"].startswith("Atza|")
+    assert body["refresh_token"] == seller.refresh_token
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == 3600
+    assert response.headers["cache-control"] == "no-store"
+    assert seller.refresh_token.startswith("Atzr|")
+    assert re.fullmatch(r"A[0-9A-Z]{13}", seller.selling_partner_id)
+
+
+def test_each_refresh_mints_a_new_access_token(client: httpx.Client, sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    first = refresh(client, sandbox, seller.refresh_token).json()["access_token"]
+    second = refresh(client, sandbox, seller.refresh_token).json()["access_token"]
+    assert first != second
+
+
+def test_expires_in_follows_the_configured_access_token_lifetime() -> None:
+    with (
+        run_in_thread(SandboxConfig(access_token_ttl=120)) as sandbox,
+        httpx.Client(base_url=sandbox.url) as client,
+    ):
+        seller = sandbox.state.add_seller()
+        assert refresh(client, sandbox, seller.refresh_token).json()["expires_in"] == 120
+
+
+@pytest.mark.parametrize("field", ["client_id", "client_secret"])
+@pytest.mark.parametrize("value", ["wrong", "wröng"])
+def test_wrong_client_credentials_are_invalid_client(
+    client: httpx.Client, sandbox: Sandbox, field: str, value: str
+) -> None:
+    seller = sandbox.state.add_seller()
+    response = refresh(client, sandbox, seller.refresh_token, **{field: value})
+    assert response.status_code == 401
+    assert response.json() == INVALID_CLIENT
+
+
+def test_unknown_refresh_token_is_invalid_grant(client: httpx.Client, sandbox: Sandbox) -> None:
+    response = refresh(client, sandbox, "Atzr|never-issued")
+    assert response.status_code == 400
+    assert response.json() == INVALID_REFRESH_GRANT
+
+
+def test_revoked_seller_gets_invalid_grant(client: httpx.Client, sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    other = sandbox.state.add_seller()
+    sandbox.state.revoke(seller.selling_partner_id)
+    response = refresh(client, sandbox, seller.refresh_token)
+    assert response.status_code == 400
+    assert response.json() == INVALID_REFRESH_GRANT
+    assert refresh(client, sandbox, other.refresh_token).status_code == 200
+
+
+@pytest.mark.parametrize("missing", ["grant_type", "client_id", "client_secret", "refresh_token"])
+def test_missing_parameters_are_invalid_request(
+    client: httpx.Client, sandbox: Sandbox, missing: str
+) -> None:
+    seller = sandbox.state.add_seller()
+    response = refresh(client, sandbox, seller.refresh_token, **{missing: ""})
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "invalid_request",
+        "error_description": f"The request is missing a required parameter : {missing}",
+    }
+
+
+def test_unsupported_grant_type(client: httpx.Client, sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    response = refresh(client, sandbox, seller.refresh_token, grant_type="password")
+    assert response.status_code == 400
+    assert response.json()["error"] == "unsupported_grant_type"
+
+
+def test_unknown_authorization_code_is_invalid_grant(
+    client: httpx.Client, sandbox: Sandbox
+) -> None:
+    response = client.post(
+        "/auth/o2/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": "ANeverIssuedCode1234",
+            "redirect_uri": sandbox.config.redirect_uris[0],
+            "client_id": sandbox.config.client_id,
+            "client_secret": sandbox.config.client_secret,
+        },
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "invalid_grant",
+        "error_description": "The request has an invalid grant parameter : code",
+    }
+
+
+# -- behaviours -------------------------------------------------------------------------------
+
+
+def test_revoked_behaviour_until_cleared(client: httpx.Client, sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.selling_partner_id, "revoked")
+    for _ in range(2):
+        response = refresh(client, sandbox, seller.refresh_token)
+        assert (response.status_code, response.json()) == (400, INVALID_REFRESH_GRANT)
+    sandbox.state.clear_behaviour(seller.selling_partner_id, "revoked")
+    assert refresh(client, sandbox, seller.refresh_token).status_code == 200
+
+
+def test_flaky_fails_the_next_n_refreshes_then_recovers(
+    client: httpx.Client, sandbox: Sandbox
+) -> None:
+    seller = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.refresh_token, "flaky", times=2)
+    statuses = [refresh(client, sandbox, seller.refresh_token).status_code for _ in range(3)]
+    assert statuses == [503, 503, 200]
+
+
+def test_flaky_with_a_chosen_status(client: httpx.Client, sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.selling_partner_id, "flaky", times=1, status=500)
+    response = refresh(client, sandbox, seller.refresh_token)
+    assert response.status_code == 500
+    assert response.json()["error"] == "server_error"
+
+
+def test_throttled_answers_429_with_retry_after(client: httpx.Client, sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.selling_partner_id, "throttled", times=1, retry_after=7)
+    response = refresh(client, sandbox, seller.refresh_token)
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "7"
+    assert refresh(client, sandbox, seller.refresh_token).status_code == 200
+
+
+def test_throttled_without_times_stays_on(client: httpx.Client, sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.selling_partner_id, "throttled")
+    statuses = {refresh(client, sandbox, seller.refresh_token).status_code for _ in range(3)}
+    assert statuses == {429}
+
+
+def test_bad_gateway_answers_an_html_page(client: httpx.Client, sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.selling_partner_id, "bad_gateway", times=1)
+    response = refresh(client, sandbox, seller.refresh_token)
+    assert response.status_code == 502
+    assert response.headers["content-type"].startswith("text/html")
+    with pytest.raises(ValueError):
+        response.json()
+    assert refresh(client, sandbox, seller.refresh_token).status_code == 200
+
+
+def test_omit_refresh_token_answers_without_one(client: httpx.Client, sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.selling_partner_id, "omit_refresh_token")
+    body = refresh(client, sandbox, seller.refresh_token).json()
+    assert "refresh_token" not in body
+    assert body["access_token"].startswith("Atza|")
+    assert body["expires_in"] == 3600
+
+
+def test_app_rejected_is_invalid_client_for_that_seller_only(
+    client: httpx.Client, sandbox: Sandbox
+) -> None:
+    seller = sandbox.state.add_seller()
+    other = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.selling_partner_id, "app_rejected")
+    response = refresh(client, sandbox, seller.refresh_token)
+    assert (response.status_code, response.json()) == (401, INVALID_CLIENT)
+    assert refresh(client, sandbox, other.refresh_token).status_code == 200
+
+
+def test_slow_delays_one_seller_without_blocking_others(sandbox: Sandbox) -> None:
+    slow = sandbox.state.add_seller()
+    fast = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(slow.selling_partner_id, "slow", ms=600)
+
+    async def timed(client: httpx.AsyncClient, refresh_token: str) -> tuple[int, float]:
+        began = time.perf_counter()
+        response = await client.post(
+            "/auth/o2/token",
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_token,
+                "client_id": sandbox.config.client_id,
+                "client_secret": sandbox.config.client_secret,
+            },
+        )
+        return response.status_code, time.perf_counter() - began
+
+    async def both() -> list[tuple[int, float]]:
+        async with httpx.AsyncClient(base_url=sandbox.url) as client:
+            slow_request = asyncio.create_task(timed(client, slow.refresh_token))
+            await asyncio.sleep(0.05)
+            return [await timed(client, fast.refresh_token), await slow_request]
+
+    (fast_status, fast_seconds), (slow_status, slow_seconds) = asyncio.run(both())
+    assert (fast_status, slow_status) == (200, 200)
+    assert slow_seconds >= 0.6
+    assert fast_seconds < 0.3
+
+
+def test_configured_latency_is_concurrent() -> None:
+    with run_in_thread(SandboxConfig(latency_ms=300)) as slow_sandbox:
+        tokens = [slow_sandbox.state.add_seller().refresh_token for _ in range(8)]
+
+        async def fire() -> list[int]:
+            async with httpx.AsyncClient(base_url=slow_sandbox.url) as client:
+                responses = await asyncio.gather(
+                    *(
+                        client.post(
+                            "/auth/o2/token",
+                            data={
+                                "grant_type": "refresh_token",
+                                "refresh_token": token,
+                                "client_id": slow_sandbox.config.client_id,
+                                "client_secret": slow_sandbox.config.client_secret,
+                            },
+                        )
+                        for token in tokens
+                    )
+                )
+            return [r.status_code for r in responses]
+
+        began = time.perf_counter()
+        statuses = asyncio.run(fire())
+        elapsed = time.perf_counter() - began
+    assert statuses == [200] * 8
+    assert 0.3 <= elapsed < 1.2
+
+
+def test_fail_rate_one_fails_every_grant() -> None:
+    with (
+        run_in_thread(SandboxConfig(fail_rate=1.0)) as sandbox,
+        httpx.Client(base_url=sandbox.url) as client,
+    ):
+        seller = sandbox.state.add_seller()
+        response = refresh(client, sandbox, seller.refresh_token)
+        assert response.status_code == 500
+        assert response.json()["error"] == "server_error"
+        assert sandbox.state.stats()["grants"]["refresh_token"] == 0
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "params"),
+    [
+        ("levitate", {}),
+        ("slow", {}),
+        ("flaky", {"times": 0}),
+        ("flaky", {"status": 404}),
+        ("flaky", {"colour": 1}),
+        ("stripe_429", {}),
+    ],
+)
+def test_set_behaviour_rejects_bad_requests(
+    sandbox: Sandbox, behaviour: str, params: dict[str, Any]
+) -> None:
+    seller = sandbox.state.add_seller()
+    with pytest.raises(ValueError):
+        sandbox.state.set_behaviour(seller.selling_partner_id, behaviour, **params)
+
+
+def test_set_behaviour_on_an_unknown_seller(sandbox: Sandbox) -> None:
+    with pytest.raises(KeyError):
+        sandbox.state.set_behaviour("ANOSUCHSELLER1", "revoked")
+
+
+# -- control endpoints ------------------------------------------------------------------------
+
+
+def test_control_creates_sellers(client: httpx.Client, sandbox: Sandbox) -> None:
+    created = client.post("/_sandbox/sellers")
+    assert created.status_code == 201
+    body = created.json()
+    assert set(body) == {"selling_partner_id", "refresh_token"}
+    assert refresh(client, sandbox, body["refresh_token"]).status_code == 200
+
+    named = client.post("/_sandbox/sellers", json={"selling_partner_id": "ASELLER0000001"})
+    assert (named.status_code, named.json()["selling_partner_id"]) == (201, "ASELLER0000001")
+    again = client.post("/_sandbox/sellers", json={"selling_partner_id": "ASELLER0000001"})
+    assert again.status_code == 409
+    assert client.post("/_sandbox/sellers", content=b"{nope").status_code == 400
+
+
+def test_control_sets_and_clears_behaviours(client: httpx.Client, sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    response = client.post(
+        "/_sandbox/behaviours",
+        json={"target": seller.refresh_token, "behaviour": "flaky", "params": {"times": 5}},
+    )
+    assert response.status_code == 200
+    assert response.json() == {
+        "target": seller.selling_partner_id,
+        "behaviour": "flaky",
+        "params": {"times": 5},
+    }
+    assert refresh(client, sandbox, seller.refresh_token).status_code == 503
+    cleared = client.delete(
+        "/_sandbox/behaviours", params={"target": seller.selling_partner_id, "behaviour": "flaky"}
+    )
+    assert cleared.status_code == 204
+    assert refresh(client, sandbox, seller.refresh_token).status_code == 200
+
+    client.post(
+        "/_sandbox/behaviours", json={"target": seller.selling_partner_id, "behaviour": "revoked"}
+    )
+    assert client.delete("/_sandbox/behaviours").status_code == 204
+    assert refresh(client, sandbox, seller.refresh_token).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"target": "ANOSUCHSELLER1", "behaviour": "revoked"}, 404),
+        ({"target": "stripe", "behaviour": "revoked"}, 400),
+        ({"target": "stripe", "behaviour": "stripe_slow", "params": {"ms": "fast"}}, 400),
+        ({"behaviour": "revoked"}, 400),
+        ([1, 2], 400),
+    ],
+)
+def test_control_rejects_bad_behaviours(client: httpx.Client, body: Any, status: int) -> None:
+    response = client.post("/_sandbox/behaviours", json=body)
+    assert response.status_code == status
+    assert "error" in response.json()
+
+
+def test_control_revokes_a_seller(client: httpx.Client, sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    response = client.post(f"/_sandbox/sellers/{seller.selling_partner_id}/revoke")
+    assert response.json() == {"selling_partner_id": seller.selling_partner_id, "revoked": True}
+    assert refresh(client, sandbox, seller.refresh_token).json() == INVALID_REFRESH_GRANT
+    assert client.post("/_sandbox/sellers/ANOSUCHSELLER1/revoke").status_code == 404
+
+
+def test_stats_count_requests_grants_and_refreshes_per_seller(
+    client: httpx.Client, sandbox: Sandbox
+) -> None:
+    seller = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.selling_partner_id, "flaky", times=1)
+    for _ in range(3):
+        refresh(client, sandbox, seller.refresh_token)
+    refresh(client, sandbox, "Atzr|unknown")
+    stats = client.get("/_sandbox/stats").json()
+    assert stats == sandbox.state.stats()
+    assert stats["requests"] == {"POST /auth/o2/token": 4}
+    assert stats["grants"] == {"authorization_code": 0, "refresh_token": 2}
+    assert stats["refreshes_per_seller"] == {seller.selling_partner_id: 3}
+    assert stats["customers_per_user"] == {}
+
+
+def test_reset_forgets_everything(client: httpx.Client, sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    refresh(client, sandbox, seller.refresh_token)
+    assert client.post("/_sandbox/reset").status_code == 204
+    assert refresh(client, sandbox, seller.refresh_token).json() == INVALID_REFRESH_GRANT
+    assert sandbox.state.stats()["grants"] == {"authorization_code": 0, "refresh_token": 0}
+
+
+def test_oversized_bodies_are_refused(client: httpx.Client) -> None:
+    response = client.post("/auth/o2/token", content=b"x" * (2 << 20))
+    assert response.status_code == 413
+
+
+def test_unknown_paths_and_methods(client: httpx.Client) -> None:
+    assert client.get("/auth/o2/nowhere").status_code == 404
+    wrong_method = client.get("/auth/o2/token")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "POST"
