@@ -1,10 +1,12 @@
 """How many LWA refresh-token grants a second the sandbox serves.
 
-The sandbox runs in a process of its own (``run_in_thread``). httpx ``AsyncClient``s fire the
-grants from ``--clients`` other processes over HTTP/1.1 keep-alive connections, ``--concurrency``
-requests in flight in all. A Python httpx client spends about a millisecond of CPU a request,
-so on a small machine the clients, not the sandbox, are the limit: the script also reports the
-sandbox's own CPU time per grant, and the rate one core of it would sustain.
+The sandbox runs in a process of its own (``run_in_thread``). The grants come from
+``--clients`` other processes over HTTP/1.1 keep-alive connections, ``--concurrency`` requests
+in flight in all. By default each connection is a bare asyncio socket writing the form and
+reading the answer (``--client raw``, the way wrk would): an httpx client spends about a
+millisecond of CPU a request, so with ``--client httpx`` on a small machine the clients, not
+the sandbox, are the limit. The script also reports the sandbox's own CPU time per grant, and
+the rate one core of it would sustain.
 
 Target: the sandbox sustains at least 2,000 grants/s on a 2-core machine.
 
@@ -21,6 +23,7 @@ import statistics
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Barrier
+from urllib.parse import urlencode
 
 import httpx
 
@@ -40,11 +43,84 @@ def serve(conn: Connection, sellers: int) -> None:
 
 
 def fire(
-    url: str, tokens: list[str], grants: int, lanes: int, start: Barrier, conn: Connection
+    url: str,
+    tokens: list[str],
+    grants: int,
+    lanes: int,
+    start: Barrier,
+    conn: Connection,
+    client: str,
 ) -> None:
     """A client process: send (latencies, failures) of ``grants`` grants over ``lanes``
     connections, fired once every process is warmed up."""
-    conn.send(asyncio.run(_fire(url, tokens, grants, lanes, start)))
+    runner = _fire_raw if client == "raw" else _fire
+    conn.send(asyncio.run(runner(url, tokens, grants, lanes, start)))
+
+
+async def _fire_raw(
+    url: str, tokens: list[str], grants: int, lanes: int, start: Barrier
+) -> tuple[list[float], int]:
+    host, port = url.removeprefix("http://").split(":")
+    connections = [await asyncio.open_connection(host, int(port)) for _ in range(lanes)]
+    try:
+        for reader, writer in connections:
+            await _raw_grant(reader, writer, host, tokens[0])
+        await asyncio.get_running_loop().run_in_executor(None, start.wait)
+        results = await asyncio.gather(
+            *(
+                _raw_lane(reader, writer, host, tokens, range(i, grants, lanes))
+                for i, (reader, writer) in enumerate(connections)
+            )
+        )
+    finally:
+        for _, writer in connections:
+            writer.close()
+    latencies = [latency for lane_latencies, _ in results for latency in lane_latencies]
+    return latencies, sum(failures for _, failures in results)
+
+
+async def _raw_lane(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    host: str,
+    tokens: list[str],
+    indexes: range,
+) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    failures = 0
+    for i in indexes:
+        began = time.perf_counter()
+        ok = await _raw_grant(reader, writer, host, tokens[i % len(tokens)])
+        latencies.append(time.perf_counter() - began)
+        failures += not ok
+    return latencies, failures
+
+
+async def _raw_grant(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, refresh_token: str
+) -> bool:
+    body = urlencode(
+        {
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": CONFIG.client_id,
+            "client_secret": CONFIG.client_secret,
+        }
+    ).encode()
+    writer.write(
+        b"POST /auth/o2/token HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    answer = await reader.readexactly(length)
+    return head.startswith(b"HTTP/1.1 200") and b"access_token" in answer
 
 
 async def _fire(
@@ -101,6 +177,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight in all")
     parser.add_argument("--clients", type=int, default=1, help="client processes")
     parser.add_argument("--sellers", type=int, default=100, help="sellers whose tokens rotate")
+    parser.add_argument(
+        "--client", choices=("raw", "httpx"), default="raw", help="what fires the grants"
+    )
     args = parser.parse_args()
 
     context = multiprocessing.get_context("spawn")
@@ -114,7 +193,9 @@ def main() -> None:
     for _ in range(args.clients):
         conn, client_end = context.Pipe()
         share = (args.grants // args.clients, args.concurrency // args.clients)
-        process = context.Process(target=fire, args=(url, tokens, *share, start, client_end))
+        process = context.Process(
+            target=fire, args=(url, tokens, *share, start, client_end, args.client)
+        )
         process.start()
         clients.append((process, conn))
 
@@ -137,7 +218,7 @@ def main() -> None:
     p50, p99 = statistics.median(latencies), latencies[int(count * 0.99)]
     print(
         f"grants:      {count} ({failures} failed), {args.concurrency} in flight, "
-        f"{args.clients} client processes"
+        f"{args.clients} client processes ({args.client} client)"
     )
     print(f"throughput:  {count / elapsed:,.0f} grants/s")
     print(f"latency:     p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
