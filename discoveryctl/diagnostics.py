@@ -53,8 +53,11 @@ def run_checks(config: Config, today: date | None = None) -> list[Check]:
         where = describe(database.url)
         if revision == HEAD_REVISION:
             return Check("database", OK, f"{where} at {revision}")
-        if config.uses_default_database:
-            return Check("database", WARN, f"{where} will be upgraded on first use")
+        if config.uses_default_database:  # as on any command's first use
+            from discoveryctl.db.migrations import upgrade
+
+            upgrade(database)
+            return Check("database", OK, f"{where} upgraded to {HEAD_REVISION}")
         return Check(
             "database",
             FAIL,

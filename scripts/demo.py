@@ -88,6 +88,31 @@ def start_sandbox(
     return process, exports
 
 
+def connect_in_browser(env: dict[str, str], user: str) -> None:
+    """`connect amazon` as a seller would live it: the consent page, then the redirect back."""
+    args = ["connect", "amazon", "--user", user, "--no-browser", "--timeout", "30"]
+    print(f"$ discoveryctl {shlex.join(args)}", flush=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "discoveryctl", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    url = process.stdout.readline().strip()
+    print(f"  consent URL: {url[:80]}…")
+    with httpx.Client(follow_redirects=True, timeout=10) as browser:
+        page = browser.get(url)  # Seller Central approves and sends the browser back
+    print(f"  the browser shows: {page.status_code} {page.text.split('<h1>')[1].split('<')[0]}")
+    _, stderr = process.communicate(timeout=30)
+    for line in stderr.splitlines():
+        print(f"  {line}")
+    print(f"  (exit {process.returncode})", flush=True)
+    if process.returncode != 0:
+        raise SystemExit("demo failed: connect did not complete")
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="discoveryctl-demo-") as home:
         env = {
@@ -105,7 +130,11 @@ def main() -> int:
             step("Is this installation ready?")
             discoveryctl(env, "doctor", expect=(0, 1))
 
-            step("Import the sandbox's sellers, and their Stripe customers to be")
+            step("Two sellers connect their Amazon accounts through Seller Central consent")
+            connect_in_browser(env, "acme-outdoor")
+            connect_in_browser(env, "blue-kettle")
+
+            step("Import the sandbox's other sellers, and their Stripe customers to be")
             sellers = [json.loads(line) for line in seed_file.read_text().splitlines()]
             with seed_file.open("a") as handle:
                 for seller in sellers:
@@ -121,7 +150,7 @@ def main() -> int:
             step("Importing the same file again changes nothing")
             discoveryctl(env, "import", str(seed_file), "--json", expect=(1,))
 
-            step("The seller behind the first integration revokes access in Seller Central")
+            step("A seller revokes access in Seller Central")
             revoked = sellers[0]
             print(
                 f"$ curl -X POST $AMAZON_LWA_TOKEN_URL/../_sandbox/sellers/"

@@ -66,3 +66,11 @@ def test_unmigrated_database(empty_db: Any, cli: Any) -> None:
     state, detail = checks(result)["database"]
     assert state == "fail"
     assert "discoveryctl db upgrade" in detail
+
+
+def test_first_use_of_the_sqlite_default(cli: Any) -> None:
+    result = cli("doctor", "--json")
+    found = checks(result)
+    assert found["database"][0] == "ok"
+    assert "upgraded to" in found["database"][1]
+    assert found["encryption key"] == ("ok", "decrypts all 0 stored credentials")

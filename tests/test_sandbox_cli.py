@@ -175,3 +175,25 @@ def test_the_cli_does_not_load_the_sandbox_until_asked() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_registered_redirect_uri_is_exported_and_enforced() -> None:
+    redirect = "http://127.0.0.1:9999/oauth/amazon"
+    process = start("--port", str(free_port()), "--redirect-uri", redirect)
+    try:
+        env = read_exports(process)
+        assert env["AMAZON_REDIRECT_URI"] == redirect
+        consent = env["AMAZON_SELLER_CENTRAL_URL"] + "/apps/authorize/consent"
+        params = {"application_id": env["AMAZON_SPAPI_APP_ID"], "state": "s", "version": "beta"}
+        with httpx.Client() as browser:
+            approved = browser.get(consent, params={**params, "redirect_uri": redirect})
+            refused = browser.get(
+                consent, params={**params, "redirect_uri": "http://127.0.0.1:8765/callback"}
+            )
+        assert approved.status_code == 302
+        assert approved.headers["location"].startswith(redirect + "?")
+        assert refused.status_code == 400
+        assert "MD5101" in refused.text
+    finally:
+        code, _, stderr = interrupt(process)
+    assert code == 0, stderr

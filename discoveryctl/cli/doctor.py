@@ -26,8 +26,9 @@ def doctor(
         from rich.table import Table
 
         table = Table(box=None, pad_edge=False)
-        for column in ("check", "state", "detail"):
-            table.add_column(column, overflow="fold")
+        table.add_column("check", no_wrap=True)
+        table.add_column("state", no_wrap=True)
+        table.add_column("detail", ratio=1)
         for check in checks:
             table.add_row(check.name, check.state, check.detail)
         app.out.print(table)

@@ -17,6 +17,11 @@ def sandbox(
     fail_rate: float = typer.Option(
         0.0, min=0.0, max=1.0, help="Share of LWA, SP-API and Stripe requests that fail (5xx)."
     ),
+    redirect_uri: list[str] = typer.Option(
+        ["http://127.0.0.1:8765/callback"],
+        "--redirect-uri",
+        help="A redirect URI registered on the app (repeat for more); the first is exported.",
+    ),
     login_uri: str | None = typer.Option(
         None, help="Run consent in login-URI mode, sending sellers to this URI first."
     ),
@@ -47,7 +52,11 @@ def sandbox(
     if (seed > 0) != (seed_file is not None):
         raise ConfigError("--seed N and --seed-file F go together (refresh tokens go to the file)")
     config = SandboxConfig(
-        login_uri=login_uri, draft=draft, latency_ms=latency_ms, fail_rate=fail_rate
+        redirect_uris=tuple(redirect_uri),
+        login_uri=login_uri,
+        draft=draft,
+        latency_ms=latency_ms,
+        fail_rate=fail_rate,
     )
     # Both signals stop the server cleanly, even where the parent started us with them ignored;
     # installed before anything is printed, so a caller may signal as soon as it has read them.
