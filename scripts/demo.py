@@ -153,7 +153,7 @@ def main() -> int:
             step("A seller revokes access in Seller Central")
             revoked = sellers[0]
             print(
-                f"$ curl -X POST $AMAZON_LWA_TOKEN_URL/../_sandbox/sellers/"
+                f"$ curl -X POST $AMAZON_SELLER_CENTRAL_URL/_sandbox/sellers/"
                 f"{revoked['selling_partner_id']}/revoke"
             )
             response = httpx.post(
