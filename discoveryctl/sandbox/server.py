@@ -21,6 +21,7 @@ from discoveryctl.sandbox.state import SandboxState
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_SECONDS = 10.0
+STOP_TIMEOUT_SECONDS = 10.0
 
 
 class Sandbox:
@@ -58,13 +59,20 @@ class Sandbox:
         }
 
     def wait(self) -> None:
-        """Block until the server stops (Ctrl-C interrupts the wait)."""
-        self._thread.join()
+        """Block until the server stops (Ctrl-C interrupts the wait).
+
+        Waits on the server's own "stopped" event, not ``Thread.join``: on Python 3.11 a join
+        interrupted by Ctrl-C leaves the next join returning at once, which would let
+        ``stop`` close the socket under a server that is still running.
+        """
+        while not self._server.stopped.wait(0.5):
+            pass
 
     def stop(self) -> None:
         """Stop serving, finish the requests in flight and close the socket."""
         self._server.request_stop()
-        self._thread.join()
+        self._server.stopped.wait(STOP_TIMEOUT_SECONDS)
+        self._thread.join(STOP_TIMEOUT_SECONDS)
         self._listener.close()
 
     def __enter__(self) -> Sandbox:
@@ -125,7 +133,10 @@ def _serve(server: _Server, listener: socket.socket) -> None:
     # Leave SIGINT and SIGTERM to the main thread: delivered here, they would not wake a main
     # thread blocked in ``Sandbox.wait()``, and Ctrl-C would go unnoticed.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    server.run(sockets=[listener])
+    try:
+        server.run(sockets=[listener])
+    finally:
+        server.stopped.set()
 
 
 class _Server(uvicorn.Server):
@@ -133,6 +144,7 @@ class _Server(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
+        self.stopped = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
 
