@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import errno
 import html
+import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -71,9 +74,9 @@ class CallbackServer:
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.finished = False
         handler = _handler_class(self, on_callback, on_login)
+        context = _tls_context(tls) if tls is not None else None
+        self._server = _OneShotServer((LOOPBACK, self.port), handler, context)
         try:
-            self._server = HTTPServer((LOOPBACK, self.port), handler, bind_and_activate=False)
-            self._server.allow_reuse_address = True
             self._server.server_bind()
             self._server.server_activate()
         except OSError as error:
@@ -83,18 +86,8 @@ class CallbackServer:
                     f"port {self.port} on {LOOPBACK} (from AMAZON_REDIRECT_URI) is already in "
                     "use: stop whatever listens there, or use --paste"
                 ) from None
-            raise ConfigError(
-                f"cannot listen on {LOOPBACK}:{self.port}: {error.strerror}"
-            ) from None
-        if tls is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            try:
-                context.load_cert_chain(certfile=str(tls[0]), keyfile=str(tls[1]))
-            except (OSError, ssl.SSLError) as error:
-                self._server.server_close()
-                raise ConfigError(f"cannot use --tls-cert/--tls-key: {error}") from None
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            where = f"{LOOPBACK}:{self.port}"
+            raise ConfigError(f"cannot listen on {where}: {error.strerror}") from None
         self._server.timeout = 0.2
 
     def serve(self, timeout: float) -> bool:
@@ -112,6 +105,46 @@ class CallbackServer:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _tls_context(tls: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile=str(tls[0]), keyfile=str(tls[1]))
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"cannot use --tls-cert/--tls-key: {error}") from None
+    return context
+
+
+class _OneShotServer(HTTPServer):
+    """Every connection gets a deadline, and TLS is negotiated in the handler under it, so a
+    client that connects and says nothing holds the server for seconds, not forever."""
+
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        super().__init__(address, handler, bind_and_activate=False)
+        self.tls = tls
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = self.socket.accept()
+        connection.settimeout(REQUEST_TIMEOUT_SECONDS)
+        if self.tls is not None:
+            connection = self.tls.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            )
+        return connection, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A broken or hostile connection (bad TLS, timeouts, resets) is not worth a traceback."""
+        failure = sys.exc_info()[1]
+        log.debug("callback_connection_failed", reason=type(failure).__name__)
 
 
 def _handler_class(

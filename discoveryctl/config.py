@@ -242,6 +242,10 @@ class Config:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"{name} must be an http(s) URL, not {value!r}")
+        try:
+            parts.port  # noqa: B018 (validates the port)
+        except ValueError:
+            raise ConfigError(f"{name} has an invalid port: {value!r}") from None
         return value
 
 

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from discoveryctl import consent
+from discoveryctl import consent, credentials
 from discoveryctl.callback_server import CallbackServer, Page, Query
 from discoveryctl.config import Config
 from discoveryctl.consent import Connected, ConsentStart, Reason, SessionScope
 from discoveryctl.errors import AppCredentialsRejected, ConfigError, OAuthCallbackError
 from discoveryctl.providers.amazon import AmazonApp, LwaClient
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")  # the server listens on 127.0.0.1 only
 
 
 @dataclass
@@ -35,7 +35,9 @@ class Flow:
     region: str
 
     def start(self, channel: str) -> ConsentStart:
+        """Issue the state, after checking the authorization can be stored at all."""
         with self.session_scope() as session:
+            credentials.open_vault(self.config, session)
             return consent.begin(
                 session,
                 self.app,
@@ -90,13 +92,15 @@ def via_local_server(
 
     def on_callback(query: Query) -> Page:
         assert start is not None
-        ours = query.get("state") == [start.state]
+        if query.get("state") != [start.state]:
+            # Not this flow's callback (any page in the operator's browser can send one):
+            # say why on the page and the terminal, store nothing, keep waiting.
+            error = consent.diagnose(query, flow.config.jwt_secret(), start.state, flow.user_id)
+            ignored(error)
+            return Page(400, "Connection failed", error.message)
         try:
             connected = flow.finish(query, start.state)
         except OAuthCallbackError as error:
-            if not ours:
-                ignored(error)
-                return Page(400, "Connection failed", f"{error.message}")
             outcome.append(error)
             return Page(400, "Connection failed", error.message, finished=True)
         except AppCredentialsRejected as error:

@@ -165,6 +165,22 @@ def read_state(token: str, jwt_secret: str) -> StateClaims:
     return StateClaims(state_id=state_id, user_id=user_id, region=region)
 
 
+def printable(text: str, limit: int = 200) -> str:
+    """Text from a request, safe to show in a terminal or store: no control characters."""
+    return "".join(c if c.isprintable() else " " for c in text[:limit])
+
+
+def diagnose(
+    params: Mapping[str, Any], jwt_secret: str, expected_state: str, expected_user: str
+) -> OAuthCallbackError:
+    """Why a callback is not acceptable, without storing or consuming anything."""
+    try:
+        validate(params, jwt_secret, expected_state=expected_state, expected_user=expected_user)
+    except OAuthCallbackError as error:
+        return error
+    return OAuthCallbackError(Reason.invalid_state, "the state does not belong to this flow")
+
+
 def _single(params: Mapping[str, Any], name: str) -> str | None:
     """One query parameter's value; a repeated or empty parameter counts as missing."""
     value = params.get(name)
@@ -190,7 +206,7 @@ def validate(
     if error is not None:
         description = _single(params, "error_description") or error
         raise OAuthCallbackError(
-            Reason.access_denied, f"Amazon did not grant consent: {description[:200]}"
+            Reason.access_denied, f"Amazon did not grant consent: {printable(description)}"
         )
     token = _single(params, "state")
     if token is None:
@@ -248,6 +264,8 @@ def complete(
     except rejected app credentials, raised as ``AppCredentialsRejected`` (exit 3).
     """
     jwt_secret = config.jwt_secret()
+    with session_scope() as session:  # a wrong or missing key stops us before the code is spent
+        credentials.open_vault(config, session)
     claims: StateClaims | None = None
     try:
         claims, code, seller = validate(

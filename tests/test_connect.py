@@ -463,3 +463,100 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+def test_malformed_http_and_terminal_escapes_change_nothing(amazon: Amazon) -> None:
+    run = Run("--user", "max", "--no-browser", "--timeout", "30")
+    final = approve(run.consent_url())
+    port = urlsplit(amazon.redirect_uri).port
+    for raw in (
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET /" + b"a" * 70000 + b"\r\n\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            connection.sendall(raw)
+            connection.recv(1024)
+    hostile = with_params(
+        final, state=None, error="x", error_description="\x1b[2J\x1b[31mPWNED\nFAKE LINE"
+    )
+    assert httpx.get(hostile).status_code == 400
+    assert browse(final).status_code == 200
+    code, _, stderr = run.finish()
+    assert code == 0, stderr
+    assert "Traceback" not in stderr
+    assert "\x1b" not in stderr
+    assert "\nFAKE LINE" not in stderr
+    assert amazon.failures() == []  # stray callbacks store nothing
+
+
+def test_an_idle_tls_client_does_not_hold_the_flow_past_its_timeout(
+    db: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    for amazon in start_amazon(db, monkeypatch, scheme="https"):
+        run = Run(
+            "--user",
+            "nia",
+            "--no-browser",
+            "--timeout",
+            "2",
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+        )
+        run.consent_url()
+        port = urlsplit(amazon.redirect_uri).port
+        began = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port)):
+            code, _, stderr = run.finish(timeout=30)
+        assert code == 1
+        assert "(timeout)" in stderr
+        assert time.monotonic() - began < 10
+
+
+def test_a_wrong_key_stops_connect_before_the_code_is_spent(
+    amazon: Amazon, cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from cryptography.fernet import Fernet
+
+    from helpers import amazon_line, write_lines
+
+    assert cli("import", str(write_lines(tmp_path / "a.jsonl", amazon_line("olga")))).exit_code == 0
+    monkeypatch.setenv("DISCOVERY_ENCRYPTION_KEY", Fernet.generate_key().decode())
+    code, stdout, stderr = Run("--user", "olga", "--paste").finish()
+    assert code == 2
+    assert "wrong key?" in stderr
+    assert stdout == ""  # no consent URL was handed out
+    assert amazon.sandbox.state.stats()["grants"].get("authorization_code", 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--timeout", "0"), "--timeout"),
+        (("--timeout", "nan"), "--timeout"),
+        (("--timeout", "inf"), "--timeout"),
+        (("--tls-cert", "c.pem"), "--tls-cert and --tls-key go together"),
+    ],
+)
+def test_bad_options_are_usage_errors(amazon: Amazon, args: tuple[str, ...], message: str) -> None:
+    code, _, stderr = Run("--user", "pat", "--no-browser", *args).finish()
+    assert code == 2
+    assert message in stderr
+
+
+def test_a_redirect_uri_this_server_cannot_receive(
+    amazon: Amazon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for uri in ("http://[::1]:8767/callback", "https://app.example.com/amazon/callback"):
+        monkeypatch.setenv("AMAZON_REDIRECT_URI", uri)
+        code, _, stderr = Run("--user", "quinn", "--no-browser").finish()
+        assert code == 2
+        assert "use --paste" in stderr
+    monkeypatch.setenv("AMAZON_REDIRECT_URI", "http://127.0.0.1:99999/callback")
+    code, _, stderr = Run("--user", "quinn", "--no-browser").finish()
+    assert code == 2
+    assert "AMAZON_REDIRECT_URI" in stderr
+    assert "Traceback" not in stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -26,7 +27,9 @@ def connect(
     paste: bool = typer.Option(
         False, "--paste", help="Paste the final address from the browser instead of listening."
     ),
-    timeout: float = typer.Option(300, "--timeout", help="Seconds to wait for the seller."),
+    timeout: float = typer.Option(
+        300, "--timeout", min=1, max=600, help="Seconds to wait for the seller (at most 600)."
+    ),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Certificate for https."),
     tls_key: Path | None = typer.Option(None, "--tls-key", help="Private key for https."),
     as_json: bool = typer.Option(False, "--json", help="The result as JSON on stdout."),
@@ -41,6 +44,8 @@ def connect(
     from discoveryctl.providers.amazon import LwaClient
 
     app: Application = ctx.obj
+    if math.isnan(timeout):
+        raise ConfigError("--timeout must be a number of seconds")
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None

@@ -120,12 +120,18 @@ def parse_token_response(response: httpx.Response) -> TokenGrant:
             )
         refresh_token = body.get("refresh_token")
         expires_in = body.get("expires_in", 3600)
+        if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in <= 0:
+            raise TransientProviderError(
+                f"LWA answered 200 with expires_in={str(expires_in)[:20]!r}",
+                error_type="lwa_bad_response",
+                status_code=status,
+            )
         return TokenGrant(
             access_token=access_token,
             refresh_token=refresh_token
             if isinstance(refresh_token, str) and refresh_token
             else None,
-            expires_in=int(expires_in) if isinstance(expires_in, int | float | str) else 3600,
+            expires_in=expires_in,
         )
     error = str(body.get("error", ""))
     description = str(body.get("error_description", "")) or error or f"HTTP {status}"
