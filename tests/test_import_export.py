@@ -209,3 +209,64 @@ def test_invalid_utf8_and_huge_lines_are_rejected_not_fatal(
     assert "line 1: not valid UTF-8" in result.stderr
     assert "line 3: line is longer than 65536 bytes" in result.stderr
     assert db.scalar("SELECT count(*) FROM stripe_customers") == 1
+
+
+def test_deeply_nested_json_and_lone_surrogates_are_rejected_lines(
+    db: Any, cli: Any, tmp_path: Path
+) -> None:
+    source = write_lines(
+        tmp_path / "odd.jsonl",
+        stripe_line("good-1"),
+        "[" * 5000,
+        '{"user_id": "bad\\ud800", "provider": "stripe", "email": "x@example.com"}',
+        stripe_line("good-2"),
+    )
+    result = cli("import", str(source))
+    assert result.exit_code == 1
+    assert "line 2: not valid JSON (nested too deeply)" in result.stderr
+    assert "line 3: user_id is not valid Unicode (a lone surrogate)" in result.stderr
+    assert db.scalar("SELECT count(*) FROM stripe_customers") == 2
+
+
+def test_concurrent_imports_of_the_same_file_store_each_integration_once(
+    db: Any, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    lines = [amazon_line(f"u{i}") for i in range(300)] + [stripe_line(f"u{i}") for i in range(300)]
+    source = write_lines(tmp_path / "many.jsonl", *lines)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "discoveryctl", "import", str(source), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+        for _ in range(3)
+    ]
+    outcomes = [(p.wait(timeout=120), *p.communicate()) for p in processes]
+    for code, stdout, stderr in outcomes:
+        assert code == 0, stderr
+        assert "Traceback" not in stderr
+        assert json.loads(stdout)["rejected"] == []
+    assert sum(json.loads(stdout)["created"] for _, stdout, _ in outcomes) == 600
+    assert db.scalar("SELECT count(*) FROM integration_status") == 600
+    assert db.scalar("SELECT count(*) FROM credentials") == 300
+    assert db.scalar("SELECT count(*) FROM stripe_customers") == 300
+
+
+def test_export_over_an_existing_file_makes_it_private(db: Any, cli: Any, tmp_path: Path) -> None:
+    cli("import", str(write_lines(tmp_path / "a.jsonl", amazon_line("u1"))))
+    out = tmp_path / "old.jsonl"
+    out.write_text("old\n")
+    out.chmod(0o644)
+    assert cli("export", "--include-secrets", "-o", str(out)).exit_code == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(tmp_path / "elsewhere.jsonl")
+    refused = cli("export", "--include-secrets", "-o", str(link))
+    assert refused.exit_code == 2
+    assert not (tmp_path / "elsewhere.jsonl").exists()

@@ -121,7 +121,8 @@ def export_integrations(
 
 def _open_output(path: Path) -> TextIO:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     except OSError as error:
         raise ConfigError(f"cannot write {path}: {error.strerror}") from None
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
     return os.fdopen(fd, "w", encoding="utf-8")

@@ -33,10 +33,12 @@ from discoveryctl.db.models import (
     table_of,
     utcnow,
 )
+from discoveryctl.errors import DatabaseError
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.health import Provider, Region, Status
 
 BATCH_SIZE = 500
+BATCH_ATTEMPTS = 3
 MAX_LINE_BYTES = 64 * 1024
 
 _AMAZON_FIELDS = {"user_id", "provider", "refresh_token", "selling_partner_id", "region"}
@@ -82,6 +84,12 @@ class ImportReport:
     def accepted(self) -> int:
         return self.created + self.updated + self.unchanged
 
+    def merge(self, other: ImportReport) -> None:
+        self.created += other.created
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.rejected.extend(other.rejected)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "created": self.created,
@@ -106,6 +114,8 @@ def parse_line(raw: bytes) -> Line:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise Rejected(f"not valid JSON ({error.msg} at column {error.colno})") from None
+    except RecursionError:
+        raise Rejected("not valid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise Rejected("expected a JSON object")
     provider = data.get("provider")
@@ -155,6 +165,10 @@ def _text(data: dict[str, Any], name: str) -> str:
         raise Rejected(f"{name} must be a non-empty string")
     if any(ord(c) < 32 for c in value):
         raise Rejected(f"{name} contains control characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Rejected(f"{name} is not valid Unicode (a lone surrogate)") from None
     return value.strip()
 
 
@@ -196,10 +210,24 @@ def import_lines(
     """Validate and store every line; ``session_scope()`` opens one transaction per batch."""
     report = ImportReport()
     for batch in _batches(lines, report):
-        with session_scope() as session:
-            _store(session, batch, vault, frontend_url, report)
+        for attempt in range(1, BATCH_ATTEMPTS + 1):
+            stored = ImportReport()
+            try:
+                with session_scope() as session:
+                    _store(session, batch, vault, frontend_url, stored)
+            except sa.exc.IntegrityError:
+                # Another import stored some of these users first: the next attempt sees
+                # their rows and updates them instead.
+                if attempt == BATCH_ATTEMPTS:
+                    raise DatabaseError(
+                        "another process keeps writing the same integrations: run the import again"
+                    ) from None
+                continue
+            report.merge(stored)
+            break
         if progress is not None:
             progress(len(batch))
+    report.rejected.sort()
     return report
 
 
@@ -258,7 +286,6 @@ def _store(
                 report.rejected.append((number, str(error)))
                 continue
         setattr(report, outcome, getattr(report, outcome) + 1)
-    report.rejected.sort()
 
 
 def _store_amazon(
