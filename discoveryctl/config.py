@@ -273,9 +273,16 @@ def _new_fernet_key() -> str:
 def read_or_create_secret_file(path: Path, make: Callable[[], str], hint: str) -> str:
     """Read a generated secret, or create it once with mode 0600 and a warning."""
     try:
-        return path.read_text().strip()
+        value = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         pass
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise ConfigError(f"cannot read {path}: {reason}") from None
+    else:
+        if not value:
+            raise ConfigError(f"{path} is empty: restore it from a backup, or remove it")
+        return value
     path.parent.mkdir(parents=True, exist_ok=True)
     value = make()
     try:

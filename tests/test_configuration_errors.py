@@ -105,3 +105,47 @@ def test_unknown_user_is_a_usage_error(db: Any, cli: Any) -> None:
     assert "user nobody has no amazon integration" in one_line_error(
         cli("reconnect", "amazon", "--user", "nobody")
     )
+
+
+def test_sqlite_paths_that_cannot_be_used(
+    cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setenv("DISCOVERY_ENCRYPTION_KEY", Fernet.generate_key().decode())
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/file/inside/discovery.db")
+    assert "cannot create the folder" in one_line_error(cli("status"))
+    not_a_database = tmp_path / "notes.txt"
+    not_a_database.write_text("these are not the tables you are looking for\n" * 100)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{not_a_database}")
+    assert "file is not a database" in one_line_error(cli("status"))
+
+
+def test_generated_secret_files_that_are_unreadable_or_empty(
+    cli: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli("status").exit_code == 0  # the SQLite default now exists and is migrated
+    folder = tmp_path / "data" / "discoveryctl"
+    (folder / "encryption.key").write_bytes(b"\xff\xfe\x00")
+    assert "encryption.key: not UTF-8 text" in one_line_error(cli("export", "--include-secrets"))
+    (folder / "encryption.key").write_text("")
+    assert "encryption.key is empty" in one_line_error(cli("export", "--include-secrets"))
+    (folder / "encryption.key").unlink()
+    (folder / "encryption.key").mkdir()
+    assert "cannot read" in one_line_error(cli("export", "--include-secrets"))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("events", "--since", "99999999999d"),
+        ("events", "--limit", "-1"),
+        ("notifications", "ack", "99999999999999999999"),
+        ("notifications", "ack", "0"),
+        ("status", "--limit", "-3"),
+        ("status", "--user", "caf\udce9"),
+    ],
+)
+def test_out_of_range_and_undecodable_arguments(db: Any, cli: Any, args: tuple[str, ...]) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr

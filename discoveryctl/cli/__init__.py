@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from discoveryctl.errors import DiscoveryError
+from discoveryctl.errors import ConfigError, DiscoveryError
 
 
 class DiscoveryGroup(TyperGroup):
@@ -20,6 +20,7 @@ class DiscoveryGroup(TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:
         try:
+            _require_utf8([*getattr(ctx, "protected_args", []), *ctx.args])
             return super().invoke(ctx)
         except DiscoveryError as error:
             typer.echo(f"error: {error.message}", err=True)
@@ -27,6 +28,16 @@ class DiscoveryGroup(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+
+
+def _require_utf8(args: list[str]) -> None:
+    """Arguments that are not UTF-8 (a user id from a Latin-1 file, say) stop here, named."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise ConfigError(f"the argument {shown!r} is not valid UTF-8") from None
 
 
 app = typer.Typer(

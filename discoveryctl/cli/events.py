@@ -21,7 +21,10 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
     match = _DURATION.match(value.strip())
     if match:
         amount, unit = int(match.group(1)), match.group(2)
-        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
+        try:
+            return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
+        except (OverflowError, ValueError):
+            raise ConfigError(f"--since {value!r} reaches back before year 1") from None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -36,7 +39,9 @@ def events(
     user: str | None = typer.Option(None, "--user", help="Only this user's events."),
     provider: Provider | None = typer.Option(None, "--provider", help="Only this provider."),
     since: str = typer.Option("24h", "--since", help="How far back: 30m, 24h, 7d, or a time."),
-    limit: int = typer.Option(1000, "--limit", help="At most this many, newest first."),
+    limit: int = typer.Option(
+        1000, "--limit", min=1, max=1_000_000, help="At most this many, newest first."
+    ),
     as_json: bool = typer.Option(False, "--json", help="JSON list on stdout."),
 ) -> None:
     """Show the audit history: every attempt, outcome and transition.

@@ -73,7 +73,7 @@ def notifications(
 @group.command("ack")
 def acknowledge(
     ctx: typer.Context,
-    ids: list[int] = typer.Argument(..., help="Notification ids."),
+    ids: list[int] = typer.Argument(..., min=1, max=2**63 - 1, help="Notification ids."),
 ) -> None:
     """Mark notifications as read.
 

@@ -19,7 +19,7 @@ def status(
         False, "--check", help="Exit 1 if any integration is revoked, expired or failing."
     ),
     summary: bool = typer.Option(False, "--summary", help="Only the counts by status."),
-    limit: int = typer.Option(50, "--limit", help="Rows in the table (0 for all)."),
+    limit: int = typer.Option(50, "--limit", min=0, help="Rows in the table (0 for all)."),
     as_json: bool = typer.Option(False, "--json", help="JSON list on stdout."),
 ) -> None:
     """Show the health of every integration, the unhealthy ones first.

@@ -40,7 +40,13 @@ def create_engine(raw_url: str) -> Engine:
     kwargs: dict[str, Any] = {}
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(url.database).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise DatabaseError(
+                    f"cannot create the folder {folder} for the SQLite database: {error.strerror}"
+                ) from None
         kwargs["connect_args"] = {"timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
@@ -88,7 +94,7 @@ class Database:
                     return None
                 value = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
                 return value.scalar()
-        except exc.OperationalError as error:
+        except (exc.OperationalError, exc.DatabaseError) as error:
             raise self.unreachable(error) from None
 
     def unreachable(self, error: exc.DBAPIError) -> DatabaseError:
@@ -111,7 +117,10 @@ class Database:
         try:
             yield session
             session.commit()
-        except exc.OperationalError as error:
+        except exc.IntegrityError:
+            session.rollback()
+            raise
+        except (exc.OperationalError, exc.DatabaseError) as error:
             session.rollback()
             raise self.unreachable(error) from None
         except BaseException:
