@@ -22,17 +22,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import structlog
-
 from discoveryctl.errors import ConfigError
+from discoveryctl.logging import get_logger
 
 LOOPBACK = "127.0.0.1"
 LOGIN_PATH = "/login"
 REQUEST_TIMEOUT_SECONDS = 5
 MAX_QUERY_BYTES = 8192
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
-
-log = structlog.get_logger()
 
 
 @dataclass(frozen=True)
@@ -144,7 +141,7 @@ class _OneShotServer(HTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A broken or hostile connection (bad TLS, timeouts, resets) is not worth a traceback."""
         failure = sys.exc_info()[1]
-        log.debug("callback_connection_failed", reason=type(failure).__name__)
+        get_logger().debug("callback_connection_failed", reason=type(failure).__name__)
 
 
 def _handler_class(
@@ -175,7 +172,7 @@ def _handler_class(
             try:
                 return handler(query)
             except Exception:
-                log.exception("callback_handler_crashed", path=urlsplit(self.path).path)
+                get_logger().exception("callback_handler_crashed", path=urlsplit(self.path).path)
                 return Page(500, "Something went wrong", "The connection was not completed.")
 
         def _refuse(self) -> None:
@@ -195,15 +192,14 @@ def _handler_class(
             self.send_header("Referrer-Policy", "no-referrer")
             self.send_header("Cache-Control", "no-store")
             self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header(
-                "Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"
-            )
+            self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:
             """Query strings carry codes and states: log the path only."""
-            log.debug("callback_request", method=self.command, path=urlsplit(self.path).path)
+            path = urlsplit(getattr(self, "path", "") or "").path  # unset on a bad request line
+            get_logger().debug("callback_request", method=getattr(self, "command", None), path=path)
 
     return Handler

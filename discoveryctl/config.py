@@ -291,9 +291,9 @@ def read_or_create_secret_file(path: Path, make: Callable[[], str], hint: str) -
         return path.read_text().strip()
     with os.fdopen(fd, "w") as handle:
         handle.write(value + "\n")
-    import structlog
+    from discoveryctl.logging import get_logger
 
-    structlog.get_logger().warning(
+    get_logger().warning(
         "generated_secret_file",
         path=str(path),
         hint=hint,

@@ -1,4 +1,8 @@
-"""structlog to stderr: console on a TTY, JSON lines otherwise, secrets redacted (SPEC §7)."""
+"""structlog to stderr: console on a TTY, JSON lines otherwise, secrets redacted (SPEC §7).
+
+A command calls ``setup`` at start; structlog itself is only imported and configured when
+something is first logged (``get_logger``), so commands that log nothing never pay for it.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ import logging
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
-
-import structlog
 
 from discoveryctl.redaction import REDACTED, is_sensitive_key, redact, redact_text
 
@@ -38,8 +40,30 @@ class _StderrLogger:
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
+_pending: tuple[str, str, bool] | None = None
+
+
+def setup(level: str = "info", fmt: str = "json", colors: bool = False) -> None:
+    """Remember how to log; structlog is configured on the first ``get_logger``."""
+    global _pending
+    _pending = (level, fmt, colors)
+
+
+def get_logger() -> Any:
+    """A structlog logger, configured as ``setup`` asked."""
+    global _pending
+    import structlog
+
+    if _pending is not None:
+        configure(*_pending)
+        _pending = None
+    return structlog.get_logger()
+
+
 def configure(level: str = "info", fmt: str = "json", colors: bool = False) -> None:
-    """Set up structlog for one process (or one CLI invocation)."""
+    """Set up structlog for one process (or one CLI invocation), now."""
+    import structlog
+
     renderer: Any
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(

@@ -476,7 +476,7 @@ def test_malformed_http_and_terminal_escapes_change_nothing(amazon: Amazon) -> N
     ):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
             connection.sendall(raw)
-            connection.recv(1024)
+            assert connection.recv(1024), raw[:20]  # an error answer, not a dropped connection
     hostile = with_params(
         final, state=None, error="x", error_description="\x1b[2J\x1b[31mPWNED\nFAKE LINE"
     )

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from discoveryctl.config import Config
@@ -24,18 +25,14 @@ if TYPE_CHECKING:
 
 class Application:
     def __init__(self) -> None:
-        from rich.console import Console
-
         from discoveryctl import logging
 
         self.config = Config()
-        logging.configure(
+        logging.setup(
             level=self.config.log_level,
             fmt=self.config.log_format,
             colors=sys.stderr.isatty() and "NO_COLOR" not in os.environ,
         )
-        self.out: Console = Console(markup=False, highlight=False, emoji=False)
-        self.err: Console = Console(stderr=True, markup=False, highlight=False, emoji=False)
         self._database: Database | None = None
 
     # -- database ---------------------------------------------------------------------------
@@ -55,11 +52,10 @@ class Application:
 
         if self.config.uses_default_database:
             if database.current_revision() != HEAD_REVISION:
-                import structlog
-
                 from discoveryctl.db.migrations import upgrade
+                from discoveryctl.logging import get_logger
 
-                structlog.get_logger().info(
+                get_logger().info(
                     "database_upgraded", database=str(self.config.default_database_path)
                 )
                 upgrade(database)
@@ -79,6 +75,19 @@ class Application:
             self._database.dispose()
 
     # -- output -----------------------------------------------------------------------------
+
+    @cached_property
+    def out(self) -> Console:
+        """stdout for people: user data is never read as markup."""
+        from rich.console import Console
+
+        return Console(markup=False, highlight=False, emoji=False)
+
+    @cached_property
+    def err(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=True, markup=False, highlight=False, emoji=False)
 
     def print_json(self, data: Any) -> None:
         indent = 2 if sys.stdout.isatty() else None

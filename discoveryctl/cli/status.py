@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import typer
@@ -26,64 +25,68 @@ def status(
 
     Example: discoveryctl status amazon --status revoked
     """
-    from discoveryctl.cli.application import Application, relative_time
+    from discoveryctl.cli.application import Application
     from discoveryctl.integrations import lifecycle
-    from discoveryctl.integrations.health import (
-        api_view,
-        consecutive_failures,
-        is_unhealthy,
-        message_for,
-    )
+    from discoveryctl.integrations.health import api_view, is_unhealthy
 
     app: Application = ctx.obj
+    filters = lifecycle.Filters(
+        provider=provider.value if provider else None,
+        user_id=user,
+        status=status.value if status else None,
+    )
     with app.session() as session:
-        rows = lifecycle.listing(
-            session,
-            provider=provider.value if provider else None,
-            user_id=user,
-            status=status.value if status else None,
-        )
-    unhealthy = sum(1 for row in rows if is_unhealthy(row.status, row.metadata))
+        if as_json:
+            rows = lifecycle.listing(session, filters)
+            unhealthy = sum(1 for row in rows if is_unhealthy(row.status, row.metadata))
+        else:
+            by_status, unhealthy = lifecycle.counts(session, filters)
+            shown = (
+                []
+                if summary
+                else lifecycle.listing(
+                    session, filters, unhealthy_first=True, limit=limit if limit > 0 else None
+                )
+            )
 
     if as_json:
         app.print_json([api_view(*row) for row in rows])
     else:
-        if not summary:
-            from rich.table import Table
-            from rich.text import Text
-
-            ordered = sorted(rows, key=lambda r: not is_unhealthy(r.status, r.metadata))
-            shown = ordered if limit <= 0 else ordered[:limit]
-            cells = []
-            for row in shown:
-                meta: dict[str, Any] = row.metadata
-                failures = consecutive_failures(meta)
-                cells.append(
-                    (
-                        row.user_id,
-                        row.provider,
-                        row.status,
-                        relative_time(meta.get("last_synced_at")),
-                        str(failures) if failures else "",
-                        _last_error(meta) or message_for(row.provider, row.status),
-                    )
-                )
-            table = Table(box=None, pad_edge=False)
-            for header in ("user", "provider", "status", "last synced", "failures"):
-                table.add_column(header, no_wrap=True)
-            table.add_column("message", ratio=1)
-            for *fixed, message in cells:
-                table.add_row(*fixed, Text(message, no_wrap=True, overflow="ellipsis"))
-            if shown:
-                app.out.print(table)
-            if len(shown) < len(rows):
-                app.out.print(
-                    f"… {len(rows) - len(shown)} more not shown (--limit 0 for all, or --json)"
-                )
-        app.out.print(_summary_line(rows, unhealthy))
+        total = sum(by_status.values())
+        if shown:
+            app.out.print(_table(shown))
+        if not summary and len(shown) < total:
+            app.out.print(f"… {total - len(shown)} more not shown (--limit 0 for all, or --json)")
+        app.out.print(_summary_line(by_status, unhealthy))
 
     if check and unhealthy:
         raise typer.Exit(1)
+
+
+def _table(rows: Any) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    from discoveryctl.cli.application import relative_time
+    from discoveryctl.integrations.health import consecutive_failures, message_for
+
+    table = Table(box=None, pad_edge=False)
+    for header in ("user", "provider", "status", "last synced", "failures"):
+        table.add_column(header, no_wrap=True)
+    table.add_column("message", ratio=1)
+    for row in rows:
+        meta: dict[str, Any] = row.metadata
+        failures = consecutive_failures(meta)
+        message = _last_error(meta) or message_for(row.provider, row.status)
+        table.add_row(
+            row.user_id,
+            row.provider,
+            row.status,
+            relative_time(meta.get("last_synced_at")),
+            str(failures) if failures else "",
+            Text(message, no_wrap=True, overflow="ellipsis"),
+        )
+    return table
 
 
 def _last_error(meta: dict[str, Any]) -> str | None:
@@ -93,11 +96,11 @@ def _last_error(meta: dict[str, Any]) -> str | None:
     return None
 
 
-def _summary_line(rows: Any, unhealthy: int) -> str:
-    if not rows:
+def _summary_line(by_status: dict[str, int], unhealthy: int) -> str:
+    total = sum(by_status.values())
+    if not total:
         return "no integrations"
-    counts = Counter(row.status for row in rows)
-    parts = [f"{counts[s]} {s}" for s in Status if counts[s]]
-    parts += [f"{n} {s}" for s, n in sorted(counts.items()) if s not in Status.__members__]
-    noun = "integration" if len(rows) == 1 else "integrations"
-    return f"{len(rows)} {noun}: {', '.join(parts)}; {unhealthy} need attention"
+    parts = [f"{by_status[s]} {s}" for s in Status if by_status.get(s)]
+    parts += [f"{n} {s}" for s, n in sorted(by_status.items()) if s not in Status.__members__]
+    noun = "integration" if total == 1 else "integrations"
+    return f"{total} {noun}: {', '.join(parts)}; {unhealthy} need attention"

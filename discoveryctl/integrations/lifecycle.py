@@ -4,7 +4,8 @@ that matter to a seller or an admin leave a notification (SPEC §4, §5)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -37,13 +38,43 @@ def find(session: Session, user_id: str, provider: str) -> IntegrationStatus | N
     ).first()
 
 
+Query = TypeVar("Query", bound=sa.Select[*tuple[Any, ...]])
+
+
+@dataclass(frozen=True)
+class Filters:
+    provider: str | None = None
+    user_id: str | None = None
+    status: str | None = None
+
+    def apply(self, query: Query) -> Query:
+        table = table_of(IntegrationStatus)
+        if self.provider is not None:
+            query = query.where(table.c.provider == self.provider)
+        if self.user_id is not None:
+            query = query.where(table.c.user_id == self.user_id)
+        if self.status is not None:
+            query = query.where(table.c.status == self.status)
+        return query
+
+
+def _unhealthy() -> sa.ColumnElement[bool]:
+    """SQL for ``health.is_unhealthy``: revoked, expired, or failing right now."""
+    table = table_of(IntegrationStatus)
+    failures = table.c.metadata[CONSECUTIVE_FAILURES].as_integer()
+    return sa.or_(
+        table.c.status.in_([Status.revoked, Status.expired]),
+        sa.func.coalesce(failures, 0) > 0,
+    )
+
+
 def listing(
     session: Session,
+    filters: Filters = Filters(),
     *,
-    provider: str | None = None,
-    user_id: str | None = None,
-    status: str | None = None,
-) -> Sequence[sa.Row[Any, Any, Any, Any, Any, Any]]:
+    unhealthy_first: bool = False,
+    limit: int | None = None,
+) -> Sequence[sa.Row[*tuple[Any, ...]]]:
     """Plain rows (no ORM objects: fast for tens of thousands), ordered by user."""
     table = table_of(IntegrationStatus)
     query = sa.select(
@@ -53,14 +84,32 @@ def listing(
         table.c.status,
         table.c.updated_at,
         table.c.metadata,
-    ).order_by(table.c.user_id, table.c.provider)
-    if provider is not None:
-        query = query.where(table.c.provider == provider)
-    if user_id is not None:
-        query = query.where(table.c.user_id == user_id)
-    if status is not None:
-        query = query.where(table.c.status == status)
+    )
+    order: list[sa.ColumnElement[Any]] = [table.c.user_id, table.c.provider]
+    if unhealthy_first:
+        order.insert(0, sa.case((_unhealthy(), 0), else_=1))
+    query = filters.apply(query.order_by(*order))
+    if limit is not None:
+        query = query.limit(limit)
     return session.execute(query).all()
+
+
+def counts(session: Session, filters: Filters = Filters()) -> tuple[dict[str, int], int]:
+    """How many integrations are in each status, and how many need attention."""
+    table = table_of(IntegrationStatus)
+    query = filters.apply(
+        sa.select(
+            table.c.status,
+            sa.func.count(),
+            sa.func.sum(sa.case((_unhealthy(), 1), else_=0)),
+        ).group_by(table.c.status)
+    )
+    by_status: dict[str, int] = {}
+    unhealthy = 0
+    for status, count, failing in session.execute(query):
+        by_status[status] = int(count)
+        unhealthy += int(failing or 0)
+    return by_status, unhealthy
 
 
 def create(
