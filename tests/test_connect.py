@@ -214,22 +214,41 @@ def test_paste_the_final_address(amazon: Amazon, cli: Any) -> None:
 
 
 def test_reconnect_replaces_the_token_and_resets_failures(amazon: Amazon, cli: Any) -> None:
-    for _ in range(2):
+    from discoveryctl.integrations.health import Status
+
+    from test_status import fail_transiently, set_status
+
+    def connect_dave() -> dict[str, Any]:
         run = Run("--user", "dave", "--paste", "--json")
         run.paste(approve(run.consent_url()))
         code, stdout, stderr = run.finish()
         assert code == 0, stderr
-    assert json.loads(stdout)["reconnected"] is True
+        result: dict[str, Any] = json.loads(stdout)
+        return result
+
+    def exported_token() -> str:
+        token: str = json.loads(cli("export", "--include-secrets").stdout)["refresh_token"]
+        return token
+
+    assert connect_dave()["reconnected"] is False
+    first_token = exported_token()
+    seller = amazon.credentials()[0]["selling_partner_id"]
+    amazon.sandbox.state.revoke(seller)  # the seller revoked; we noticed and counted failures
+    fail_transiently(amazon.db.url, "dave", 3)
+    set_status(amazon.db.url, "dave", Status.revoked)
+    assert len(cli("notifications", "--user", "dave", "--unread", "--json").json()) == 1
+
+    assert connect_dave()["reconnected"] is True
     assert len(amazon.credentials()) == 1
-    assert (
-        cli("status", "--user", "dave", "--json").json()[0]["metadata"].get("consecutive_failures")
-        is None
-    )
-    tokens = {
-        json.loads(line)["refresh_token"]
-        for line in cli("export", "--include-secrets").stdout.splitlines()
-    }
-    assert len(tokens) == 1
+    assert exported_token() != first_token
+    status = cli("status", "--user", "dave", "--json").json()[0]
+    assert status["status"] == "active"
+    assert "consecutive_failures" not in status["metadata"]
+    assert "last_error" not in status["metadata"]
+    assert all(n["resolved_at"] for n in cli("notifications", "--user", "dave", "--json").json())
+    admin = cli("notifications", "--admin", "--json").json()
+    assert [n["kind"] for n in admin] == ["repeated_failures"]
+    assert admin[0]["resolved_at"] is not None
     assert amazon.sandbox.state.stats()["grants"]["authorization_code"] == 2
 
 
