@@ -49,9 +49,4 @@ class Vault:
 
     def rotate(self, ciphertext: str, what: str = "a stored credential") -> str:
         """Re-encrypt with the current (first) key."""
-        try:
-            return self._fernet.rotate(ciphertext.encode()).decode()
-        except InvalidToken:
-            raise EncryptionKeyError(
-                f"{what} cannot be decrypted with {self.source}: wrong key?"
-            ) from None
+        return self.encrypt(self.decrypt(ciphertext, what))
