@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from discoveryctl import credentials, events, notifications
 from discoveryctl.config import Config
+from discoveryctl.crypto import Vault
 from discoveryctl.db.models import OAuthState, utcnow
 from discoveryctl.errors import (
     AppCredentialsRejected,
@@ -265,7 +266,7 @@ def complete(
     """
     jwt_secret = config.jwt_secret()
     with session_scope() as session:  # a wrong or missing key stops us before the code is spent
-        credentials.open_vault(config, session)
+        vault = credentials.open_vault(config, session)
     claims: StateClaims | None = None
     try:
         claims, code, seller = validate(
@@ -302,7 +303,8 @@ def complete(
     with session_scope() as session:
         return _store(
             session,
-            config,
+            vault,
+            config.frontend_url,
             claims,
             seller,
             grant.refresh_token,
@@ -313,14 +315,14 @@ def complete(
 
 def _store(
     session: Session,
-    config: Config,
+    vault: Vault,
+    frontend_url: str,
     claims: StateClaims,
     selling_partner_id: str,
     refresh_token: str,
     access_token: str,
     expires_in: int,
 ) -> Connected:
-    vault = credentials.open_vault(config, session)
     integration = lifecycle.find(session, claims.user_id, Provider.amazon)
     reconnected = integration is not None
     if integration is None:
@@ -351,7 +353,7 @@ def _store(
         integration,
         Status.active,
         reason="reconnected" if reconnected else "connected",
-        frontend_url=config.frontend_url,
+        frontend_url=frontend_url,
     )
     lifecycle.record_success(session, integration)
     events.record(
