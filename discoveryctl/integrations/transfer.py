@@ -372,7 +372,6 @@ def _store_stripe(
 
     key = (line.user_id, Provider.stripe.value)
     integration = integrations.get(key)
-    status = Status.active if line.customer_id else Status.pending
     if customer is None:
         customer = StripeCustomer(
             user_id=line.user_id, email=line.email, customer_id=line.customer_id, attempts=0
