@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from functools import cached_property
@@ -16,7 +16,6 @@ from discoveryctl.config import Config
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.progress import Progress
     from sqlalchemy.orm import Session
 
     from discoveryctl.crypto import Vault
@@ -98,15 +97,22 @@ class Application:
         sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
 
     @contextmanager
-    def progress(self, description: str, total: int | None) -> Iterator[Progress | None]:
-        """A progress bar on a terminal; elsewhere nothing (logs carry the progress)."""
-        if not self.err.is_terminal:
-            yield None
-            return
-        from rich.progress import Progress
+    def progress(self, task: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        """Report progress: a bar on a terminal, ``progress`` log lines otherwise.
 
-        with Progress(console=self.err, transient=True) as bar:
-            yield bar
+        Yields ``report(done)``, to call with how much is done so far (of ``total``).
+        """
+        if self.err.is_terminal:
+            from rich.progress import Progress
+
+            with Progress(console=self.err, transient=True) as bar:
+                bar_task = bar.add_task(task, total=total)
+                yield lambda done: bar.update(bar_task, completed=done)
+            return
+        from discoveryctl.logging import get_logger
+
+        log = get_logger()
+        yield lambda done: log.info("progress", task=task, done=done, total=total)
 
 
 def relative_time(moment: datetime | str | None, now: datetime | None = None) -> str:

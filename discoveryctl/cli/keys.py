@@ -29,12 +29,13 @@ def rotate(
     with app.session() as session:
         vault = app.vault(session)
         total = credentials.count(session)
-        with app.progress("re-encrypting", total) as bar:
-            task = bar.add_task("re-encrypting", total=total) if bar is not None else None
+        with app.progress("rotate", total) as show:
+            done = 0
 
-            def advance(done: int) -> None:
-                if bar is not None and task is not None:
-                    bar.advance(task, done)
+            def advance(rows: int) -> None:
+                nonlocal done
+                done += rows
+                show(done)
 
             rotated = credentials.rotate_all(session, vault, progress=advance)
     if as_json:

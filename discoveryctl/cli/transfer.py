@@ -34,14 +34,15 @@ def import_integrations(
         vault = app.vault(session)
     stream, size = _open_source(source)
     try:
-        with app.progress("importing", size) as bar:
-            task = bar.add_task("importing", total=size) if bar is not None else None
+        with app.progress("import", size) as show:
+            lines_done = 0
 
-            def advance(_lines: int) -> None:
-                if bar is not None and task is not None and size:
-                    bar.update(task, completed=stream.tell())
+            def advance(lines: int) -> None:
+                nonlocal lines_done
+                lines_done += lines
+                show(stream.tell() if size else lines_done)
 
-            report = import_lines(
+            result = import_lines(
                 stream,
                 database.session,
                 vault,
@@ -53,16 +54,16 @@ def import_integrations(
             stream.close()
 
     if as_json:
-        app.print_json(report.as_dict())
+        app.print_json(result.as_dict())
     else:
-        for number, reason in report.rejected:
+        for number, reason in result.rejected:
             app.err.print(f"line {number}: {reason}")
         app.out.print(
-            f"imported {report.accepted} line{'s' if report.accepted != 1 else ''}: "
-            f"{report.created} created, {report.updated} updated, "
-            f"{report.unchanged} unchanged; {len(report.rejected)} rejected"
+            f"imported {result.accepted} line{'s' if result.accepted != 1 else ''}: "
+            f"{result.created} created, {result.updated} updated, "
+            f"{result.unchanged} unchanged; {len(result.rejected)} rejected"
         )
-    if report.rejected:
+    if result.rejected:
         raise typer.Exit(RejectedInput.exit_code)
 
 
