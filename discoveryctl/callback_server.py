@@ -14,11 +14,13 @@ import html
 import socket
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,6 +31,7 @@ LOOPBACK = "127.0.0.1"
 LOGIN_PATH = "/login"
 REQUEST_TIMEOUT_SECONDS = 5
 MAX_QUERY_BYTES = 8192
+HANDLER_GRACE_SECONDS = 2.0
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
 
 
@@ -88,14 +91,20 @@ class CallbackServer:
         self._server.timeout = 0.2
 
     def serve(self, timeout: float) -> bool:
-        """Handle requests until a callback finishes the flow; False when time ran out."""
+        """Handle requests until a callback finishes the flow; False when time ran out.
+
+        Each connection is handled on a thread of its own, so a client that trickles its
+        request holds only that thread: the deadline here is kept whatever clients do.
+        """
         deadline = time.monotonic() + timeout
         while not self.finished and time.monotonic() < deadline:
             self._server.handle_request()
         return self.finished
 
     def close(self) -> None:
+        """Stop listening; give handlers a moment to finish their pages."""
         self._server.server_close()
+        self._server.join_handlers(HANDLER_GRACE_SECONDS)
 
     def __enter__(self) -> CallbackServer:
         return self
@@ -114,11 +123,13 @@ def _tls_context(tls: tuple[Path, Path]) -> ssl.SSLContext:
     return context
 
 
-class _OneShotServer(HTTPServer):
-    """Every connection gets a deadline, and TLS is negotiated in the handler under it, so a
-    client that connects and says nothing holds the server for seconds, not forever."""
+class _OneShotServer(ThreadingMixIn, HTTPServer):
+    """A thread per connection, each with a read timeout; TLS is negotiated in the handler
+    thread, so a client that connects and says nothing holds only its own thread."""
 
     allow_reuse_address = True
+    daemon_threads = True
+    block_on_close = False
 
     def __init__(
         self,
@@ -128,6 +139,18 @@ class _OneShotServer(HTTPServer):
     ) -> None:
         super().__init__(address, handler, bind_and_activate=False)
         self.tls = tls
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        handler = threading.Thread(
+            target=self.process_request_thread, args=(request, client_address), daemon=True
+        )
+        self.handlers = [t for t in getattr(self, "handlers", []) if t.is_alive()] + [handler]
+        handler.start()
+
+    def join_handlers(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        for handler in getattr(self, "handlers", []):
+            handler.join(max(0.0, deadline - time.monotonic()))
 
     def get_request(self) -> tuple[socket.socket, Any]:
         connection, address = self.socket.accept()
@@ -164,9 +187,9 @@ def _handler_class(
                 page = self._call(on_login, query)
             else:
                 page = Page(404, "Not found", "This address only receives Amazon's redirect.")
-            self._send(page)
-            if page.finished:
+            if page.finished:  # before the page goes out: a browser that hangs up changes nothing
                 server.finished = True
+            self._send(page)
 
         def _call(self, handler: CallbackHandler, query: Query) -> Page:
             try:

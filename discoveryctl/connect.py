@@ -8,6 +8,7 @@ anything else gets an error page and the flow keeps waiting.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,7 @@ def via_local_server(
     """Serve the redirect URI on 127.0.0.1 until this flow's callback arrives."""
     check_redirect_uri(flow.app.redirect_uri, tls)
     outcome: list[Connected | Exception] = []
+    completing = threading.Lock()
     start: ConsentStart | None = None
 
     def on_callback(query: Query) -> Page:
@@ -98,23 +100,29 @@ def via_local_server(
             error = consent.diagnose(query, flow.config.jwt_secret(), start.state, flow.user_id)
             ignored(error)
             return Page(400, "Connection failed", error.message)
-        try:
-            connected = flow.finish(query, start.state)
-        except OAuthCallbackError as error:
-            outcome.append(error)
-            return Page(400, "Connection failed", error.message, finished=True)
-        except AppCredentialsRejected as error:
-            outcome.append(error)
+        with completing:  # handlers run on threads: this flow's callback is handled once
+            if outcome:
+                return Page(409, "Already handled", "This consent was already handled.")
+            try:
+                connected = flow.finish(query, start.state)
+            except OAuthCallbackError as error:
+                outcome.append(error)
+                return Page(400, "Connection failed", error.message, finished=True)
+            except AppCredentialsRejected as error:
+                outcome.append(error)
+                rejected = "Amazon rejected this app's credentials."
+                return Page(502, "Connection failed", rejected, finished=True)
+            except Exception as error:  # e.g. the database failed while storing: say so
+                outcome.append(error)
+                unsaved = "The connection could not be saved."
+                return Page(500, "Connection failed", unsaved, finished=True)
+            outcome.append(connected)
             return Page(
-                502, "Connection failed", "Amazon rejected this app's credentials.", finished=True
+                200,
+                "Amazon account connected",
+                f"Seller {connected.selling_partner_id} is connected. You can close this window.",
+                finished=True,
             )
-        outcome.append(connected)
-        return Page(
-            200,
-            "Amazon account connected",
-            f"Seller {connected.selling_partner_id} is connected. You can close this window.",
-            finished=True,
-        )
 
     def on_login(query: Query) -> Page:
         assert start is not None

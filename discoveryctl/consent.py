@@ -12,6 +12,7 @@ Every failure is an ``OAuthCallbackError`` with its own reason code, recorded as
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -30,6 +31,8 @@ from discoveryctl.crypto import Vault
 from discoveryctl.db.models import OAuthState, utcnow
 from discoveryctl.errors import (
     AppCredentialsRejected,
+    DatabaseError,
+    DiscoveryError,
     OAuthCallbackError,
     ProviderError,
 )
@@ -57,6 +60,7 @@ class Reason(StrEnum):
     code_exchange_failed = "code_exchange_failed"
     app_credentials_rejected = "app_credentials_rejected"
     invalid_login_request = "invalid_login_request"
+    store_failed = "store_failed"
     timeout = "timeout"
 
 
@@ -300,17 +304,37 @@ def complete(
             claims.user_id if claims else expected_user,
         )
         raise
-    with session_scope() as session:
-        return _store(
-            session,
-            vault,
-            config.frontend_url,
-            claims,
-            seller,
-            grant.refresh_token,
-            grant.access_token,
-            grant.expires_in,
+
+    refresh_token = grant.refresh_token
+    assert refresh_token is not None  # checked above
+
+    def store() -> Connected:
+        with session_scope() as session:
+            return _store(
+                session,
+                vault,
+                config.frontend_url,
+                claims,
+                seller,
+                refresh_token,
+                grant.access_token,
+                grant.expires_in,
+            )
+
+    try:
+        return store()
+    except DatabaseError:
+        pass  # a dropped connection, or a lock held past the busy timeout: once more
+    try:
+        return store()
+    except DatabaseError as error:
+        message = (
+            f"Amazon granted access but it could not be stored ({error.message}): "
+            "the seller must connect again"
         )
+        with contextlib.suppress(DiscoveryError):
+            record_failure(session_scope, Reason.store_failed, message, claims.user_id)
+        raise OAuthCallbackError(Reason.store_failed, message) from None
 
 
 def _store(

@@ -10,6 +10,7 @@ import os
 import secrets
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -579,3 +580,69 @@ def test_a_redirect_uri_this_server_cannot_receive(
     assert code == 2
     assert "AMAZON_REDIRECT_URI" in stderr
     assert "Traceback" not in stderr
+
+
+def test_a_browser_that_hangs_up_after_the_callback_still_connects(amazon: Amazon) -> None:
+    run = Run("--user", "rita", "--no-browser", "--timeout", "20")
+    final = urlsplit(approve(run.consent_url()))
+    with socket.create_connection(("127.0.0.1", final.port or 80), timeout=5) as browser:
+        browser.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        browser.sendall(f"GET {final.path}?{final.query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    # reset without reading the answer: writing the page fails
+    code, _, stderr = run.finish()
+    assert code == 0, stderr
+    assert len(amazon.credentials()) == 1
+    assert amazon.failures() == []
+
+
+def test_a_trickling_client_does_not_hold_the_flow_past_its_timeout(amazon: Amazon) -> None:
+    import threading
+
+    run = Run("--user", "sam", "--no-browser", "--timeout", "2")
+    run.consent_url()
+    port = urlsplit(amazon.redirect_uri).port
+    stop = threading.Event()
+
+    def trickle() -> None:
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            for byte in b"GET /callback?state=" + b"A" * 100:
+                if stop.wait(0.5):
+                    return
+                try:
+                    slow.send(bytes([byte]))
+                except OSError:
+                    return
+
+    worker = threading.Thread(target=trickle, daemon=True)
+    began = time.monotonic()
+    worker.start()
+    try:
+        code, _, stderr = run.finish(timeout=30)
+    finally:
+        stop.set()
+    assert code == 1
+    assert "(timeout)" in stderr
+    assert time.monotonic() - began < 10
+
+
+def test_the_login_step_only_returns_to_seller_central(amazon: Amazon) -> None:
+    run = Run("--user", "tia", "--no-browser", "--timeout", "20")
+    run.consent_url()
+    login = amazon.redirect_uri.rsplit("/", 1)[0] + "/login"
+    central = urlsplit(amazon.sandbox.url)
+    with httpx.Client(timeout=5) as browser:
+        for target in (
+            f"https://{central.netloc}/apps/authorize/confirm",  # same host, other scheme
+            f"javascript://{central.netloc}/x",
+            "//evil.example/apps/authorize/confirm",
+        ):
+            answer = browser.get(login, params={"amazon_callback_uri": target, "amazon_state": "s"})
+            assert answer.status_code == 400, target
+            assert "location" not in answer.headers
+        relative = browser.get(
+            login, params={"amazon_callback_uri": "/apps/authorize/confirm", "amazon_state": "s"}
+        )
+        assert relative.status_code == 302
+        assert relative.headers["location"].startswith(amazon.sandbox.url + "/apps/authorize/")
+    run.process.kill()
+    run.finish()

@@ -76,7 +76,8 @@ def login_continue_url(
     """
     base = app.seller_central(region)
     target = urljoin(base + "/", amazon_callback_uri)
-    if urlsplit(target).netloc != urlsplit(base).netloc:
+    where, home = urlsplit(target), urlsplit(base)
+    if (where.scheme, where.netloc) != (home.scheme, home.netloc):
         raise ValueError("amazon_callback_uri does not point at Seller Central")
     params = {"amazon_state": amazon_state, "state": state, "redirect_uri": app.redirect_uri}
     if app.draft:
