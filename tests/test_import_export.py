@@ -232,11 +232,15 @@ def test_concurrent_imports_of_the_same_file_store_each_integration_once(
     db: Any, tmp_path: Path
 ) -> None:
     import os
+    import random
     import subprocess
     import sys
 
     lines = [amazon_line(f"u{i}") for i in range(300)] + [stripe_line(f"u{i}") for i in range(300)]
-    source = write_lines(tmp_path / "many.jsonl", *lines)
+    sources = []
+    for seed in range(4):  # the same lines in a different order for each process
+        random.Random(seed).shuffle(lines)
+        sources.append(write_lines(tmp_path / f"many-{seed}.jsonl", *lines))
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "discoveryctl", "import", str(source), "--json"],
@@ -245,7 +249,7 @@ def test_concurrent_imports_of_the_same_file_store_each_integration_once(
             text=True,
             env=dict(os.environ),
         )
-        for _ in range(3)
+        for source in sources
     ]
     outcomes = [(p.wait(timeout=120), *p.communicate()) for p in processes]
     for code, stdout, stderr in outcomes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,6 +74,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def lock_for_writing(session: Session, name: str) -> None:
+    """Serialize one kind of write transaction across processes, until it commits.
+
+    PostgreSQL takes a transaction-level advisory lock; SQLite starts the transaction with
+    ``BEGIN IMMEDIATE`` (its write lock), so either way what the transaction reads next is
+    what it will write over, with no other writer of the same kind in between. Call it
+    first in the transaction.
+    """
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    elif connection.dialect.name == "sqlite":
+        dbapi = connection.connection.dbapi_connection
+        if dbapi is not None and not getattr(dbapi, "in_transaction", False):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:

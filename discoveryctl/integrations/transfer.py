@@ -14,7 +14,9 @@ a crash loses at most one batch and a re-run picks up where it stopped (import i
 from __future__ import annotations
 
 import json
+import random
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +28,7 @@ from sqlalchemy.orm import Session
 from discoveryctl import events
 from discoveryctl.credentials import store_authorization
 from discoveryctl.crypto import Vault
+from discoveryctl.db.engine import lock_for_writing
 from discoveryctl.db.models import (
     Credential,
     IntegrationStatus,
@@ -214,14 +217,16 @@ def import_lines(
             stored = ImportReport()
             try:
                 with session_scope() as session:
+                    lock_for_writing(session, "import")  # imports never race each other
                     _store(session, batch, vault, frontend_url, stored)
             except sa.exc.IntegrityError:
-                # Another import stored some of these users first: the next attempt sees
-                # their rows and updates them instead.
+                # Another writer (a connect, say) stored one of these users first: the next
+                # attempt sees the row and updates it instead.
                 if attempt == BATCH_ATTEMPTS:
                     raise DatabaseError(
                         "another process keeps writing the same integrations: run the import again"
                     ) from None
+                time.sleep(random.uniform(0.05, 0.2) * attempt)
                 continue
             report.merge(stored)
             break
