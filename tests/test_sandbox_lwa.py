@@ -218,6 +218,20 @@ def test_app_rejected_is_invalid_client_for_that_seller_only(
     assert refresh(client, sandbox, other.refresh_token).status_code == 200
 
 
+def test_app_unauthorized_is_unauthorized_client(client: httpx.Client, sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.selling_partner_id, "app_unauthorized", times=1)
+    response = refresh(client, sandbox, seller.refresh_token)
+    assert (response.status_code, response.json()) == (
+        400,
+        {
+            "error": "unauthorized_client",
+            "error_description": "Not authorized for requested operation",
+        },
+    )
+    assert refresh(client, sandbox, seller.refresh_token).status_code == 200
+
+
 def test_slow_delays_one_seller_without_blocking_others(sandbox: Sandbox) -> None:
     slow = sandbox.state.add_seller()
     fast = sandbox.state.add_seller()

@@ -240,6 +240,24 @@ def test_stripe_5xx_fails_before_executing_so_the_key_stays_usable(
     assert len(sandbox.state.customers()) == 1
 
 
+def test_a_500_after_executing_is_kept_under_the_key_and_replayed(
+    client: httpx.Client, sandbox: Sandbox
+) -> None:
+    sandbox.state.set_behaviour("stripe", "stripe_500_after_create", times=1)
+    params = {"email": "a@example.com", "metadata[user_id]": "u1"}
+    failed = create(client, "key-1", **params)
+    assert failed.status_code == 500
+    assert failed.json()["error"]["type"] == "api_error"
+    assert len(sandbox.state.customers_for("u1")) == 1  # it was created all the same
+    replayed = create(client, "key-1", **params)
+    assert replayed.status_code == 500
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert replayed.content == failed.content
+    found = client.get("/v1/customers/search", params={"query": "metadata['user_id']:'u1'"})
+    assert [c["id"] for c in found.json()["data"]] == [sandbox.state.customers_for("u1")[0]["id"]]
+    assert len(sandbox.state.customers_for("u1")) == 1
+
+
 def test_stripe_429_is_a_rate_limit(client: httpx.Client) -> None:
     response = client.post(
         "/_sandbox/behaviours",

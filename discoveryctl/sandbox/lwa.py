@@ -93,6 +93,8 @@ async def _apply_behaviours(state: SandboxState, seller_id: str, parameter: str)
         await asyncio.sleep(slow["ms"] / 1000)
     if state.take_behaviour(seller_id, "app_rejected") is not None:
         return _invalid_client()
+    if state.take_behaviour(seller_id, "app_unauthorized") is not None:
+        return _error(400, "unauthorized_client", "Not authorized for requested operation")
     throttled = state.take_behaviour(seller_id, "throttled")
     if throttled is not None:
         response = _error(429, "too_many_requests", "The request was throttled; retry later.")

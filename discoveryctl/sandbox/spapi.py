@@ -14,6 +14,7 @@ PARTICIPATIONS_PATH = "/sellers/v1/marketplaceParticipations"
 
 DENIED = "Access to requested resource is denied."
 TOKEN_INVALID = "The access token you provided is revoked, malformed or invalid."
+TOKEN_EXPIRED = "The access token you provided has expired."
 
 _MARKETPLACES = (
     ("ATVPDKIKX0DER", "United States", "US", "USD", "en_US", "www.amazon.com"),
@@ -25,9 +26,16 @@ async def marketplace_participations(
     request: Request, config: SandboxConfig, state: SandboxState
 ) -> Response:
     """The marketplaces the seller behind the access token sells in."""
-    seller_id = state.seller_of_access_token(request.header("x-amz-access-token") or "")
+    token = request.header("x-amz-access-token")
+    if not token:
+        return json_response(
+            403, {"errors": [{"message": DENIED, "code": "MissingAuthenticationToken"}]}, _headers()
+        )
+    seller_id, expired = state.access_token_holder(token)
     if seller_id is None:
         return _error(403, "Unauthorized", DENIED, TOKEN_INVALID)
+    if expired:
+        return _error(403, "Unauthorized", DENIED, TOKEN_EXPIRED)
     if state.take_behaviour(seller_id, "spapi_401") is not None:
         return _error(401, "Unauthorized", DENIED, "")
     if state.take_behaviour(seller_id, "spapi_403_ambiguous") is not None:

@@ -41,6 +41,7 @@ BEHAVIOURS: dict[str, BehaviourSpec] = {
     "bad_gateway": BehaviourSpec("seller"),
     "omit_refresh_token": BehaviourSpec("seller"),
     "app_rejected": BehaviourSpec("seller"),
+    "app_unauthorized": BehaviourSpec("seller"),
     # SP-API calls made with one seller's access tokens.
     "spapi_401": BehaviourSpec("seller"),
     "spapi_403_ambiguous": BehaviourSpec("seller"),
@@ -50,6 +51,7 @@ BEHAVIOURS: dict[str, BehaviourSpec] = {
     "stripe_429": BehaviourSpec("stripe"),
     "stripe_slow": BehaviourSpec("stripe", frozenset({"ms"}), frozenset({"ms"})),
     "stripe_drop_after_create": BehaviourSpec("stripe"),
+    "stripe_500_after_create": BehaviourSpec("stripe"),
 }
 """Every behaviour by name. Each also takes ``times=N`` (apply to the next N requests, then
 switch off); without it a behaviour stays on until cleared."""
@@ -254,11 +256,17 @@ class SandboxState:
 
     def seller_of_access_token(self, access_token: str) -> str | None:
         """The seller behind a live, unexpired access token."""
+        seller_id, expired = self.access_token_holder(access_token)
+        return None if expired else seller_id
+
+    def access_token_holder(self, access_token: str) -> tuple[str | None, bool]:
+        """The seller an access token was issued to (None if unknown or revoked), and
+        whether it has expired."""
         with self._lock:
             grant = self._access_tokens.get(access_token)
-        if grant is None or grant[1] <= time.monotonic():
-            return None
-        return grant[0]
+        if grant is None:
+            return None, False
+        return grant[0], grant[1] <= time.monotonic()
 
     # -- behaviours -------------------------------------------------------------------------
 

@@ -221,8 +221,14 @@ async def _execute_create(
         }
     )
     response = json_response(200, customer)
+    if state.take_behaviour(STRIPE, "stripe_500_after_create") is not None:
+        # Stripe failed after it began executing: the customer may exist, and the 500 is
+        # what the key replays from now on (Stripe saves results "including 500 errors").
+        response = _api_error(500)
     if key is not None:
-        state.store_idempotent_response(key, StoredResponse(200, response.body, request_id))
+        state.store_idempotent_response(
+            key, StoredResponse(response.status, response.body, request_id)
+        )
     response.lost_in_transit = state.take_behaviour(STRIPE, "stripe_drop_after_create") is not None
     return response
 
