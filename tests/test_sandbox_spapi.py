@@ -157,6 +157,10 @@ def test_spapi_429_is_quota_exceeded_with_retry_after(
         assert response.headers["retry-after"] == "3"
         assert response.json()["errors"][0]["code"] == "QuotaExceeded"
     assert participations(client, token).status_code == 200
+    sandbox.state.set_behaviour(seller.selling_partner_id, "spapi_429", times=1)
+    plain = participations(client, token)
+    assert plain.status_code == 429
+    assert "retry-after" not in plain.headers  # as Amazon: no Retry-After unless asked for
 
 
 def test_spapi_switches_leave_other_sellers_alone(client: httpx.Client, sandbox: Sandbox) -> None:

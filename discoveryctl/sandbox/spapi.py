@@ -45,7 +45,8 @@ async def marketplace_participations(
         response = _error(
             429, "QuotaExceeded", "You exceeded your quota for the requested resource.", ""
         )
-        response.headers.append(("retry-after", str(quota.get("retry_after", 1))))
+        if "retry_after" in quota:  # Amazon documents no Retry-After here: only on request
+            response.headers.append(("retry-after", str(quota["retry_after"])))
         return response
     return json_response(200, {"payload": _participations(seller_id)}, _headers())
 
