@@ -258,6 +258,18 @@ def test_a_500_after_executing_is_kept_under_the_key_and_replayed(
     assert len(sandbox.state.customers_for("u1")) == 1
 
 
+def test_search_can_trail_writes_as_stripe_does(client: httpx.Client, sandbox: Sandbox) -> None:
+    sandbox.state.set_behaviour("stripe", "stripe_search_lag", ms=400)
+    created = create(client, "key-1", email="a@example.com", **{"metadata[user_id]": "u1"})
+    query = {"query": "metadata['user_id']:'u1'"}
+    assert client.get("/v1/customers/search", params=query).json()["data"] == []
+    listed = client.get("/v1/customers", params={"email": "a@example.com"}).json()["data"]
+    assert [c["id"] for c in listed] == [created.json()["id"]]  # list is not an index
+    time.sleep(0.5)
+    found = client.get("/v1/customers/search", params=query).json()["data"]
+    assert [c["id"] for c in found] == [created.json()["id"]]
+
+
 def test_stripe_429_is_a_rate_limit(client: httpx.Client) -> None:
     response = client.post(
         "/_sandbox/behaviours",

@@ -52,6 +52,7 @@ BEHAVIOURS: dict[str, BehaviourSpec] = {
     "stripe_slow": BehaviourSpec("stripe", frozenset({"ms"}), frozenset({"ms"})),
     "stripe_drop_after_create": BehaviourSpec("stripe"),
     "stripe_500_after_create": BehaviourSpec("stripe"),
+    "stripe_search_lag": BehaviourSpec("stripe", frozenset({"ms"}), frozenset({"ms"})),
 }
 """Every behaviour by name. Each also takes ``times=N`` (apply to the next N requests, then
 switch off); without it a behaviour stays on until cleared."""
@@ -129,6 +130,7 @@ class SandboxState:
         self._amazon_states: dict[str, tuple[str, float]] = {}
         self._behaviours: dict[str, dict[str, _Behaviour]] = {}
         self._customers: dict[str, dict[str, Any]] = {}
+        self._created: dict[str, float] = {}  # customer id → monotonic creation time
         self._idempotency: dict[str, _IdempotencyRecord] = {}
         self._requests: Counter[str] = Counter()
         self._grants: Counter[str] = Counter({"authorization_code": 0, "refresh_token": 0})
@@ -332,12 +334,19 @@ class SandboxState:
                 "id": "cus_" + "".join(secrets.choice(_ALNUM) for _ in range(14))
             } | customer
             self._customers[customer["id"]] = customer
+            self._created[customer["id"]] = time.monotonic()
             return copy.deepcopy(customer)
 
-    def customers(self) -> list[dict[str, Any]]:
-        """Every customer, newest first."""
+    def customers(self, older_than: float = 0.0) -> list[dict[str, Any]]:
+        """Every customer, newest first; with ``older_than``, only those created at least
+        that many seconds ago (what Stripe's search index has caught up with)."""
+        cutoff = time.monotonic() - older_than
         with self._lock:
-            return [copy.deepcopy(c) for c in reversed(self._customers.values())]
+            return [
+                copy.deepcopy(c)
+                for c in reversed(self._customers.values())
+                if older_than <= 0 or self._created[c["id"]] <= cutoff
+            ]
 
     def customer(self, customer_id: str) -> dict[str, Any] | None:
         """One customer by id."""

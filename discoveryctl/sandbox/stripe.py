@@ -288,7 +288,11 @@ async def _search(request: Request, state: SandboxState, request_id: str) -> Res
         )
     clauses, combine = parsed
     await _execution_delay(state)
-    found = [c for c in state.customers() if combine(_matches(c, f, k, v) for f, k, v in clauses)]
+    # Stripe's search index trails writes ("under a minute", longer in outages): with the
+    # switch on, new customers are invisible to search for ``ms``; list still sees them.
+    lag = state.take_behaviour(STRIPE, "stripe_search_lag")
+    indexed = state.customers(older_than=lag["ms"] / 1000 if lag else 0.0)
+    found = [c for c in indexed if combine(_matches(c, f, k, v) for f, k, v in clauses)]
     return json_response(
         200,
         {
