@@ -270,6 +270,22 @@ def test_search_can_trail_writes_as_stripe_does(client: httpx.Client, sandbox: S
     assert [c["id"] for c in found] == [created.json()["id"]]
 
 
+def test_list_refuses_what_stripe_refuses_and_pages(client: httpx.Client) -> None:
+    ids = [create(client, email="a@example.com").json()["id"] for _ in range(3)]
+    refused = client.get("/v1/customers", params={"metadata[user_id]": "u1"})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "parameter_unknown"
+    assert refused.json()["error"]["param"] == "metadata[user_id]"
+    first = client.get("/v1/customers", params={"limit": 2}).json()
+    assert [c["id"] for c in first["data"]] == ids[::-1][:2]
+    assert first["has_more"] is True
+    rest = client.get(
+        "/v1/customers", params={"limit": 2, "starting_after": first["data"][-1]["id"]}
+    ).json()
+    assert [c["id"] for c in rest["data"]] == [ids[0]]
+    assert rest["has_more"] is False
+
+
 def test_stripe_429_is_a_rate_limit(client: httpx.Client) -> None:
     response = client.post(
         "/_sandbox/behaviours",

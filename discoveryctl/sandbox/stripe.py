@@ -233,6 +233,10 @@ async def _execute_create(
     return response
 
 
+_LIST_PARAMS = frozenset({"email", "limit", "starting_after", "ending_before", "created"})
+_SEARCH_PARAMS = frozenset({"query", "limit", "page"})
+
+
 def _invalid_customer_params(params: list[tuple[str, str]]) -> Response | None:
     for name, value in params:
         if name not in _CUSTOMER_FIELDS and not _METADATA.match(name):
@@ -255,12 +259,27 @@ def _invalid_customer_params(params: list[tuple[str, str]]) -> Response | None:
 
 
 async def _list(request: Request, state: SandboxState, request_id: str) -> Response:
+    unknown = _unknown_param(request.query, _LIST_PARAMS)
+    if unknown is not None:
+        return unknown
     limit = _limit(request)
     if isinstance(limit, Response):
         return limit
     await _execution_delay(state)
     email = request.query.get("email")
     found = [c for c in state.customers() if email is None or c["email"] == email]
+    after = request.query.get("starting_after")
+    if after is not None:
+        ids = [c["id"] for c in found]
+        if after not in ids:
+            return _error(
+                400,
+                "invalid_request_error",
+                f"No such customer: '{after}'",
+                code="resource_missing",
+                param="starting_after",
+            )
+        found = found[ids.index(after) + 1 :]
     return json_response(
         200,
         {
@@ -272,7 +291,24 @@ async def _list(request: Request, state: SandboxState, request_id: str) -> Respo
     )
 
 
+def _unknown_param(query: dict[str, str], known: frozenset[str]) -> Response | None:
+    """Stripe refuses parameters an endpoint does not take (list cannot filter by metadata)."""
+    for name in query:
+        if name not in known:
+            return _error(
+                400,
+                "invalid_request_error",
+                f"Received unknown parameter: {name}",
+                code="parameter_unknown",
+                param=name,
+            )
+    return None
+
+
 async def _search(request: Request, state: SandboxState, request_id: str) -> Response:
+    unknown = _unknown_param(request.query, _SEARCH_PARAMS)
+    if unknown is not None:
+        return unknown
     limit = _limit(request)
     if isinstance(limit, Response):
         return limit
