@@ -135,13 +135,15 @@ def via_local_server(
     with CallbackServer(flow.app.redirect_uri, on_callback, on_login, tls=tls) as server:
         start = flow.start("local")
         announce(start.url)
-        if not server.serve(timeout):
-            message = (
-                f"no callback from Amazon within {timeout:g} s: the seller did not finish "
-                "consent (cancelling on Amazon's page sends nothing back)"
-            )
-            consent.record_failure(flow.session_scope, Reason.timeout, message, flow.user_id)
-            raise OAuthCallbackError(Reason.timeout, message)
+        server.serve(timeout)
+        with completing:  # a callback being handled as time runs out may finish first
+            if not outcome:
+                message = (
+                    f"no callback from Amazon within {timeout:g} s: the seller did not finish "
+                    "consent (cancelling on Amazon's page sends nothing back)"
+                )
+                consent.record_failure(flow.session_scope, Reason.timeout, message, flow.user_id)
+                outcome.append(OAuthCallbackError(Reason.timeout, message))  # late ones: refused
     result = outcome[0]
     if isinstance(result, Exception):
         raise result
