@@ -286,6 +286,15 @@ def test_list_refuses_what_stripe_refuses_and_pages(client: httpx.Client) -> Non
     assert rest["has_more"] is False
 
 
+def test_stripe_5xx_from_the_edge_is_an_html_page(client: httpx.Client, sandbox: Sandbox) -> None:
+    sandbox.state.set_behaviour("stripe", "stripe_5xx", status=502, html=1, times=1)
+    failed = create(client, "key-1", email="a@example.com")
+    assert failed.status_code == 502
+    assert failed.headers["content-type"].startswith("text/html")
+    assert "502" in failed.text
+    assert create(client, "key-1", email="a@example.com").status_code == 200
+
+
 def test_stripe_429_is_a_rate_limit(client: httpx.Client) -> None:
     response = client.post(
         "/_sandbox/behaviours",

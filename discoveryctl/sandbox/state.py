@@ -47,7 +47,7 @@ BEHAVIOURS: dict[str, BehaviourSpec] = {
     "spapi_403_ambiguous": BehaviourSpec("seller"),
     "spapi_429": BehaviourSpec("seller", frozenset({"retry_after"})),
     # Every Stripe request.
-    "stripe_5xx": BehaviourSpec("stripe", frozenset({"status"})),
+    "stripe_5xx": BehaviourSpec("stripe", frozenset({"status", "html"})),
     "stripe_429": BehaviourSpec("stripe"),
     "stripe_slow": BehaviourSpec("stripe", frozenset({"ms"}), frozenset({"ms"})),
     "stripe_drop_after_create": BehaviourSpec("stripe"),
@@ -62,6 +62,7 @@ _PARAM_RANGES = {
     "ms": (0, None),
     "retry_after": (0, None),
     "status": (500, 599),
+    "html": (0, 1),
 }
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from discoveryctl.sandbox.asgi import Request, Response, json_response
+from discoveryctl.sandbox.asgi import Request, Response, html_response, json_response
 from discoveryctl.sandbox.config import SandboxConfig
 from discoveryctl.sandbox.state import STRIPE, SandboxState, StoredResponse
 
@@ -102,7 +102,12 @@ def _refuse_before_executing(state: SandboxState) -> Response | None:
         )
     failure = state.take_behaviour(STRIPE, "stripe_5xx")
     if failure is not None:
-        return _api_error(failure.get("status", 500))
+        status = failure.get("status", 500)
+        if failure.get("html"):  # the edge in front of the API answers with a page
+            return html_response(
+                status, f"<html><body><h1>{status} Server Error</h1></body></html>"
+            )
+        return _api_error(status)
     return None
 
 
