@@ -295,6 +295,20 @@ def test_stripe_5xx_from_the_edge_is_an_html_page(client: httpx.Client, sandbox:
     assert create(client, "key-1", email="a@example.com").status_code == 200
 
 
+def test_search_pages_with_next_page(client: httpx.Client) -> None:
+    ids = [create(client, email="p@example.com").json()["id"] for _ in range(3)]
+    query = {"query": "email:'p@example.com'", "limit": 2}
+    first = client.get("/v1/customers/search", params=query).json()
+    assert first["has_more"] is True
+    assert first["next_page"]
+    rest = client.get("/v1/customers/search", params={**query, "page": first["next_page"]}).json()
+    assert rest["has_more"] is False
+    assert rest["next_page"] is None
+    assert sorted(c["id"] for c in first["data"] + rest["data"]) == sorted(ids)
+    bad = client.get("/v1/customers/search", params={**query, "page": "nonsense!"})
+    assert bad.status_code == 400
+
+
 def test_stripe_429_is_a_rate_limit(client: httpx.Client) -> None:
     response = client.post(
         "/_sandbox/behaviours",

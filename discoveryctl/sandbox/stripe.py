@@ -334,16 +334,36 @@ async def _search(request: Request, state: SandboxState, request_id: str) -> Res
     lag = state.take_behaviour(STRIPE, "stripe_search_lag")
     indexed = state.customers(older_than=lag["ms"] / 1000 if lag else 0.0)
     found = [c for c in indexed if combine(_matches(c, f, k, v) for f, k, v in clauses)]
+    offset = _page_offset(request.query.get("page"))
+    if offset is None:
+        return _error(400, "invalid_request_error", "Invalid page.", param="page")
+    shown = found[offset : offset + limit]
+    has_more = len(found) > offset + limit
     return json_response(
         200,
         {
             "object": "search_result",
-            "data": found[:limit],
-            "has_more": len(found) > limit,
-            "next_page": None,
+            "data": shown,
+            "has_more": has_more,
+            "next_page": _page_token(offset + limit) if has_more else None,
             "url": SEARCH_PATH,
         },
     )
+
+
+def _page_token(offset: int) -> str:
+    """An opaque cursor, as Stripe's ``next_page``."""
+    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode()
+
+
+def _page_offset(page: str | None) -> int | None:
+    if page is None:
+        return 0
+    try:
+        kind, _, value = base64.urlsafe_b64decode(page.encode()).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return int(value) if kind == "offset" and value.isdigit() else None
 
 
 async def _retrieve(request: Request, state: SandboxState, request_id: str) -> Response:
