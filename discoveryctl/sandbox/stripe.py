@@ -245,13 +245,7 @@ _SEARCH_PARAMS = frozenset({"query", "limit", "page"})
 def _invalid_customer_params(params: list[tuple[str, str]]) -> Response | None:
     for name, value in params:
         if name not in _CUSTOMER_FIELDS and not _METADATA.match(name):
-            return _error(
-                400,
-                "invalid_request_error",
-                f"Received unknown parameter: {name}",
-                code="parameter_unknown",
-                param=name,
-            )
+            return _unknown_parameter(name)
         if name == "email" and value and not _EMAIL.match(value):
             return _error(
                 400,
@@ -264,10 +258,7 @@ def _invalid_customer_params(params: list[tuple[str, str]]) -> Response | None:
 
 
 async def _list(request: Request, state: SandboxState, request_id: str) -> Response:
-    unknown = _unknown_param(request.query, _LIST_PARAMS)
-    if unknown is not None:
-        return unknown
-    limit = _limit(request)
+    limit = _page_size(request, _LIST_PARAMS)
     if isinstance(limit, Response):
         return limit
     await _execution_delay(state)
@@ -296,25 +287,27 @@ async def _list(request: Request, state: SandboxState, request_id: str) -> Respo
     )
 
 
-def _unknown_param(query: dict[str, str], known: frozenset[str]) -> Response | None:
-    """Stripe refuses parameters an endpoint does not take (list cannot filter by metadata)."""
-    for name in query:
+def _page_size(request: Request, known: frozenset[str]) -> int | Response:
+    """A list or search request's ``limit``, after refusing parameters the endpoint does not
+    take (Stripe's list cannot filter by metadata)."""
+    for name in request.query:
         if name not in known:
-            return _error(
-                400,
-                "invalid_request_error",
-                f"Received unknown parameter: {name}",
-                code="parameter_unknown",
-                param=name,
-            )
-    return None
+            return _unknown_parameter(name)
+    return _limit(request)
+
+
+def _unknown_parameter(name: str) -> Response:
+    return _error(
+        400,
+        "invalid_request_error",
+        f"Received unknown parameter: {name}",
+        code="parameter_unknown",
+        param=name,
+    )
 
 
 async def _search(request: Request, state: SandboxState, request_id: str) -> Response:
-    unknown = _unknown_param(request.query, _SEARCH_PARAMS)
-    if unknown is not None:
-        return unknown
-    limit = _limit(request)
+    limit = _page_size(request, _SEARCH_PARAMS)
     if isinstance(limit, Response):
         return limit
     query = request.query.get("query", "")
