@@ -49,21 +49,10 @@ def run_checks(config: Config, today: date | None = None) -> list[Check]:
     def reach_database() -> Check:
         nonlocal database
         database = Database(config.database_url)
-        revision = database.current_revision()
-        where = describe(database.url)
-        if revision == HEAD_REVISION:
-            return Check("database", OK, f"{where} at {revision}")
-        if config.uses_default_database:  # as on any command's first use
-            from discoveryctl.db.migrations import upgrade
-
-            upgrade(database)
-            return Check("database", OK, f"{where} upgraded to {HEAD_REVISION}")
-        return Check(
-            "database",
-            FAIL,
-            f"{where} is at {revision or 'no revision'}, not {HEAD_REVISION}: "
-            "run `discoveryctl db upgrade`",
-        )
+        # The SQLite default is upgraded here as on any command's first use.
+        upgraded = database.ensure_head(may_upgrade=config.uses_default_database)
+        state = "upgraded to" if upgraded else "at"
+        return Check("database", OK, f"{describe(database.url)} {state} {HEAD_REVISION}")
 
     at_head = attempt("database", reach_database)
 

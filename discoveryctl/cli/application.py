@@ -47,19 +47,10 @@ class Application:
         return self._database
 
     def _ensure_head(self, database: Database) -> None:
-        from discoveryctl.db.engine import HEAD_REVISION
+        if database.ensure_head(may_upgrade=self.config.uses_default_database):
+            from discoveryctl.logging import get_logger
 
-        if self.config.uses_default_database:
-            if database.current_revision() != HEAD_REVISION:
-                from discoveryctl.db.migrations import upgrade
-                from discoveryctl.logging import get_logger
-
-                get_logger().info(
-                    "database_upgraded", database=str(self.config.default_database_path)
-                )
-                upgrade(database)
-        else:
-            database.require_head()
+            get_logger().info("database_upgraded", database=str(self.config.default_database_path))
 
     def session(self) -> AbstractContextManager[Session]:
         return self.open_database().session()

@@ -120,14 +120,22 @@ class Database:
         reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
         return DatabaseError(f"cannot use the database at {describe(self.url)}: {reason}")
 
-    def require_head(self) -> None:
+    def ensure_head(self, *, may_upgrade: bool) -> bool:
+        """Make sure the schema is the newest: upgrade it when allowed (the SQLite default,
+        on first use), else stop with the hint. Returns True when it upgraded."""
         revision = self.current_revision()
-        if revision != HEAD_REVISION:
+        if revision == HEAD_REVISION:
+            return False
+        if not may_upgrade:
             state = "is not migrated" if revision is None else f"is at revision {revision}"
             raise DatabaseError(
                 f"the database at {describe(self.url)} {state} (this discoveryctl needs "
                 f"{HEAD_REVISION}): {UPGRADE_HINT}"
             )
+        from discoveryctl.db.migrations import upgrade  # alembic: only when needed
+
+        upgrade(self)
+        return True
 
     @contextmanager
     def session(self) -> Iterator[Session]:
