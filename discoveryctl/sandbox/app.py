@@ -3,7 +3,6 @@ the configured latency and random failures in front of LWA, SP-API and Stripe.""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -99,7 +98,7 @@ class SandboxApp:
         server_error = _SERVER_ERRORS.get(route.surface)
         if server_error is not None:
             if self.config.latency_ms:
-                await asyncio.sleep(self.config.latency_ms / 1000)
+                await self.state.clock.sleep(self.config.latency_ms / 1000)
             if self.config.fail_rate and random.random() < self.config.fail_rate:
                 return server_error(500)
         return await route.handler(request, self.config, self.state)

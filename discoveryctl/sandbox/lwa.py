@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from secrets import compare_digest
 
@@ -90,7 +89,7 @@ async def _apply_behaviours(state: SandboxState, seller_id: str, parameter: str)
     """Wait or refuse as the seller's behaviours say; ``None`` to carry on normally."""
     slow = state.take_behaviour(seller_id, "slow")
     if slow is not None:
-        await asyncio.sleep(slow["ms"] / 1000)
+        await state.clock.sleep(slow["ms"] / 1000)
     if state.take_behaviour(seller_id, "app_rejected") is not None:
         return _invalid_client()
     if state.take_behaviour(seller_id, "app_unauthorized") is not None:

@@ -15,6 +15,7 @@ import uvicorn
 
 from discoveryctl.sandbox.app import SandboxApp
 from discoveryctl.sandbox.asgi import ResponseDropped
+from discoveryctl.sandbox.clock import SandboxClock
 from discoveryctl.sandbox.config import SandboxConfig
 from discoveryctl.sandbox.lwa import TOKEN_PATH
 from discoveryctl.sandbox.state import SandboxState
@@ -87,11 +88,14 @@ class Sandbox:
         self.stop()
 
 
-def run_in_thread(config: SandboxConfig | None = None, port: int = 0) -> Sandbox:
+def run_in_thread(
+    config: SandboxConfig | None = None, port: int = 0, clock: SandboxClock | None = None
+) -> Sandbox:
     """Start the emulator on 127.0.0.1:``port`` (0: any free port) and return once it accepts
-    connections. Raises ``OSError`` when the port cannot be bound."""
+    connections; ``clock`` lets a test move the emulator's time. Raises ``OSError`` when the
+    port cannot be bound."""
     config = config or SandboxConfig()
-    state = SandboxState()
+    state = SandboxState(clock)
     # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that declare it, and
     # without it Nagle's algorithm caps each keep-alive connection at ~25 requests a second.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)

@@ -11,10 +11,11 @@ import copy
 import secrets
 import string
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from discoveryctl.sandbox.clock import SandboxClock
 
 STRIPE = "stripe"
 """The behaviour target of the global Stripe switches."""
@@ -119,7 +120,8 @@ class _IdempotencyRecord:
 class SandboxState:
     """The emulator's memory; safe to use from any thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: SandboxClock | None = None) -> None:
+        self.clock = clock or SandboxClock()
         self._lock = threading.Lock()
         self._reset()
 
@@ -131,7 +133,7 @@ class SandboxState:
         self._amazon_states: dict[str, tuple[str, float]] = {}
         self._behaviours: dict[str, dict[str, _Behaviour]] = {}
         self._customers: dict[str, dict[str, Any]] = {}
-        self._created: dict[str, float] = {}  # customer id → monotonic creation time
+        self._created: dict[str, float] = {}  # customer id → creation time (clock)
         self._idempotency: dict[str, _IdempotencyRecord] = {}
         self._requests: Counter[str] = Counter()
         self._grants: Counter[str] = Counter({"authorization_code": 0, "refresh_token": 0})
@@ -186,7 +188,7 @@ class SandboxState:
         """An opaque, single-use ``amazon_state`` for the login-URI step."""
         amazon_state = secrets.token_urlsafe(32)
         with self._lock:
-            self._amazon_states[amazon_state] = (selling_partner_id, time.monotonic() + ttl)
+            self._amazon_states[amazon_state] = (selling_partner_id, self.clock.now() + ttl)
         return amazon_state
 
     def close_amazon_state(self, amazon_state: str) -> str | None:
@@ -194,7 +196,7 @@ class SandboxState:
         already used or expired."""
         with self._lock:
             entry = self._amazon_states.pop(amazon_state, None)
-        if entry is None or entry[1] <= time.monotonic():
+        if entry is None or entry[1] <= self.clock.now():
             return None
         return entry[0]
 
@@ -202,7 +204,7 @@ class SandboxState:
         """A single-use ``spapi_oauth_code`` bound to the seller and the redirect URI."""
         code = "".join(secrets.choice(_ALNUM) for _ in range(20))
         with self._lock:
-            self._codes[code] = (selling_partner_id, redirect_uri, time.monotonic() + ttl)
+            self._codes[code] = (selling_partner_id, redirect_uri, self.clock.now() + ttl)
         return code
 
     # -- LWA ----------------------------------------------------------------------------------
@@ -211,7 +213,7 @@ class SandboxState:
         """The seller a live code was issued for, without using it."""
         with self._lock:
             entry = self._codes.get(code)
-        if entry is None or entry[2] <= time.monotonic():
+        if entry is None or entry[2] <= self.clock.now():
             return None
         return entry[0]
 
@@ -221,7 +223,7 @@ class SandboxState:
         """Use a code once: a new refresh token for its seller and an access token."""
         with self._lock:
             entry = self._codes.get(code)
-            if entry is None or entry[2] <= time.monotonic():
+            if entry is None or entry[2] <= self.clock.now():
                 self._codes.pop(code, None)
                 return "invalid_code"
             seller_id, bound_redirect_uri, _ = entry
@@ -252,7 +254,7 @@ class SandboxState:
 
     def _issue_access_token(self, seller_id: str, ttl: float) -> str:
         token = "Atza|" + secrets.token_urlsafe(96)
-        self._access_tokens[token] = (seller_id, time.monotonic() + ttl)
+        self._access_tokens[token] = (seller_id, self.clock.now() + ttl)
         return token
 
     # -- SP-API -------------------------------------------------------------------------------
@@ -269,7 +271,7 @@ class SandboxState:
             grant = self._access_tokens.get(access_token)
         if grant is None:
             return None, False
-        return grant[0], grant[1] <= time.monotonic()
+        return grant[0], grant[1] <= self.clock.now()
 
     # -- behaviours -------------------------------------------------------------------------
 
@@ -335,13 +337,13 @@ class SandboxState:
                 "id": "cus_" + "".join(secrets.choice(_ALNUM) for _ in range(14))
             } | customer
             self._customers[customer["id"]] = customer
-            self._created[customer["id"]] = time.monotonic()
+            self._created[customer["id"]] = self.clock.now()
             return copy.deepcopy(customer)
 
     def customers(self, older_than: float = 0.0) -> list[dict[str, Any]]:
         """Every customer, newest first; with ``older_than``, only those created at least
         that many seconds ago (what Stripe's search index has caught up with)."""
-        cutoff = time.monotonic() - older_than
+        cutoff = self.clock.now() - older_than
         with self._lock:
             return [
                 copy.deepcopy(c)

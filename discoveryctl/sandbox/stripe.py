@@ -10,13 +10,11 @@ limited or fail before executing (``stripe_429``, ``stripe_5xx``, ``fail_rate``)
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import re
 import secrets
 import string
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -207,7 +205,7 @@ async def _execute_create(
             "object": "customer",
             "address": None,
             "balance": 0,
-            "created": int(time.time()),
+            "created": int(state.clock.now()),
             "currency": None,
             "default_source": None,
             "delinquent": False,
@@ -378,7 +376,7 @@ async def _execution_delay(state: SandboxState) -> None:
     """``stripe_slow``: the endpoint takes ``ms`` to execute (an idempotency key is held)."""
     slow = state.take_behaviour(STRIPE, "stripe_slow")
     if slow is not None:
-        await asyncio.sleep(slow["ms"] / 1000)
+        await state.clock.sleep(slow["ms"] / 1000)
 
 
 def _limit(request: Request) -> int | Response:
