@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
+from discoveryctl.sandbox.clock import SandboxClock
 
 REDIRECT_URI = "http://127.0.0.1:8765/callback"
 LOGIN_URI = "http://127.0.0.1:8765/login"
@@ -38,6 +39,11 @@ def redirected_to(response: httpx.Response) -> tuple[str, dict[str, str]]:
     location = urlsplit(response.headers["location"])
     query = {name: values[0] for name, values in parse_qs(location.query).items()}
     return location._replace(query="").geturl(), query
+
+
+def consent(client: httpx.Client, sandbox: Sandbox) -> dict[str, str]:
+    """Approve consent; the query of the redirect that follows."""
+    return redirected_to(client.get("/apps/authorize/consent", params=consent_params(sandbox)))[1]
 
 
 def exchange(
@@ -151,7 +157,7 @@ def test_a_published_app_needs_no_version_beta() -> None:
 
 
 def test_a_code_works_once(client: httpx.Client, sandbox: Sandbox) -> None:
-    _, query = redirected_to(client.get("/apps/authorize/consent", params=consent_params(sandbox)))
+    query = consent(client, sandbox)
     assert exchange(client, sandbox, query["spapi_oauth_code"]).status_code == 200
     replay = exchange(client, sandbox, query["spapi_oauth_code"])
     assert replay.status_code == 400
@@ -162,7 +168,7 @@ def test_a_code_works_once(client: httpx.Client, sandbox: Sandbox) -> None:
 
 
 def test_a_code_is_bound_to_its_redirect_uri(client: httpx.Client, sandbox: Sandbox) -> None:
-    _, query = redirected_to(client.get("/apps/authorize/consent", params=consent_params(sandbox)))
+    query = consent(client, sandbox)
     mismatch = exchange(client, sandbox, query["spapi_oauth_code"], "http://127.0.0.1:1/other")
     assert mismatch.status_code == 400
     assert mismatch.json()["error_description"] == (
@@ -171,15 +177,17 @@ def test_a_code_is_bound_to_its_redirect_uri(client: httpx.Client, sandbox: Sand
     assert exchange(client, sandbox, query["spapi_oauth_code"]).status_code == 200
 
 
-def test_codes_expire() -> None:
+def test_codes_expire_after_five_minutes() -> None:
+    clock = SandboxClock()
     with (
-        run_in_thread(SandboxConfig(code_ttl=0)) as sandbox,
+        run_in_thread(clock=clock) as sandbox,
         httpx.Client(base_url=sandbox.url) as client,
     ):
-        _, query = redirected_to(
-            client.get("/apps/authorize/consent", params=consent_params(sandbox))
-        )
-        response = exchange(client, sandbox, query["spapi_oauth_code"])
+        codes = [consent(client, sandbox)["spapi_oauth_code"] for _ in range(2)]
+        clock.advance(299)
+        assert exchange(client, sandbox, codes[0]).status_code == 200
+        clock.advance(1)
+        response = exchange(client, sandbox, codes[1])
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_grant"
 
@@ -202,32 +210,56 @@ def login_sandbox() -> Iterator[Sandbox]:
         yield sandbox
 
 
+def confirm_params(login: dict[str, str], **overrides: str) -> dict[str, str]:
+    """What the app's login page adds to ``amazon_callback_uri`` to send the seller back."""
+    params = {
+        "amazon_state": login["amazon_state"],
+        "state": "state-from-the-login-page",
+        "redirect_uri": REDIRECT_URI,
+        "version": "beta",
+    }
+    params.update(overrides)
+    return {name: value for name, value in params.items() if value != ""}
+
+
 def test_login_uri_mode_goes_through_the_apps_login_page(login_sandbox: Sandbox) -> None:
     sandbox = login_sandbox
+    app_id = sandbox.config.application_id
     with httpx.Client(base_url=sandbox.url) as client:
         first = client.get("/apps/authorize/consent", params=consent_params(sandbox))
         target, login = redirected_to(first)
         assert target == LOGIN_URI
-        assert set(login) == {"amazon_callback_uri", "amazon_state", "selling_partner_id"}
-        assert login["amazon_callback_uri"] == sandbox.url + "/apps/authorize/confirm"
-
-        confirm_params = {
-            "amazon_state": login["amazon_state"],
-            "state": "state-from-the-login-page",
-            "redirect_uri": REDIRECT_URI,
-            "version": "beta",
+        assert set(login) == {
+            "amazon_callback_uri",
+            "amazon_state",
+            "selling_partner_id",
+            "version",
         }
-        target, query = redirected_to(
-            client.get(login["amazon_callback_uri"], params=confirm_params)
-        )
+        assert login["amazon_callback_uri"] == f"https://amazon.com/apps/authorize/confirm/{app_id}"
+        assert login["version"] == "beta"  # the seller started from the authorization URI
+        callback = sandbox.browser_url(login["amazon_callback_uri"])
+        assert callback == f"{sandbox.url}/apps/authorize/confirm/{app_id}"
+
+        target, query = redirected_to(client.get(callback, params=confirm_params(login)))
         assert target == REDIRECT_URI
         assert query["state"] == "state-from-the-login-page"
         assert query["selling_partner_id"] == login["selling_partner_id"]
         assert exchange(client, sandbox, query["spapi_oauth_code"]).status_code == 200
 
-        replayed = client.get(login["amazon_callback_uri"], params=confirm_params)
+        replayed = client.get(callback, params=confirm_params(login))
         assert replayed.status_code == 400
         assert "amazon_state" in replayed.text
+
+
+def test_a_published_app_gets_no_version_beta_on_its_login_page() -> None:
+    config = SandboxConfig(login_uri=LOGIN_URI, draft=False)
+    with run_in_thread(config) as sandbox, httpx.Client(base_url=sandbox.url) as client:
+        params = consent_params(sandbox, version="")
+        _, login = redirected_to(client.get("/apps/authorize/consent", params=params))
+        assert "version" not in login
+        callback = sandbox.browser_url(login["amazon_callback_uri"])
+        target, _ = redirected_to(client.get(callback, params=confirm_params(login, version="")))
+    assert target == REDIRECT_URI
 
 
 def test_the_callback_checks_its_parameters_before_using_amazon_state(
@@ -235,31 +267,65 @@ def test_the_callback_checks_its_parameters_before_using_amazon_state(
 ) -> None:
     sandbox = login_sandbox
     with httpx.Client(base_url=sandbox.url) as client:
-        _, login = redirected_to(
-            client.get("/apps/authorize/consent", params=consent_params(sandbox))
-        )
-        base = {"amazon_state": login["amazon_state"], "state": "s", "redirect_uri": REDIRECT_URI}
-        callback = login["amazon_callback_uri"]
+        login = consent(client, sandbox)
+        callback = sandbox.browser_url(login["amazon_callback_uri"])
 
-        assert "MD1000" in client.get(callback, params=base).text
-        wrong = base | {"version": "beta", "redirect_uri": "http://127.0.0.1:1/x"}
+        assert "MD1000" in client.get(callback, params=confirm_params(login, version="")).text
+        wrong = confirm_params(login, redirect_uri="http://127.0.0.1:1/x")
         assert "MD5101" in client.get(callback, params=wrong).text
-        no_state = base | {"version": "beta", "state": ""}
-        assert client.get(callback, params=no_state).status_code == 400
-        unknown = base | {"version": "beta", "amazon_state": "forged"}
-        assert client.get(callback, params=unknown).status_code == 400
+        assert client.get(callback, params=confirm_params(login, state="")).status_code == 400
+        forged = confirm_params(login, amazon_state="forged")
+        assert client.get(callback, params=forged).status_code == 400
+        someone_else = f"{sandbox.url}/apps/authorize/confirm/amzn1.sp.solution.someone-else"
+        refused = client.get(someone_else, params=confirm_params(login))
+        assert refused.status_code == 400
+        assert "could not be found" in refused.text
+        no_id = client.get(f"{sandbox.url}/apps/authorize/confirm", params=confirm_params(login))
+        assert no_id.status_code == 404
 
-        redirected_to(client.get(callback, params=base | {"version": "beta"}))
+        redirected_to(client.get(callback, params=confirm_params(login)))
 
 
 def test_amazon_state_expires() -> None:
+    clock = SandboxClock()
+    config = SandboxConfig(login_uri=LOGIN_URI)
     with (
-        run_in_thread(SandboxConfig(login_uri=LOGIN_URI, code_ttl=0)) as sandbox,
+        run_in_thread(config, clock=clock) as sandbox,
         httpx.Client(base_url=sandbox.url) as client,
     ):
-        _, login = redirected_to(
-            client.get("/apps/authorize/consent", params=consent_params(sandbox))
-        )
-        params = {"amazon_state": login["amazon_state"], "state": "s", "version": "beta"}
-        response = client.get(login["amazon_callback_uri"], params=params)
+        logins = [consent(client, sandbox) for _ in range(2)]
+        callback = sandbox.browser_url(logins[0]["amazon_callback_uri"])
+        clock.advance(299)
+        redirected_to(client.get(callback, params=confirm_params(logins[0])))
+        clock.advance(1)
+        response = client.get(callback, params=confirm_params(logins[1]))
     assert response.status_code == 400
+    assert "amazon_state" in response.text
+
+
+def test_browser_url_maps_only_amazons_callback_host(sandbox: Sandbox) -> None:
+    assert (
+        sandbox.browser_url("https://amazon.com/apps/authorize/confirm/x?a=1&b=2")
+        == f"{sandbox.url}/apps/authorize/confirm/x?a=1&b=2"
+    )
+    assert sandbox.browser_url("https://Amazon.com/x") == f"{sandbox.url}/x"
+    for other in (
+        "http://amazon.com/x",
+        "https://sellercentral.amazon.com/x",
+        "https://amazon.com.example.org/x",
+        REDIRECT_URI,
+    ):
+        assert sandbox.browser_url(other) == other
+
+
+def test_the_callback_host_is_configurable() -> None:
+    config = SandboxConfig(login_uri=LOGIN_URI, amazon_callback_base="https://amazon.co.uk/")
+    with run_in_thread(config) as sandbox, httpx.Client(base_url=sandbox.url) as client:
+        login = consent(client, sandbox)
+        assert login["amazon_callback_uri"] == (
+            f"https://amazon.co.uk/apps/authorize/confirm/{sandbox.config.application_id}"
+        )
+        assert sandbox.browser_url("https://amazon.com/x") == "https://amazon.com/x"
+        callback = sandbox.browser_url(login["amazon_callback_uri"])
+        target, _ = redirected_to(client.get(callback, params=confirm_params(login)))
+    assert target == REDIRECT_URI

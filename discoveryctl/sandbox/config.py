@@ -20,6 +20,10 @@ class SandboxConfig:
     stripe_api_key: str = "sk_test_sandbox"
     redirect_uris: tuple[str, ...] = ("http://127.0.0.1:8765/callback",)
     login_uri: str | None = None
+    amazon_callback_base: str = "https://amazon.com"
+    """Where login-URI mode sends the seller back to: Amazon documents the
+    ``amazon_callback_uri`` as ``https://amazon.com/apps/authorize/confirm/<application id>``
+    (SP-API "Website Authorization Workflow"); tests reach it with ``Sandbox.browser_url``."""
     draft: bool = True
     latency_ms: int = 0
     fail_rate: float = 0.0

@@ -1,9 +1,13 @@
 """Seller Central's consent pages: ``/apps/authorize/consent`` and, in login-URI mode, the
-``/apps/authorize/confirm`` callback the app sends the seller back to.
+``/apps/authorize/confirm/{application_id}`` callback the app sends the seller back to.
 
 The seller approves at once. The checks and their error pages follow Seller Central: an unknown
 application, a redirect URI with a fragment (MD5110) or not registered on the app (MD5101), a
 draft app without ``version=beta`` (MD1000), and a missing ``state``.
+
+Source for the login-URI steps: SP-API developer guide, "Website Authorization Workflow"
+(https://developer-docs.amazon.com/sp-api/docs/website-authorization-workflow; the same steps
+in amzn/selling-partner-api-docs, guides/en-US/developer-guide/SellingPartnerApiDeveloperGuide.md).
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ from discoveryctl.sandbox.asgi import Request, Response, html_response, redirect
 from discoveryctl.sandbox.config import SandboxConfig
 from discoveryctl.sandbox.state import SandboxState
 
-CONFIRM_PATH = "/apps/authorize/confirm"
+CONFIRM_PATH = "/apps/authorize/confirm/{application_id}"
 
 
 async def consent(request: Request, config: SandboxConfig, state: SandboxState) -> Response:
     """The authorization URI: approve and send the seller to the redirect URI with a code, or
     (login-URI mode) to the app's login URI first."""
     if request.query.get("application_id") != config.application_id:
-        return _error_page(None, "The application you are trying to authorize could not be found.")
+        return _unknown_application()
     checked = _check_authorization(request, config)
     if isinstance(checked, Response):
         return checked
@@ -31,21 +35,35 @@ async def consent(request: Request, config: SandboxConfig, state: SandboxState) 
     if config.login_uri is None:
         return _approve(state, config, seller_id, redirect_uri, app_state)
     amazon_state = state.open_amazon_state(seller_id, config.code_ttl)
-    return redirect(
-        _with_query(
-            config.login_uri,
-            {
-                "amazon_callback_uri": request.base_url + CONFIRM_PATH,
-                "amazon_state": amazon_state,
-                "selling_partner_id": seller_id,
-            },
-        )
-    )
+    # Amazon loads the login URI with amazon_callback_uri, amazon_state and selling_partner_id,
+    # the callback being https://amazon.com/apps/authorize/confirm/<application id>; and "if
+    # this is a test workflow (the seller started by navigating to your OAuth authorization
+    # URI) Amazon includes the version=beta parameter" (guide, step 2 of the workflow).
+    login = {
+        "amazon_callback_uri": callback_uri(config),
+        "amazon_state": amazon_state,
+        "selling_partner_id": seller_id,
+    }
+    if request.query.get("version") == "beta":
+        login["version"] = "beta"
+    return redirect(_with_query(config.login_uri, login))
+
+
+def callback_uri(config: SandboxConfig) -> str:
+    """The ``amazon_callback_uri`` login-URI mode hands the app: absolute, on Amazon's host."""
+    path = CONFIRM_PATH.replace("{application_id}", config.application_id)
+    return config.amazon_callback_base.rstrip("/") + path
 
 
 async def confirm(request: Request, config: SandboxConfig, state: SandboxState) -> Response:
-    """The ``amazon_callback_uri`` of login-URI mode: check the single-use ``amazon_state``,
-    then send the seller to the redirect URI with a code."""
+    """The ``amazon_callback_uri`` of login-URI mode: check the application id in the path and
+    the single-use ``amazon_state``, then send the seller to the redirect URI with a code.
+
+    As on the consent page, a draft app needs ``version=beta`` here too: "if you include the
+    version=beta parameter, the workflow authorizes an application in Draft state" (guide,
+    step 3 of the workflow)."""
+    if request.path_params["application_id"] != config.application_id:
+        return _unknown_application()
     checked = _check_authorization(request, config)
     if isinstance(checked, Response):
         return checked
@@ -93,6 +111,10 @@ def _with_query(url: str, params: dict[str, str]) -> str:
     parts = urlsplit(url)
     query = "&".join(q for q in (parts.query, urlencode(params)) if q)
     return urlunsplit(parts._replace(query=query))
+
+
+def _unknown_application() -> Response:
+    return _error_page(None, "The application you are trying to authorize could not be found.")
 
 
 def _error_page(code: str | None, message: str) -> Response:

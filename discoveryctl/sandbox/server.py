@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from types import TracebackType
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -58,6 +59,19 @@ class Sandbox:
             "STRIPE_API_KEY": self.config.stripe_api_key,
             "STRIPE_API_BASE": self.url,
         }
+
+    def browser_url(self, url: str) -> str:
+        """Where a browser here would really land for ``url``.
+
+        Login-URI mode sends the seller back to Amazon's own host (``https://amazon.com/apps/
+        authorize/confirm/…``, as Amazon documents it), which this machine cannot reach: a URL
+        on that host maps to the same path and query on this sandbox. Any other URL is returned
+        unchanged.
+        """
+        target, amazon = urlsplit(url), urlsplit(self.config.amazon_callback_base)
+        if (target.scheme, target.netloc.lower()) != (amazon.scheme, amazon.netloc.lower()):
+            return url
+        return urlsplit(self.url)._replace(path=target.path, query=target.query).geturl()
 
     def wait(self) -> None:
         """Block until the server stops (Ctrl-C interrupts the wait).
