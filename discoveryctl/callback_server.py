@@ -24,7 +24,7 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from discoveryctl.errors import ConfigError
+from discoveryctl.errors import ConfigurationError
 from discoveryctl.logging import get_logger
 
 LOOPBACK = "127.0.0.1"
@@ -82,12 +82,12 @@ class CallbackServer:
         except OSError as error:
             self._server.server_close()
             if error.errno == errno.EADDRINUSE:
-                raise ConfigError(
+                raise ConfigurationError(
                     f"port {self.port} on {LOOPBACK} (from AMAZON_REDIRECT_URI) is already in "
                     "use: stop whatever listens there, or use --paste"
                 ) from None
             where = f"{LOOPBACK}:{self.port}"
-            raise ConfigError(f"cannot listen on {where}: {error.strerror}") from None
+            raise ConfigurationError(f"cannot listen on {where}: {error.strerror}") from None
         self._server.timeout = 0.2
 
     def serve(self, timeout: float) -> bool:
@@ -119,7 +119,7 @@ def _tls_context(tls: tuple[Path, Path]) -> ssl.SSLContext:
     try:
         context.load_cert_chain(certfile=str(tls[0]), keyfile=str(tls[1]))
     except (OSError, ssl.SSLError) as error:
-        raise ConfigError(f"cannot use --tls-cert/--tls-key: {error}") from None
+        raise ConfigurationError(f"cannot use --tls-cert/--tls-key: {error}") from None
     return context
 
 

@@ -2,7 +2,7 @@
 
 ``Config`` reads lazily: a setting is looked up the first time a command needs it, so a
 command that never touches Amazon never asks the keyring for the LWA secret. Every missing or
-malformed setting raises ``ConfigError`` naming the variable and how to set it.
+malformed setting raises ``ConfigurationError`` naming the variable and how to set it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from discoveryctl.errors import ConfigError
+from discoveryctl.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from discoveryctl.providers.amazon import AmazonApp
@@ -117,7 +117,7 @@ class Config:
     def require(self, name: str) -> str:
         value = self.get(name)
         if value is None:
-            raise ConfigError(f"{name} is not set: {how_to_set(name)}")
+            raise ConfigurationError(f"{name} is not set: {how_to_set(name)}")
         return value
 
     # -- paths ------------------------------------------------------------------------------
@@ -161,13 +161,15 @@ class Config:
             return True
         if value in ("0", "false", "no"):
             return False
-        raise ConfigError(f"AMAZON_APP_DRAFT must be 1 or 0, not {value!r}")
+        raise ConfigurationError(f"AMAZON_APP_DRAFT must be 1 or 0, not {value!r}")
 
     @property
     def log_level(self) -> str:
         value = (self.get("LOG_LEVEL") or "info").lower()
         if value not in LOG_LEVELS:
-            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
+            raise ConfigurationError(
+                f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {value!r}"
+            )
         return value
 
     @property
@@ -177,7 +179,7 @@ class Config:
             return "console" if sys.stderr.isatty() else "json"
         value = value.lower()
         if value not in LOG_FORMATS:
-            raise ConfigError(f"LOG_FORMAT must be console or json, not {value!r}")
+            raise ConfigurationError(f"LOG_FORMAT must be console or json, not {value!r}")
         return value
 
     def encryption_keys(self) -> tuple[list[str], Path | None]:
@@ -189,7 +191,7 @@ class Config:
         if value is not None:
             return split_keys(value), None
         if not self.uses_default_database:
-            raise ConfigError(
+            raise ConfigurationError(
                 "DISCOVERY_ENCRYPTION_KEY is not set (required for any database but the "
                 "SQLite default): run `discoveryctl secrets generate-key`, then "
                 f"{how_to_set('DISCOVERY_ENCRYPTION_KEY')}"
@@ -204,10 +206,10 @@ class Config:
         value = self.get("JWT_SECRET")
         if value is not None:
             if len(value) < 32:
-                raise ConfigError("JWT_SECRET is too short: use at least 32 characters")
+                raise ConfigurationError("JWT_SECRET is too short: use at least 32 characters")
             return value
         if not self.uses_default_database:
-            raise ConfigError(f"JWT_SECRET is not set: {how_to_set('JWT_SECRET')}")
+            raise ConfigurationError(f"JWT_SECRET is not set: {how_to_set('JWT_SECRET')}")
         return read_or_create_secret_file(
             self.data_dir / "jwt.secret",
             lambda: secrets.token_urlsafe(48),
@@ -241,18 +243,18 @@ class Config:
         value = self.get(name) or default
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"{name} must be an http(s) URL, not {value!r}")
+            raise ConfigurationError(f"{name} must be an http(s) URL, not {value!r}")
         try:
             parts.port  # noqa: B018 (validates the port)
         except ValueError:
-            raise ConfigError(f"{name} has an invalid port: {value!r}") from None
+            raise ConfigurationError(f"{name} has an invalid port: {value!r}") from None
         return value
 
 
 def split_keys(value: str) -> list[str]:
     keys = [k.strip() for k in value.split(",") if k.strip()]
     if not keys:
-        raise ConfigError("DISCOVERY_ENCRYPTION_KEY is empty")
+        raise ConfigurationError("DISCOVERY_ENCRYPTION_KEY is empty")
     return keys
 
 
@@ -278,10 +280,10 @@ def read_or_create_secret_file(path: Path, make: Callable[[], str], hint: str) -
         pass
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
-        raise ConfigError(f"cannot read {path}: {reason}") from None
+        raise ConfigurationError(f"cannot read {path}: {reason}") from None
     else:
         if not value:
-            raise ConfigError(f"{path} is empty: restore it from a backup, or remove it")
+            raise ConfigurationError(f"{path} is empty: restore it from a backup, or remove it")
         return value
     path.parent.mkdir(parents=True, exist_ok=True)
     value = make()

@@ -18,7 +18,7 @@ from discoveryctl import consent, credentials
 from discoveryctl.callback_server import CallbackServer, Page, Query
 from discoveryctl.config import Config
 from discoveryctl.consent import Connected, ConsentStart, Reason, SessionScope
-from discoveryctl.errors import AppCredentialsRejected, ConfigError, OAuthCallbackError
+from discoveryctl.errors import AppCredentialsRejected, ConfigurationError, OAuthCallbackError
 from discoveryctl.providers.amazon import AmazonApp, LwaClient
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")  # the server listens on 127.0.0.1 only
@@ -65,17 +65,17 @@ def check_redirect_uri(redirect_uri: str, tls: tuple[Path, Path] | None) -> None
     """The local server can only receive a redirect that points at this machine."""
     parts = urlsplit(redirect_uri)
     if parts.hostname not in LOOPBACK_HOSTS:
-        raise ConfigError(
+        raise ConfigurationError(
             f"AMAZON_REDIRECT_URI points at {parts.hostname}, not this machine: "
             "use --paste to paste the final address from the browser instead"
         )
     if parts.scheme == "https" and tls is None:
-        raise ConfigError(
+        raise ConfigurationError(
             "AMAZON_REDIRECT_URI is https: pass --tls-cert and --tls-key for the local "
             "server, or use --paste"
         )
     if parts.scheme == "http" and tls is not None:
-        raise ConfigError("--tls-cert/--tls-key need an https AMAZON_REDIRECT_URI")
+        raise ConfigurationError("--tls-cert/--tls-key need an https AMAZON_REDIRECT_URI")
 
 
 def via_local_server(

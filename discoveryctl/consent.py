@@ -31,7 +31,9 @@ from discoveryctl.crypto import Vault
 from discoveryctl.db.models import OAuthState, utcnow
 from discoveryctl.errors import (
     AppCredentialsRejected,
+    DatabaseConflict,
     DatabaseError,
+    DatabaseUnavailable,
     DiscoveryError,
     OAuthCallbackError,
     ProviderError,
@@ -39,6 +41,7 @@ from discoveryctl.errors import (
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.health import Provider, Region, Status, isoformat
 from discoveryctl.providers.amazon import AmazonApp, LwaClient, consent_url, login_continue_url
+from discoveryctl.user_ids import valid_user_id
 
 STATE_LIFETIME = timedelta(minutes=10)
 STATE_AUDIENCE = "discoveryctl:amazon-consent"
@@ -94,6 +97,7 @@ def begin(
     flow: str,
 ) -> ConsentStart:
     """Issue and record a state for ``user_id`` and build the consent URL."""
+    user_id = valid_user_id(user_id)
     if region not in Region.__members__:
         raise ValueError(f"unknown region {region!r}")
     now = utcnow()
@@ -323,8 +327,8 @@ def complete(
 
     try:
         return store()
-    except DatabaseError:
-        pass  # a dropped connection, or a lock held past the busy timeout: once more
+    except (DatabaseUnavailable, DatabaseConflict):
+        pass  # a dropped connection, a lock held past the busy timeout, a race: once more
     try:
         return store()
     except DatabaseError as error:

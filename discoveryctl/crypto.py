@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from discoveryctl.errors import ConfigError, EncryptionKeyError
+from discoveryctl.errors import ConfigurationError, EncryptionKeyError
 
 KEY_HINT = "make one with `discoveryctl secrets generate-key`"
 
@@ -27,7 +27,7 @@ class Vault:
             try:
                 fernets.append(Fernet(key.encode()))
             except (ValueError, TypeError):
-                raise ConfigError(
+                raise ConfigurationError(
                     f"{source} key #{position} is malformed: a key is 32 url-safe "
                     f"base64-encoded bytes ({KEY_HINT})"
                 ) from None

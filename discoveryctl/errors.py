@@ -1,58 +1,123 @@
-"""Errors that reach the operator.
+"""Errors that reach the operator, arranged by kind.
 
-Every error the tool expects carries an exit code and a one-line message; the CLI catches
-``DiscoveryError`` once, prints the message to stderr and exits with the code (SPEC §3)::
+Every error the tool expects is a ``DiscoveryError`` with a one-line message and a ``kind``:
+what sort of problem it is, and so what the operator (or the web client) should do about it.
+The CLI turns the kind into an exit code (``discoveryctl.cli.EXIT_CODES``) and the HTTP API
+into a status (``discoveryctl.server.errors.HTTP_STATUS``); nothing else decides either::
 
-    DiscoveryError                      exit 1  something needs attention
-    ├── ConfigError                     exit 2  a missing or malformed setting, a usage error
-    │   ├── DatabaseError               exit 2  unreachable, missing driver, not migrated
-    │   ├── EncryptionKeyError          exit 2  stored credentials cannot be decrypted
-    │   └── NotFound                    exit 2  no such user, integration or notification
-    ├── ProviderError                   exit 1  Amazon or Stripe answered with a failure
-    │   ├── AppCredentialsRejected      exit 3  the app's own credentials were refused
-    │   ├── SellerAuthorizationRevoked  exit 1  the seller's authorization is gone
-    │   └── TransientProviderError      exit 1  worth retrying later
-    ├── OAuthCallbackError              exit 1  a consent callback failed (with a reason code)
-    └── RejectedInput                   exit 1  some input lines were rejected
+    DiscoveryError                          kind                  exit  HTTP
+    ├── ConfigurationError                  configuration         2     500
+    │   ├── EncryptionKeyError              configuration         2     500
+    │   └── DatabaseError                   configuration         2     500
+    │       ├── DatabaseUnavailable         database_unavailable  2     503
+    │       └── DatabaseConflict            database_conflict     1     409
+    ├── InvalidInput                        input                 2     400
+    │   └── NotFound                        not_found             2     404
+    ├── ProviderError                       provider              1     502
+    │   ├── SellerAuthorizationRevoked      seller                1     409
+    │   ├── AppCredentialsRejected          app_credentials       3     502
+    │   └── TransientProviderError          transient             1     503
+    ├── OAuthCallbackError                  consent               1     400
+    ├── NeedsAttention                      attention             1     200
+    └── Interrupted                         interrupted           130   503
+
+- *configuration*: a setting is missing or malformed, or the database cannot be used as
+  configured (driver, URL, schema); the operator fixes the setup.
+- *database_unavailable*: the database is down, unreachable or locked past its timeout;
+  nothing is wrong with the request: run it again later.
+- *database_conflict*: another writer got there first (a unique key, a serialization
+  failure) and retrying did not settle it.
+- *input*: what the operator or the client gave is wrong (an argument, a user id, a file).
+- *provider*, with three kinds the product acts on differently (SPEC §5): *seller* (the seller's
+  authorization is gone: reconnect), *app_credentials* (the app's own credentials were refused:
+  never blame a seller, stop), *transient* (worth retrying); plain *provider* is an answer the
+  classifier could not place.
+- *attention*: not a failure of the command: it finished, and what it found needs a look
+  (unhealthy integrations under ``--check``, rejected input lines, a failed ``doctor`` check).
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
+from typing import ClassVar
+
+
+class ErrorKind(StrEnum):
+    """What sort of problem an error is; see the table above."""
+
+    configuration = "configuration"
+    database_unavailable = "database_unavailable"
+    database_conflict = "database_conflict"
+    input = "input"
+    not_found = "not_found"
+    provider = "provider"
+    seller = "seller"
+    app_credentials = "app_credentials"
+    transient = "transient"
+    consent = "consent"
+    attention = "attention"
+    interrupted = "interrupted"
+
 
 class DiscoveryError(Exception):
-    """Base of every error the tool expects; ``str(error)`` is the one-line message."""
+    """Base of every error the tool expects; ``str(error)`` is the one-line message.
 
-    exit_code = 1
+    Never raised itself: every error says which kind it is.
+    """
+
+    kind: ClassVar[ErrorKind]
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-class ConfigError(DiscoveryError):
-    """A setting is missing or malformed, or the command was used wrongly."""
+class ConfigurationError(DiscoveryError):
+    """A setting is missing or malformed."""
 
-    exit_code = 2
-
-
-class DatabaseError(ConfigError):
-    """The database cannot be used: unreachable, missing driver, or not at the head revision."""
+    kind = ErrorKind.configuration
 
 
-class EncryptionKeyError(ConfigError):
+class EncryptionKeyError(ConfigurationError):
     """Stored credentials cannot be decrypted with the configured key."""
 
 
-class NotFound(ConfigError):
+class DatabaseError(ConfigurationError):
+    """The database cannot be used as configured: driver, URL, schema revision."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database is down, unreachable, or locked past the busy timeout."""
+
+    kind = ErrorKind.database_unavailable
+
+
+class DatabaseConflict(DatabaseError):
+    """Another writer changed the same rows first (unique key, serialization failure)."""
+
+    kind = ErrorKind.database_conflict
+
+
+class InvalidInput(DiscoveryError):
+    """An argument, a user id or a file given to the command is not acceptable."""
+
+    kind = ErrorKind.input
+
+
+class NotFound(InvalidInput):
     """The operator named something that does not exist."""
+
+    kind = ErrorKind.not_found
 
 
 class ProviderError(DiscoveryError):
-    """Amazon or Stripe answered with a failure.
+    """Amazon or Stripe answered in a way the classifier could not place.
 
     ``error_type`` is the stable name logged and stored with the failure (``lwa_timeout``,
     ``oauth_token_revoked``…); ``status_code`` is the HTTP status, if there was an answer.
     """
+
+    kind = ErrorKind.provider
 
     def __init__(
         self, message: str, *, error_type: str = "provider_error", status_code: int | None = None
@@ -65,15 +130,19 @@ class ProviderError(DiscoveryError):
 class AppCredentialsRejected(ProviderError):
     """A provider rejected the app's own credentials (LWA ``invalid_client``, Stripe auth)."""
 
-    exit_code = 3
+    kind = ErrorKind.app_credentials
 
 
 class SellerAuthorizationRevoked(ProviderError):
     """The seller's authorization is gone: revoked, or past its re-authorization date."""
 
+    kind = ErrorKind.seller
+
 
 class TransientProviderError(ProviderError):
     """A failure worth retrying: throttling, 5xx, timeouts, connection errors, bad bodies."""
+
+    kind = ErrorKind.transient
 
     def __init__(
         self,
@@ -90,10 +159,20 @@ class TransientProviderError(ProviderError):
 class OAuthCallbackError(DiscoveryError):
     """A consent callback failed; ``reason`` is a stable code such as ``invalid_state``."""
 
+    kind = ErrorKind.consent
+
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{message} ({reason})")
         self.reason = reason
 
 
-class RejectedInput(DiscoveryError):
-    """Some input was rejected; the rest was processed."""
+class NeedsAttention(DiscoveryError):
+    """The command finished, and what it found needs a look; the message says what."""
+
+    kind = ErrorKind.attention
+
+
+class Interrupted(DiscoveryError):
+    """The operator stopped the command (Ctrl-C, SIGTERM)."""
+
+    kind = ErrorKind.interrupted

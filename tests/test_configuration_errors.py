@@ -102,7 +102,7 @@ def test_malformed_settings(
 
 
 def test_unknown_user_is_a_usage_error(db: Any, cli: Any) -> None:
-    assert "user nobody has no amazon integration" in one_line_error(
+    assert "user 'nobody' has no amazon integration" in one_line_error(
         cli("reconnect", "amazon", "--user", "nobody")
     )
 

@@ -12,22 +12,44 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from discoveryctl.errors import ConfigError, DiscoveryError
+from discoveryctl.errors import DiscoveryError, ErrorKind, Interrupted, InvalidInput
+
+EXIT_CODES: dict[ErrorKind, int] = {
+    # SPEC §3: 1 done but needs attention, 2 usage or configuration, 3 the app's credentials
+    # were refused, 130 interrupted.
+    ErrorKind.configuration: 2,
+    ErrorKind.database_unavailable: 2,
+    ErrorKind.database_conflict: 1,
+    ErrorKind.input: 2,
+    ErrorKind.not_found: 2,
+    ErrorKind.provider: 1,
+    ErrorKind.seller: 1,
+    ErrorKind.app_credentials: 3,
+    ErrorKind.transient: 1,
+    ErrorKind.consent: 1,
+    ErrorKind.attention: 1,
+    ErrorKind.interrupted: 130,
+}
+"""The one place an error's kind becomes an exit code."""
 
 
 class DiscoveryGroup(TyperGroup):
-    """Root group: turns every ``DiscoveryError`` into its message and exit code."""
+    """Root group: turns every ``DiscoveryError`` into its message and its kind's exit code."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
-            _require_utf8([*getattr(ctx, "protected_args", []), *ctx.args])
-            return super().invoke(ctx)
+            try:
+                _require_utf8([*getattr(ctx, "protected_args", []), *ctx.args])
+                return super().invoke(ctx)
+            except KeyboardInterrupt:
+                raise Interrupted("interrupted") from None
         except DiscoveryError as error:
-            typer.echo(f"error: {error.message}", err=True)
-            raise typer.Exit(error.exit_code) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
+            prefix = "" if error.kind in _NOT_AN_ERROR else "error: "
+            typer.echo(f"{prefix}{error.message}", err=True)
+            raise typer.Exit(EXIT_CODES[error.kind]) from None
+
+
+_NOT_AN_ERROR = frozenset({ErrorKind.attention, ErrorKind.interrupted})
 
 
 def _require_utf8(args: list[str]) -> None:
@@ -37,7 +59,7 @@ def _require_utf8(args: list[str]) -> None:
             arg.encode("utf-8")
         except UnicodeEncodeError:
             shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            raise ConfigError(f"the argument {shown!r} is not valid UTF-8") from None
+            raise InvalidInput(f"the argument {shown!r} is not valid UTF-8") from None
 
 
 app = typer.Typer(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from discoveryctl.cli import options
 from discoveryctl.integrations.health import Region
 
 
@@ -19,7 +20,9 @@ class ConnectProvider(StrEnum):
 def connect(
     ctx: typer.Context,
     provider: ConnectProvider = typer.Argument(..., help="The provider to connect."),
-    user: str = typer.Option(..., "--user", help="The user the seller's account belongs to."),
+    user: str = typer.Option(
+        ..., "--user", callback=options.user_id, help="The user the seller's account belongs to."
+    ),
     region: Region = typer.Option(Region.na, "--region", help="The seller's Amazon region."),
     no_browser: bool = typer.Option(
         False, "--no-browser", help="Print the consent URL instead of opening a browser."
@@ -40,14 +43,14 @@ def connect(
     """
     from discoveryctl.cli.application import Application
     from discoveryctl.connect import Flow, via_local_server, via_paste
-    from discoveryctl.errors import ConfigError
+    from discoveryctl.errors import InvalidInput
     from discoveryctl.providers.amazon import LwaClient
 
     app: Application = ctx.obj
     if math.isnan(timeout):
-        raise ConfigError("--timeout must be a number of seconds")
+        raise InvalidInput("--timeout must be a number of seconds")
     if (tls_cert is None) != (tls_key is None):
-        raise ConfigError("--tls-cert and --tls-key go together")
+        raise InvalidInput("--tls-cert and --tls-key go together")
     tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
     amazon = app.config.amazon_app()
     database = app.open_database()
@@ -68,7 +71,7 @@ def connect(
         app.err.print("paste the address the browser ended on, then press Enter:")
         line = sys.stdin.readline()
         if not line:
-            raise ConfigError("nothing was pasted")
+            raise InvalidInput("nothing was pasted")
         return line
 
     with LwaClient(amazon) as lwa:

@@ -32,5 +32,8 @@ def doctor(
         for check in checks:
             table.add_row(check.name, check.state, check.detail)
         app.out.print(table)
-    if any(check.state == FAIL for check in checks):
-        raise typer.Exit(1)
+    failed = [check.name for check in checks if check.state == FAIL]
+    if failed:
+        from discoveryctl.errors import NeedsAttention
+
+        raise NeedsAttention(f"doctor: failed: {', '.join(failed)}")

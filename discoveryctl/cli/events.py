@@ -9,7 +9,8 @@ from typing import Any
 
 import typer
 
-from discoveryctl.errors import ConfigError
+from discoveryctl.cli import options
+from discoveryctl.errors import InvalidInput
 from discoveryctl.integrations.health import Provider
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
@@ -24,11 +25,11 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
         try:
             return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
         except (OverflowError, ValueError):
-            raise ConfigError(f"--since {value!r} reaches back before year 1") from None
+            raise InvalidInput(f"--since {value!r} reaches back before year 1") from None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise ConfigError(
+        raise InvalidInput(
             f"--since {value!r} is neither a duration like 24h or 7d nor an ISO 8601 time"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -36,7 +37,9 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
 
 def events(
     ctx: typer.Context,
-    user: str | None = typer.Option(None, "--user", help="Only this user's events."),
+    user: str | None = typer.Option(
+        None, "--user", callback=options.user_id, help="Only this user's events."
+    ),
     provider: Provider | None = typer.Option(None, "--provider", help="Only this provider."),
     since: str = typer.Option("24h", "--since", help="How far back: 30m, 24h, 7d, or a time."),
     limit: int = typer.Option(

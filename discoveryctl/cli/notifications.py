@@ -6,6 +6,8 @@ from typing import Any
 
 import typer
 
+from discoveryctl.cli import options
+
 group = typer.Typer(
     help="List user or admin notifications; `notifications ack ID…` marks them read.\n\n"
     "Example: discoveryctl notifications --admin --unread",
@@ -17,7 +19,9 @@ group = typer.Typer(
 @group.callback()
 def notifications(
     ctx: typer.Context,
-    user: str | None = typer.Option(None, "--user", help="Only this user's."),
+    user: str | None = typer.Option(
+        None, "--user", callback=options.user_id, help="Only this user's."
+    ),
     admin: bool = typer.Option(False, "--admin", help="Admin notifications instead of users'."),
     unread: bool = typer.Option(False, "--unread", help="Only those not yet acknowledged."),
     as_json: bool = typer.Option(False, "--json", help="JSON list on stdout."),

@@ -6,7 +6,8 @@ from enum import StrEnum
 
 import typer
 
-from discoveryctl.errors import ConfigError
+from discoveryctl.cli import options
+from discoveryctl.errors import InvalidInput
 from discoveryctl.integrations.health import Region
 
 
@@ -18,7 +19,10 @@ def reconnect(
     ctx: typer.Context,
     provider: ReconnectProvider = typer.Argument(..., help="The provider to reconnect."),
     user: str | None = typer.Option(
-        None, "--user", help="This user (default: every revoked or expired integration)."
+        None,
+        "--user",
+        callback=options.user_id,
+        help="This user (default: every revoked or expired integration).",
     ),
     notify: bool = typer.Option(False, "--notify", help="Also notify the seller with the URL."),
     local: bool = typer.Option(
@@ -38,7 +42,7 @@ def reconnect(
     app: Application = ctx.obj
     if local:
         if user is None:
-            raise ConfigError("--local needs --user: it connects one seller")
+            raise InvalidInput("--local needs --user: it connects one seller")
         from discoveryctl.cli.connect import ConnectProvider, connect
 
         with app.session() as session:

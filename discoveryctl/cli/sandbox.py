@@ -46,11 +46,11 @@ def sandbox(
     import signal
     import sys
 
-    from discoveryctl.errors import ConfigError, DiscoveryError
+    from discoveryctl.errors import ConfigurationError, InvalidInput
     from discoveryctl.sandbox import SandboxConfig, run_in_thread
 
     if (seed > 0) != (seed_file is not None):
-        raise ConfigError("--seed N and --seed-file F go together (refresh tokens go to the file)")
+        raise InvalidInput("--seed N and --seed-file F go together (refresh tokens go to the file)")
     config = SandboxConfig(
         redirect_uris=tuple(redirect_uri),
         login_uri=login_uri,
@@ -68,7 +68,9 @@ def sandbox(
         try:
             emulator = run_in_thread(config, port)
         except OSError as error:
-            raise ConfigError(f"cannot listen on 127.0.0.1:{port}: {error.strerror}") from None
+            raise ConfigurationError(
+                f"cannot listen on 127.0.0.1:{port}: {error.strerror}"
+            ) from None
         with emulator:
             if seed_file is not None:
                 _write_seed_file(seed_file, [emulator.state.add_seller() for _ in range(seed)])
@@ -78,7 +80,7 @@ def sandbox(
             sys.stdout.flush()
             typer.echo(f"sandbox listening on {emulator.url} (Ctrl-C to stop)", err=True)
             emulator.wait()
-        raise DiscoveryError("the sandbox server stopped unexpectedly")
+        raise ConfigurationError("the sandbox server stopped unexpectedly")
     except KeyboardInterrupt:
         return
     finally:

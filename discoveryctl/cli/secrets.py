@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import typer
 
 from discoveryctl.config import KEYRING_SERVICE, SETTINGS
-from discoveryctl.errors import ConfigError
+from discoveryctl.errors import ConfigurationError, InvalidInput, NotFound
 
 group = typer.Typer(
     help="Keep secrets in the OS keyring (service `discoveryctl`); the environment wins.\n\n"
@@ -24,7 +24,7 @@ def _secret_name(name: str) -> str:
     setting = SETTINGS.get(name)
     if setting is None or not setting.secret:
         known = ", ".join(sorted(n for n, s in SETTINGS.items() if s.secret))
-        raise ConfigError(f"{name} is not a secret discoveryctl reads; one of: {known}")
+        raise InvalidInput(f"{name} is not a secret discoveryctl reads; one of: {known}")
     return name
 
 
@@ -34,7 +34,7 @@ def _keyring() -> object:
 
     backend = keyring.get_keyring()
     if isinstance(backend, NoKeyring):
-        raise ConfigError(
+        raise ConfigurationError(
             "no OS keyring is available on this machine: set the variable in the "
             "environment instead"
         )
@@ -58,7 +58,7 @@ def set_secret(
     else:
         value = sys.stdin.readline().strip()
     if not value:
-        raise ConfigError(f"no value given for {name}")
+        raise InvalidInput(f"no value given for {name}")
     keyring.set_password(KEYRING_SERVICE, name, value)
     if name == "AMAZON_LWA_CLIENT_SECRET":
         keyring.set_password(KEYRING_SERVICE, ROTATED_AT, datetime.now(UTC).date().isoformat())
@@ -80,7 +80,7 @@ def get_secret(
     _keyring()
     value = keyring.get_password(KEYRING_SERVICE, name)
     if value is None:
-        raise ConfigError(f"{name} is not in the keyring")
+        raise NotFound(f"{name} is not in the keyring")
     typer.echo(value if show else mask(value))
 
 
@@ -98,7 +98,7 @@ def delete_secret(name: str = typer.Argument(..., help="The variable name.")) ->
     try:
         keyring.delete_password(KEYRING_SERVICE, name)
     except PasswordDeleteError:
-        raise ConfigError(f"{name} is not in the keyring") from None
+        raise NotFound(f"{name} is not in the keyring") from None
     typer.echo(f"deleted {name}", err=True)
 
 

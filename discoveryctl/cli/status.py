@@ -6,13 +6,16 @@ from typing import Any
 
 import typer
 
+from discoveryctl.cli import options
 from discoveryctl.integrations.health import Provider, Status
 
 
 def status(
     ctx: typer.Context,
     provider: Provider | None = typer.Argument(None, help="Only this provider."),
-    user: str | None = typer.Option(None, "--user", help="Only this user."),
+    user: str | None = typer.Option(
+        None, "--user", callback=options.user_id, help="Only this user."
+    ),
     status: Status | None = typer.Option(None, "--status", help="Only this status."),
     check: bool = typer.Option(
         False, "--check", help="Exit 1 if any integration is revoked, expired or failing."
@@ -60,7 +63,11 @@ def status(
         app.out.print(_summary_line(by_status, unhealthy))
 
     if check and unhealthy:
-        raise typer.Exit(1)
+        from discoveryctl.errors import NeedsAttention
+
+        raise NeedsAttention(
+            f"{unhealthy} integration{'s need' if unhealthy != 1 else ' needs'} attention"
+        )
 
 
 def _table(rows: Any) -> Any:

@@ -9,7 +9,7 @@ from typing import BinaryIO, TextIO
 
 import typer
 
-from discoveryctl.errors import ConfigError, RejectedInput
+from discoveryctl.errors import InvalidInput, NeedsAttention
 
 
 def import_integrations(
@@ -64,7 +64,8 @@ def import_integrations(
             f"{result.unchanged} unchanged; {len(result.rejected)} rejected"
         )
     if result.rejected:
-        raise typer.Exit(RejectedInput.exit_code)
+        rejected = len(result.rejected)
+        raise NeedsAttention(f"{rejected} line{'s' if rejected != 1 else ''} rejected")
 
 
 def _open_source(source: str) -> tuple[BinaryIO, int | None]:
@@ -74,11 +75,11 @@ def _open_source(source: str) -> tuple[BinaryIO, int | None]:
     try:
         return path.open("rb"), path.stat().st_size
     except FileNotFoundError:
-        raise ConfigError(f"no such file: {source}") from None
+        raise InvalidInput(f"no such file: {source}") from None
     except IsADirectoryError:
-        raise ConfigError(f"{source} is a directory, not a JSON lines file") from None
+        raise InvalidInput(f"{source} is a directory, not a JSON lines file") from None
     except PermissionError:
-        raise ConfigError(f"cannot read {source}: permission denied") from None
+        raise InvalidInput(f"cannot read {source}: permission denied") from None
 
 
 def export_integrations(
@@ -124,6 +125,6 @@ def _open_output(path: Path) -> TextIO:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     except OSError as error:
-        raise ConfigError(f"cannot write {path}: {error.strerror}") from None
+        raise InvalidInput(f"cannot write {path}: {error.strerror}") from None
     os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
     return os.fdopen(fd, "w", encoding="utf-8")

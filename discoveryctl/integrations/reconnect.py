@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from discoveryctl import events, notifications
 from discoveryctl.db.models import IntegrationStatus, utcnow
 from discoveryctl.errors import NotFound
+from discoveryctl.user_ids import shown
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.health import (
     RECONNECT_ATTEMPTS,
@@ -37,7 +38,7 @@ def needing_reconnect(session: Session, provider: str) -> Sequence[IntegrationSt
 def for_user(session: Session, provider: str, user_id: str) -> IntegrationStatus:
     integration = lifecycle.find(session, user_id, provider)
     if integration is None:
-        raise NotFound(f"user {user_id} has no {provider} integration")
+        raise NotFound(f"user {shown(user_id)} has no {provider} integration")
     return integration
 
 

@@ -1,0 +1,12 @@
+"""Checks shared by several commands' options."""
+
+from __future__ import annotations
+
+
+def user_id(value: str | None) -> str | None:
+    """``--user``: the one user-id rule (``discoveryctl.user_ids``), before any SQL."""
+    if value is None:
+        return None
+    from discoveryctl.user_ids import valid_user_id
+
+    return valid_user_id(value)

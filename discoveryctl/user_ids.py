@@ -1,0 +1,56 @@
+"""One rule for user ids on every path: the CLI's ``--user``, ``import`` lines, consent and the
+API (SPEC §4). Checked before any SQL, so every database backend sees the same ids.
+
+An id is NFC-normalised and stripped of surrounding spaces; it must not be blank, must hold no
+control, format (bidi overrides, zero-width characters), separator or surrogate characters,
+and is at most 255 characters long (the width of every ``user_id`` column).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from discoveryctl.errors import InvalidInput
+
+MAX_LENGTH = 255
+
+# Unicode general categories refused anywhere in an id: control (Cc), format (Cf: bidi
+# overrides and isolates, zero-width spaces and joiners, the BOM), surrogate (Cs), private use
+# (Co), unassigned (Cn), line and paragraph separators (Zl, Zp).
+_REFUSED_CATEGORIES = {
+    "Cc": "a control character",
+    "Cf": "an invisible formatting character (bidi override or zero-width)",
+    "Cs": "a lone surrogate",
+    "Co": "a private-use character",
+    "Cn": "an unassigned character",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+}
+
+
+def valid_user_id(raw: str) -> str:
+    """``raw`` as the stored user id, or ``InvalidInput`` saying what is wrong with it."""
+    refusal = refusal_of(raw)
+    if refusal is not None:
+        raise InvalidInput(f"user id {shown(raw)} is not acceptable: {refusal}")
+    return unicodedata.normalize("NFC", raw).strip()
+
+
+def refusal_of(raw: str) -> str | None:
+    """Why ``raw`` cannot be a user id, or ``None`` when it can."""
+    for character in raw:
+        category = unicodedata.category(character)
+        if category in _REFUSED_CATEGORIES:
+            return f"it contains {_REFUSED_CATEGORIES[category]} (U+{ord(character):04X})"
+    user_id = unicodedata.normalize("NFC", raw).strip()
+    if not user_id:
+        return "it is blank"
+    if len(user_id) > MAX_LENGTH:
+        return f"it is {len(user_id)} characters long, more than {MAX_LENGTH}"
+    return None
+
+
+def shown(raw: str, limit: int = 60) -> str:
+    """The id quoted for a message: escaped, so it cannot move the terminal's cursor."""
+    text = raw if len(raw) <= limit else raw[:limit] + "…"
+    return ascii(text) if not text.isprintable() else repr(text)
