@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
+from discoveryctl.sandbox.clock import SandboxClock
 
 PATH = "/sellers/v1/marketplaceParticipations"
 TOKEN_REJECTED = {
@@ -78,13 +79,18 @@ def test_revoking_a_seller_kills_its_access_tokens(client: httpx.Client, sandbox
     assert participations(client, other_token).status_code == 200
 
 
-def test_expired_access_tokens_are_denied() -> None:
+def test_access_tokens_expire_after_an_hour() -> None:
+    clock = SandboxClock()
     with (
-        run_in_thread(SandboxConfig(access_token_ttl=0)) as sandbox,
+        run_in_thread(clock=clock) as sandbox,
         httpx.Client(base_url=sandbox.url) as client,
     ):
         seller = sandbox.state.add_seller()
-        response = participations(client, access_token(client, sandbox, seller.refresh_token))
+        token = access_token(client, sandbox, seller.refresh_token)
+        clock.advance(3599)
+        assert participations(client, token).status_code == 200
+        clock.advance(1)
+        response = participations(client, token)
     assert response.status_code == 403
     assert response.json() == {
         "errors": [
@@ -181,3 +187,22 @@ def test_fail_rate_fails_spapi_too() -> None:
         response = participations(client, "Atza|anything")
     assert response.status_code == 500
     assert response.json()["errors"][0]["code"] == "InternalFailure"
+    assert "x-amzn-ratelimit-limit" not in response.headers
+
+
+def test_the_rate_limit_header_comes_only_with_answers_amazon_sends_it_with(
+    client: httpx.Client, sandbox: Sandbox
+) -> None:
+    seller = sandbox.state.add_seller()
+    token = access_token(client, sandbox, seller.refresh_token)
+    granted = participations(client, token)
+    assert (granted.status_code, granted.headers["x-amzn-ratelimit-limit"]) == (200, "0.016")
+
+    refused = [participations(client, None), participations(client, "Atza|never-issued")]
+    for behaviour in ("spapi_401", "spapi_403_ambiguous", "spapi_429"):
+        sandbox.state.set_behaviour(seller.selling_partner_id, behaviour, times=1)
+        refused.append(participations(client, token))
+    assert [r.status_code for r in refused] == [403, 403, 401, 403, 429]
+    for response in refused:
+        assert "x-amzn-ratelimit-limit" not in response.headers
+        assert response.headers["x-amzn-requestid"]

@@ -1,5 +1,11 @@
 """The Selling Partner API, as far as a health check needs it:
-``GET /sellers/v1/marketplaceParticipations`` with the ``x-amz-access-token`` header."""
+``GET /sellers/v1/marketplaceParticipations`` with the ``x-amz-access-token`` header.
+
+Sources: the operation's model, ``models/sellers-api-model/sellers.json`` in
+amzn/selling-partner-api-models (payload, usage plan 0.016 requests a second, burst 15), and
+"Usage Plans and Rate Limits in the Selling Partner API"
+(https://developer-docs.amazon.com/sp-api/docs/usage-plans-and-rate-limits).
+"""
 
 from __future__ import annotations
 
@@ -16,9 +22,12 @@ DENIED = "Access to requested resource is denied."
 TOKEN_INVALID = "The access token you provided is revoked, malformed or invalid."
 TOKEN_EXPIRED = "The access token you provided has expired."
 
+RATE_LIMIT = "0.016"
+"""The operation's default rate (requests a second) from sellers.json's usage plan."""
+
 _MARKETPLACES = (
-    ("ATVPDKIKX0DER", "United States", "US", "USD", "en_US", "www.amazon.com"),
-    ("A2EUQ1WTGCTBG2", "Canada", "CA", "CAD", "en_CA", "www.amazon.ca"),
+    ("ATVPDKIKX0DER", "Amazon.com", "US", "USD", "en_US", "www.amazon.com"),
+    ("A2EUQ1WTGCTBG2", "Amazon.ca", "CA", "CAD", "en_CA", "www.amazon.ca"),
 )
 
 
@@ -29,7 +38,9 @@ async def marketplace_participations(
     token = request.header("x-amz-access-token")
     if not token:
         return json_response(
-            403, {"errors": [{"message": DENIED, "code": "MissingAuthenticationToken"}]}, _headers()
+            403,
+            {"errors": [{"message": DENIED, "code": "MissingAuthenticationToken"}]},
+            _headers(403),
         )
     seller_id, expired = state.access_token_holder(token)
     if seller_id is None:
@@ -48,7 +59,7 @@ async def marketplace_participations(
         if "retry_after" in quota:  # Amazon documents no Retry-After here: only on request
             response.headers.append(("retry-after", str(quota["retry_after"])))
         return response
-    return json_response(200, {"payload": _participations(seller_id)}, _headers())
+    return json_response(200, {"payload": _participations(seller_id)}, _headers(200))
 
 
 def server_error(status: int) -> Response:
@@ -80,9 +91,19 @@ def _participations(seller_id: str) -> list[dict[str, Any]]:
 
 def _error(status: int, code: str, message: str, details: str) -> Response:
     return json_response(
-        status, {"errors": [{"code": code, "message": message, "details": details}]}, _headers()
+        status,
+        {"errors": [{"code": code, "message": message, "details": details}]},
+        _headers(status),
     )
 
 
-def _headers() -> list[tuple[str, str]]:
-    return [("x-amzn-requestid", str(uuid.uuid4())), ("x-amzn-ratelimit-limit", "0.016")]
+def _headers(status: int) -> list[tuple[str, str]]:
+    headers = [("x-amzn-requestid", str(uuid.uuid4()))]
+    # The rate limit comes back "for HTTP status codes 20x, 400 and 404 only" and "should never
+    # be expected in the response to a throttled, unauthorized, or unauthenticated request"
+    # (Usage Plans and Rate Limits; amzn/selling-partner-api-docs, guides/en-US/
+    # usage-plans-rate-limits/Usage-Plans-and-Rate-Limits.md). sellers.json also lists the
+    # header on 429 and 5xx answers; the sandbox follows the guide, the stricter of the two.
+    if 200 <= status < 300 or status in (400, 404):
+        headers.append(("x-amzn-ratelimit-limit", RATE_LIMIT))
+    return headers
