@@ -428,9 +428,10 @@ def login_redirect(app: AmazonApp, params: Mapping[str, Any], state: str, region
             Reason.invalid_login_request,
             "the login request lacks amazon_callback_uri or amazon_state",
         )
+    beta = _single(params, "version") == "beta"  # Amazon adds it for a draft app's test
     try:
-        return login_continue_url(app, region, callback, amazon_state, state)
+        return login_continue_url(app, region, callback, amazon_state, state, beta=beta)
     except ValueError:
         raise OAuthCallbackError(
-            Reason.invalid_login_request, "amazon_callback_uri does not point at Seller Central"
+            Reason.invalid_login_request, "amazon_callback_uri does not point at Amazon"
         ) from None

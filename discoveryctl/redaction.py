@@ -30,9 +30,13 @@ _SENSITIVE_KEYS = frozenset(
 _SENSITIVE_SUFFIXES = ("_token", "_secret", "_password", "_key")
 _NOT_SENSITIVE = frozenset({"idempotency_key", "dedupe_key"})
 
-# Values that are secrets wherever they appear: LWA tokens, Stripe keys, bearer headers.
+# Values that are secrets wherever they appear: LWA tokens (``Atza|``, ``Atzr|``), LWA client
+# secrets (``amzn1.oa2-cs.v1.…``), Stripe secret and restricted keys, bearer headers.
 SECRET_VALUES = re.compile(
-    r"Atz[ar]\|[^\s\"'&,]+|\b[sr]k_(?:live|test)_[A-Za-z0-9]+|(?i:bearer)\s+[A-Za-z0-9._~+/=-]+"
+    r"Atz[ar]\|[^\s\"'&,]+"
+    r"|amzn1\.oa2-cs\.[^\s\"'&,]+"
+    r"|\b[sr]k_(?:live|test)_[A-Za-z0-9]+"
+    r"|(?i:bearer)\s+[A-Za-z0-9._~+/=-]+"
 )
 
 

@@ -196,9 +196,12 @@ def test_login_uri_mode(db: Any, monkeypatch: pytest.MonkeyPatch, cli: Any) -> N
             back_to_amazon = browser.get(login)
             assert back_to_amazon.status_code == 302
             confirm = back_to_amazon.headers["location"]
-            assert confirm.startswith(amazon.sandbox.url)
+            application_id = amazon.sandbox.config.application_id
+            assert confirm.startswith(
+                f"https://amazon.com/apps/authorize/confirm/{application_id}?"
+            )
             assert parse_qs(urlsplit(confirm).query)["version"] == ["beta"]
-        page = browse(confirm)
+        page = browse(amazon.sandbox.browser_url(confirm))
         assert "Amazon account connected" in page.text
         code, _, stderr = run.finish()
         assert code == 0, stderr
@@ -625,24 +628,65 @@ def test_a_trickling_client_does_not_hold_the_flow_past_its_timeout(amazon: Amaz
     assert time.monotonic() - began < 10
 
 
-def test_the_login_step_only_returns_to_seller_central(amazon: Amazon) -> None:
+def test_the_login_step_returns_only_to_amazon(amazon: Amazon) -> None:
     run = Run("--user", "tia", "--no-browser", "--timeout", "20")
     run.consent_url()
     login = amazon.redirect_uri.rsplit("/", 1)[0] + "/login"
     central = urlsplit(amazon.sandbox.url)
+    confirm = "/apps/authorize/confirm/amzn1.sp.solution.x"
     with httpx.Client(timeout=5) as browser:
+
+        def step(target: str, **extra: str) -> httpx.Response:
+            params = {"amazon_callback_uri": target, "amazon_state": "s", **extra}
+            return browser.get(login, params=params)
+
         for target in (
-            f"https://{central.netloc}/apps/authorize/confirm",  # same host, other scheme
+            f"https://{central.netloc}{confirm}",  # Seller Central's host, other scheme
             f"javascript://{central.netloc}/x",
-            "//evil.example/apps/authorize/confirm",
+            "//evil.test/apps/authorize/confirm",
+            f"https://amazon.com.evil.test{confirm}",
+            f"https://evil-amazon.com{confirm}",
+            f"https://amazon.com.{confirm}",
+            f"http://amazon.com{confirm}",
+            f"https://amazon.com:8443{confirm}",
+            f"https://amazon.com@evil.test{confirm}",
+            f"https://evil.test{confirm}#https://amazon.com",
+            f"https://sellercentral.amazon.co.jp{confirm}",  # another region's host
         ):
-            answer = browser.get(login, params={"amazon_callback_uri": target, "amazon_state": "s"})
+            answer = step(target)
             assert answer.status_code == 400, target
             assert "location" not in answer.headers
-        relative = browser.get(
-            login, params={"amazon_callback_uri": "/apps/authorize/confirm", "amazon_state": "s"}
-        )
+        for target in (
+            f"https://amazon.com{confirm}",  # as Amazon documents it
+            f"https://www.amazon.com{confirm}",
+            f"https://sellercentral.amazon.com{confirm}",
+            f"https://AMAZON.com{confirm}",
+        ):
+            answer = step(target)
+            assert answer.status_code == 302, target
+            assert answer.headers["location"].startswith(target + "?"), target
+        relative = step("/apps/authorize/confirm")
         assert relative.status_code == 302
         assert relative.headers["location"].startswith(amazon.sandbox.url + "/apps/authorize/")
     run.process.kill()
     run.finish()
+
+
+def test_the_login_step_passes_on_version_beta_that_amazon_sent(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for amazon in start_amazon(db, monkeypatch, draft=False):
+        run = Run("--user", "uma", "--no-browser", "--timeout", "20")
+        run.consent_url()
+        login = amazon.redirect_uri.rsplit("/", 1)[0] + "/login"
+        target = "https://amazon.com/apps/authorize/confirm/amzn1.sp.solution.x"
+        with httpx.Client(timeout=5) as browser:
+            plain = browser.get(login, params={"amazon_callback_uri": target, "amazon_state": "s"})
+            beta = browser.get(
+                login,
+                params={"amazon_callback_uri": target, "amazon_state": "s", "version": "beta"},
+            )
+        assert "version" not in parse_qs(urlsplit(plain.headers["location"]).query)
+        assert parse_qs(urlsplit(beta.headers["location"]).query)["version"] == ["beta"]
+        run.process.kill()
+        run.finish()

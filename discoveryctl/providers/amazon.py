@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import SplitResult, urlencode, urljoin, urlsplit
 
 import httpx
 
@@ -42,7 +42,7 @@ class AmazonApp:
     """The SP-API application and where its endpoints are."""
 
     client_id: str
-    client_secret: str
+    client_secret: str = field(repr=False)  # never in a log, a traceback or an error
     application_id: str
     redirect_uri: str
     draft: bool = False
@@ -66,24 +66,111 @@ def consent_url(app: AmazonApp, region: str, state: str) -> str:
     return f"{app.seller_central(region)}/apps/authorize/consent?{urlencode(params)}"
 
 
+# Where Amazon may send the login-URI step back to, per region: Amazon documents the
+# ``amazon_callback_uri`` as ``https://amazon.com/apps/authorize/confirm/<application id>``
+# (SP-API "Website Authorization Workflow", step 4:
+# https://developer-docs.amazon.com/sp-api/docs/website-authorization-workflow), so amazon.com
+# is accepted in every region, with the region's Seller Central hosts and its marketplaces'
+# retail hosts. Nothing else: the step must never be an open redirect.
+_AMAZON_CALLBACK_HOSTS = {
+    "na": ("amazon.com", "amazon.ca", "amazon.com.mx", "amazon.com.br"),
+    "eu": (
+        "amazon.com",
+        "amazon.co.uk",
+        "amazon.de",
+        "amazon.fr",
+        "amazon.it",
+        "amazon.es",
+        "amazon.nl",
+        "amazon.se",
+        "amazon.pl",
+        "amazon.com.be",
+        "amazon.ie",
+        "amazon.com.tr",
+        "amazon.ae",
+        "amazon.sa",
+        "amazon.eg",
+        "amazon.in",
+    ),
+    "fe": ("amazon.com", "amazon.co.jp", "amazon.com.au", "amazon.sg"),
+}
+_SELLER_CENTRAL_HOSTS = {
+    "na": (
+        "sellercentral.amazon.com",
+        "sellercentral.amazon.ca",
+        "sellercentral.amazon.com.mx",
+        "sellercentral.amazon.com.br",
+    ),
+    "eu": (
+        "sellercentral-europe.amazon.com",
+        "sellercentral.amazon.co.uk",
+        "sellercentral.amazon.de",
+        "sellercentral.amazon.fr",
+        "sellercentral.amazon.it",
+        "sellercentral.amazon.es",
+        "sellercentral.amazon.nl",
+        "sellercentral.amazon.se",
+        "sellercentral.amazon.pl",
+        "sellercentral.amazon.com.be",
+        "sellercentral.amazon.ie",
+        "sellercentral.amazon.com.tr",
+        "sellercentral.amazon.ae",
+        "sellercentral.amazon.sa",
+        "sellercentral.amazon.eg",
+        "sellercentral.amazon.in",
+    ),
+    "fe": ("sellercentral.amazon.co.jp", "sellercentral.amazon.com.au", "sellercentral.amazon.sg"),
+}
+
+
+def amazon_callback_hosts(region: str) -> frozenset[str]:
+    """The hosts an absolute ``amazon_callback_uri`` may name for ``region`` (https only)."""
+    retail = _AMAZON_CALLBACK_HOSTS[region]
+    return frozenset((*retail, *(f"www.{host}" for host in retail), *_SELLER_CENTRAL_HOSTS[region]))
+
+
 def login_continue_url(
-    app: AmazonApp, region: str, amazon_callback_uri: str, amazon_state: str, state: str
+    app: AmazonApp,
+    region: str,
+    amazon_callback_uri: str,
+    amazon_state: str,
+    state: str,
+    *,
+    beta: bool = False,
 ) -> str:
     """The login-URI step: send the seller back to Amazon with our state.
 
-    A relative ``amazon_callback_uri`` is resolved against Seller Central; an absolute one
-    must point at the same host, so the login step cannot be used as an open redirect.
+    A relative ``amazon_callback_uri`` is resolved against Seller Central; an absolute one must
+    be ``https`` on one of Amazon's hosts for the region (or exactly the configured Seller
+    Central), so the login step cannot be used as an open redirect. ``version=beta`` is added
+    for a draft app, or when Amazon sent it with the login request (``beta``).
     """
     base = app.seller_central(region)
     target = urljoin(base + "/", amazon_callback_uri)
     where, home = urlsplit(target), urlsplit(base)
-    if (where.scheme, where.netloc) != (home.scheme, home.netloc):
-        raise ValueError("amazon_callback_uri does not point at Seller Central")
+    if not _is_amazon(where, home, region):
+        raise ValueError("amazon_callback_uri does not point at Amazon")
     params = {"amazon_state": amazon_state, "state": state, "redirect_uri": app.redirect_uri}
-    if app.draft:
+    if app.draft or beta:
         params["version"] = "beta"
-    separator = "&" if urlsplit(target).query else "?"
+    separator = "&" if where.query else "?"
     return f"{target}{separator}{urlencode(params)}"
+
+
+def _is_amazon(where: SplitResult, seller_central: SplitResult, region: str) -> bool:
+    if where.username is not None or where.password is not None or where.fragment:
+        return False
+    if (where.scheme, where.netloc) == (seller_central.scheme, seller_central.netloc):
+        return True
+    try:
+        port = where.port
+    except ValueError:
+        return False
+    return (
+        where.scheme == "https"
+        and port in (None, 443)
+        and where.hostname in amazon_callback_hosts(region)
+    )
 
 
 @dataclass(frozen=True)
@@ -120,10 +207,10 @@ def parse_token_response(response: httpx.Response) -> TokenGrant:
                 status_code=status,
             )
         refresh_token = body.get("refresh_token")
-        expires_in = body.get("expires_in", 3600)
-        if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in <= 0:
+        expires_in = lifetime(body.get("expires_in", 3600))
+        if expires_in is None:
             raise TransientProviderError(
-                f"LWA answered 200 with expires_in={str(expires_in)[:20]!r}",
+                f"LWA answered 200 with expires_in={str(body.get('expires_in'))[:20]!r}",
                 error_type="lwa_bad_response",
                 status_code=status,
             )
@@ -161,6 +248,16 @@ def parse_token_response(response: httpx.Response) -> TokenGrant:
         error_type=f"lwa_{error}" if error else "lwa_error",
         status_code=status,
     )
+
+
+def lifetime(value: Any) -> int | None:
+    """``expires_in`` in seconds: a positive integer, or the same as a decimal string
+    (``"3600"``, as some of Amazon's documents show it); ``None`` for anything else."""
+    if isinstance(value, str) and value.isascii() and value.isdecimal() and len(value) <= 10:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return None
+    return value
 
 
 def retry_after(response: httpx.Response) -> float | None:
