@@ -22,6 +22,7 @@ from discoveryctl.errors import (
     SellerAuthorizationRevoked,
     TransientProviderError,
 )
+from discoveryctl.redaction import redact_text
 
 SELLER_CENTRAL = {
     "na": "https://sellercentral.amazon.com",
@@ -222,7 +223,7 @@ def parse_token_response(response: httpx.Response) -> TokenGrant:
             expires_in=expires_in,
         )
     error = str(body.get("error", ""))
-    description = str(body.get("error_description", "")) or error or f"HTTP {status}"
+    description = _excerpt(str(body.get("error_description", "")) or error or f"HTTP {status}")
     if status == 429 or status >= 500:
         raise TransientProviderError(
             f"LWA answered {status}: {description}",
@@ -243,11 +244,19 @@ def parse_token_response(response: httpx.Response) -> TokenGrant:
             error_type="lwa_app_credentials_rejected",
             status_code=status,
         )
+    code = _excerpt(error, 40)
     raise ProviderError(
-        f"LWA answered {status} {error or ''}: {description}".replace("  ", " "),
-        error_type=f"lwa_{error}" if error else "lwa_error",
+        f"LWA answered {status}{f' {code}' if code else ''}: {description}",
+        error_type=f"lwa_{code}" if code else "lwa_error",
         status_code=status,
     )
+
+
+def _excerpt(text: str, limit: int = 200) -> str:
+    """Provider text fit for a message, a log line and the events table: secrets redacted,
+    control characters escaped, cut at ``limit`` characters."""
+    shown = redact_text(text).encode("unicode_escape").decode("ascii")
+    return shown if len(shown) <= limit else shown[:limit] + "…"
 
 
 def lifetime(value: Any) -> int | None:
