@@ -11,7 +11,7 @@ import copy
 import secrets
 import string
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -48,8 +48,10 @@ BEHAVIOURS: dict[str, BehaviourSpec] = {
     "spapi_403_ambiguous": BehaviourSpec("seller"),
     "spapi_429": BehaviourSpec("seller", frozenset({"retry_after"})),
     # Every Stripe request.
-    "stripe_5xx": BehaviourSpec("stripe", frozenset({"status", "html"})),
+    "stripe_5xx": BehaviourSpec("stripe", frozenset({"status", "html", "should_retry"})),
     "stripe_429": BehaviourSpec("stripe"),
+    "stripe_lock_timeout": BehaviourSpec("stripe"),
+    "stripe_edge_4xx": BehaviourSpec("stripe", frozenset({"edge_status"})),
     "stripe_slow": BehaviourSpec("stripe", frozenset({"ms"}), frozenset({"ms"})),
     "stripe_drop_after_create": BehaviourSpec("stripe"),
     "stripe_500_after_create": BehaviourSpec("stripe"),
@@ -64,6 +66,8 @@ _PARAM_RANGES = {
     "retry_after": (0, None),
     "status": (500, 599),
     "html": (0, 1),
+    "should_retry": (0, 1),
+    "edge_status": (400, 499),
 }
 
 
@@ -91,6 +95,7 @@ class StoredResponse:
     status: int
     body: bytes
     request_id: str
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ class _Behaviour:
 @dataclass
 class _IdempotencyRecord:
     fingerprint: tuple[Any, ...]
+    first_used: float
     stored: StoredResponse | None = None
 
 
@@ -135,6 +141,7 @@ class SandboxState:
         self._customers: dict[str, dict[str, Any]] = {}
         self._created: dict[str, float] = {}  # customer id → creation time (clock)
         self._idempotency: dict[str, _IdempotencyRecord] = {}
+        self._stripe_admitted: dict[str, deque[float]] = {}  # rate-limit bucket → times
         self._requests: Counter[str] = Counter()
         self._grants: Counter[str] = Counter({"authorization_code": 0, "refresh_token": 0})
         self._refreshes: Counter[str] = Counter()
@@ -366,12 +373,16 @@ class SandboxState:
                 if c["metadata"].get("user_id") == user_id
             ]
 
-    def claim_idempotency_key(self, key: str, fingerprint: tuple[Any, ...]) -> IdempotencyClaim:
-        """Check an ``Idempotency-Key`` and, when it is new, hold it for this request."""
+    def claim_idempotency_key(
+        self, key: str, fingerprint: tuple[Any, ...], ttl: float
+    ) -> IdempotencyClaim:
+        """Check an ``Idempotency-Key`` and, when it is new (or its answer was first kept
+        ``ttl`` seconds ago or more, by the clock), hold it for this request."""
         with self._lock:
+            now = self.clock.now()
             record = self._idempotency.get(key)
-            if record is None:
-                self._idempotency[key] = _IdempotencyRecord(fingerprint)
+            if record is None or (record.stored is not None and now - record.first_used >= ttl):
+                self._idempotency[key] = _IdempotencyRecord(fingerprint, now)
                 return IdempotencyClaim("new")
             if record.stored is None:
                 return IdempotencyClaim("in_flight")
@@ -395,6 +406,22 @@ class SandboxState:
         """Prune every idempotency key, as Stripe does once keys are 24 hours old."""
         with self._lock:
             self._idempotency = {k: r for k, r in self._idempotency.items() if r.stored is None}
+
+    def admit_stripe_request(self, limits: dict[str, int], window: float) -> bool:
+        """Count a request against every rate-limit bucket in ``limits`` (bucket → requests
+        allowed per ``window`` seconds, by the clock); ``False``, counting nothing, when one
+        of them is full."""
+        with self._lock:
+            now = self.clock.now()
+            buckets = {name: self._stripe_admitted.setdefault(name, deque()) for name in limits}
+            for times in buckets.values():
+                while times and times[0] <= now - window:
+                    times.popleft()
+            if any(len(buckets[name]) >= limit for name, limit in limits.items()):
+                return False
+            for times in buckets.values():
+                times.append(now)
+            return True
 
     # -- statistics -------------------------------------------------------------------------
 

@@ -1,11 +1,17 @@
 """Stripe's ``/v1/customers``: create (with Stripe's idempotency-key rules), list, search and
-retrieve, behind secret-key authentication, with the global Stripe switches.
+retrieve, behind secret-key authentication, rate limits and the global Stripe switches.
 
-Idempotency as Stripe documents it: a key's first answer is kept once the endpoint starts
-executing and replayed byte for byte (``Idempotent-Replayed: true``) to a retry with the same
-parameters; other parameters get an ``idempotency_error``; a retry while the first request is
-still executing gets 409 ``idempotency_key_in_use``. Requests that fail validation, are rate
-limited or fail before executing (``stripe_429``, ``stripe_5xx``, ``fail_rate``) keep nothing.
+Every behaviour names the public source it follows; where none exists the comment says so.
+The sources, cited by title:
+
+- "Idempotent requests", https://docs.stripe.com/api/idempotent_requests
+- "Advanced error handling", https://docs.stripe.com/error-low-level
+- "Error codes", https://docs.stripe.com/error-codes
+- "Search", https://docs.stripe.com/search
+- "Pagination", https://docs.stripe.com/api/pagination
+- "Rate limits", https://docs.stripe.com/rate-limits
+- stripe-python ``_http_client.py`` (``HTTPClient._should_retry``) and its generated
+  ``params/_customer_list_params.py``, https://github.com/stripe/stripe-python
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import re
 import secrets
 import string
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from discoveryctl.sandbox.asgi import Request, Response, html_response, json_response
 from discoveryctl.sandbox.config import SandboxConfig
@@ -26,15 +33,25 @@ CUSTOMERS_PATH = "/v1/customers"
 SEARCH_PATH = "/v1/customers/search"
 CUSTOMER_PATH = "/v1/customers/{id}"
 
+IDEMPOTENCY_KEY_TTL = 24 * 60 * 60
+"""Per "Idempotent requests": keys may be pruned once they are at least 24 hours old, and a key
+reused after that creates anew. The sandbox prunes at exactly 24 hours, the earliest Stripe
+may, measured from the key's first use on the sandbox clock."""
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+"""Per "Idempotent requests": "Idempotency keys are up to 255 characters long"."""
+
+RATE_LIMITS = {"read": 25, "write": 25, "search": 20}
+"""Per "Rate limits": 25 read and 25 write operations a second in test mode, and 20 read
+operations a second over all search endpoints. Whether a search also counts against the 25
+reads is not documented; the sandbox counts it against both."""
+
 _CUSTOMER_FIELDS = ("email", "name", "description", "phone")
 _METADATA = re.compile(r"metadata\[(?P<key>[^\]]+)\]\Z")
+_EXPAND = re.compile(r"expand(\[\d*\])?\Z")
+_CREATED = re.compile(r"created\[(?P<op>gt|gte|lt|lte)\]\Z")
+_INTEGER = re.compile(r"-?\d+\Z")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+\Z")
-_CLAUSE = re.compile(
-    r"""\s*(?P<field>metadata\[(?P<kq>['"])(?P<key>[^'"]+)(?P=kq)\]|[a-z_]+)"""
-    r"""\s*:\s*(?P<vq>['"])(?P<value>[^'"]*)(?P=vq)\s*"""
-)
-_JOIN = re.compile(r"(AND|OR)\s+")
-_SEARCHABLE = frozenset({"email", "name", "phone", "description"})
 _NO_KEY = (
     "You did not provide an API key. You need to provide your API key in the Authorization "
     "header, using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY'). See "
@@ -42,31 +59,32 @@ _NO_KEY = (
     "https://support.stripe.com/."
 )
 
-Endpoint = Callable[[Request, SandboxState, str], Awaitable[Response]]
+Bucket = Literal["read", "write", "search"]
+Endpoint = Callable[[Request, SandboxConfig, SandboxState, str], Awaitable[Response]]
 
 
 async def create_customer(request: Request, config: SandboxConfig, state: SandboxState) -> Response:
     """``POST /v1/customers``."""
-    return await _serve(request, config, state, _create)
+    return await _serve(request, config, state, _create, ("write",))
 
 
 async def list_customers(request: Request, config: SandboxConfig, state: SandboxState) -> Response:
-    """``GET /v1/customers?email=&limit=``, newest first."""
-    return await _serve(request, config, state, _list)
+    """``GET /v1/customers``, newest first, filtered by ``email`` and ``created``."""
+    return await _serve(request, config, state, _list, ("read",))
 
 
 async def search_customers(
     request: Request, config: SandboxConfig, state: SandboxState
 ) -> Response:
     """``GET /v1/customers/search?query=``."""
-    return await _serve(request, config, state, _search)
+    return await _serve(request, config, state, _search, ("read", "search"))
 
 
 async def retrieve_customer(
     request: Request, config: SandboxConfig, state: SandboxState
 ) -> Response:
     """``GET /v1/customers/{id}``."""
-    return await _serve(request, config, state, _retrieve)
+    return await _serve(request, config, state, _retrieve, ("read",))
 
 
 def server_error(status: int) -> Response:
@@ -77,45 +95,122 @@ def server_error(status: int) -> Response:
 
 
 async def _serve(
-    request: Request, config: SandboxConfig, state: SandboxState, endpoint: Endpoint
+    request: Request,
+    config: SandboxConfig,
+    state: SandboxState,
+    endpoint: Endpoint,
+    buckets: tuple[Bucket, ...],
 ) -> Response:
-    """Authenticate, apply the switches that act before an endpoint runs, then run it."""
+    """Apply, in order, the edge, authentication, the rate limiters and the switches that
+    act before an endpoint runs, then run it."""
+    edge = _edge_page(state)
+    if edge is not None:
+        return edge
     request_id = _new_id("req_")
-    response = _authenticate(request, config) or _refuse_before_executing(state)
+    response = (
+        _authenticate(request, config)
+        or _rate_limit(config, state, buckets)
+        or _refuse_before_executing(state)
+    )
     if response is None:
-        response = await endpoint(request, state, request_id)
+        response = await endpoint(request, config, state, request_id)
     response.headers.append(("request-id", request_id))
     return response
 
 
+def _edge_page(state: SandboxState) -> Response | None:
+    """``stripe_edge_4xx``: the edge in front of the API answers a 4xx with an HTML page
+    instead of Stripe's JSON. No public source documents these pages or their content;
+    stripe-python's ``_api_requestor.py`` does handle a body that is not JSON ("Invalid
+    response body from API"), which is what this switch exercises."""
+    page = state.take_behaviour(STRIPE, "stripe_edge_4xx")
+    if page is None:
+        return None
+    status = page.get("edge_status", 403)
+    return html_response(status, f"<html><body><h1>{status}</h1></body></html>")
+
+
+def _rate_limit(
+    config: SandboxConfig, state: SandboxState, buckets: tuple[Bucket, ...]
+) -> Response | None:
+    """Per "Rate limits": too many requests in a second get 429 with code ``rate_limit``; a
+    limited request counts for nothing. Stripe's limiters are token buckets (its post
+    "Scaling your API with rate limiters"); the sandbox keeps a sliding one-second window on
+    its clock, which allows no more. "Advanced error handling": rate limiters run before
+    the idempotency layer, so a limited request keeps nothing under its key."""
+    if not config.stripe_rate_limits:
+        return None
+    if state.admit_stripe_request({b: RATE_LIMITS[b] for b in buckets}, 1.0):
+        return None
+    return _rate_limit_error()
+
+
+def _rate_limit_error() -> Response:
+    # The message as Stripe sends it, recorded in public test fixtures (no Stripe page
+    # quotes it). No public source says a rate_limit 429 carries Stripe-Should-Retry;
+    # without it stripe-python does not retry a 429 (``_should_retry``).
+    return _error(
+        429,
+        "invalid_request_error",
+        "Request rate limit exceeded. Learn more about rate limits here "
+        "https://stripe.com/docs/rate-limits.",
+        code="rate_limit",
+    )
+
+
 def _refuse_before_executing(state: SandboxState) -> Response | None:
-    """``stripe_429`` and ``stripe_5xx``: Stripe's edge answers, the endpoint never runs."""
+    """``stripe_429``, ``stripe_lock_timeout`` and ``stripe_5xx``: the endpoint never runs,
+    so nothing is kept under an idempotency key."""
     if state.take_behaviour(STRIPE, "stripe_429") is not None:
-        return _error(
+        return _rate_limit_error()
+    if state.take_behaviour(STRIPE, "stripe_lock_timeout") is not None:
+        # "Error codes": lock_timeout, with its documented text. stripe-python's
+        # ``_should_retry`` notes the API advises a retry "in cases of lock timeouts" with
+        # Stripe-Should-Retry: true; its retry would be pointless if the 429 were kept.
+        response = _error(
             429,
             "invalid_request_error",
-            "Request rate limit exceeded. Learn more about rate limits here "
-            "https://stripe.com/docs/rate-limits.",
-            code="rate_limit",
+            "This object cannot be accessed right now because another API request or Stripe "
+            "process is currently accessing it. If you see this error intermittently, retry "
+            "the request. If you see this error frequently and are making multiple concurrent "
+            "requests to a single object, make your requests serially or at a lower rate.",
+            code="lock_timeout",
         )
+        response.headers.append(("stripe-should-retry", "true"))
+        return response
     failure = state.take_behaviour(STRIPE, "stripe_5xx")
-    if failure is not None:
-        status = failure.get("status", 500)
-        if failure.get("html"):  # the edge in front of the API answers with a page
-            return html_response(
-                status, f"<html><body><h1>{status} Server Error</h1></body></html>"
-            )
-        return _api_error(status)
-    return None
+    if failure is None:
+        return None
+    status = failure.get("status", 500)
+    if failure.get("html"):  # the edge in front of the API answers with a page
+        return html_response(status, f"<html><body><h1>{status} Server Error</h1></body></html>")
+    response = _error(status, "api_error", _API_ERROR_MESSAGE)
+    should_retry = failure.get("should_retry")
+    if should_retry is None:
+        _mark_should_retry(response)
+    else:
+        response.headers.append(("stripe-should-retry", "true" if should_retry else "false"))
+    return response
+
+
+_API_ERROR_MESSAGE = (
+    "Sorry, something went wrong. We've already been notified of the problem, but if you "
+    "need any help, you can reach us at support.stripe.com/contact."
+)
 
 
 def _api_error(status: int) -> Response:
-    return _error(
-        status,
-        "api_error",
-        "Sorry, something went wrong. We've already been notified of the problem, but if you "
-        "need any help, you can reach us at support.stripe.com/contact.",
-    )
+    response = _error(status, "api_error", _API_ERROR_MESSAGE)
+    _mark_should_retry(response)
+    return response
+
+
+def _mark_should_retry(response: Response) -> None:
+    """stripe-python's ``_should_retry``: "we expect the stripe-should-retry header to be
+    false in most cases when a 500 is returned, since our idempotency framework would
+    typically replay it anyway". Other 5xx: no public source, so no header."""
+    if response.status == 500:
+        response.headers.append(("stripe-should-retry", "false"))
 
 
 def _authenticate(request: Request, config: SandboxConfig) -> Response | None:
@@ -150,15 +245,36 @@ def _mask(key: str) -> str:
     return prefix + "*" * max(4, len(key) - len(prefix) - len(tail)) + tail
 
 
-async def _create(request: Request, state: SandboxState, request_id: str) -> Response:
+# -- create ------------------------------------------------------------------------------------
+
+
+async def _create(
+    request: Request, config: SandboxConfig, state: SandboxState, request_id: str
+) -> Response:
+    """Per "Idempotent requests": the first answer is kept once the endpoint starts executing and
+    replayed to a retry with the same parameters (``Idempotent-Replayed: true``, "Advanced
+    error handling"); other parameters get an ``idempotency_error``; a retry while the first
+    is still executing gets 409 ``idempotency_key_in_use`` ("Error codes"). Requests that
+    fail validation keep nothing."""
     params = request.form_pairs
+    key = request.header("idempotency-key")
+    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        # Stripe's answer to a key of the wrong length, as recorded in public code
+        # (type idempotency_error, status 400); "Idempotent requests" gives the 255 limit.
+        return _error(
+            400,
+            "idempotency_error",
+            f"Idempotent key length is {len(key)} characters long, which is outside accepted "
+            "lengths. Idempotent Keys must be 1-255 characters long. If you're looking for a "
+            "decent generator, try using a UUID defined by IETF RFC 4122.",
+        )
     invalid = _invalid_customer_params(params)
     if invalid is not None:
         return invalid
-    key = request.header("idempotency-key")
     if key is None:
         return await _execute_create(params, state, request_id, None)
-    claim = state.claim_idempotency_key(key, ("POST", request.path, tuple(sorted(params))))
+    fingerprint = ("POST", request.path, tuple(sorted(params)))
+    claim = state.claim_idempotency_key(key, fingerprint, IDEMPOTENCY_KEY_TTL)
     if claim.outcome == "in_flight":
         return _error(
             409,
@@ -181,7 +297,11 @@ async def _create(request: Request, state: SandboxState, request_id: str) -> Res
         return Response(
             stored.status,
             stored.body,
-            [("idempotent-replayed", "true"), ("original-request", stored.request_id)],
+            [
+                ("idempotent-replayed", "true"),
+                ("original-request", stored.request_id),
+                *stored.headers,
+            ],
         )
     try:
         return await _execute_create(params, state, request_id, key)
@@ -225,24 +345,21 @@ async def _execute_create(
     )
     response = json_response(200, customer)
     if state.take_behaviour(STRIPE, "stripe_500_after_create") is not None:
-        # Stripe failed after it began executing: the customer may exist, and the 500 is
-        # what the key replays from now on (Stripe saves results "including 500 errors").
+        # "Idempotent requests": Stripe failed after it began executing, the customer may
+        # exist, and the 500 is what the key replays from now on ("including 500 errors").
         response = _api_error(500)
     if key is not None:
         state.store_idempotent_response(
-            key, StoredResponse(response.status, response.body, request_id)
+            key,
+            StoredResponse(response.status, response.body, request_id, tuple(response.headers)),
         )
     response.lost_in_transit = state.take_behaviour(STRIPE, "stripe_drop_after_create") is not None
     return response
 
 
-_LIST_PARAMS = frozenset({"email", "limit", "starting_after", "ending_before", "created"})
-_SEARCH_PARAMS = frozenset({"query", "limit", "page"})
-
-
 def _invalid_customer_params(params: list[tuple[str, str]]) -> Response | None:
     for name, value in params:
-        if name not in _CUSTOMER_FIELDS and not _METADATA.match(name):
+        if name not in _CUSTOMER_FIELDS and not _METADATA.match(name) and not _EXPAND.match(name):
             return _unknown_parameter(name)
         if name == "email" and value and not _EMAIL.match(value):
             return _error(
@@ -255,43 +372,129 @@ def _invalid_customer_params(params: list[tuple[str, str]]) -> Response | None:
     return None
 
 
-async def _list(request: Request, state: SandboxState, request_id: str) -> Response:
+# -- list ----------------------------------------------------------------------------------------
+
+# stripe-python's generated ``CustomerListParams``: created (an integer or gt/gte/lt/lte),
+# email ("a case-sensitive filter"), ending_before, expand, limit, starting_after, test_clock.
+_LIST_PARAMS = frozenset(
+    {"created", "email", "ending_before", "limit", "starting_after", "test_clock"}
+)
+_SEARCH_PARAMS = frozenset({"query", "limit", "page"})
+_COMPARISONS: dict[str, Callable[[int, int], bool]] = {
+    "eq": lambda a, b: a == b,
+    "gt": lambda a, b: a > b,
+    "gte": lambda a, b: a >= b,
+    "lt": lambda a, b: a < b,
+    "lte": lambda a, b: a <= b,
+}
+
+
+async def _list(
+    request: Request, config: SandboxConfig, state: SandboxState, request_id: str
+) -> Response:
+    """Per "Pagination": newest first; ``starting_after`` pages towards older customers,
+    ``ending_before`` towards newer ones (the page closest to the cursor, still newest
+    first), ``has_more`` says whether more lie beyond the page in that direction."""
     limit = _page_size(request, _LIST_PARAMS)
     if isinstance(limit, Response):
         return limit
+    created = _created_filters(request)
+    if isinstance(created, Response):
+        return created
+    after, before = request.query.get("starting_after"), request.query.get("ending_before")
+    if after is not None and before is not None:
+        # No public source gives Stripe's answer to both cursors; the sandbox refuses.
+        return _error(
+            400,
+            "invalid_request_error",
+            "You may only specify one of these parameters: ending_before, starting_after.",
+            param="ending_before",
+        )
     await _execution_delay(state)
-    email = request.query.get("email")
-    found = [c for c in state.customers() if email is None or c["email"] == email]
-    after = request.query.get("starting_after")
-    if after is not None:
-        ids = [c["id"] for c in found]
-        if after not in ids:
+    everyone = state.customers()
+    email, test_clock = request.query.get("email"), request.query.get("test_clock")
+    found = [
+        c
+        for c in everyone
+        if (email is None or c["email"] == email)
+        and c["test_clock"] == test_clock  # none has one; without the filter, none is shown
+        and all(_COMPARISONS[op](c["created"], value) for op, value in created)
+    ]
+    cursor = after if after is not None else before
+    if cursor is not None:
+        order = {c["id"]: position for position, c in enumerate(everyone)}
+        if cursor not in order:
             return _error(
                 400,
                 "invalid_request_error",
-                f"No such customer: '{after}'",
+                f"No such customer: '{cursor}'",
                 code="resource_missing",
-                param="starting_after",
+                param="starting_after" if after is not None else "ending_before",
             )
-        found = found[ids.index(after) + 1 :]
+        if after is not None:
+            found = [c for c in found if order[c["id"]] > order[cursor]]
+        else:
+            found = [c for c in found if order[c["id"]] < order[cursor]][::-1]
+    shown = found[:limit]
+    if before is not None:
+        shown.reverse()
     return json_response(
         200,
-        {
-            "object": "list",
-            "data": found[:limit],
-            "has_more": len(found) > limit,
-            "url": CUSTOMERS_PATH,
-        },
+        {"object": "list", "data": shown, "has_more": len(found) > limit, "url": CUSTOMERS_PATH},
     )
+
+
+def _created_filters(request: Request) -> list[tuple[str, int]] | Response:
+    filters: list[tuple[str, int]] = []
+    for name, raw in request.query.items():
+        match = _CREATED.match(name)
+        if name != "created" and match is None:
+            continue
+        if not _INTEGER.match(raw):
+            return _invalid_integer(name, raw)
+        filters.append((match["op"] if match else "eq", int(raw)))
+    return filters
 
 
 def _page_size(request: Request, known: frozenset[str]) -> int | Response:
     """A list or search request's ``limit``, after refusing parameters the endpoint does not
-    take (Stripe's list cannot filter by metadata)."""
+    take (Stripe's list cannot filter by metadata). ``expand`` is taken everywhere, as
+    stripe-python may send it; ``created[…]`` where ``created`` is known."""
     for name in request.query:
-        if name not in known:
-            return _unknown_parameter(name)
+        if name in known or _EXPAND.match(name):
+            continue
+        if "created" in known and _CREATED.match(name):
+            continue
+        return _unknown_parameter(name)
     return _limit(request)
+
+
+def _limit(request: Request) -> int | Response:
+    """Per "Pagination": "Limit can range between 1 and 100, and the default is 10". The refusal
+    messages are Stripe's as recorded by other public emulators; no Stripe page quotes them."""
+    raw = request.query.get("limit", "10")
+    if not _INTEGER.match(raw):
+        return _invalid_integer("limit", raw)
+    limit = int(raw)
+    if limit < 1:
+        message = "This value must be greater than or equal to 1."
+    elif limit > 100:
+        message = "This value must be less than or equal to 100."
+    else:
+        return limit
+    return _error(
+        400, "invalid_request_error", message, code="parameter_invalid_integer", param="limit"
+    )
+
+
+def _invalid_integer(name: str, raw: str) -> Response:
+    return _error(
+        400,
+        "invalid_request_error",
+        f"Invalid integer: {raw}",
+        code="parameter_invalid_integer",
+        param=name,
+    )
 
 
 def _unknown_parameter(name: str) -> Response:
@@ -304,30 +507,40 @@ def _unknown_parameter(name: str) -> Response:
     )
 
 
-async def _search(request: Request, state: SandboxState, request_id: str) -> Response:
+# -- search --------------------------------------------------------------------------------------
+
+
+async def _search(
+    request: Request, config: SandboxConfig, state: SandboxState, request_id: str
+) -> Response:
     limit = _page_size(request, _SEARCH_PARAMS)
     if isinstance(limit, Response):
         return limit
-    query = request.query.get("query", "")
-    parsed = _parse_query(query)
-    if parsed is None:
+    query = request.query.get("query")
+    if query is None:
         return _error(
             400,
             "invalid_request_error",
-            f"Invalid search query: {query!r}. Use clauses such as email:'jenny@example.com' or "
-            "metadata['user_id']:'u1', joined by AND or by OR.",
+            "Missing required param: query.",
+            code="parameter_missing",
             param="query",
         )
-    clauses, combine = parsed
-    await _execution_delay(state)
-    # Stripe's search index trails writes ("under a minute", longer in outages): with the
-    # switch on, new customers are invisible to search for ``ms``; list still sees them.
-    lag = state.take_behaviour(STRIPE, "stripe_search_lag")
-    indexed = state.customers(older_than=lag["ms"] / 1000 if lag else 0.0)
-    found = [c for c in indexed if combine(_matches(c, f, k, v) for f, k, v in clauses)]
+    parsed = parse_query(query)
+    if isinstance(parsed, str):
+        # "Search": an unsupported field or operator "returns an error"; the wording of
+        # Stripe's messages is not public, so these are the sandbox's own.
+        return _error(400, "invalid_request_error", parsed, param="query")
     offset = _page_offset(request.query.get("page"))
     if offset is None:
         return _error(400, "invalid_request_error", "Invalid page.", param="page")
+    await _execution_delay(state)
+    # "Search": "Don't use search for read-after-write flows ... Under normal operating
+    # conditions, data is searchable in under 1 minute." New customers stay invisible to
+    # search for ``stripe_search_lag_seconds`` (the ``stripe_search_lag`` switch overrides it
+    # in ms); list and retrieve see them at once.
+    lag = state.take_behaviour(STRIPE, "stripe_search_lag")
+    lag_seconds = lag["ms"] / 1000 if lag is not None else config.stripe_search_lag_seconds
+    found = [c for c in state.customers(older_than=lag_seconds) if parsed.matches(c)]
     shown = found[offset : offset + limit]
     has_more = len(found) > offset + limit
     return json_response(
@@ -342,8 +555,151 @@ async def _search(request: Request, state: SandboxState, request_id: str) -> Res
     )
 
 
+FieldType = Literal["string", "token", "numeric"]
+
+# "Search", query fields for customers: created, email, metadata, name, phone. The page types
+# email, name and phone as strings ("exact match, substring (case insensitive)"); metadata is
+# matched exactly, case-sensitively; created is numeric.
+CUSTOMER_SEARCH_FIELDS: dict[str, FieldType] = {
+    "created": "numeric",
+    "email": "string",
+    "metadata": "token",
+    "name": "string",
+    "phone": "string",
+}
+_OPERATORS: dict[FieldType, frozenset[str]] = {
+    "string": frozenset({":", "~"}),
+    "token": frozenset({":"}),
+    "numeric": frozenset({":", ">", "<", ">=", "<="}),
+}
+MIN_SUBSTRING = 3
+"""Substring (``~``) values need at least 3 characters. Stripe's search page gives this in its
+syntax table, which public copies of the page lose; hideokamoto/stripe-search-ql's README
+("Limitations") repeats it."""
+
+_CLAUSE = re.compile(
+    r"""(?P<negated>-)?"""
+    r"""(?P<field>metadata\[(?P<kq>['"])(?P<key>(?:\\.|(?!(?P=kq)).)+)(?P=kq)\]|[a-z_]+)"""
+    r"""(?P<op>:|~|>=|<=|>|<)"""
+    r"""(?:(?P<vq>['"])(?P<quoted>(?:\\.|(?!(?P=vq)).)*)(?P=vq)|(?P<bare>[^\s'"]+))"""
+)
+_JOIN = re.compile(r"\s+(?:(?P<word>and|or)\s+)?", re.IGNORECASE)
+_ESCAPE = re.compile(r"\\(.)")
+
+
+@dataclass(frozen=True)
+class Clause:
+    """One ``[-]field<op>value`` clause of a search query."""
+
+    field: str
+    key: str | None
+    op: str
+    value: str | int | None  # None: the query said ``null``
+    negated: bool
+
+    def matches(self, customer: dict[str, Any]) -> bool:
+        actual = customer["metadata"].get(self.key) if self.key else customer.get(self.field)
+        if self.value is None or actual is None:
+            hit = self.value is None and actual is None
+        elif isinstance(self.value, int):
+            hit = _COMPARISONS[_NUMERIC_OPS[self.op]](int(actual), self.value)
+        elif self.op == "~":
+            hit = self.value.casefold() in str(actual).casefold()
+        elif CUSTOMER_SEARCH_FIELDS[self.field] == "string":
+            hit = _contains_phrase(str(actual), self.value)
+        else:
+            hit = actual == self.value
+        return hit != self.negated
+
+
+_NUMERIC_OPS = {":": "eq", ">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}
+
+
+def _contains_phrase(actual: str, wanted: str) -> bool:
+    """Per "Search": an exact match on a string "returns any record where that record contains
+    all of the words from the query in the same order" (case insensitive)."""
+    words, phrase = actual.casefold().split(), wanted.casefold().split()
+    return any(words[i : i + len(phrase)] == phrase for i in range(len(words) - len(phrase) + 1))
+
+
+@dataclass(frozen=True)
+class Query:
+    """A parsed search query: its clauses and whether all or any must match."""
+
+    clauses: tuple[Clause, ...]
+    any_of: bool
+
+    def matches(self, customer: dict[str, Any]) -> bool:
+        hits = (clause.matches(customer) for clause in self.clauses)
+        return any(hits) if self.any_of else all(hits)
+
+
+def parse_query(query: str) -> Query | str:
+    """The customer search ``query``, or why Stripe refuses it.
+
+    "Search": clauses are joined by whitespace or by ``AND``/``OR`` (case insensitive),
+    ANDed by default; "AND and OR operators are mutually exclusive"; ``-`` negates a clause;
+    string values must be quoted (either quote, ``\\`` escapes), numbers need not be.
+    """
+    query = query.strip()
+    clauses: list[Clause] = []
+    joins: set[str] = set()
+    position = 0
+    while True:
+        match = _CLAUSE.match(query, position)
+        if match is None:
+            return f"Invalid search query at character {position + 1}: {query!r}."
+        clause = _clause(match)
+        if isinstance(clause, str):
+            return clause
+        clauses.append(clause)
+        position = match.end()
+        if position == len(query):
+            break
+        join = _JOIN.match(query, position)
+        if join is None or join.end() == len(query):
+            return f"Invalid search query at character {position + 1}: {query!r}."
+        joins.add((join["word"] or "and").lower())
+        position = join.end()
+    if len(joins) > 1:
+        return "AND and OR operators cannot be combined in one search query."
+    return Query(tuple(clauses), joins == {"or"})
+
+
+def _clause(match: re.Match[str]) -> Clause | str:
+    key = _ESCAPE.sub(r"\1", match["key"]) if match["key"] else None
+    field = "metadata" if key is not None else match["field"]
+    kind = CUSTOMER_SEARCH_FIELDS.get(field)
+    if kind is None or (field == "metadata" and key is None):
+        return (
+            f"Field '{field}' is an unsupported search field for resource 'customers'. See "
+            "https://stripe.com/docs/search#query-fields-for-customers for a list of "
+            "supported fields."
+        )
+    op = match["op"]
+    if op not in _OPERATORS[kind]:
+        return f"The operator '{op}' is not supported on the {kind} field '{field}'."
+    value: str | int | None
+    if match["bare"] is not None:
+        if match["bare"] == "null":
+            value = None
+        elif kind == "numeric" and _INTEGER.match(match["bare"]):
+            value = int(match["bare"])
+        else:
+            return f"The value for '{field}' must be quoted: {match['bare']}."
+    else:
+        value = _ESCAPE.sub(r"\1", match["quoted"])
+        if kind == "numeric":
+            if not _INTEGER.match(value):
+                return f"The value for '{field}' must be a number: {value!r}."
+            value = int(value)
+    if op == "~" and (value is None or len(str(value)) < MIN_SUBSTRING):
+        return f"Substring matches on '{field}' need at least {MIN_SUBSTRING} characters."
+    return Clause(field, key, op, value, match["negated"] is not None)
+
+
 def _page_token(offset: int) -> str:
-    """An opaque cursor, as Stripe's ``next_page``."""
+    """An opaque cursor, as Stripe's ``next_page`` ("Pagination", search)."""
     return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode()
 
 
@@ -357,7 +713,12 @@ def _page_offset(page: str | None) -> int | None:
     return int(value) if kind == "offset" and value.isdigit() else None
 
 
-async def _retrieve(request: Request, state: SandboxState, request_id: str) -> Response:
+# -- retrieve ------------------------------------------------------------------------------------
+
+
+async def _retrieve(
+    request: Request, config: SandboxConfig, state: SandboxState, request_id: str
+) -> Response:
     await _execution_delay(state)
     customer_id = request.path_params["id"]
     customer = state.customer(customer_id)
@@ -379,61 +740,10 @@ async def _execution_delay(state: SandboxState) -> None:
         await state.clock.sleep(slow["ms"] / 1000)
 
 
-def _limit(request: Request) -> int | Response:
-    raw = request.query.get("limit", "10")
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
-        return _error(
-            400,
-            "invalid_request_error",
-            f"Invalid limit: must be an integer between 1 and 100 (it currently is '{raw}')",
-            code="parameter_invalid_integer",
-            param="limit",
-        )
-    return int(raw)
-
-
-Clause = tuple[str, str | None, str]
-
-
-def _parse_query(query: str) -> tuple[list[Clause], Callable[[Any], bool]] | None:
-    """The clauses of a search query and how they combine (``all`` or ``any``), or ``None``
-    when the query is not one this emulator understands."""
-    clauses: list[Clause] = []
-    joins: set[str] = set()
-    position = 0
-    while True:
-        match = _CLAUSE.match(query, position)
-        if match is None:
-            return None
-        field = "metadata" if match["key"] else match["field"]
-        if field != "metadata" and field not in _SEARCHABLE:
-            return None
-        clauses.append((field, match["key"], match["value"]))
-        position = match.end()
-        if position == len(query):
-            break
-        join = _JOIN.match(query, position)
-        if join is None:
-            return None
-        joins.add(join[1])
-        position = join.end()
-    if len(joins) > 1:
-        return None
-    return clauses, (any if joins == {"OR"} else all)
-
-
-def _matches(customer: dict[str, Any], field: str, key: str | None, value: str) -> bool:
-    if key is not None:
-        return bool(customer["metadata"].get(key) == value)
-    actual = customer.get(field)
-    if field == "email":
-        return isinstance(actual, str) and actual.casefold() == value.casefold()
-    return bool(actual == value)
-
-
 def _error(
     status: int, kind: str, message: str, *, code: str | None = None, param: str | None = None
 ) -> Response:
+    """Stripe's error object (``error.type``, ``message``, ``code``, ``doc_url``, ``param``)."""
     error: dict[str, str] = {"message": message, "type": kind}
     if code is not None:
         error["code"] = code
