@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
+from discoveryctl.sandbox.clock import ManualClock, SandboxClock
 
 INVALID_REFRESH_GRANT = {
     "error": "invalid_grant",
@@ -28,16 +29,19 @@ def client(sandbox: Sandbox) -> Iterator[httpx.Client]:
         yield http
 
 
-def refresh(
-    client: httpx.Client, sandbox: Sandbox, refresh_token: str, /, **overrides: str
-) -> httpx.Response:
-    form = {
+def token_form(sandbox: Sandbox, refresh_token: str) -> dict[str, str]:
+    return {
         "grant_type": "refresh_token",
         "refresh_token": refresh_token,
         "client_id": sandbox.config.client_id,
         "client_secret": sandbox.config.client_secret,
     }
-    form.update(overrides)
+
+
+def refresh(
+    client: httpx.Client, sandbox: Sandbox, refresh_token: str, /, **overrides: str
+) -> httpx.Response:
+    form = token_form(sandbox, refresh_token) | overrides
     return client.post("/auth/o2/token", data={k: v for k, v in form.items() if v != ""})
 
 
@@ -171,13 +175,20 @@ def test_flaky_with_a_chosen_status(client: httpx.Client, sandbox: Sandbox) -> N
     assert response.json()["error"] == "server_error"
 
 
-def test_throttled_answers_429_with_retry_after(client: httpx.Client, sandbox: Sandbox) -> None:
+def test_throttled_answers_429_with_retry_after_only_when_asked(
+    client: httpx.Client, sandbox: Sandbox
+) -> None:
     seller = sandbox.state.add_seller()
     sandbox.state.set_behaviour(seller.selling_partner_id, "throttled", times=1, retry_after=7)
     response = refresh(client, sandbox, seller.refresh_token)
     assert response.status_code == 429
     assert response.headers["retry-after"] == "7"
     assert refresh(client, sandbox, seller.refresh_token).status_code == 200
+    sandbox.state.set_behaviour(seller.selling_partner_id, "throttled", times=1)
+    plain = refresh(client, sandbox, seller.refresh_token)
+    assert plain.status_code == 429
+    assert plain.json()["error"] == "too_many_requests"
+    assert "retry-after" not in plain.headers  # nothing documents one on LWA
 
 
 def test_throttled_without_times_stays_on(client: httpx.Client, sandbox: Sandbox) -> None:
@@ -232,63 +243,83 @@ def test_app_unauthorized_is_unauthorized_client(client: httpx.Client, sandbox: 
     assert refresh(client, sandbox, seller.refresh_token).status_code == 200
 
 
-def test_slow_delays_one_seller_without_blocking_others(sandbox: Sandbox) -> None:
-    slow = sandbox.state.add_seller()
-    fast = sandbox.state.add_seller()
-    sandbox.state.set_behaviour(slow.selling_partner_id, "slow", ms=600)
+class HeldClock(ManualClock):
+    """A ManualClock whose injected delays wait at a gate: opened by the test (``open()``),
+    or by itself once ``gather`` requests are waiting at the same time. A server that served
+    one request at a time would never get there: the held request times out with a 500."""
 
-    async def timed(client: httpx.AsyncClient, refresh_token: str) -> tuple[int, float]:
-        began = time.perf_counter()
-        response = await client.post(
-            "/auth/o2/token",
-            data={
-                "grant_type": "refresh_token",
-                "refresh_token": refresh_token,
-                "client_id": sandbox.config.client_id,
-                "client_secret": sandbox.config.client_secret,
-            },
-        )
-        return response.status_code, time.perf_counter() - began
+    def __init__(self, gather: int | None = None) -> None:
+        super().__init__()
+        self.gather = gather
+        self.gate = threading.Event()
+        self.waiting = 0
 
-    async def both() -> list[tuple[int, float]]:
-        async with httpx.AsyncClient(base_url=sandbox.url) as client:
-            slow_request = asyncio.create_task(timed(client, slow.refresh_token))
-            await asyncio.sleep(0.05)
-            return [await timed(client, fast.refresh_token), await slow_request]
+    def open(self) -> None:
+        self.gate.set()
 
-    (fast_status, fast_seconds), (slow_status, slow_seconds) = asyncio.run(both())
+    async def sleep(self, seconds: float) -> None:
+        self.waiting += 1  # only the server's event loop sleeps: no lock needed
+        if self.gather is not None and self.waiting >= self.gather:
+            self.gate.set()
+        for _ in range(1000):
+            if self.gate.is_set():
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise TimeoutError("the delay was never released")
+        await super().sleep(seconds)
+
+
+def test_slow_delays_one_seller_without_blocking_others() -> None:
+    clock = HeldClock()
+    with run_in_thread(clock=clock) as sandbox:
+        slow = sandbox.state.add_seller()
+        fast = sandbox.state.add_seller()
+        sandbox.state.set_behaviour(slow.selling_partner_id, "slow", ms=600)
+
+        async def both() -> tuple[int, bool, int]:
+            async with httpx.AsyncClient(base_url=sandbox.url, timeout=10) as client:
+                slow_request = asyncio.create_task(
+                    client.post("/auth/o2/token", data=token_form(sandbox, slow.refresh_token))
+                )
+                while not clock.waiting:  # the slow request is held in its delay
+                    await asyncio.sleep(0.01)
+                fast_response = await client.post(
+                    "/auth/o2/token", data=token_form(sandbox, fast.refresh_token)
+                )
+                slow_still_waiting = not slow_request.done()
+                clock.open()
+                return (
+                    fast_response.status_code,
+                    slow_still_waiting,
+                    (await slow_request).status_code,
+                )
+
+        fast_status, slow_still_waiting, slow_status = asyncio.run(both())
     assert (fast_status, slow_status) == (200, 200)
-    assert slow_seconds >= 0.6
-    assert fast_seconds < 0.3
+    assert slow_still_waiting  # the fast seller was answered while the slow one waited
+    assert clock.sleeps == [0.6]  # only the slow seller was delayed, by its 600 ms
 
 
-def test_configured_latency_is_concurrent() -> None:
-    with run_in_thread(SandboxConfig(latency_ms=300)) as slow_sandbox:
+def test_configured_latency_delays_every_request_at_once() -> None:
+    clock = HeldClock(gather=8)
+    with run_in_thread(SandboxConfig(latency_ms=300), clock=clock) as slow_sandbox:
         tokens = [slow_sandbox.state.add_seller().refresh_token for _ in range(8)]
 
         async def fire() -> list[int]:
-            async with httpx.AsyncClient(base_url=slow_sandbox.url) as client:
+            async with httpx.AsyncClient(base_url=slow_sandbox.url, timeout=30) as client:
                 responses = await asyncio.gather(
                     *(
-                        client.post(
-                            "/auth/o2/token",
-                            data={
-                                "grant_type": "refresh_token",
-                                "refresh_token": token,
-                                "client_id": slow_sandbox.config.client_id,
-                                "client_secret": slow_sandbox.config.client_secret,
-                            },
-                        )
+                        client.post("/auth/o2/token", data=token_form(slow_sandbox, token))
                         for token in tokens
                     )
                 )
             return [r.status_code for r in responses]
 
-        began = time.perf_counter()
         statuses = asyncio.run(fire())
-        elapsed = time.perf_counter() - began
     assert statuses == [200] * 8
-    assert 0.3 <= elapsed < 1.2
+    assert clock.sleeps == [0.3] * 8
+    assert clock.most_asleep == 8  # the eight delays overlapped
 
 
 def test_fail_rate_one_fails_every_grant() -> None:
@@ -301,6 +332,125 @@ def test_fail_rate_one_fails_every_grant() -> None:
         assert response.status_code == 500
         assert response.json()["error"] == "server_error"
         assert sandbox.state.stats()["grants"]["refresh_token"] == 0
+
+
+def test_a_rotated_client_secret_fails_every_seller_until_it_is_rotated_back(
+    client: httpx.Client, sandbox: Sandbox
+) -> None:
+    sellers = [sandbox.state.add_seller() for _ in range(2)]
+    rotated = client.post("/_sandbox/app", json={"client_secret": "rotated-secret"})
+    assert rotated.status_code == 204
+    for seller in sellers:
+        response = refresh(client, sandbox, seller.refresh_token)
+        assert (response.status_code, response.json()) == (401, INVALID_CLIENT)
+    for seller in sellers:
+        fresh = refresh(client, sandbox, seller.refresh_token, client_secret="rotated-secret")
+        assert fresh.status_code == 200
+    assert sandbox.state.stats()["grants"]["refresh_token"] == 2
+
+    assert client.post("/_sandbox/app", json={"client_secret": None}).status_code == 204
+    for seller in sellers:
+        assert refresh(client, sandbox, seller.refresh_token).status_code == 200
+        stale = refresh(client, sandbox, seller.refresh_token, client_secret="rotated-secret")
+        assert stale.status_code == 401
+
+
+def test_a_rotated_client_secret_also_fails_the_code_exchange(sandbox: Sandbox) -> None:
+    sandbox.state.rotate_client_secret("rotated-secret")
+    with httpx.Client(base_url=sandbox.url) as client:
+        response = client.post(
+            "/auth/o2/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": "ANeverIssuedCode1234",
+                "client_id": sandbox.config.client_id,
+                "client_secret": sandbox.config.client_secret,
+            },
+        )
+    assert (response.status_code, response.json()) == (401, INVALID_CLIENT)
+
+
+def test_refresh_token_rotation_keeps_the_old_token_valid(
+    client: httpx.Client, sandbox: Sandbox
+) -> None:
+    seller = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.selling_partner_id, "rotate_refresh_token", times=1)
+    rotated = refresh(client, sandbox, seller.refresh_token).json()["refresh_token"]
+    assert rotated.startswith("Atzr|")
+    assert rotated != seller.refresh_token
+    again = refresh(client, sandbox, rotated)
+    assert (again.status_code, again.json()["refresh_token"]) == (200, rotated)
+    assert refresh(client, sandbox, seller.refresh_token).status_code == 200
+
+
+def test_refresh_token_rotation_can_revoke_the_old_token(
+    client: httpx.Client, sandbox: Sandbox
+) -> None:
+    seller = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.refresh_token, "rotate_refresh_token", revoke_old=1)
+    rotated = refresh(client, sandbox, seller.refresh_token).json()["refresh_token"]
+    old = refresh(client, sandbox, seller.refresh_token)
+    assert (old.status_code, old.json()) == (400, INVALID_REFRESH_GRANT)
+    assert refresh(client, sandbox, rotated).json()["refresh_token"] not in (
+        rotated,
+        seller.refresh_token,
+    )
+
+
+def test_expires_in_as_a_string(client: httpx.Client, sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.selling_partner_id, "expires_in_string", times=1)
+    assert refresh(client, sandbox, seller.refresh_token).json()["expires_in"] == "3600"
+    assert refresh(client, sandbox, seller.refresh_token).json()["expires_in"] == 3600
+
+
+def test_the_lwa_rate_limit_throttles_each_client_id() -> None:
+    clock = SandboxClock()
+    with (
+        run_in_thread(clock=clock) as sandbox,
+        httpx.Client(base_url=sandbox.url) as client,
+    ):
+        seller = sandbox.state.add_seller()
+        limit = {"lwa_rate_limit": {"per_second": 0.5, "burst": 2}}
+        assert client.post("/_sandbox/app", json=limit).status_code == 204
+        responses = [refresh(client, sandbox, seller.refresh_token) for _ in range(3)]
+        assert [r.status_code for r in responses] == [200, 200, 429]
+        assert responses[2].json()["error"] == "too_many_requests"
+        assert "retry-after" not in responses[2].headers
+        other_client = refresh(client, sandbox, seller.refresh_token, client_id="another-app")
+        assert other_client.status_code == 401  # its own bucket, then its own failure
+        clock.advance(2)
+        assert refresh(client, sandbox, seller.refresh_token).status_code == 200
+        assert refresh(client, sandbox, seller.refresh_token).status_code == 429
+
+        assert client.post("/_sandbox/app", json={"lwa_rate_limit": None}).status_code == 204
+        statuses = {refresh(client, sandbox, seller.refresh_token).status_code for _ in range(5)}
+        assert statuses == {200}
+        assert sandbox.state.stats()["grants"]["refresh_token"] == 8
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"client_secret": ""},
+        {"client_secret": 7},
+        {"lwa_rate_limit": {"per_second": 0}},
+        {"lwa_rate_limit": {"per_second": True}},
+        {"lwa_rate_limit": {"per_second": 1, "burst": 0}},
+        {"lwa_rate_limit": {"per_second": 1, "colour": 1}},
+        {"lwa_rate_limit": 5},
+        {"client_id": "other"},
+        [1],
+    ],
+)
+def test_control_rejects_bad_app_switches(
+    client: httpx.Client, sandbox: Sandbox, body: Any
+) -> None:
+    seller = sandbox.state.add_seller()
+    response = client.post("/_sandbox/app", json=body)
+    assert response.status_code == 400
+    assert "error" in response.json()
+    assert refresh(client, sandbox, seller.refresh_token).status_code == 200  # nothing changed
 
 
 @pytest.mark.parametrize(
@@ -416,6 +566,17 @@ def test_reset_forgets_everything(client: httpx.Client, sandbox: Sandbox) -> Non
     assert client.post("/_sandbox/reset").status_code == 204
     assert refresh(client, sandbox, seller.refresh_token).json() == INVALID_REFRESH_GRANT
     assert sandbox.state.stats()["grants"] == {"authorization_code": 0, "refresh_token": 0}
+
+
+def test_reset_brings_back_the_configured_secret_and_lifts_the_rate_limit(
+    client: httpx.Client, sandbox: Sandbox
+) -> None:
+    sandbox.state.rotate_client_secret("rotated-secret")
+    sandbox.state.limit_lwa_rate(0.001, burst=1)
+    assert client.post("/_sandbox/reset").status_code == 204
+    seller = sandbox.state.add_seller()
+    statuses = [refresh(client, sandbox, seller.refresh_token).status_code for _ in range(2)]
+    assert statuses == [200, 200]
 
 
 def test_oversized_bodies_are_refused(client: httpx.Client) -> None:

@@ -54,6 +54,7 @@ ROUTES = (
     Route("POST", "/_sandbox/sellers", "control", control.add_seller),
     Route("POST", "/_sandbox/sellers/{id}/revoke", "control", control.revoke_seller),
     Route("POST", "/_sandbox/behaviours", "control", control.set_behaviour),
+    Route("POST", "/_sandbox/app", "control", control.set_app_switches),
     Route("DELETE", "/_sandbox/behaviours", "control", control.clear_behaviours),
     Route("DELETE", "/_sandbox/idempotency-keys", "control", control.forget_idempotency_keys),
     Route("GET", "/_sandbox/stats", "control", control.stats),

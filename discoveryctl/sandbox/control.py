@@ -60,6 +60,50 @@ async def set_behaviour(request: Request, config: SandboxConfig, state: SandboxS
     return json_response(200, {"target": resolved, "behaviour": behaviour, "params": params})
 
 
+async def set_app_switches(
+    request: Request, config: SandboxConfig, state: SandboxState
+) -> Response:
+    """``POST /_sandbox/app`` ``{"client_secret"?, "lwa_rate_limit"?}``: LWA's app-wide switches.
+
+    ``client_secret``: from now on the only secret LWA accepts, for every seller (``null``: the
+    configured one again). ``lwa_rate_limit`` ``{"per_second", "burst"?}``: throttle token
+    requests per client id (``null``: no limit)."""
+    body = _json_object(request)
+    if isinstance(body, Response):
+        return body
+    secret, rate_limit = body.get("client_secret"), _rate_limit(body.get("lwa_rate_limit"))
+    if (
+        set(body) - {"client_secret", "lwa_rate_limit"}
+        or rate_limit is None
+        or (secret is not None and (not isinstance(secret, str) or not secret))
+    ):
+        return _error(
+            400,
+            'expected {"client_secret"?: non-empty str or null, '
+            '"lwa_rate_limit"?: {"per_second": number > 0, "burst"?: int >= 1} or null}',
+        )
+    if "lwa_rate_limit" in body:
+        state.limit_lwa_rate(*rate_limit)
+    if "client_secret" in body:
+        state.rotate_client_secret(secret)
+    return Response(204)
+
+
+def _rate_limit(limit: Any) -> tuple[float | None, int] | None:
+    """The ``(per_second, burst)`` a ``lwa_rate_limit`` value asks for (``null``: no limit);
+    ``None`` when it is malformed."""
+    if limit is None:
+        return None, 1
+    if not isinstance(limit, dict) or set(limit) - {"per_second", "burst"}:
+        return None
+    per_second, burst = limit.get("per_second"), limit.get("burst", 1)
+    if not isinstance(per_second, int | float) or isinstance(per_second, bool):
+        return None
+    if type(burst) is not int or per_second <= 0 or burst < 1:
+        return None
+    return float(per_second), burst
+
+
 async def clear_behaviours(
     request: Request, config: SandboxConfig, state: SandboxState
 ) -> Response:

@@ -1,10 +1,20 @@
 """Login with Amazon's token endpoint, ``POST /auth/o2/token``: the ``authorization_code`` and
-``refresh_token`` grants, with LWA's error bodies and the per-seller behaviours."""
+``refresh_token`` grants, with LWA's error bodies, the per-seller behaviours and the app-wide
+switches (a rotated client secret, a rate limit per client id).
+
+Sources: SP-API developer guide, "Connecting to the Selling Partner API" step 1
+(https://developer-docs.amazon.com/sp-api/docs/connecting-to-the-selling-partner-api); Login
+with Amazon, "Authorization Code Grant", sections Access Token Response and Access Token Errors
+(https://developer.amazon.com/docs/login-with-amazon/authorization-code-grant.html),
+"Access Tokens" (https://developer.amazon.com/docs/login-with-amazon/access-token.html) and
+"Refresh Tokens" (https://developer.amazon.com/docs/login-with-amazon/refresh-token.html).
+"""
 
 from __future__ import annotations
 
 import uuid
 from secrets import compare_digest
+from typing import Literal
 
 from discoveryctl.sandbox.asgi import Request, Response, html_response, json_response
 from discoveryctl.sandbox.config import SandboxConfig
@@ -25,9 +35,17 @@ async def token(request: Request, config: SandboxConfig, state: SandboxState) ->
     for name in ("grant_type", "client_id", "client_secret"):
         if not form.get(name):
             return _missing(name)
+    # No public source says how LWA throttles token requests, nor what it answers then: this
+    # optional limit (off unless switched on) answers 429 with LWA's usual error body and,
+    # as nothing documents one, no Retry-After.
+    if not state.admit_lwa_request(form["client_id"]):
+        return _throttled(None)
+    # A wrong client id or secret is invalid_client (LWA, Access Token Errors), whoever the
+    # seller: a rotated secret (state.rotate_client_secret) fails every seller at once.
+    accepted_secret = state.client_secret(config.client_secret)
     if not (
         compare_digest(form["client_id"].encode(), config.client_id.encode())
-        and compare_digest(form["client_secret"].encode(), config.client_secret.encode())
+        and compare_digest(form["client_secret"].encode(), accepted_secret.encode())
     ):
         return _invalid_client()
     grant_type = form["grant_type"]
@@ -47,19 +65,34 @@ async def token(request: Request, config: SandboxConfig, state: SandboxState) ->
         outcome = await _exchange_code(state, config, grant, form.get("redirect_uri") or None)
     if isinstance(outcome, Response):
         return outcome
-    omit = state.take_behaviour(outcome.selling_partner_id, "omit_refresh_token") is not None
-    return _granted(outcome, config.access_token_ttl, with_refresh_token=not omit)
+    seller_id = outcome.selling_partner_id
+    omit = state.take_behaviour(seller_id, "omit_refresh_token") is not None
+    # RFC 6749 §5.1 makes expires_in a number, and every Amazon example found shows 3600: no
+    # public source shows LWA answering the string "3600"; this switch is for clients that
+    # must cope with servers that do.
+    as_string = state.take_behaviour(seller_id, "expires_in_string") is not None
+    expires_in = str(config.access_token_ttl) if as_string else config.access_token_ttl
+    return _granted(outcome, expires_in, with_refresh_token=not omit)
 
 
 async def _refresh(
     state: SandboxState, config: SandboxConfig, refresh_token: str
 ) -> Tokens | Response:
     seller_id = state.record_refresh_request(refresh_token)
+    rotate: Literal["no", "keep_old", "revoke_old"] = "no"
     if seller_id is not None:
         refused = await _apply_behaviours(state, seller_id, "refresh_token")
         if refused is not None:
             return refused
-    return state.refresh(refresh_token, config.access_token_ttl) or _invalid_grant("refresh_token")
+        # LWA: a refresh token can be traded "for a new access token and a new refresh token"
+        # (Access Tokens), and refresh tokens "are valid indefinitely, unless the user has
+        # removed" the app (Refresh Tokens): so after a rotation the old one stays valid.
+        # revoke_old=1 kills it instead, which no public source describes.
+        rotation = state.take_behaviour(seller_id, "rotate_refresh_token")
+        if rotation is not None:
+            rotate = "revoke_old" if rotation.get("revoke_old") else "keep_old"
+    tokens = state.refresh(refresh_token, config.access_token_ttl, rotate)
+    return tokens or _invalid_grant("refresh_token")
 
 
 async def _exchange_code(
@@ -96,9 +129,7 @@ async def _apply_behaviours(state: SandboxState, seller_id: str, parameter: str)
         return _error(400, "unauthorized_client", "Not authorized for requested operation")
     throttled = state.take_behaviour(seller_id, "throttled")
     if throttled is not None:
-        response = _error(429, "too_many_requests", "The request was throttled; retry later.")
-        response.headers.append(("retry-after", str(throttled.get("retry_after", 1))))
-        return response
+        return _throttled(throttled.get("retry_after"))
     flaky = state.take_behaviour(seller_id, "flaky")
     if flaky is not None:
         return server_error(flaky.get("status", 503))
@@ -109,12 +140,21 @@ async def _apply_behaviours(state: SandboxState, seller_id: str, parameter: str)
     return None
 
 
-def _granted(tokens: Tokens, ttl: int, *, with_refresh_token: bool) -> Response:
+def _granted(tokens: Tokens, expires_in: int | str, *, with_refresh_token: bool) -> Response:
     payload: dict[str, str | int] = {"access_token": tokens.access_token}
     if with_refresh_token:
         payload["refresh_token"] = tokens.refresh_token
-    payload |= {"token_type": "bearer", "expires_in": ttl}
+    payload |= {"token_type": "bearer", "expires_in": expires_in}
     return json_response(200, payload, _headers())
+
+
+def _throttled(retry_after: int | None) -> Response:
+    """429 with LWA's error body. No public source documents LWA's throttling answer, nor a
+    Retry-After on it: the header is only sent when a test asks for one."""
+    response = _error(429, "too_many_requests", "The request was throttled; retry later.")
+    if retry_after is not None:
+        response.headers.append(("retry-after", str(retry_after)))
+    return response
 
 
 def _missing(name: str) -> Response:

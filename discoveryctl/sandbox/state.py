@@ -43,6 +43,8 @@ BEHAVIOURS: dict[str, BehaviourSpec] = {
     "omit_refresh_token": BehaviourSpec("seller"),
     "app_rejected": BehaviourSpec("seller"),
     "app_unauthorized": BehaviourSpec("seller"),
+    "rotate_refresh_token": BehaviourSpec("seller", frozenset({"revoke_old"})),
+    "expires_in_string": BehaviourSpec("seller"),
     # SP-API calls made with one seller's access tokens.
     "spapi_401": BehaviourSpec("seller"),
     "spapi_403_ambiguous": BehaviourSpec("seller"),
@@ -66,6 +68,7 @@ _PARAM_RANGES = {
     "retry_after": (0, None),
     "status": (500, 599),
     "html": (0, 1),
+    "revoke_old": (0, 1),
     "should_retry": (0, 1),
     "edge_status": (400, 499),
 }
@@ -145,6 +148,9 @@ class SandboxState:
         self._requests: Counter[str] = Counter()
         self._grants: Counter[str] = Counter({"authorization_code": 0, "refresh_token": 0})
         self._refreshes: Counter[str] = Counter()
+        self._client_secret: str | None = None  # the LWA client secret, if rotated
+        self._lwa_rate: tuple[float, int] | None = None  # requests a second, burst
+        self._lwa_buckets: dict[str, tuple[float, float]] = {}  # client id → tokens, when
 
     def reset(self) -> None:
         """Forget everything: sellers, tokens, customers, keys, behaviours and counters."""
@@ -250,14 +256,61 @@ class SandboxState:
                 self._refreshes[seller_id] += 1
             return seller_id
 
-    def refresh(self, refresh_token: str, access_ttl: float) -> Tokens | None:
-        """A new access token for a live refresh token; ``None`` if unknown or revoked."""
+    def refresh(
+        self,
+        refresh_token: str,
+        access_ttl: float,
+        rotate: Literal["no", "keep_old", "revoke_old"] = "no",
+    ) -> Tokens | None:
+        """A new access token for a live refresh token; ``None`` if unknown or revoked.
+
+        ``rotate`` also issues a new refresh token for the seller, keeping the old one live or
+        revoking it."""
         with self._lock:
             seller_id = self._refresh_tokens.get(refresh_token)
             if seller_id is None:
                 return None
             self._grants["refresh_token"] += 1
+            if rotate != "no":
+                new_refresh_token = self._issue_refresh_token(seller_id)
+                if rotate == "revoke_old":
+                    del self._refresh_tokens[refresh_token]
+                    self._sellers[seller_id].discard(refresh_token)
+                refresh_token = new_refresh_token
             return Tokens(seller_id, self._issue_access_token(seller_id, access_ttl), refresh_token)
+
+    def rotate_client_secret(self, client_secret: str | None) -> None:
+        """The app's LWA client secret changes, for every seller at once: from now on LWA only
+        accepts ``client_secret``; ``None`` brings the configured secret back."""
+        with self._lock:
+            self._client_secret = client_secret
+
+    def client_secret(self, configured: str) -> str:
+        """The client secret LWA accepts now: ``configured`` unless it was rotated."""
+        with self._lock:
+            return configured if self._client_secret is None else self._client_secret
+
+    def limit_lwa_rate(self, per_second: float | None, burst: int = 1) -> None:
+        """Throttle LWA token requests per client id (a token bucket of ``burst`` requests,
+        refilled at ``per_second``, by the clock); ``None`` lifts the limit."""
+        if per_second is not None and (per_second <= 0 or burst < 1):
+            raise ValueError("the rate must be positive and the burst at least 1")
+        with self._lock:
+            self._lwa_rate = None if per_second is None else (per_second, burst)
+            self._lwa_buckets = {}
+
+    def admit_lwa_request(self, client_id: str) -> bool:
+        """Spend one request from the client's bucket; ``False`` when it is empty."""
+        with self._lock:
+            if self._lwa_rate is None:
+                return True
+            per_second, burst = self._lwa_rate
+            now = self.clock.now()
+            tokens, since = self._lwa_buckets.get(client_id, (float(burst), now))
+            tokens = min(float(burst), tokens + (now - since) * per_second)
+            admitted = tokens >= 1
+            self._lwa_buckets[client_id] = (tokens - 1 if admitted else tokens, now)
+            return admitted
 
     def _issue_access_token(self, seller_id: str, ttl: float) -> str:
         token = "Atza|" + secrets.token_urlsafe(96)
