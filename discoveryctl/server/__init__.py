@@ -1,0 +1,1 @@
+"""The HTTP API served by ``discoveryctl serve`` (SPEC §8)."""

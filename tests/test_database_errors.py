@@ -1,0 +1,148 @@
+"""Database failures by kind, from real failures of real databases: unavailable (try later),
+conflict (another writer), a refused value (input), or a database that cannot be used as set
+up (configuration). Each is what ``Database.session`` raises for that failure."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from discoveryctl.db.engine import Database, classify
+from discoveryctl.errors import (
+    DatabaseConflict,
+    DatabaseError,
+    DatabaseUnavailable,
+    DiscoveryError,
+    ErrorKind,
+    InvalidInput,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def failure_of(database: Database, sql: str, **params: Any) -> DiscoveryError:
+    """What the session reports when ``sql`` fails."""
+    with pytest.raises(DiscoveryError) as caught, database.session() as session:
+        session.execute(sa.text(sql), params)
+    return caught.value
+
+
+def test_a_value_too_long_for_its_column_is_input(db: Any) -> None:
+    if db.kind == "sqlite":
+        pytest.skip("SQLite stores a string of any length; the user-id rule stops it first")
+    database = Database(db.url)
+    try:
+        error = failure_of(
+            database,
+            "INSERT INTO integration_status (user_id, provider, status, updated_at, metadata)"
+            " VALUES (:u, 'amazon', 'active', CURRENT_TIMESTAMP, '{}')",
+            u="u" * 300,
+        )
+    finally:
+        database.dispose()
+    assert type(error) is InvalidInput
+    assert "the database refused a value" in error.message
+
+
+def test_a_duplicate_is_a_conflict(db: Any) -> None:
+    database = Database(db.url)
+    try:
+        with database.session() as session:
+            session.execute(sa.text("CREATE TABLE probe (k VARCHAR(10) PRIMARY KEY)"))
+            session.execute(sa.text("INSERT INTO probe VALUES ('a')"))
+        with pytest.raises(sa.exc.IntegrityError) as caught, database.session() as session:
+            session.execute(sa.text("INSERT INTO probe VALUES ('a')"))
+        error = classify(caught.value, "here")
+    finally:
+        database.dispose()
+    assert type(error) is DatabaseConflict
+    assert error.kind is ErrorKind.database_conflict
+
+
+def test_a_missing_table_means_the_database_is_not_as_set_up(db: Any) -> None:
+    database = Database(db.url)
+    try:
+        error = failure_of(database, "SELECT * FROM no_such_table")
+    finally:
+        database.dispose()
+    assert type(error) is DatabaseError
+    assert error.kind is ErrorKind.configuration
+    assert error.message.startswith("cannot use the database at ")
+
+
+def test_a_lock_held_by_another_writer_is_unavailable(db: Any) -> None:
+    database = Database(db.url)
+    holder = sa.create_engine(db.engine.url)
+    try:
+        with holder.connect() as other:
+            if db.kind == "sqlite":
+                other.exec_driver_sql("BEGIN IMMEDIATE")  # SQLite's write lock
+                with (
+                    pytest.raises(sa.exc.OperationalError) as caught,
+                    database.engine.connect() as mine,
+                ):
+                    mine.exec_driver_sql("PRAGMA busy_timeout = 50")
+                    mine.exec_driver_sql("BEGIN IMMEDIATE")
+                error = classify(caught.value, "here")
+            else:
+                other.exec_driver_sql("BEGIN")
+                other.exec_driver_sql("LOCK TABLE integration_status IN ACCESS EXCLUSIVE MODE")
+                error = failure_of(
+                    database,
+                    "SET LOCAL lock_timeout = '50ms'; SELECT count(*) FROM integration_status",
+                )
+            other.rollback()
+    finally:
+        holder.dispose()
+        database.dispose()
+    assert type(error) is DatabaseUnavailable
+    assert error.kind is ErrorKind.database_unavailable
+
+
+def test_a_server_that_is_not_there_is_unavailable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    database = Database(f"postgresql://nobody@127.0.0.1:{port}/none")
+    try:
+        error = failure_of(database, "SELECT 1")
+    finally:
+        database.dispose()
+    assert type(error) is DatabaseUnavailable
+    assert f"127.0.0.1:{port}" in error.message
+
+
+def test_a_file_that_is_not_a_database_is_not_usable(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are not the pages of a SQLite database" * 100)
+    database = Database(f"sqlite:///{path}")
+    try:
+        error = failure_of(database, "SELECT 1")
+    finally:
+        database.dispose()
+    assert type(error) is DatabaseError
+    assert "file is not a database" in error.message
+
+
+def test_sqlite_result_codes_decide_before_the_exception_class(tmp_path: Path) -> None:
+    """SQLite reports a held lock as an OperationalError like many others; its result code
+    (SQLITE_BUSY) is what says "unavailable"."""
+    path = tmp_path / "busy.db"
+    first = sqlite3.connect(path, timeout=0)
+    first.execute("CREATE TABLE t (x)")
+    first.commit()
+    first.execute("BEGIN EXCLUSIVE")
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0})
+    try:
+        with pytest.raises(sa.exc.OperationalError) as caught, engine.connect() as connection:
+            connection.exec_driver_sql("SELECT * FROM t")
+    finally:
+        engine.dispose()
+        first.close()
+    assert getattr(caught.value.orig, "sqlite_errorname", None) == "SQLITE_BUSY"
+    assert type(classify(caught.value, "here")) is DatabaseUnavailable

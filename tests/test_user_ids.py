@@ -1,0 +1,90 @@
+"""One user-id rule on every path (SPEC §4), checked before any SQL: the same answer on
+SQLite, which would store anything, and PostgreSQL, whose columns hold 255 characters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from discoveryctl.errors import InvalidInput
+from discoveryctl.user_ids import MAX_LENGTH, valid_user_id
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [
+        ("seller-42", "seller-42"),
+        ("  seller-42 ", "seller-42"),
+        ("e\u0301mile", "\u00e9mile"),  # NFC: one stored form for what looks the same
+        ("\u00e9mile", "\u00e9mile"),
+        ("\u5c71\u7530", "\u5c71\u7530"),
+        ("a" * MAX_LENGTH, "a" * MAX_LENGTH),
+        ("user@example.com", "user@example.com"),
+    ],
+)
+def test_acceptable_ids_are_stored_in_one_form(raw: str, stored: str) -> None:
+    assert valid_user_id(raw) == stored
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("", "it is blank"),
+        ("   ", "it is blank"),
+        ("a" * (MAX_LENGTH + 1), "256 characters long, more than 255"),
+        ("a" * 300, "300 characters long"),
+        ("a\x00b", "a control character (U+0000)"),
+        ("a\nb", "a control character (U+000A)"),
+        ("a\tb", "a control character (U+0009)"),
+        ("a\x1b[31mb", "a control character (U+001B)"),
+        ("a\x85b", "a control character (U+0085)"),
+        ("admin\u202e", "bidi override or zero-width) (U+202E)"),
+        ("a\u2066b", "(U+2066)"),
+        ("a\u200bb", "(U+200B)"),
+        ("a\u200db", "(U+200D)"),
+        ("\ufeffa", "(U+FEFF)"),
+        ("a\u2028b", "a line separator (U+2028)"),
+        ("a\u2029b", "a paragraph separator (U+2029)"),
+        ("a\ud800b", "a lone surrogate (U+D800)"),
+        ("a\ue000b", "a private-use character (U+E000)"),
+        ("a\u0378b", "an unassigned character (U+0378)"),
+    ],
+)
+def test_unacceptable_ids_are_refused_with_the_reason(raw: str, reason: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        valid_user_id(raw)
+    assert reason in caught.value.message
+    assert caught.value.message.isprintable()
+
+
+def test_a_255_character_id_after_normalising_is_accepted() -> None:
+    raw = "e\u0301" * MAX_LENGTH  # 510 code points, 255 once composed
+    assert valid_user_id(raw) == "\u00e9" * MAX_LENGTH
+
+
+LONG = "u" * 300
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("connect", "amazon", "--user", LONG, "--no-browser", "--timeout", "1"),
+        ("reconnect", "amazon", "--user", LONG),
+        ("status", "--user", LONG),
+        ("events", "--user", LONG),
+        ("notifications", "--user", LONG),
+        ("connect", "amazon", "--user", "bob\u202e", "--no-browser", "--timeout", "1"),
+    ],
+    ids=["connect", "reconnect", "status", "events", "notifications", "connect-bidi"],
+)
+def test_every_command_refuses_a_bad_id_alike_on_every_backend(
+    db: Any, cli: Any, args: tuple[str, ...]
+) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.startswith("error: user id ")
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stdout == ""
+    for table in ("oauth_states", "events", "integration_status", "notifications"):
+        assert db.scalar(f"SELECT count(*) FROM {table}") == 0, table
