@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from discoveryctl.db.engine import Database, classify
+from discoveryctl.db.engine import Database
+from discoveryctl.db.failures import classify
 from discoveryctl.errors import (
     DatabaseConflict,
     DatabaseError,

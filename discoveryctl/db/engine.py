@@ -13,13 +13,8 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from discoveryctl.errors import (
-    DatabaseConflict,
-    DatabaseError,
-    DatabaseUnavailable,
-    DiscoveryError,
-    InvalidInput,
-)
+from discoveryctl.db.failures import classify
+from discoveryctl.errors import DatabaseError, DiscoveryError
 
 # The newest migration in migrations/versions; a test keeps the two in step.
 HEAD_REVISION = "0001"
@@ -98,59 +93,6 @@ def lock_for_writing(session: Session, name: str) -> None:
         dbapi = connection.connection.dbapi_connection
         if dbapi is not None and not getattr(dbapi, "in_transaction", False):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-# What a failed database call means, by SQLSTATE class (PostgreSQL, psycopg's ``sqlstate``;
-# https://www.postgresql.org/docs/current/errcodes-appendix.html) and by SQLite result code
-# (``sqlite_errorname``; https://www.sqlite.org/rescode.html). Unlisted codes fall back on
-# SQLAlchemy's exception class, and failing that mean the database cannot be used as set up.
-_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57", "58")  # connection, resources, shutdown, I/O
-_CONFLICT_SQLSTATES = ("23505", "23503", "23P01", "40001", "40P01")  # unique, FK, serialization
-_UNAVAILABLE_SQLSTATES = ("55P03",)  # lock_not_available
-_INPUT_SQLSTATE_CLASSES = ("22", "23")  # data exceptions (value too long…), other constraints
-_UNAVAILABLE_SQLITE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_FULL")
-_CONFLICT_SQLITE = (
-    "SQLITE_CONSTRAINT_UNIQUE",
-    "SQLITE_CONSTRAINT_PRIMARYKEY",
-    "SQLITE_CONSTRAINT_FOREIGNKEY",
-)
-_INPUT_SQLITE = ("SQLITE_TOOBIG", "SQLITE_MISMATCH", "SQLITE_RANGE")
-
-
-def classify(error: exc.DBAPIError, where: str) -> DiscoveryError:
-    """One rule for every failed database call: is the database unavailable (try later),
-    did another writer get there first (conflict), was a value refused (input), or can the
-    database not be used as configured?"""
-    orig = error.orig
-    reason = (
-        str(orig).strip().splitlines()[0] if orig and str(orig).strip() else type(error).__name__
-    )
-    message = f"cannot use the database at {where}: {reason}"
-    sqlstate = getattr(orig, "sqlstate", None)
-    if isinstance(sqlstate, str) and sqlstate:
-        if sqlstate in _CONFLICT_SQLSTATES:
-            return DatabaseConflict(f"another writer changed the same rows first: {reason}")
-        if sqlstate in _UNAVAILABLE_SQLSTATES or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES:
-            return DatabaseUnavailable(message)
-        if sqlstate[:2] in _INPUT_SQLSTATE_CLASSES:
-            return InvalidInput(f"the database refused a value: {reason}")
-        return DatabaseError(message)
-    name = getattr(orig, "sqlite_errorname", None)
-    if isinstance(name, str):
-        if name in _CONFLICT_SQLITE:
-            return DatabaseConflict(f"another writer changed the same rows first: {reason}")
-        if name in _UNAVAILABLE_SQLITE:
-            return DatabaseUnavailable(message)
-        if name in _INPUT_SQLITE or name.startswith("SQLITE_CONSTRAINT"):
-            return InvalidInput(f"the database refused a value: {reason}")
-        return DatabaseError(message)
-    if isinstance(error, exc.IntegrityError):
-        return DatabaseConflict(f"another writer changed the same rows first: {reason}")
-    if isinstance(error, exc.DataError):
-        return InvalidInput(f"the database refused a value: {reason}")
-    if isinstance(error, exc.OperationalError | exc.InterfaceError):
-        return DatabaseUnavailable(message)
-    return DatabaseError(message)
 
 
 class Database:

@@ -1,0 +1,154 @@
+"""Where the seller's browser is sent: the consent URL, and the login-URI step's way back to
+Amazon, which must never be an open redirect (SPEC §5)."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from discoveryctl.providers.amazon import (
+    AmazonApp,
+    amazon_callback_hosts,
+    consent_url,
+    login_continue_url,
+)
+
+APP = AmazonApp(
+    client_id="amzn1.application-oa2-client.x",
+    client_secret="amzn1.oa2-cs.v1.secret",
+    application_id="amzn1.sp.solution.app",
+    redirect_uri="https://127.0.0.1:8765/callback",
+)
+CONFIRM = "/apps/authorize/confirm/amzn1.sp.solution.app"
+
+
+def query(url: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(url).query)
+
+
+@pytest.mark.parametrize(
+    ("region", "host"),
+    [
+        ("na", "sellercentral.amazon.com"),
+        ("eu", "sellercentral-europe.amazon.com"),
+        ("fe", "sellercentral.amazon.co.jp"),
+    ],
+)
+def test_consent_goes_to_the_region_s_seller_central(region: str, host: str) -> None:
+    url = consent_url(APP, region, "the-state")
+    assert url.startswith(f"https://{host}/apps/authorize/consent?")
+    assert query(url) == {
+        "application_id": ["amzn1.sp.solution.app"],
+        "state": ["the-state"],
+        "redirect_uri": ["https://127.0.0.1:8765/callback"],
+    }
+
+
+def test_a_draft_app_asks_for_version_beta() -> None:
+    draft = AmazonApp(**{**APP.__dict__, "draft": True})
+    assert query(consent_url(draft, "na", "s"))["version"] == ["beta"]
+    assert query(login_continue_url(draft, "na", CONFIRM, "a", "s"))["version"] == ["beta"]
+
+
+def test_an_overridden_seller_central_is_used_without_its_trailing_slash() -> None:
+    local = AmazonApp(**{**APP.__dict__, "seller_central_url": "http://127.0.0.1:9/"})
+    assert consent_url(local, "eu", "s").startswith("http://127.0.0.1:9/apps/authorize/consent?")
+    assert local.spapi("eu") == "https://sellingpartnerapi-eu.amazon.com"
+    other = AmazonApp(**{**APP.__dict__, "spapi_url": "http://127.0.0.1:9/"})
+    assert other.spapi("fe") == "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        f"https://amazon.com{CONFIRM}",  # as Amazon documents it
+        f"https://www.amazon.com{CONFIRM}",
+        f"https://AMAZON.COM{CONFIRM}",
+        f"https://amazon.com:443{CONFIRM}",
+        f"https://sellercentral.amazon.com{CONFIRM}",
+        f"https://amazon.ca{CONFIRM}",
+        f"https://sellercentral.amazon.com.br{CONFIRM}",
+    ],
+)
+def test_the_way_back_may_be_amazon_s_hosts_for_the_region(target: str) -> None:
+    url = login_continue_url(APP, "na", target, "amazon-state", "our-state")
+    assert url.startswith(target + "?")
+    assert query(url) == {
+        "amazon_state": ["amazon-state"],
+        "state": ["our-state"],
+        "redirect_uri": ["https://127.0.0.1:8765/callback"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("region", "target"),
+    [
+        ("eu", f"https://amazon.de{CONFIRM}"),
+        ("eu", f"https://sellercentral-europe.amazon.com{CONFIRM}"),
+        ("eu", f"https://amazon.com{CONFIRM}"),
+        ("fe", f"https://amazon.co.jp{CONFIRM}"),
+        ("fe", f"https://www.amazon.com.au{CONFIRM}"),
+    ],
+)
+def test_each_region_has_its_own_hosts(region: str, target: str) -> None:
+    assert login_continue_url(APP, region, target, "a", "s").startswith(target + "?")
+
+
+@pytest.mark.parametrize(
+    ("region", "target"),
+    [
+        ("na", f"http://amazon.com{CONFIRM}"),  # https only
+        ("na", f"https://amazon.com.evil.test{CONFIRM}"),
+        ("na", f"https://evil.test/amazon.com{CONFIRM}"),
+        ("na", f"https://notamazon.com{CONFIRM}"),
+        ("na", f"https://amazon.com.{CONFIRM}"),
+        ("na", f"https://amazon.com:8443{CONFIRM}"),
+        ("na", f"https://amazon.com:notaport{CONFIRM}"),
+        ("na", f"https://user@amazon.com{CONFIRM}"),
+        ("na", f"https://amazon.com@evil.test{CONFIRM}"),
+        ("na", f"https://user:pw@amazon.com{CONFIRM}"),
+        ("na", f"https://amazon.com{CONFIRM}#frag"),
+        ("na", "//evil.test/apps/authorize/confirm"),
+        ("na", "javascript:alert(1)"),
+        ("na", f"ftp://amazon.com{CONFIRM}"),
+        ("na", f"https://amazon.de{CONFIRM}"),  # another region's marketplace
+        ("eu", f"https://amazon.co.jp{CONFIRM}"),
+        ("fe", f"https://sellercentral.amazon.com{CONFIRM}"),
+    ],
+)
+def test_anything_else_is_refused(region: str, target: str) -> None:
+    with pytest.raises(ValueError, match="does not point at Amazon"):
+        login_continue_url(APP, region, target, "a", "s")
+
+
+def test_a_relative_way_back_is_seller_central_s() -> None:
+    url = login_continue_url(APP, "eu", CONFIRM, "a", "s")
+    assert url.startswith(f"https://sellercentral-europe.amazon.com{CONFIRM}?")
+
+
+def test_an_overridden_seller_central_is_accepted_on_its_own_scheme_only() -> None:
+    local = AmazonApp(**{**APP.__dict__, "seller_central_url": "http://127.0.0.1:9"})
+    assert login_continue_url(local, "na", f"http://127.0.0.1:9{CONFIRM}", "a", "s")
+    assert login_continue_url(local, "na", f"https://amazon.com{CONFIRM}", "a", "s")
+    with pytest.raises(ValueError):
+        login_continue_url(local, "na", f"https://127.0.0.1:9{CONFIRM}", "a", "s")
+    with pytest.raises(ValueError):
+        login_continue_url(local, "na", f"http://127.0.0.1:10{CONFIRM}", "a", "s")
+
+
+def test_version_beta_that_amazon_sent_is_passed_on() -> None:
+    plain = login_continue_url(APP, "na", CONFIRM, "a", "s")
+    assert "version" not in query(plain)
+    assert query(login_continue_url(APP, "na", CONFIRM, "a", "s", beta=True))["version"] == ["beta"]
+
+
+def test_a_way_back_with_its_own_query_keeps_it() -> None:
+    url = login_continue_url(APP, "na", CONFIRM + "?x=1", "a", "s")
+    assert url.startswith(f"https://sellercentral.amazon.com{CONFIRM}?x=1&amazon_state=a&")
+
+
+def test_the_allow_list_is_explicit() -> None:
+    assert amazon_callback_hosts("na") >= {"amazon.com", "www.amazon.com", "amazon.ca"}
+    assert "amazon.de" not in amazon_callback_hosts("na")
+    assert "www.amazon.co.jp" in amazon_callback_hosts("fe")
