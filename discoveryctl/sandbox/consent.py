@@ -3,7 +3,8 @@
 
 The seller approves at once. The checks and their error pages follow Seller Central: an unknown
 application, a redirect URI with a fragment (MD5110) or not registered on the app (MD5101), a
-draft app without ``version=beta`` (MD1000), and a missing ``state``.
+draft app without ``version=beta`` (MD1000), and a missing ``state`` (codes from SP-API
+"Authorization Errors", https://developer-docs.amazon.com/sp-api/docs/authorization-errors).
 
 Source for the login-URI steps: SP-API developer guide, "Website Authorization Workflow"
 (https://developer-docs.amazon.com/sp-api/docs/website-authorization-workflow; the same steps
