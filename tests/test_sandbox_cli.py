@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
@@ -194,6 +195,29 @@ def test_registered_redirect_uri_is_exported_and_enforced() -> None:
         assert approved.headers["location"].startswith(redirect + "?")
         assert refused.status_code == 400
         assert "MD5101" in refused.text
+    finally:
+        code, _, stderr = interrupt(process)
+    assert code == 0, stderr
+
+
+def test_login_uri_mode_can_send_sellers_back_to_the_sandbox_itself() -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    login_uri = "http://127.0.0.1:8765/login"
+    process = start("--port", str(port), "--login-uri", login_uri, "--amazon-callback-base", url)
+    try:
+        env = read_exports(process)
+        params = {"application_id": env["AMAZON_SPAPI_APP_ID"], "state": "s", "version": "beta"}
+        with httpx.Client() as browser:
+            to_login = browser.get(url + "/apps/authorize/consent", params=params)
+            assert to_login.status_code == 302
+            login = dict(parse_qsl(urlsplit(to_login.headers["location"]).query))
+            callback = login["amazon_callback_uri"]
+            assert callback == f"{url}/apps/authorize/confirm/{env['AMAZON_SPAPI_APP_ID']}"
+            back = {"amazon_state": login["amazon_state"], "state": "s", "version": "beta"}
+            approved = browser.get(callback, params=back)
+        assert approved.status_code == 302
+        assert approved.headers["location"].startswith(env["AMAZON_REDIRECT_URI"] + "?")
     finally:
         code, _, stderr = interrupt(process)
     assert code == 0, stderr

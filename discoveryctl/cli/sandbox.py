@@ -25,6 +25,12 @@ def sandbox(
     login_uri: str | None = typer.Option(
         None, help="Run consent in login-URI mode, sending sellers to this URI first."
     ),
+    amazon_callback_base: str = typer.Option(
+        "https://amazon.com",
+        help="Where login-URI mode sends sellers back, as Amazon does"
+        " (<base>/apps/authorize/confirm/<app id>); give the sandbox's own URL to finish the"
+        " flow in a real browser.",
+    ),
     draft: bool = typer.Option(
         True, "--draft/--no-draft", help="A draft app is only authorized with version=beta."
     ),
@@ -54,6 +60,7 @@ def sandbox(
     config = SandboxConfig(
         redirect_uris=tuple(redirect_uri),
         login_uri=login_uri,
+        amazon_callback_base=amazon_callback_base,
         draft=draft,
         latency_ms=latency_ms,
         fail_rate=fail_rate,
