@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench mutate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,20 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check discoveryctl tests benchmarks migrations scripts
 	$(BIN)/mypy
 
+# Mutation testing of the rules that decide a seller's fate ([tool.mutmut] in pyproject.toml);
+# fails while any mutant survives. Uses the local PostgreSQL unless told otherwise.
+mutate: $(STAMP)
+	rm -rf mutants
+	DISCOVERY_TEST_POSTGRES_URL=$${DISCOVERY_TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/test} \
+		$(BIN)/mutmut run --max-children 2 > .mutmut.log 2>&1 || (tail -20 .mutmut.log; exit 1)
+	@tail -c 300 .mutmut.log | tr '\r' '\n' | tail -2
+	@if $(BIN)/mutmut results | grep -q .; then $(BIN)/mutmut results; exit 1; fi
+	@echo "no surviving mutant"
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/startup.py
 	$(BIN)/python benchmarks/status_scale.py
 	$(BIN)/python benchmarks/sandbox_throughput.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants .mutmut.log

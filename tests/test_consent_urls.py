@@ -57,6 +57,11 @@ def test_an_overridden_seller_central_is_used_without_its_trailing_slash() -> No
     assert local.spapi("eu") == "https://sellingpartnerapi-eu.amazon.com"
     other = AmazonApp(**{**APP.__dict__, "spapi_url": "http://127.0.0.1:9/"})
     assert other.spapi("fe") == "http://127.0.0.1:9"
+    under = AmazonApp(
+        **{**APP.__dict__, "seller_central_url": "http://h:9/sc-X/", "spapi_url": "http://h:9/X/"}
+    )
+    assert under.seller_central("na") == "http://h:9/sc-X"  # only the slash goes
+    assert under.spapi("na") == "http://h:9/X"
 
 
 @pytest.mark.parametrize(
@@ -118,7 +123,7 @@ def test_each_region_has_its_own_hosts(region: str, target: str) -> None:
     ],
 )
 def test_anything_else_is_refused(region: str, target: str) -> None:
-    with pytest.raises(ValueError, match="does not point at Amazon"):
+    with pytest.raises(ValueError, match=r"^amazon_callback_uri does not point at Amazon$"):
         login_continue_url(APP, region, target, "a", "s")
 
 

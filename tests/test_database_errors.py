@@ -147,3 +147,111 @@ def test_sqlite_result_codes_decide_before_the_exception_class(tmp_path: Path) -
         first.close()
     assert getattr(caught.value.orig, "sqlite_errorname", None) == "SQLITE_BUSY"
     assert type(classify(caught.value, "here")) is DatabaseUnavailable
+
+
+# -- the rule, row by row, on the drivers' own exception classes ------------------------------
+
+
+def postgres_failure(sqlstate: str, text: str = "it failed\nDETAIL: more") -> sa.exc.DBAPIError:
+    """What SQLAlchemy raises for a psycopg error carrying ``sqlstate``."""
+    import psycopg
+    from psycopg import errors as pg_errors
+
+    orig = pg_errors.lookup(sqlstate)(text)
+    return sa.exc.DBAPIError.instance("SELECT 1", None, orig, psycopg.Error)
+
+
+def sqlite_failure(
+    name: str | None, text: str = "it failed", cls: type[sqlite3.Error] = sqlite3.OperationalError
+) -> sa.exc.DBAPIError:
+    """What SQLAlchemy raises for a sqlite3 error with result code ``name``."""
+    orig = cls(text)
+    if name is not None:
+        orig.sqlite_errorname = name
+    return sa.exc.DBAPIError.instance("SELECT 1", None, orig, sqlite3.Error)
+
+
+CONFLICT = "another writer changed the same rows first: it failed"
+UNAVAILABLE = "cannot use the database at here: it failed"
+REFUSED = "the database refused a value: it failed"
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "kind", "message"),
+    [
+        ("23505", DatabaseConflict, CONFLICT),  # unique_violation
+        ("23503", DatabaseConflict, CONFLICT),  # foreign_key_violation
+        ("23P01", DatabaseConflict, CONFLICT),  # exclusion_violation
+        ("40001", DatabaseConflict, CONFLICT),  # serialization_failure
+        ("40P01", DatabaseConflict, CONFLICT),  # deadlock_detected
+        ("08006", DatabaseUnavailable, UNAVAILABLE),  # connection_failure
+        ("08001", DatabaseUnavailable, UNAVAILABLE),
+        ("53300", DatabaseUnavailable, UNAVAILABLE),  # too_many_connections
+        ("57P01", DatabaseUnavailable, UNAVAILABLE),  # admin_shutdown
+        ("57014", DatabaseUnavailable, UNAVAILABLE),  # query_canceled (statement_timeout)
+        ("58030", DatabaseUnavailable, UNAVAILABLE),  # io_error
+        ("55P03", DatabaseUnavailable, UNAVAILABLE),  # lock_not_available
+        ("22001", InvalidInput, REFUSED),  # string_data_right_truncation
+        ("22P02", InvalidInput, REFUSED),  # invalid_text_representation
+        ("23502", InvalidInput, REFUSED),  # not_null_violation
+        ("23514", InvalidInput, REFUSED),  # check_violation
+        ("42P01", DatabaseError, UNAVAILABLE),  # undefined_table: not migrated as expected
+        ("55000", DatabaseError, UNAVAILABLE),  # object_not_in_prerequisite_state
+        ("25P02", DatabaseError, UNAVAILABLE),  # in_failed_sql_transaction
+        ("XX000", DatabaseError, UNAVAILABLE),  # internal_error
+    ],
+)
+def test_postgres_failures_by_sqlstate(
+    sqlstate: str, kind: type[DiscoveryError], message: str
+) -> None:
+    error = classify(postgres_failure(sqlstate), "here")
+    assert type(error) is kind
+    assert error.message == message
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "kind", "message"),
+    [
+        ("SQLITE_CONSTRAINT_UNIQUE", sqlite3.IntegrityError, DatabaseConflict, CONFLICT),
+        ("SQLITE_CONSTRAINT_PRIMARYKEY", sqlite3.IntegrityError, DatabaseConflict, CONFLICT),
+        ("SQLITE_CONSTRAINT_FOREIGNKEY", sqlite3.IntegrityError, DatabaseConflict, CONFLICT),
+        ("SQLITE_CONSTRAINT_NOTNULL", sqlite3.IntegrityError, InvalidInput, REFUSED),
+        ("SQLITE_CONSTRAINT_CHECK", sqlite3.IntegrityError, InvalidInput, REFUSED),
+        ("SQLITE_TOOBIG", sqlite3.DataError, InvalidInput, REFUSED),
+        ("SQLITE_MISMATCH", sqlite3.IntegrityError, InvalidInput, REFUSED),
+        ("SQLITE_RANGE", sqlite3.ProgrammingError, InvalidInput, REFUSED),
+        ("SQLITE_BUSY", sqlite3.OperationalError, DatabaseUnavailable, UNAVAILABLE),
+        ("SQLITE_LOCKED", sqlite3.OperationalError, DatabaseUnavailable, UNAVAILABLE),
+        ("SQLITE_IOERR", sqlite3.OperationalError, DatabaseUnavailable, UNAVAILABLE),
+        ("SQLITE_FULL", sqlite3.OperationalError, DatabaseUnavailable, UNAVAILABLE),
+        ("SQLITE_CANTOPEN", sqlite3.OperationalError, DatabaseError, UNAVAILABLE),
+        ("SQLITE_NOTADB", sqlite3.DatabaseError, DatabaseError, UNAVAILABLE),
+        ("SQLITE_CORRUPT", sqlite3.DatabaseError, DatabaseError, UNAVAILABLE),
+        ("SQLITE_ERROR", sqlite3.OperationalError, DatabaseError, UNAVAILABLE),  # no such table
+        ("SQLITE_READONLY", sqlite3.OperationalError, DatabaseError, UNAVAILABLE),
+        # Without a result code, the exception class decides.
+        (None, sqlite3.IntegrityError, DatabaseConflict, CONFLICT),
+        (None, sqlite3.DataError, InvalidInput, REFUSED),
+        (None, sqlite3.OperationalError, DatabaseUnavailable, UNAVAILABLE),
+        (None, sqlite3.InterfaceError, DatabaseUnavailable, UNAVAILABLE),
+        (None, sqlite3.ProgrammingError, DatabaseError, UNAVAILABLE),
+        (None, sqlite3.InternalError, DatabaseError, UNAVAILABLE),
+    ],
+)
+def test_sqlite_failures_by_result_code(
+    name: str | None, cls: type[sqlite3.Error], kind: type[DiscoveryError], message: str
+) -> None:
+    """The result code decides, whatever the exception class says."""
+    error = classify(sqlite_failure(name, cls=cls), "here")
+    assert type(error) is kind
+    assert error.message == message
+
+
+def test_the_reason_is_the_driver_s_first_line() -> None:
+    error = classify(postgres_failure("08006", "  server closed\nthe connection  "), "db")
+    assert error.message == "cannot use the database at db: server closed"
+
+
+def test_a_failure_without_words_is_named_by_its_class() -> None:
+    error = classify(sqlite_failure(None, text="   "), "db")
+    assert error.message == "cannot use the database at db: OperationalError"

@@ -90,6 +90,12 @@ def test_an_unusable_expires_in_is_a_bad_answer_to_retry(expires_in: Any) -> Non
     assert isinstance(error, TransientProviderError)
     assert error.error_type == "lwa_bad_response"
     assert error.status_code == 200
+    assert error.message == f"LWA answered 200 with expires_in={str(expires_in)[:20]!r}"
+
+
+def test_a_long_expires_in_is_cut_short_in_the_message() -> None:
+    error = answer(200, GRANT | {"expires_in": "9" * 30})
+    assert error.message == f"LWA answered 200 with expires_in={'9' * 20!r}"
 
 
 @pytest.mark.parametrize("refresh_token", [None, "", 42, ["Atzr|x"]])
@@ -112,6 +118,8 @@ def test_200_without_an_access_token_is_a_bad_answer_to_retry(access_token: Any)
     error = answer(200, body)
     assert isinstance(error, TransientProviderError)
     assert error.error_type == "lwa_bad_response"
+    assert error.status_code == 200
+    assert error.message == "LWA answered 200 without an access token"
 
 
 def test_tokens_stay_out_of_the_grant_s_repr() -> None:
@@ -130,7 +138,7 @@ def test_invalid_grant_means_the_seller_s_authorization_is_gone(status: int) -> 
     assert error.kind is ErrorKind.seller
     assert error.error_type == "oauth_token_revoked"
     assert error.status_code == status
-    assert "about invalid_grant" in error.message
+    assert error.message == "LWA refused the grant: about invalid_grant"
 
 
 # -- the app's own credentials -------------------------------------------------------------------
@@ -145,8 +153,10 @@ def test_client_errors_blame_the_app_never_the_seller(status: int, code: str) ->
     assert error.kind is ErrorKind.app_credentials
     assert error.error_type == "lwa_app_credentials_rejected"
     assert error.status_code == status
-    assert code in error.message
-    assert "AMAZON_LWA_CLIENT_SECRET" in error.message
+    assert error.message == (
+        f"LWA rejected the app's credentials ({code}): check AMAZON_LWA_CLIENT_ID and "
+        "AMAZON_LWA_CLIENT_SECRET"
+    )
 
 
 # -- transient: throttling, server errors ----------------------------------------------------
@@ -168,6 +178,7 @@ def test_throttling_and_server_errors_are_retried(status: int, error_type: str) 
     assert error.error_type == error_type
     assert error.status_code == status
     assert error.retry_after is None
+    assert error.message == f"LWA answered {status}: about server_error"
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])
@@ -221,6 +232,7 @@ def test_a_body_that_is_not_a_json_object_is_retried_on_success_throttling_and_5
     assert type(error) is TransientProviderError
     assert error.error_type == "lwa_bad_response"
     assert error.status_code == status
+    assert error.message == f"LWA answered {status} with a body that is not JSON"
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 413, 499])
@@ -272,6 +284,13 @@ def test_an_error_without_a_description_names_the_code() -> None:
     assert error.message == "LWA answered 400 invalid_request: invalid_request"
 
 
+def test_a_long_error_code_is_cut_short() -> None:
+    code = "x" * 45
+    error = answer(400, {"error": code, "error_description": "d"})
+    assert error.error_type == f"lwa_{'x' * 40}…"
+    assert error.message == f"LWA answered 400 {'x' * 40}…: d"
+
+
 def test_a_200_carrying_an_error_code_is_not_a_grant() -> None:
     error = answer(200, {"error": "invalid_grant"})
     assert type(error) is TransientProviderError
@@ -289,9 +308,18 @@ def test_secrets_echoed_in_an_error_description_are_redacted() -> None:
     assert "[redacted]" in error.message
 
 
-def test_a_long_description_is_cut_short() -> None:
-    error = answer(400, {"error": "invalid_request", "error_description": "x" * 5000})
-    assert len(error.message) < 400
+@pytest.mark.parametrize(
+    ("description", "shown"),
+    [
+        ("x" * 200, "x" * 200),
+        ("x" * 201, "x" * 200 + "…"),
+        ("x" * 5000, "x" * 200 + "…"),
+        ("line\nbreak \x1b[31mred\u202e", "line\\nbreak \\x1b[31mred\\u202e"),
+    ],
+)
+def test_a_description_is_escaped_and_cut_at_200_characters(description: str, shown: str) -> None:
+    error = answer(400, {"error": "invalid_request", "error_description": description})
+    assert error.message == f"LWA answered 400 invalid_request: {shown}"
 
 
 # -- the lifetime rule on its own ----------------------------------------------------------

@@ -143,6 +143,34 @@ def test_a_slow_answer_past_the_timeout_is_transient(sandbox: Sandbox) -> None:
     ):
         lwa.refresh(seller.refresh_token)
     assert caught.value.error_type == "lwa_timeout"
+    assert caught.value.message == "LWA token request failed: ReadTimeout"
+
+
+def test_a_client_of_its_own_gives_up_at_its_timeout(sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.selling_partner_id, "slow", ms=1500, times=1)
+    with (
+        LwaClient(app_for(sandbox), timeout=httpx.Timeout(0.3)) as lwa,
+        pytest.raises(TransientProviderError) as caught,
+    ):
+        lwa.refresh(seller.refresh_token)
+    assert caught.value.error_type == "lwa_timeout"
+
+
+def test_a_client_of_its_own_is_closed_with_it(sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    with LwaClient(app_for(sandbox)) as lwa:
+        assert lwa.refresh(seller.refresh_token).access_token
+    with pytest.raises(RuntimeError, match="client has been closed"):
+        lwa.refresh(seller.refresh_token)
+
+
+def test_a_client_it_was_given_is_left_open(sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    with httpx.Client(timeout=2.0) as http:
+        with LwaClient(app_for(sandbox), http) as lwa:
+            lwa.refresh(seller.refresh_token)
+        assert not http.is_closed
 
 
 def test_a_closed_port_is_a_transient_connection_error(sandbox: Sandbox) -> None:
@@ -158,6 +186,7 @@ def test_a_closed_port_is_a_transient_connection_error(sandbox: Sandbox) -> None
     ):
         lwa.refresh("Atzr|any")
     assert caught.value.error_type == "lwa_connection_error"
+    assert caught.value.message == "LWA token request failed: ConnectError"
     assert caught.value.status_code is None
 
 

@@ -118,6 +118,29 @@ def test_missing_parameters_are_invalid_request(
     }
 
 
+def test_a_code_grant_without_its_redirect_uri_is_invalid_request(
+    client: httpx.Client, sandbox: Sandbox
+) -> None:
+    seller_id = sandbox.state.consenting_seller(None)
+    code = sandbox.state.issue_code(seller_id, sandbox.config.redirect_uris[0], ttl=300)
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "client_id": sandbox.config.client_id,
+        "client_secret": sandbox.config.client_secret,
+    }
+    response = client.post("/auth/o2/token", data=form)
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "invalid_request",
+        "error_description": "The request is missing a required parameter : redirect_uri",
+    }
+    accepted = client.post(
+        "/auth/o2/token", data=form | {"redirect_uri": sandbox.config.redirect_uris[0]}
+    )
+    assert accepted.status_code == 200  # the code was not spent by the refused request
+
+
 def test_unsupported_grant_type(client: httpx.Client, sandbox: Sandbox) -> None:
     seller = sandbox.state.add_seller()
     response = refresh(client, sandbox, seller.refresh_token, grant_type="password")
@@ -363,6 +386,7 @@ def test_a_rotated_client_secret_also_fails_the_code_exchange(sandbox: Sandbox) 
             data={
                 "grant_type": "authorization_code",
                 "code": "ANeverIssuedCode1234",
+                "redirect_uri": sandbox.config.redirect_uris[0],
                 "client_id": sandbox.config.client_id,
                 "client_secret": sandbox.config.client_secret,
             },

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from discoveryctl.errors import InvalidInput
-from discoveryctl.user_ids import MAX_LENGTH, valid_user_id
+from discoveryctl.user_ids import MAX_LENGTH, shown, valid_user_id
 
 
 @pytest.mark.parametrize(
@@ -32,14 +32,14 @@ def test_acceptable_ids_are_stored_in_one_form(raw: str, stored: str) -> None:
     [
         ("", "it is blank"),
         ("   ", "it is blank"),
-        ("a" * (MAX_LENGTH + 1), "256 characters long, more than 255"),
-        ("a" * 300, "300 characters long"),
+        ("a" * (MAX_LENGTH + 1), "it is 256 characters long, more than 255"),
+        ("a" * 300, "it is 300 characters long, more than 255"),
         ("a\x00b", "a control character (U+0000)"),
         ("a\nb", "a control character (U+000A)"),
         ("a\tb", "a control character (U+0009)"),
         ("a\x1b[31mb", "a control character (U+001B)"),
         ("a\x85b", "a control character (U+0085)"),
-        ("admin\u202e", "bidi override or zero-width) (U+202E)"),
+        ("admin\u202e", "an invisible formatting character (bidi override or zero-width) (U+202E)"),
         ("a\u2066b", "(U+2066)"),
         ("a\u200bb", "(U+200B)"),
         ("a\u200db", "(U+200D)"),
@@ -54,8 +54,26 @@ def test_acceptable_ids_are_stored_in_one_form(raw: str, stored: str) -> None:
 def test_unacceptable_ids_are_refused_with_the_reason(raw: str, reason: str) -> None:
     with pytest.raises(InvalidInput) as caught:
         valid_user_id(raw)
-    assert reason in caught.value.message
-    assert caught.value.message.isprintable()
+    message = caught.value.message
+    assert message.startswith(f"user id {shown(raw)} is not acceptable: it ")
+    assert message.endswith(reason)
+    assert message.isprintable()
+
+
+@pytest.mark.parametrize(
+    ("raw", "quoted"),
+    [
+        ("bob", "'bob'"),
+        ("\u00e9mile", "'\u00e9mile'"),  # printable: as typed
+        ("a" * 60, repr("a" * 60)),
+        ("a" * 61, repr("a" * 60 + "\u2026")),
+        ("a\x1b[2Jb", "'a\\x1b[2Jb'"),  # not printable: escaped, accents too
+        ("\u00e9\x00", "'\\xe9\\x00'"),
+        ("b\u202eob", "'b\\u202eob'"),
+    ],
+)
+def test_an_id_in_a_message_cannot_move_the_terminal_s_cursor(raw: str, quoted: str) -> None:
+    assert shown(raw) == quoted
 
 
 def test_a_255_character_id_after_normalising_is_accepted() -> None:

@@ -39,7 +39,7 @@ def classify(error: exc.DBAPIError, where: str) -> DiscoveryError:
     )
     message = f"cannot use the database at {where}: {reason}"
     sqlstate = getattr(orig, "sqlstate", None)
-    if isinstance(sqlstate, str) and sqlstate:
+    if isinstance(sqlstate, str) and len(sqlstate) == 5:  # a SQLSTATE is five characters
         if sqlstate in _CONFLICT_SQLSTATES:
             return DatabaseConflict(f"another writer changed the same rows first: {reason}")
         if sqlstate in _UNAVAILABLE_SQLSTATES or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES:

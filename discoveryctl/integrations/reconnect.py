@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session
 from discoveryctl import events, notifications
 from discoveryctl.db.models import IntegrationStatus, utcnow
 from discoveryctl.errors import NotFound
-from discoveryctl.user_ids import shown
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.health import (
     RECONNECT_ATTEMPTS,
@@ -19,6 +18,7 @@ from discoveryctl.integrations.health import (
     isoformat,
     reconnect_url,
 )
+from discoveryctl.user_ids import shown
 
 RECONNECT_REQUESTED = lifecycle.RECONNECT_REQUESTED
 

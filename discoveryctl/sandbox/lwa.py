@@ -62,7 +62,14 @@ async def token(request: Request, config: SandboxConfig, state: SandboxState) ->
     if grant_type == "refresh_token":
         outcome = await _refresh(state, config, grant)
     else:
-        outcome = await _exchange_code(state, config, grant, form.get("redirect_uri") or None)
+        # The code grant names the redirect URI the code was issued for: LWA lists it among
+        # the request's parameters (client_secret alone is marked optional), and RFC 6749
+        # §4.1.3 requires it whenever the authorization request carried one, as SP-API consent
+        # does. https://developer.amazon.com/docs/amazon-data-portability/lwa-access-token.html
+        redirect_uri = form.get("redirect_uri")
+        if not redirect_uri:
+            return _missing("redirect_uri")
+        outcome = await _exchange_code(state, config, grant, redirect_uri)
     if isinstance(outcome, Response):
         return outcome
     seller_id = outcome.selling_partner_id
@@ -96,7 +103,7 @@ async def _refresh(
 
 
 async def _exchange_code(
-    state: SandboxState, config: SandboxConfig, code: str, redirect_uri: str | None
+    state: SandboxState, config: SandboxConfig, code: str, redirect_uri: str
 ) -> Tokens | Response:
     seller_id = state.seller_of_code(code)
     if seller_id is not None:
