@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from discoveryctl.crypto import Vault
+from discoveryctl.db.models import StripeCustomer
+from discoveryctl.integrations import lifecycle
+from discoveryctl.integrations.health import Provider, Status
+from discoveryctl.integrations.transfer import import_lines
 
 from helpers import amazon_line, stripe_line, write_lines
 
@@ -233,8 +248,6 @@ def test_concurrent_imports_of_the_same_file_store_each_integration_once(
 ) -> None:
     import os
     import random
-    import subprocess
-    import sys
 
     lines = [amazon_line(f"u{i}") for i in range(300)] + [stripe_line(f"u{i}") for i in range(300)]
     sources = []
@@ -256,10 +269,123 @@ def test_concurrent_imports_of_the_same_file_store_each_integration_once(
         assert code == 0, stderr
         assert "Traceback" not in stderr
         assert json.loads(stdout)["rejected"] == []
+    retried = [line for _, _, stderr in outcomes for line in retries_logged(stderr)]
+    assert retried == []  # the write lock serialized the imports: no batch met a conflict
     assert sum(json.loads(stdout)["created"] for _, stdout, _ in outcomes) == 600
     assert db.scalar("SELECT count(*) FROM integration_status") == 600
     assert db.scalar("SELECT count(*) FROM credentials") == 300
     assert db.scalar("SELECT count(*) FROM stripe_customers") == 300
+
+
+def test_an_import_waits_for_another_import_to_commit_before_it_reads(
+    db: Any, tmp_path: Path
+) -> None:
+    """A second import of the same line, started while a first one holds the write lock with
+    the line stored but not committed, waits; then it finds the line stored (unchanged)
+    without meeting a conflict to retry."""
+    line = stripe_line("u1")
+    with sessionmaker(db.engine)() as first:
+        held = import_lines(
+            [json.dumps(line).encode()],
+            lambda: written_not_committed(first),
+            Vault([db.key]),
+            frontend_url="http://localhost:3000",
+        )
+        assert held.created == 1
+        code, stdout, stderr = import_once_blocked_by(
+            first, db, write_lines(tmp_path / "one.jsonl", line)
+        )
+    assert code == 0, stderr
+    assert json.loads(stdout) == {"created": 0, "updated": 0, "unchanged": 1, "rejected": []}
+    assert retries_logged(stderr) == []
+    assert db.scalar("SELECT count(*) FROM integration_status") == 1
+    assert db.scalar("SELECT count(*) FROM stripe_customers") == 1
+
+
+def test_a_conflict_with_a_writer_outside_the_import_lock_is_retried(
+    db: Any, tmp_path: Path
+) -> None:
+    """A writer that takes no import lock (a connect, say) stores the same user while an
+    import runs. PostgreSQL lets the import read past the uncommitted row, so its insert
+    conflicts and the batch is retried; SQLite's write lock makes the import wait instead."""
+    with sessionmaker(db.engine)() as writer:
+        lifecycle.create(writer, "u1", Provider.stripe, Status.pending)
+        writer.add(StripeCustomer(user_id="u1", email="u1@example.com", attempts=0))
+        writer.flush()
+        code, stdout, stderr = import_once_blocked_by(
+            writer, db, write_lines(tmp_path / "one.jsonl", stripe_line("u1"))
+        )
+    assert code == 0, stderr
+    assert json.loads(stdout) == {"created": 0, "updated": 0, "unchanged": 1, "rejected": []}
+    retried = retries_logged(stderr)
+    if db.kind == "postgres":
+        assert [(r["first_line"], r["last_line"], r["attempt"]) for r in retried] == [(1, 1, 1)]
+    else:
+        assert retried == []
+    assert db.scalar("SELECT count(*) FROM integration_status") == 1
+
+
+def retries_logged(stderr: str) -> list[dict[str, Any]]:
+    """The ``import_batch_retried`` log lines among an import's JSON log lines."""
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    return [line for line in lines if line["event"] == "import_batch_retried"]
+
+
+@contextmanager
+def written_not_committed(session: Session) -> Iterator[Session]:
+    """A transaction scope that writes what it was given and stays open for the caller."""
+    yield session
+    session.flush()
+
+
+def import_once_blocked_by(holder: Session, db: Any, source: Path) -> tuple[int, str, str]:
+    """Run `discoveryctl import FILE --json` in another process; once it waits for a lock
+    that ``holder``'s open transaction holds, commit that transaction. Returns the import's
+    exit code, stdout and stderr."""
+    importing = subprocess.Popen(
+        [sys.executable, "-m", "discoveryctl", "import", str(source), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until_blocked(importing, db, holder)
+    except BaseException:
+        importing.kill()
+        importing.communicate()
+        raise
+    finally:
+        holder.commit()
+    stdout, stderr = importing.communicate(timeout=60)
+    return importing.returncode, stdout, stderr
+
+
+def wait_until_blocked(process: subprocess.Popen[str], db: Any, holder: Session) -> None:
+    """Return once ``process`` waits for a lock that ``holder``'s transaction holds."""
+    if db.kind == "postgres":
+        holder_pid = holder.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+
+        def blocked() -> bool:
+            waiting = db.scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))",
+                pid=holder_pid,
+            )
+            return bool(waiting)
+    else:
+        wchan = Path(f"/proc/{process.pid}/wchan")
+        if not wchan.exists():
+            pytest.skip("needs /proc/<pid>/wchan to see a process wait for SQLite's lock")
+
+        def blocked() -> bool:
+            # SQLite's busy handler sleeps between attempts to take the lock; nothing else in
+            # the import sleeps before its first write.
+            return "nanosleep" in wchan.read_text()
+
+    deadline = time.monotonic() + 60
+    while not blocked():
+        assert process.poll() is None, "the import finished without waiting for the lock"
+        assert time.monotonic() < deadline, "the import never waited for the lock"
+        time.sleep(0.02)
 
 
 def test_export_over_an_existing_file_makes_it_private(db: Any, cli: Any, tmp_path: Path) -> None:

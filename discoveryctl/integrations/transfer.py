@@ -39,6 +39,7 @@ from discoveryctl.db.models import (
 from discoveryctl.errors import DatabaseError
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.health import Provider, Region, Status
+from discoveryctl.logging import get_logger
 
 BATCH_SIZE = 500
 BATCH_ATTEMPTS = 3
@@ -226,6 +227,12 @@ def import_lines(
                     raise DatabaseError(
                         "another process keeps writing the same integrations: run the import again"
                     ) from None
+                get_logger().info(
+                    "import_batch_retried",
+                    first_line=batch[0][0],
+                    last_line=batch[-1][0],
+                    attempt=attempt,
+                )
                 time.sleep(random.uniform(0.05, 0.2) * attempt)
                 continue
             report.merge(stored)
