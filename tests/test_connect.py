@@ -15,10 +15,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import httpx
 import jwt
@@ -206,6 +207,64 @@ def test_login_uri_mode(db: Any, monkeypatch: pytest.MonkeyPatch, cli: Any) -> N
         code, _, stderr = run.finish()
         assert code == 0, stderr
         assert cli("status", "--user", "bob", "--json").json()[0]["status"] == "active"
+
+
+@pytest.mark.parametrize("tries_blocked", [1, 2])
+def test_a_store_blocked_by_another_writer_is_tried_again(
+    db: Any, monkeypatch: pytest.MonkeyPatch, cli: Any, tries_blocked: int
+) -> None:
+    """Amazon granted access, then the database was locked by another writer past its wait:
+    the authorization is stored on the second try instead of being lost; when the second try
+    is blocked too, the seller is told to connect again (``store_failed``), nothing half-stored.
+    """
+    wait = 2.0  # how long the command waits for a lock, set through DATABASE_URL
+    if db.kind == "sqlite":
+        url = f"{db.url}?timeout={wait}"
+    else:
+        url = db.url.replace("options=", f"options={quote(f'-clock_timeout={int(wait)}s ')}", 1)
+    for amazon in start_amazon(db, monkeypatch):
+        monkeypatch.setenv("DATABASE_URL", url)
+        seller = amazon.sandbox.state.add_seller()
+        # The code exchange takes a second: the window in which the lock is taken.
+        amazon.sandbox.state.set_behaviour(seller.selling_partner_id, "slow", ms=1000, times=1)
+        run = Run("--user", "vera", "--no-browser", "--timeout", "60")
+        callback = approve(
+            with_params(run.consent_url(), selling_partner_id=seller.selling_partner_id)
+        )
+        with ThreadPoolExecutor(max_workers=1) as browser:
+            page = browser.submit(browse, callback)
+            deadline = time.monotonic() + 20
+            while not db.scalar("SELECT count(*) FROM oauth_states WHERE consumed_at IS NOT NULL"):
+                assert time.monotonic() < deadline, "the callback never arrived"
+                time.sleep(0.02)
+            with db.engine.connect() as other:
+                if db.kind == "sqlite":
+                    other.exec_driver_sql("BEGIN IMMEDIATE")  # SQLite's write lock
+                else:
+                    other.exec_driver_sql("BEGIN")
+                    other.exec_driver_sql(
+                        "LOCK TABLE integration_status, credentials IN EXCLUSIVE MODE"
+                    )
+                while not amazon.sandbox.state.stats()["grants"]["authorization_code"]:
+                    assert time.monotonic() < deadline, "the code was never exchanged"
+                    time.sleep(0.02)
+                time.sleep(wait * tries_blocked + 1.0)  # each blocked try gives up meanwhile
+                other.rollback()
+            shown = page.result(timeout=30).text
+        code, _, stderr = run.finish()
+        if tries_blocked == 1:
+            assert "Amazon account connected" in shown
+            assert code == 0, stderr
+            assert "store_failed" not in amazon.failures()
+            assert len(amazon.credentials()) == 1
+            assert cli("status", "--user", "vera", "--json").json()[0]["status"] == "active"
+        else:
+            assert "the seller must connect again (store_failed)" in shown
+            assert code == 1
+            assert "(store_failed)" in stderr
+            assert amazon.failures() == ["store_failed"]
+            assert amazon.credentials() == []
+            assert cli("status", "--user", "vera", "--json").json() == []
 
 
 def test_paste_the_final_address(amazon: Amazon, cli: Any) -> None:

@@ -49,7 +49,8 @@ def create_engine(raw_url: str) -> Engine:
                 raise DatabaseError(
                     f"cannot create the folder {folder} for the SQLite database: {error.strerror}"
                 ) from None
-        kwargs["connect_args"] = {"timeout": 30}
+        if "timeout" not in url.query:  # how long to wait for another writer's lock
+            kwargs["connect_args"] = {"timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
     try:
