@@ -508,6 +508,37 @@ def test_rejected_app_credentials_exit_3_and_alert_the_admin(
     assert [n["kind"] for n in admin] == ["app_credentials_rejected"]
 
 
+MARKER_SECRET = "amzn1.oa2-cs.v1.marker0123456789abcdef0123456789abcdef"
+
+
+def test_the_client_secret_reaches_no_output_log_or_row(
+    db: Any, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A marker secret, LOG_LEVEL=debug, a connect that works and one that LWA refuses (a
+    rotated secret): the secret is in no output, no log line, no row, no error."""
+    for amazon in start_amazon(db, monkeypatch, client_secret=MARKER_SECRET):
+        run = Run("--user", "mia", "--no-browser", "--timeout", "30")
+        browse(run.consent_url())
+        outputs = list(run.finish())
+        assert outputs[0] == 0, outputs[2]
+        amazon.sandbox.state.rotate_client_secret("amzn1.oa2-cs.v1.the-new-one")
+        run = Run("--user", "noa", "--paste")
+        run.paste(approve(run.consent_url()))
+        outputs += run.finish()
+        assert outputs[3] == 3
+        for args in (("doctor", "--json"), ("events", "--json"), ("notifications", "--admin")):
+            result = cli(*args)
+            outputs += [result.stdout, result.stderr]
+        everything = json.dumps(
+            [*map(str, outputs)]
+            + [db.rows(f"SELECT * FROM {table}") for table in ("events", "notifications")],
+            default=str,
+        )
+        assert "rejected the app's credentials" in everything
+        assert MARKER_SECRET not in everything
+        assert MARKER_SECRET[len("amzn1.oa2-cs.v1.") :] not in everything
+
+
 # -- helpers ----------------------------------------------------------------------------------
 
 
