@@ -1,4 +1,4 @@
-"""Small builders for test input."""
+"""Small builders for test input, and shortcuts that put integrations in a given state."""
 
 from __future__ import annotations
 
@@ -6,6 +6,12 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+from discoveryctl.db.engine import Database
+from discoveryctl.integrations import lifecycle
+from discoveryctl.integrations.health import Status
+
+FRONTEND = "http://localhost:3000"
 
 
 def write_lines(path: Path, *lines: dict[str, Any] | str) -> Path:
@@ -28,3 +34,26 @@ def amazon_line(user_id: str, token: str | None = None, **extra: Any) -> dict[st
 
 def stripe_line(user_id: str, **extra: Any) -> dict[str, Any]:
     return {"user_id": user_id, "provider": "stripe", "email": f"{user_id}@example.com", **extra}
+
+
+def set_status(url: str, user: str, status: Status) -> None:
+    """Move ``user``'s Amazon integration to ``status``, as a real transition does."""
+    database = Database(url)
+    with database.session() as session:
+        integration = lifecycle.find(session, user, "amazon")
+        assert integration is not None
+        lifecycle.change_status(session, integration, status, reason="test", frontend_url=FRONTEND)
+    database.dispose()
+
+
+def fail_transiently(url: str, user: str, times: int) -> None:
+    """Record ``times`` transient refresh failures on ``user``'s Amazon integration."""
+    database = Database(url)
+    with database.session() as session:
+        integration = lifecycle.find(session, user, "amazon")
+        assert integration is not None
+        for _ in range(times):
+            lifecycle.record_transient_failure(
+                session, integration, error_type="lwa_timeout", message="timed out after 10s"
+            )
+    database.dispose()

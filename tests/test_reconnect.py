@@ -9,8 +9,7 @@ import pytest
 
 from discoveryctl.integrations.health import Status
 
-from helpers import amazon_line, write_lines
-from test_status import set_status
+from helpers import amazon_line, set_status, write_lines
 
 
 @pytest.fixture

@@ -5,13 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from discoveryctl.db.engine import Database
-from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.health import Status
 
-from helpers import amazon_line, stripe_line, write_lines
-
-FRONTEND = "http://localhost:3000"
+from helpers import amazon_line, fail_transiently, set_status, stripe_line, write_lines
 
 
 def seed(cli: Any, tmp_path: Path) -> None:
@@ -24,27 +20,6 @@ def seed(cli: Any, tmp_path: Path) -> None:
         stripe_line("dave"),
     )
     assert cli("import", str(source)).exit_code == 0
-
-
-def set_status(url: str, user: str, status: Status) -> None:
-    database = Database(url)
-    with database.session() as session:
-        integration = lifecycle.find(session, user, "amazon")
-        assert integration is not None
-        lifecycle.change_status(session, integration, status, reason="test", frontend_url=FRONTEND)
-    database.dispose()
-
-
-def fail_transiently(url: str, user: str, times: int) -> None:
-    database = Database(url)
-    with database.session() as session:
-        integration = lifecycle.find(session, user, "amazon")
-        assert integration is not None
-        for _ in range(times):
-            lifecycle.record_transient_failure(
-                session, integration, error_type="lwa_timeout", message="timed out after 10s"
-            )
-    database.dispose()
 
 
 def test_json_is_shaped_like_the_seed_api(db: Any, cli: Any, tmp_path: Path) -> None:

@@ -8,8 +8,7 @@ from typing import Any
 
 from discoveryctl.integrations.health import Status
 
-from helpers import amazon_line, write_lines
-from test_status import fail_transiently, set_status
+from helpers import amazon_line, fail_transiently, set_status, write_lines
 
 
 def detail(row: dict[str, Any]) -> Any:
