@@ -77,7 +77,14 @@ class Application:
     def err(self) -> Console:
         from rich.console import Console
 
-        return Console(stderr=True, markup=False, highlight=False, emoji=False)
+        # A message to a file or a pipe is one line, however long: not wrapped at 80 columns.
+        return Console(
+            stderr=True,
+            markup=False,
+            highlight=False,
+            emoji=False,
+            soft_wrap=not sys.stderr.isatty(),
+        )
 
     def print_json(self, data: Any) -> None:
         indent = 2 if sys.stdout.isatty() else None
