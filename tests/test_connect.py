@@ -279,7 +279,7 @@ def test_paste_the_final_address(amazon: Amazon, cli: Any) -> None:
 def test_reconnect_replaces_the_token_and_resets_failures(amazon: Amazon, cli: Any) -> None:
     from discoveryctl.integrations.health import Status
 
-    from test_status import fail_transiently, set_status
+    from helpers import fail_transiently, set_status
 
     def connect_dave() -> dict[str, Any]:
         run = Run("--user", "dave", "--paste", "--json")

@@ -20,24 +20,11 @@ import httpx
 import pytest
 
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
-from discoveryctl.sandbox.clock import ManualClock
+from discoveryctl.sandbox.clock import FrozenClock, ManualClock
 
 KEY = SandboxConfig().stripe_api_key
 AUTH = {"Authorization": f"Bearer {KEY}"}
 DAY = 24 * 60 * 60
-
-
-class FrozenClock(ManualClock):
-    """A ``ManualClock`` that does not follow the wall clock either: only ``advance()`` and
-    the sandbox's injected sleeps move it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._frozen_at = super().now()
-
-    def now(self) -> float:
-        with self._lock:
-            return self._frozen_at + self._offset
 
 
 class GatedClock(FrozenClock):

@@ -9,9 +9,11 @@ from collections.abc import Callable, Iterator
 import pytest
 import stripe
 from stripe.params import CustomerCreateParams
-from test_sandbox_stripe import KEY, FrozenClock
 
-from discoveryctl.sandbox import Sandbox, run_in_thread
+from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
+from discoveryctl.sandbox.clock import FrozenClock
+
+KEY = SandboxConfig().stripe_api_key
 
 Connect = Callable[..., stripe.StripeClient]
 
