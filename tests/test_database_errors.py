@@ -56,9 +56,7 @@ def test_a_duplicate_is_a_conflict(db: Any) -> None:
         with database.session() as session:
             session.execute(sa.text("CREATE TABLE probe (k VARCHAR(10) PRIMARY KEY)"))
             session.execute(sa.text("INSERT INTO probe VALUES ('a')"))
-        with pytest.raises(sa.exc.IntegrityError) as caught, database.session() as session:
-            session.execute(sa.text("INSERT INTO probe VALUES ('a')"))
-        error = classify(caught.value, "here")
+        error = failure_of(database, "INSERT INTO probe VALUES ('a')")
     finally:
         database.dispose()
     assert type(error) is DatabaseConflict

@@ -3,6 +3,7 @@ SQLite, which would store anything, and PostgreSQL, whose columns hold 255 chara
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -106,3 +107,27 @@ def test_every_command_refuses_a_bad_id_alike_on_every_backend(
     assert result.stdout == ""
     for table in ("oauth_states", "events", "integration_status", "notifications"):
         assert db.scalar(f"SELECT count(*) FROM {table}") == 0, table
+
+
+def test_import_lines_follow_the_same_rule(db: Any, cli: Any, tmp_path: Any) -> None:
+    source = tmp_path / "ids.jsonl"
+    source.write_text(
+        "\n".join(
+            json.dumps({"user_id": user_id, "provider": "stripe", "email": "a@example.com"})
+            for user_id in ("e\u0301mile", "u" * 300, "bob\u202e", "zero\u200bwidth", "ok")
+        )
+        + "\n"
+    )
+    result = cli("import", str(source))
+    assert result.exit_code == 1
+    assert [line for line in result.stderr.splitlines() if line.startswith("line ")] == [
+        "line 2: user_id is not acceptable: it is 300 characters long, more than 255",
+        "line 3: user_id is not acceptable: it contains an invisible formatting character "
+        "(bidi override or zero-width) (U+202E)",
+        "line 4: user_id is not acceptable: it contains an invisible formatting character "
+        "(bidi override or zero-width) (U+200B)",
+    ]
+    stored = db.rows("SELECT user_id FROM integration_status ORDER BY user_id")
+    assert stored == [{"user_id": "ok"}, {"user_id": "\u00e9mile"}]  # one form: NFC
+    found = cli("status", "--user", "e\u0301mile", "--json").json()  # typed either way
+    assert [row["user_id"] for row in found] == ["\u00e9mile"]

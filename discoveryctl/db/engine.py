@@ -141,14 +141,12 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session that commits on success and rolls back on any error."""
+        """A session that commits on success and rolls back on any error; a failed database
+        call is raised as the ``DiscoveryError`` of its kind (``db.failures.classify``)."""
         session = self._sessions()
         try:
             yield session
             session.commit()
-        except exc.IntegrityError:
-            session.rollback()
-            raise
         except exc.DBAPIError as error:
             session.rollback()
             raise self.unreachable(error) from None

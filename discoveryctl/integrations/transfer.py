@@ -36,10 +36,11 @@ from discoveryctl.db.models import (
     table_of,
     utcnow,
 )
-from discoveryctl.errors import DatabaseError
+from discoveryctl.errors import DatabaseConflict
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.health import Provider, Region, Status
 from discoveryctl.logging import get_logger
+from discoveryctl.user_ids import refusal_of, valid_user_id
 
 BATCH_SIZE = 500
 BATCH_ATTEMPTS = 3
@@ -177,10 +178,12 @@ def _text(data: dict[str, Any], name: str) -> str:
 
 
 def _user_id(data: dict[str, Any]) -> str:
+    """The one user-id rule (``discoveryctl.user_ids``), as for ``--user``."""
     user_id = _text(data, "user_id")
-    if len(user_id) > 255:
-        raise Rejected("user_id is longer than 255 characters")
-    return user_id
+    refusal = refusal_of(user_id)
+    if refusal is not None:
+        raise Rejected(f"user_id is not acceptable: {refusal}")
+    return valid_user_id(user_id)
 
 
 def _moment(data: dict[str, Any], name: str) -> datetime | None:
@@ -220,11 +223,11 @@ def import_lines(
                 with session_scope() as session:
                     lock_for_writing(session, "import")  # imports never race each other
                     _store(session, batch, vault, frontend_url, stored)
-            except sa.exc.IntegrityError:
+            except DatabaseConflict:
                 # Another writer (a connect, say) stored one of these users first: the next
                 # attempt sees the row and updates it instead.
                 if attempt == BATCH_ATTEMPTS:
-                    raise DatabaseError(
+                    raise DatabaseConflict(
                         "another process keeps writing the same integrations: run the import again"
                     ) from None
                 get_logger().info(
