@@ -32,7 +32,6 @@ from discoveryctl.db.models import OAuthState, utcnow
 from discoveryctl.errors import (
     AppCredentialsRejected,
     DatabaseConflict,
-    DatabaseError,
     DatabaseUnavailable,
     DiscoveryError,
     OAuthCallbackError,
@@ -40,7 +39,13 @@ from discoveryctl.errors import (
 )
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.health import Provider, Region, Status, isoformat
-from discoveryctl.providers.amazon import AmazonApp, LwaClient, consent_url, login_continue_url
+from discoveryctl.providers.amazon import (
+    SELLING_PARTNER_ID,
+    AmazonApp,
+    LwaClient,
+    consent_url,
+    login_continue_url,
+)
 from discoveryctl.user_ids import valid_user_id
 
 STATE_LIFETIME = timedelta(minutes=10)
@@ -60,6 +65,7 @@ class Reason(StrEnum):
     user_mismatch = "user_mismatch"
     missing_code = "missing_code"
     missing_selling_partner_id = "missing_selling_partner_id"
+    invalid_selling_partner_id = "invalid_selling_partner_id"
     code_exchange_failed = "code_exchange_failed"
     app_credentials_rejected = "app_credentials_rejected"
     invalid_login_request = "invalid_login_request"
@@ -235,6 +241,11 @@ def validate(
         raise OAuthCallbackError(
             Reason.missing_selling_partner_id, "the callback carries no selling_partner_id"
         )
+    if not SELLING_PARTNER_ID.fullmatch(seller):
+        raise OAuthCallbackError(
+            Reason.invalid_selling_partner_id,
+            f"the callback's selling_partner_id {printable(seller, 80)} is not one Amazon issues",
+        )
     return claims, code, seller
 
 
@@ -331,7 +342,7 @@ def complete(
         pass  # a dropped connection, a lock held past the busy timeout, a race: once more
     try:
         return store()
-    except DatabaseError as error:
+    except DiscoveryError as error:  # whatever it was, the seller must hear what to do
         message = (
             f"Amazon granted access but it could not be stored ({error.message}): "
             "the seller must connect again"

@@ -365,6 +365,7 @@ PASTE_FAILURES: dict[str, Callable[[str], str]] = {
     ),
     "code_exchange_failed": lambda final: with_params(final, spapi_oauth_code="ANforgedcode"),
     "missing_selling_partner_id": lambda final: with_params(final, selling_partner_id=None),
+    "invalid_selling_partner_id": lambda final: with_params(final, selling_partner_id="A" * 65),
 }
 
 
@@ -378,6 +379,18 @@ def test_each_failure_reason(amazon: Amazon, cli: Any, reason: str) -> None:
     assert amazon.failures() == [reason]
     assert amazon.credentials() == []
     assert cli("status", "--json").json() == []
+
+
+def test_a_seller_id_with_terminal_escapes_is_refused_and_not_echoed(amazon: Amazon) -> None:
+    run = Run("--user", "frank", "--paste")
+    final = approve(run.consent_url())
+    run.paste(with_params(final, selling_partner_id="A\x1b[31mRED\x1b]0;title\x07B"))
+    code, stdout, stderr = run.finish()
+    assert code == 1
+    assert "(invalid_selling_partner_id)" in stderr
+    assert "\x1b" not in stdout + stderr
+    assert amazon.failures() == ["invalid_selling_partner_id"]
+    assert amazon.credentials() == []
 
 
 def test_a_forged_state_signed_with_another_secret(amazon: Amazon) -> None:

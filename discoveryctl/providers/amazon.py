@@ -10,6 +10,7 @@ Every LWA failure is classified here, once (SPEC §5):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult, urlencode, urljoin, urlsplit
@@ -35,6 +36,9 @@ SPAPI = {
     "fe": "https://sellingpartnerapi-fe.amazon.com",
 }
 LWA_TOKEN_URL = "https://api.amazon.com/auth/o2/token"
+# A selling partner id as Amazon issues them (e.g. A2EUQ1WTGCTBG2); anything else from a
+# callback or a file is refused before it reaches the database or a terminal.
+SELLING_PARTNER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 
 
