@@ -123,3 +123,45 @@ def test_the_console_script_runs_as_a_module() -> None:
     )
     assert done.returncode == 0
     assert "Usage: discoveryctl" in done.stdout
+
+
+def _run_together(count: int, *args: str, env: dict[str, str]) -> list[tuple[int, str]]:
+    import subprocess
+    import sys
+
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "discoveryctl", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(count)
+    ]
+    return [(p.wait(timeout=120), p.communicate()[1]) for p in processes]
+
+
+def test_commands_started_together_on_a_fresh_default_database_take_turns_migrating(
+    tmp_path: Any,
+) -> None:
+    """The SQLite default migrates itself on first use; six commands started at once must all
+    work, one migrating while the others wait, with no traceback."""
+    import os
+
+    for round_ in range(3):
+        env = dict(os.environ, XDG_DATA_HOME=str(tmp_path / f"data-{round_}"))
+        outcomes = _run_together(6, "status", "--json", env=env)
+        for code, stderr in outcomes:
+            assert code == 0, stderr
+            assert "Traceback" not in stderr
+
+
+def test_two_upgrades_started_together_both_succeed(empty_db: Any) -> None:
+    import os
+
+    outcomes = _run_together(2, "db", "upgrade", env=dict(os.environ))
+    for code, stderr in outcomes:
+        assert code == 0, stderr
+        assert "Traceback" not in stderr
+    assert Database(empty_db.url).current_revision() == HEAD_REVISION

@@ -86,7 +86,11 @@ def lock_for_writing(session: Session, name: str) -> None:
     what it will write over, with no other writer of the same kind in between. Call it
     first in the transaction.
     """
-    connection = session.connection()
+    lock_connection(session.connection(), name)
+
+
+def lock_connection(connection: sa.Connection, name: str) -> None:
+    """``lock_for_writing`` for a Core connection (migrations run on one)."""
     if connection.dialect.name == "postgresql":
         key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
         connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})

@@ -8,8 +8,9 @@ from typing import TextIO
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
+from sqlalchemy import exc
 
-from discoveryctl.db.engine import Database
+from discoveryctl.db.engine import Database, lock_connection
 
 
 def migrations_dir() -> Path:
@@ -36,10 +37,20 @@ def head_revision() -> str:
 
 
 def upgrade(database: Database, revision: str = "head") -> None:
+    """Migrate to ``revision`` in one transaction, holding the migration lock.
+
+    Processes that start at once on a fresh database (the SQLite default's first use, two
+    cron jobs) take turns: the first migrates, the others then find the schema at head and
+    do nothing. A database failure is reported by kind, like any other.
+    """
     config = alembic_config(database.url.render_as_string(hide_password=False))
-    with database.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    try:
+        with database.engine.begin() as connection:
+            lock_connection(connection, "migrations")
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    except exc.DBAPIError as error:
+        raise database.unreachable(error) from None
 
 
 def offline_sql(url: str, stdout: TextIO) -> None:
