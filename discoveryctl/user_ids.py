@@ -1,9 +1,10 @@
 """One rule for user ids on every path: the CLI's ``--user``, ``import`` lines, consent and the
 API (SPEC §4). Checked before any SQL, so every database backend sees the same ids.
 
-An id is NFC-normalised and stripped of surrounding spaces; it must not be blank, must hold no
-control, format (bidi overrides, zero-width characters), separator or surrogate characters,
-and is at most 255 characters long (the width of every ``user_id`` column).
+An id is NFC-normalised and stripped of surrounding spaces; it must not be blank (nor drawn
+blank), must hold no control, format (bidi overrides, zero-width characters), other invisible,
+separator or surrogate characters, and is at most 255 characters long (the width of every
+``user_id`` column).
 """
 
 from __future__ import annotations
@@ -36,14 +37,36 @@ def valid_user_id(raw: str) -> str:
     return unicodedata.normalize("NFC", raw).strip()
 
 
+# Unicode's Default_Ignorable_Code_Point characters that are not already refused by their
+# category: invisible by definition (combining grapheme joiner, Hangul fillers, variation
+# selectors, Mongolian and Khmer invisibles, tags). DerivedCoreProperties.txt, Unicode 15.1:
+# https://www.unicode.org/Public/15.1.0/ucd/DerivedCoreProperties.txt
+_INVISIBLE_RANGES = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+# Characters that draw nothing though they are not spaces: an id made of them is blank.
+_BLANK = "\u2800"  # BRAILLE PATTERN BLANK
+
+
 def refusal_of(raw: str) -> str | None:
     """Why ``raw`` cannot be a user id, or ``None`` when it can."""
     for character in raw:
         category = unicodedata.category(character)
         if category in _REFUSED_CATEGORIES:
             return f"it contains {_REFUSED_CATEGORIES[category]} (U+{ord(character):04X})"
+        code = ord(character)
+        if any(low <= code <= high for low, high in _INVISIBLE_RANGES):
+            return f"it contains an invisible character (U+{code:04X})"
     user_id = unicodedata.normalize("NFC", raw).strip()
-    if not user_id:
+    if not user_id.replace(_BLANK, "").strip():
         return "it is blank"
     if len(user_id) > MAX_LENGTH:
         return f"it is {len(user_id)} characters long, more than {MAX_LENGTH}"

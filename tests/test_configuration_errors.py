@@ -51,6 +51,18 @@ def test_unreachable_postgres_names_the_server_without_the_password(
     assert "hunter2" not in line
 
 
+def test_a_password_in_the_query_string_is_hidden_too(
+    cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "DATABASE_URL",
+        "postgresql://someone@127.0.0.1:1/discovery?password=hunter2&sslpassword=s3&sslmode=disable",
+    )
+    line = one_line_error(cli("status"))
+    assert "password=hidden" in line and "sslpassword=hidden" in line and "sslmode=disable" in line
+    assert "hunter2" not in line and "s3&" not in line
+
+
 def test_wrong_encryption_key_is_named_not_garbage(
     db: Any, cli: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

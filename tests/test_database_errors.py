@@ -191,8 +191,9 @@ REFUSED = "the database refused a value: it failed"
         ("55P03", DatabaseUnavailable, UNAVAILABLE),  # lock_not_available
         ("22001", InvalidInput, REFUSED),  # string_data_right_truncation
         ("22P02", InvalidInput, REFUSED),  # invalid_text_representation
-        ("23502", InvalidInput, REFUSED),  # not_null_violation
-        ("23514", InvalidInput, REFUSED),  # check_violation
+        ("22003", InvalidInput, REFUSED),  # numeric_value_out_of_range
+        ("23502", DatabaseError, UNAVAILABLE),  # not_null_violation: a bug of ours, not input
+        ("23514", DatabaseError, UNAVAILABLE),  # check_violation: likewise
         ("42P01", DatabaseError, UNAVAILABLE),  # undefined_table: not migrated as expected
         ("55000", DatabaseError, UNAVAILABLE),  # object_not_in_prerequisite_state
         ("25P02", DatabaseError, UNAVAILABLE),  # in_failed_sql_transaction
@@ -213,12 +214,19 @@ def test_postgres_failures_by_sqlstate(
         ("SQLITE_CONSTRAINT_UNIQUE", sqlite3.IntegrityError, DatabaseConflict, CONFLICT),
         ("SQLITE_CONSTRAINT_PRIMARYKEY", sqlite3.IntegrityError, DatabaseConflict, CONFLICT),
         ("SQLITE_CONSTRAINT_FOREIGNKEY", sqlite3.IntegrityError, DatabaseConflict, CONFLICT),
-        ("SQLITE_CONSTRAINT_NOTNULL", sqlite3.IntegrityError, InvalidInput, REFUSED),
-        ("SQLITE_CONSTRAINT_CHECK", sqlite3.IntegrityError, InvalidInput, REFUSED),
+        ("SQLITE_CONSTRAINT_NOTNULL", sqlite3.IntegrityError, DatabaseError, UNAVAILABLE),
+        ("SQLITE_CONSTRAINT_CHECK", sqlite3.IntegrityError, DatabaseError, UNAVAILABLE),
         ("SQLITE_TOOBIG", sqlite3.DataError, InvalidInput, REFUSED),
         ("SQLITE_MISMATCH", sqlite3.IntegrityError, InvalidInput, REFUSED),
         ("SQLITE_RANGE", sqlite3.ProgrammingError, InvalidInput, REFUSED),
         ("SQLITE_BUSY", sqlite3.OperationalError, DatabaseUnavailable, UNAVAILABLE),
+        # Extended codes count as their primary code.
+        ("SQLITE_BUSY_SNAPSHOT", sqlite3.OperationalError, DatabaseUnavailable, UNAVAILABLE),
+        ("SQLITE_BUSY_RECOVERY", sqlite3.OperationalError, DatabaseUnavailable, UNAVAILABLE),
+        ("SQLITE_LOCKED_SHAREDCACHE", sqlite3.OperationalError, DatabaseUnavailable, UNAVAILABLE),
+        ("SQLITE_IOERR_WRITE", sqlite3.OperationalError, DatabaseUnavailable, UNAVAILABLE),
+        ("SQLITE_CANTOPEN_ISDIR", sqlite3.OperationalError, DatabaseError, UNAVAILABLE),
+        ("SQLITE_READONLY_DBMOVED", sqlite3.OperationalError, DatabaseError, UNAVAILABLE),
         ("SQLITE_LOCKED", sqlite3.OperationalError, DatabaseUnavailable, UNAVAILABLE),
         ("SQLITE_IOERR", sqlite3.OperationalError, DatabaseUnavailable, UNAVAILABLE),
         ("SQLITE_FULL", sqlite3.OperationalError, DatabaseUnavailable, UNAVAILABLE),

@@ -50,6 +50,17 @@ def test_acceptable_ids_are_stored_in_one_form(raw: str, stored: str) -> None:
         ("a\ud800b", "a lone surrogate (U+D800)"),
         ("a\ue000b", "a private-use character (U+E000)"),
         ("a\u0378b", "an unassigned character (U+0378)"),
+        ("bob\u034f", "an invisible character (U+034F)"),  # combining grapheme joiner
+        ("bob\ufe0f", "an invisible character (U+FE0F)"),  # variation selector
+        ("\u3164", "an invisible character (U+3164)"),  # Hangul filler
+        ("\u115f\u1160", "an invisible character (U+115F)"),
+        ("a\u17b4", "an invisible character (U+17B4)"),
+        ("a\u180b", "an invisible character (U+180B)"),
+        ("a\uffa0", "an invisible character (U+FFA0)"),
+        ("a\U0001d173", "(U+1D173)"),
+        ("a\U000e0041", "(U+E0041)"),
+        ("\u2800", "it is blank"),  # braille blank draws nothing
+        (" \u2800 \u2800", "it is blank"),
     ],
 )
 def test_unacceptable_ids_are_refused_with_the_reason(raw: str, reason: str) -> None:

@@ -32,9 +32,15 @@ def parse_url(raw: str) -> URL:
         ) from None
 
 
+# libpq reads these from the query string too (?password=…): they are hidden like the
+# password in user:password@. https://www.postgresql.org/docs/current/libpq-connect.html
+_SECRET_QUERY_KEYS = frozenset({"password", "sslpassword", "passfile"})
+
+
 def describe(url: URL) -> str:
-    """The URL without its password, for messages."""
-    return url.render_as_string(hide_password=True)
+    """The URL without its password (in ``user:password@`` or the query), for messages."""
+    hidden = {key: "hidden" for key in url.query if key.lower() in _SECRET_QUERY_KEYS}
+    return url.update_query_dict(hidden).render_as_string(hide_password=True)
 
 
 def create_engine(raw_url: str) -> Engine:

@@ -14,12 +14,14 @@ from discoveryctl.errors import (
 
 # What a failed database call means, by SQLSTATE class (PostgreSQL, psycopg's ``sqlstate``;
 # https://www.postgresql.org/docs/current/errcodes-appendix.html) and by SQLite result code
-# (``sqlite_errorname``; https://www.sqlite.org/rescode.html). Unlisted codes fall back on
-# SQLAlchemy's exception class, and failing that mean the database cannot be used as set up.
+# (``sqlite_errorname``, read by its primary code: SQLITE_BUSY_SNAPSHOT is a SQLITE_BUSY;
+# https://www.sqlite.org/rescode.html). Unlisted codes fall back on SQLAlchemy's exception
+# class, and failing that mean the database cannot be used as set up. A NOT NULL or CHECK
+# violation is this program's bug, not the operator's input: it is not "input".
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57", "58")  # connection, resources, shutdown, I/O
 _CONFLICT_SQLSTATES = ("23505", "23503", "23P01", "40001", "40P01")  # unique, FK, serialization
 _UNAVAILABLE_SQLSTATES = ("55P03",)  # lock_not_available
-_INPUT_SQLSTATE_CLASSES = ("22", "23")  # data exceptions (value too long…), other constraints
+_INPUT_SQLSTATE_CLASSES = ("22",)  # data exceptions: a value too long, malformed, out of range
 _UNAVAILABLE_SQLITE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_FULL")
 _CONFLICT_SQLITE = (
     "SQLITE_CONSTRAINT_UNIQUE",
@@ -49,11 +51,12 @@ def classify(error: exc.DBAPIError, where: str) -> DiscoveryError:
         return DatabaseError(message)
     name = getattr(orig, "sqlite_errorname", None)
     if isinstance(name, str):
+        primary = "_".join(name.split("_")[:2])
         if name in _CONFLICT_SQLITE:
             return DatabaseConflict(f"another writer changed the same rows first: {reason}")
-        if name in _UNAVAILABLE_SQLITE:
+        if primary in _UNAVAILABLE_SQLITE:
             return DatabaseUnavailable(message)
-        if name in _INPUT_SQLITE or name.startswith("SQLITE_CONSTRAINT"):
+        if primary in _INPUT_SQLITE:
             return InvalidInput(f"the database refused a value: {reason}")
         return DatabaseError(message)
     if isinstance(error, exc.IntegrityError):

@@ -10,6 +10,7 @@ Every LWA failure is classified here, once (SPEC §5):
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,14 +197,14 @@ def parse_token_response(response: httpx.Response) -> TokenGrant:
         # Mutation testing: any value that is not a dict is the same here ("" survives).
         body = None  # pragma: no mutate
     if not isinstance(body, dict):
-        if status == 429 or status >= 500 or status < 400:
-            raise TransientProviderError(
-                f"LWA answered {status} with a body that is not JSON",
-                error_type="lwa_bad_response",
-                status_code=status,
-                retry_after=retry_after(response),
-            )
-        raise ProviderError(f"LWA answered {status} without JSON", status_code=status)
+        # Whatever the status: LWA's own answers are JSON, so this came from something in
+        # front of it (a proxy, an edge, a captive portal), and SPEC §5 retries it.
+        raise TransientProviderError(
+            f"LWA answered {status} with a body that is not JSON",
+            error_type="lwa_bad_response",
+            status_code=status,
+            retry_after=retry_after(response),
+        )
     if status == 200:
         access_token = body.get("access_token")
         if not isinstance(access_token, str) or not access_token:
@@ -229,10 +230,10 @@ def parse_token_response(response: httpx.Response) -> TokenGrant:
         )
     error = str(body.get("error", ""))
     description = _excerpt(str(body.get("error_description", "")) or error or f"HTTP {status}")
-    if status == 429 or status >= 500:
+    if status in (408, 429) or status >= 500:
         raise TransientProviderError(
             f"LWA answered {status}: {description}",
-            error_type="lwa_throttled" if status == 429 else "lwa_server_error",
+            error_type=_TRANSIENT_TYPES.get(status, "lwa_server_error"),
             status_code=status,
             retry_after=retry_after(response),
         )
@@ -266,14 +267,24 @@ def _excerpt(text: str, limit: int = 200) -> str:
     return shown if len(shown) <= limit else shown[:limit] + "…"
 
 
+_TRANSIENT_TYPES = {408: "lwa_timeout", 429: "lwa_throttled"}
+LONGEST_LIFETIME = 10**9
+"""More seconds than any token lives (about 31 years): a larger ``expires_in`` is not believed."""
+LONGEST_RETRY_AFTER = 300.0
+"""The longest ``Retry-After`` honoured, in seconds; a run never waits longer on one answer."""
+
+
 def lifetime(value: Any) -> int | None:
-    """``expires_in`` in seconds: a positive integer, or the same as a decimal string
-    (``"3600"``, as some of Amazon's documents show it); ``None`` for anything else."""
-    if isinstance(value, str) and value.isascii() and value.isdecimal() and len(value) <= 10:
+    """``expires_in`` in seconds: a positive integer (``3600``, or ``3600.0``), or the same as
+    a decimal string (``"3600"``, as some of Amazon's documents show it), at most
+    ``LONGEST_LIFETIME``; ``None`` for anything else."""
+    decimal = isinstance(value, str) and value.isascii() and value.isdecimal() and len(value) < 11
+    whole = isinstance(value, float) and value.is_integer()
+    if decimal or whole:
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int):
         return None
-    return value
+    return value if 0 < value <= LONGEST_LIFETIME else None
 
 
 def retry_after(response: httpx.Response) -> float | None:
@@ -282,9 +293,12 @@ def retry_after(response: httpx.Response) -> float | None:
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
+        return None  # an HTTP date: LWA sends none, and the backoff decides instead
+    if not math.isfinite(seconds):
         return None
+    return min(max(0.0, seconds), LONGEST_RETRY_AFTER)
 
 
 def transport_failure(error: httpx.HTTPError, what: str) -> TransientProviderError:
