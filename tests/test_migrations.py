@@ -164,4 +164,61 @@ def test_two_upgrades_started_together_both_succeed(empty_db: Any) -> None:
     for code, stderr in outcomes:
         assert code == 0, stderr
         assert "Traceback" not in stderr
-    assert Database(empty_db.url).current_revision() == HEAD_REVISION
+    database = Database(empty_db.url)
+    assert database.current_revision() == HEAD_REVISION
+    database.dispose()
+
+
+def _at_0001_with(empty_db: Any, rows: list[tuple[str, str]]) -> None:
+    """A database at revision 0001 holding integrations of these (user id, provider)."""
+    import sqlalchemy as sa
+
+    database = Database(empty_db.url)
+    from discoveryctl.db.migrations import upgrade
+
+    upgrade(database, "0001")
+    database.dispose()
+    with empty_db.engine.begin() as connection:
+        for number, (user_id, provider) in enumerate(rows):
+            connection.execute(
+                sa.text(
+                    "INSERT INTO integration_status (id, user_id, provider, status, created_at,"
+                    " updated_at, metadata) VALUES (:id, :user, :provider, 'active',"
+                    " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, '{}')"
+                ),
+                {"id": f"id-{number}", "user": user_id, "provider": provider},
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO events (occurred_at, user_id, kind, outcome, detail)"
+                    " VALUES (CURRENT_TIMESTAMP, :user, 'imported', 'success', '{}')"
+                ),
+                {"user": user_id},
+            )
+
+
+def test_upgrading_normalises_stored_user_ids(empty_db: Any, cli: Any) -> None:
+    _at_0001_with(empty_db, [("e\u0301mile", "amazon"), (" pad ", "stripe"), ("plain", "amazon")])
+    result = cli("db", "upgrade")
+    assert result.exit_code == 0, result.stderr
+    ids = sorted(r["user_id"] for r in empty_db.rows("SELECT user_id FROM integration_status"))
+    assert ids == ["pad", "plain", "\u00e9mile"]
+    events = sorted(r["user_id"] for r in empty_db.rows("SELECT user_id FROM events"))
+    assert events == ["pad", "plain", "\u00e9mile"]
+    found = cli("status", "--user", "e\u0301mile", "--json").json()
+    assert [row["user_id"] for row in found] == ["\u00e9mile"]
+
+
+def test_an_upgrade_that_would_merge_two_users_stops_and_changes_nothing(
+    empty_db: Any, cli: Any
+) -> None:
+    _at_0001_with(empty_db, [("e\u0301mile", "amazon"), ("\u00e9mile", "amazon")])
+    result = cli("db", "upgrade")
+    assert result.exit_code == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert "are the same user id '\u00e9mile' once normalised" in result.stderr
+    database = Database(empty_db.url)
+    assert database.current_revision() == "0001"
+    database.dispose()
+    ids = sorted(r["user_id"] for r in empty_db.rows("SELECT user_id FROM integration_status"))
+    assert ids == sorted(["e\u0301mile", "\u00e9mile"])
