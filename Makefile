@@ -36,6 +36,7 @@ mutate: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/startup.py
 	$(BIN)/python benchmarks/status_scale.py
+	$(BIN)/python benchmarks/import_scale.py
 	$(BIN)/python benchmarks/sandbox_throughput.py
 
 clean:

@@ -26,17 +26,17 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from discoveryctl import events
-from discoveryctl.credentials import store_authorization
 from discoveryctl.crypto import Vault
 from discoveryctl.db.engine import lock_for_writing
 from discoveryctl.db.models import (
     Credential,
     IntegrationStatus,
     StripeCustomer,
+    new_id,
     table_of,
     utcnow,
 )
-from discoveryctl.errors import DatabaseConflict
+from discoveryctl.errors import DatabaseConflict, InvalidInput
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.health import Provider, Region, Status
 from discoveryctl.logging import get_logger
@@ -53,6 +53,7 @@ _STRIPE_OPTIONAL = {"customer_id"}
 _SELLER_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _CUSTOMER_ID = re.compile(r"^cus_[A-Za-z0-9]{1,60}$")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
 
 
 class Rejected(ValueError):
@@ -168,7 +169,7 @@ def _text(data: dict[str, Any], name: str) -> str:
     value = data[name]
     if not isinstance(value, str) or not value.strip():
         raise Rejected(f"{name} must be a non-empty string")
-    if any(ord(c) < 32 for c in value):
+    if _CONTROL_CHARACTER.search(value):
         raise Rejected(f"{name} contains control characters")
     try:
         value.encode("utf-8")
@@ -180,10 +181,10 @@ def _text(data: dict[str, Any], name: str) -> str:
 def _user_id(data: dict[str, Any]) -> str:
     """The one user-id rule (``discoveryctl.user_ids``), as for ``--user``."""
     user_id = _text(data, "user_id")
-    refusal = refusal_of(user_id)
-    if refusal is not None:
-        raise Rejected(f"user_id is not acceptable: {refusal}")
-    return valid_user_id(user_id)
+    try:
+        return valid_user_id(user_id)
+    except InvalidInput:
+        raise Rejected(f"user_id is not acceptable: {refusal_of(user_id)}") from None
 
 
 def _moment(data: dict[str, Any], name: str) -> datetime | None:
@@ -270,81 +271,335 @@ def _store(
     frontend_url: str,
     report: ImportReport,
 ) -> None:
-    users = {line.user_id for _, line in batch}
-    integrations = {
-        (row.user_id, row.provider): row
-        for row in session.scalars(
-            sa.select(IntegrationStatus).where(IntegrationStatus.user_id.in_(users))
-        )
-    }
-    credentials = {
-        row.integration_id: row
-        for row in session.scalars(
-            sa.select(Credential).where(
-                Credential.integration_id.in_([i.id for i in integrations.values()])
-            )
-        )
-    }
-    customers = {
-        row.user_id: row
-        for row in session.scalars(
-            sa.select(StripeCustomer).where(StripeCustomer.user_id.in_(users))
-        )
-    }
+    stored = _Batch.read(session, batch)
     for number, line in batch:
         if isinstance(line, AmazonLine):
-            outcome = _store_amazon(session, line, integrations, credentials, vault, frontend_url)
+            outcome = _store_amazon(session, line, stored, vault, frontend_url)
         else:
             try:
-                outcome = _store_stripe(session, line, integrations, customers, frontend_url)
+                outcome = _store_stripe(session, line, stored, frontend_url)
             except Rejected as error:
                 report.rejected.append((number, str(error)))
                 continue
         setattr(report, outcome, getattr(report, outcome) + 1)
+    stored.write(session)
+
+
+@dataclass(slots=True)
+class _Integration:
+    """An ``integration_status`` row as this batch sees it."""
+
+    id: str
+    user_id: str
+    provider: str
+    status: str
+    meta: dict[str, Any]
+    created_at: datetime | None  # only new rows need them: a stored row's are not read
+    updated_at: datetime | None
+    is_new: bool
+    changed: bool = False
+
+    def update_meta(self, **changes: Any) -> None:
+        """As ``lifecycle.update_meta``: replace keys, drop the ones set to None."""
+        merged = {**self.meta, **changes}
+        self.meta = {k: v for k, v in merged.items() if v is not None}
+        self.updated_at = utcnow()
+        self.changed = True
+
+    def change_status(self, session: Session, status: Status, frontend_url: str) -> bool:
+        """``lifecycle.change_status`` (its event, metadata and alert rules) on this row."""
+        if self.status == status:
+            return False
+        model = IntegrationStatus(
+            id=self.id,
+            user_id=self.user_id,
+            provider=self.provider,
+            status=self.status,
+            meta=self.meta,
+            updated_at=self.updated_at,
+        )  # never added to the session: the batch writes the row
+        lifecycle.change_status(
+            session, model, status, reason="imported", frontend_url=frontend_url
+        )
+        self.status, self.meta, self.updated_at = str(model.status), model.meta, model.updated_at
+        self.changed = True
+        return True
+
+
+@dataclass(slots=True)
+class _Credential:
+    """An integration's stored authorization; ``replaced`` holds the columns to write once a
+    line brought a new one."""
+
+    id: int | None  # None until this batch inserts it
+    selling_partner_id: str
+    region: str
+    refresh_token: str  # encrypted
+    authorized_at: datetime
+    replaced: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class _Customer:
+    """A ``stripe_customers`` row as this batch sees it."""
+
+    id: int | None  # None until this batch inserts it
+    user_id: str
+    email: str
+    customer_id: str | None
+    updated_at: datetime | None = None
+    changed: bool = False
+
+
+@dataclass
+class _Batch:
+    """What one batch found stored, changed line by line in memory, then written in bulk:
+    one executemany per table for the new rows (INSERT) and one for the changed rows
+    (UPDATE); unchanged rows are not written. Events go in with one INSERT too; a status
+    change (rare here) goes through ``lifecycle.change_status``, which records its own."""
+
+    integrations: dict[tuple[str, str], _Integration] = field(default_factory=dict)
+    credentials: dict[str, _Credential] = field(default_factory=dict)  # by integration id
+    customers: dict[str, _Customer] = field(default_factory=dict)  # by user id
+    owners: dict[str, str] = field(default_factory=dict)  # Stripe customer id -> user id
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, session: Session, batch: list[tuple[int, Line]]) -> _Batch:
+        """The stored rows of this batch's users, and the owners of its Stripe customer ids."""
+        users = {line.user_id for _, line in batch}
+        customer_ids = {
+            line.customer_id
+            for _, line in batch
+            if isinstance(line, StripeLine) and line.customer_id is not None
+        }
+        table, credential, customer = (
+            table_of(IntegrationStatus),
+            table_of(Credential),
+            table_of(StripeCustomer),
+        )
+        stored = cls()
+        for row in session.execute(
+            sa.select(
+                table.c.id,
+                table.c.user_id,
+                table.c.provider,
+                table.c.status,
+                table.c.metadata,
+                credential.c.id.label("credential_id"),
+                credential.c.selling_partner_id,
+                credential.c.region,
+                credential.c.refresh_token,
+                credential.c.authorized_at,
+            )
+            .outerjoin(credential, credential.c.integration_id == table.c.id)
+            .where(table.c.user_id.in_(users))
+        ):
+            stored.integrations[(row.user_id, row.provider)] = _Integration(
+                id=row.id,
+                user_id=row.user_id,
+                provider=row.provider,
+                status=row.status,
+                meta=row.metadata,
+                created_at=None,
+                updated_at=None,
+                is_new=False,
+            )
+            if row.credential_id is not None:
+                stored.credentials[row.id] = _Credential(
+                    id=row.credential_id,
+                    selling_partner_id=row.selling_partner_id,
+                    region=row.region,
+                    refresh_token=row.refresh_token,
+                    authorized_at=row.authorized_at,
+                )
+        for found in session.execute(
+            sa.select(
+                customer.c.id, customer.c.user_id, customer.c.email, customer.c.customer_id
+            ).where(sa.or_(customer.c.user_id.in_(users), customer.c.customer_id.in_(customer_ids)))
+        ):
+            if found.user_id in users:
+                stored.customers[found.user_id] = _Customer(
+                    id=found.id,
+                    user_id=found.user_id,
+                    email=found.email,
+                    customer_id=found.customer_id,
+                )
+            if found.customer_id is not None:
+                stored.owners[found.customer_id] = found.user_id
+        return stored
+
+    def create(self, user_id: str, provider: Provider, status: Status, **meta: Any) -> _Integration:
+        """A new integration, with the event ``lifecycle.create`` records for one."""
+        now = utcnow()
+        integration = _Integration(
+            id=new_id(),
+            user_id=user_id,
+            provider=provider.value,
+            status=status.value,
+            meta=dict(meta),
+            created_at=now,
+            updated_at=now,
+            is_new=True,
+        )
+        self.integrations[(user_id, provider.value)] = integration
+        self.events.append(
+            events.entry(
+                "integration_created",
+                user_id=user_id,
+                provider=provider.value,
+                status=status.value,
+            )
+        )
+        return integration
+
+    def write(self, session: Session) -> None:
+        """Store every new and changed row: one statement per table and kind."""
+        table, credential, customer = (
+            table_of(IntegrationStatus),
+            table_of(Credential),
+            table_of(StripeCustomer),
+        )
+        integrations = self.integrations.values()
+        _insert(
+            session,
+            table,
+            [
+                {
+                    "id": i.id,
+                    "user_id": i.user_id,
+                    "provider": i.provider,
+                    "status": i.status,
+                    "created_at": i.created_at,
+                    "updated_at": i.updated_at,
+                    "metadata": i.meta,
+                }
+                for i in integrations
+                if i.is_new
+            ],
+        )
+        _update(
+            session,
+            table,
+            [
+                {"row_id": i.id, "status": i.status, "metadata": i.meta, "updated_at": i.updated_at}
+                for i in integrations
+                if i.changed and not i.is_new
+            ],
+        )
+        replaced = [
+            (integration_id, c.id, c.replaced)
+            for integration_id, c in self.credentials.items()
+            if c.replaced is not None
+        ]
+        _insert(
+            session,
+            credential,
+            [
+                {"integration_id": integration_id, "created_at": columns["updated_at"]} | columns
+                for integration_id, row_id, columns in replaced
+                if row_id is None
+            ],
+        )
+        _update(
+            session,
+            credential,
+            [{"row_id": row_id} | columns for _, row_id, columns in replaced if row_id is not None],
+        )
+        customers = self.customers.values()
+        _insert(
+            session,
+            customer,
+            [
+                {
+                    "user_id": c.user_id,
+                    "email": c.email,
+                    "customer_id": c.customer_id,
+                    "attempts": 0,
+                    "created_at": c.updated_at,
+                    "updated_at": c.updated_at,
+                }
+                for c in customers
+                if c.id is None
+            ],
+        )
+        _update(
+            session,
+            customer,
+            [
+                {
+                    "row_id": c.id,
+                    "email": c.email,
+                    "customer_id": c.customer_id,
+                    "updated_at": c.updated_at,
+                }
+                for c in customers
+                if c.changed and c.id is not None
+            ],
+        )
+        events.record_all(session, self.events)
+
+
+def _insert(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(sa.insert(table), rows)
+
+
+def _update(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Rows keyed by ``row_id``, each setting the same columns."""
+    if rows:
+        session.execute(sa.update(table).where(table.c.id == sa.bindparam("row_id")), rows)
+
+
+def _authorization(vault: Vault, line: AmazonLine) -> dict[str, Any]:
+    """The credential columns ``store_authorization`` writes for an authorization without an
+    access token: the refresh token encrypted, a new term (no cached access token, the
+    expiry warning re-armed). The refresh lease is left to whoever holds it."""
+    now = utcnow()
+    return {
+        "selling_partner_id": line.selling_partner_id,
+        "region": line.region,
+        "refresh_token": vault.encrypt(line.refresh_token),
+        "access_token": None,
+        "access_token_expires_at": None,
+        "refreshed_at": None,
+        "authorized_at": line.authorized_at or _now_to_the_second(),
+        "expiry_warned_at": None,
+        "updated_at": now,
+    }
 
 
 def _store_amazon(
-    session: Session,
-    line: AmazonLine,
-    integrations: dict[tuple[str, str], IntegrationStatus],
-    credentials: dict[str, Credential],
-    vault: Vault,
-    frontend_url: str,
+    session: Session, line: AmazonLine, stored: _Batch, vault: Vault, frontend_url: str
 ) -> str:
-    key = (line.user_id, Provider.amazon.value)
-    integration = integrations.get(key)
     meta = {"selling_partner_id": line.selling_partner_id, "region": line.region}
+    integration = stored.integrations.get((line.user_id, Provider.amazon.value))
     if integration is None:
-        integration = lifecycle.create(
-            session, line.user_id, Provider.amazon, Status.active, **meta
-        )
-        integrations[key] = integration
-    credential = credentials.get(integration.id)
+        integration = stored.create(line.user_id, Provider.amazon, Status.active, **meta)
+    credential = stored.credentials.get(integration.id)
     if credential is not None and _same_authorization(credential, line, vault):
         return "unchanged"
-    credentials[integration.id] = store_authorization(
-        session,
-        integration,
-        vault,
-        selling_partner_id=line.selling_partner_id,
-        region=line.region,
-        refresh_token=line.refresh_token,
-        authorized_at=line.authorized_at or _now_to_the_second(),
-        credential=credential,
-    )
     outcome = "created" if credential is None else "updated"
-    lifecycle.update_meta(integration, **meta)
-    lifecycle.change_status(
-        session, integration, Status.active, reason="imported", frontend_url=frontend_url
+    columns = _authorization(vault, line)
+    stored.credentials[integration.id] = _Credential(
+        id=None if credential is None else credential.id,
+        selling_partner_id=columns["selling_partner_id"],
+        region=columns["region"],
+        refresh_token=columns["refresh_token"],
+        authorized_at=columns["authorized_at"],
+        replaced=columns,
     )
-    events.record(
-        session,
-        "credentials_imported",
-        outcome=events.SUCCESS,
-        user_id=line.user_id,
-        provider=Provider.amazon,
-        selling_partner_id=line.selling_partner_id,
-        region=line.region,
+    integration.update_meta(**meta)
+    integration.change_status(session, Status.active, frontend_url)
+    stored.events.append(
+        events.entry(
+            "credentials_imported",
+            outcome=events.SUCCESS,
+            user_id=line.user_id,
+            provider=Provider.amazon.value,
+            selling_partner_id=line.selling_partner_id,
+            region=line.region,
+        )
     )
     return outcome
 
@@ -354,7 +609,7 @@ def _now_to_the_second() -> datetime:
     return utcnow().replace(microsecond=0)
 
 
-def _same_authorization(credential: Credential, line: AmazonLine, vault: Vault) -> bool:
+def _same_authorization(credential: _Credential, line: AmazonLine, vault: Vault) -> bool:
     return (
         credential.selling_partner_id == line.selling_partner_id
         and credential.region == line.region
@@ -363,14 +618,8 @@ def _same_authorization(credential: Credential, line: AmazonLine, vault: Vault) 
     )
 
 
-def _store_stripe(
-    session: Session,
-    line: StripeLine,
-    integrations: dict[tuple[str, str], IntegrationStatus],
-    customers: dict[str, StripeCustomer],
-    frontend_url: str,
-) -> str:
-    customer = customers.get(line.user_id)
+def _store_stripe(session: Session, line: StripeLine, stored: _Batch, frontend_url: str) -> str:
+    customer = stored.customers.get(line.user_id)
     if (
         customer is not None
         and customer.customer_id
@@ -379,20 +628,19 @@ def _store_stripe(
     ):
         raise Rejected(f"user {line.user_id} already has Stripe customer {customer.customer_id}")
     if line.customer_id is not None:
-        owner = session.scalars(
-            sa.select(StripeCustomer.user_id).where(StripeCustomer.customer_id == line.customer_id)
-        ).first()
+        owner = stored.owners.get(line.customer_id)
         if owner is not None and owner != line.user_id:
             raise Rejected(f"Stripe customer {line.customer_id} belongs to user {owner}")
 
-    key = (line.user_id, Provider.stripe.value)
-    integration = integrations.get(key)
     if customer is None:
-        customer = StripeCustomer(
-            user_id=line.user_id, email=line.email, customer_id=line.customer_id, attempts=0
+        customer = _Customer(
+            id=None,
+            user_id=line.user_id,
+            email=line.email,
+            customer_id=line.customer_id,
+            updated_at=utcnow(),
         )
-        session.add(customer)
-        customers[line.user_id] = customer
+        stored.customers[line.user_id] = customer
         outcome = "created"
     elif customer.email == line.email and (
         line.customer_id is None or customer.customer_id == line.customer_id
@@ -402,14 +650,16 @@ def _store_stripe(
         customer.email = line.email
         customer.customer_id = customer.customer_id or line.customer_id
         customer.updated_at = utcnow()
+        customer.changed = True
         outcome = "updated"
+    if customer.customer_id:
+        stored.owners[customer.customer_id] = line.user_id
     status = Status.active if customer.customer_id else Status.pending
+    integration = stored.integrations.get((line.user_id, Provider.stripe.value))
     if integration is None:
-        integrations[key] = lifecycle.create(session, line.user_id, Provider.stripe, status)
+        stored.create(line.user_id, Provider.stripe, status)
         return outcome
-    if lifecycle.change_status(
-        session, integration, status, reason="imported", frontend_url=frontend_url
-    ):
+    if integration.change_status(session, status, frontend_url):
         return "updated" if outcome == "unchanged" else outcome
     return outcome
 
