@@ -342,6 +342,7 @@ def test_a_description_is_escaped_and_cut_at_200_characters(description: str, sh
         ("1", 1),
         (10**9, 10**9),
         ("1000000000", 10**9),
+        ("0000000001", 1),
         (7.0, 7),
     ],
 )
@@ -358,6 +359,8 @@ def test_lifetime_accepts_positive_integers_and_their_decimal_strings(
         -5,
         "0",
         "1000000001",
+        "00000000001",  # eleven digits: not read, whatever their value
+        "9" * 5000,
         "99999999999",
         10**9 + 1,
         "1e3",

@@ -278,7 +278,8 @@ def lifetime(value: Any) -> int | None:
     """``expires_in`` in seconds: a positive integer (``3600``, or ``3600.0``), or the same as
     a decimal string (``"3600"``, as some of Amazon's documents show it), at most
     ``LONGEST_LIFETIME``; ``None`` for anything else."""
-    decimal = isinstance(value, str) and value.isascii() and value.isdecimal() and len(value) < 11
+    # At most 10 digits, as many as LONGEST_LIFETIME has: int() never sees a long string.
+    decimal = isinstance(value, str) and value.isascii() and value.isdecimal() and len(value) <= 10
     whole = isinstance(value, float) and value.is_integer()
     if decimal or whole:
         value = int(value)
