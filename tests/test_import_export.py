@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,12 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from discoveryctl.crypto import Vault
-from discoveryctl.db.models import StripeCustomer
+from discoveryctl.db.models import Credential, StripeCustomer, table_of
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.health import Provider, Status
 from discoveryctl.integrations.transfer import import_lines
 
-from helpers import amazon_line, stripe_line, write_lines
+from helpers import amazon_line, fail_transiently, set_status, stripe_line, write_lines
 
 
 def test_good_lines_are_stored_and_bad_lines_reported_by_number(
@@ -415,3 +416,171 @@ def test_progress_is_logged_as_json_when_not_on_a_terminal(
     ]
     assert [p["task"] for p in progress] == ["import"] * 3  # one per batch of 500
     assert progress[-1]["done"] == progress[-1]["total"] == source.stat().st_size
+
+
+def event_rows(db: Any, kind: str) -> list[dict[str, Any]]:
+    rows = db.rows(
+        "SELECT user_id, provider, outcome, detail FROM events WHERE kind = :kind ORDER BY id",
+        kind=kind,
+    )
+    for row in rows:
+        if isinstance(row["detail"], str):
+            row["detail"] = json.loads(row["detail"])
+    return rows
+
+
+def test_every_line_of_a_large_import_is_stored_with_its_events(
+    db: Any, cli: Any, tmp_path: Path
+) -> None:
+    """1,200 lines (three batches): one integration_created event per integration and one
+    credentials_imported per Amazon line, as when lines were stored one by one."""
+    lines = [amazon_line(f"a{i:04d}") for i in range(600)] + [
+        stripe_line(f"s{i:04d}", **({"customer_id": f"cus_{i:04d}"} if i % 3 == 0 else {}))
+        for i in range(600)
+    ]
+    source = write_lines(tmp_path / "many.jsonl", *lines)
+    result = cli("import", str(source), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json() == {"created": 1200, "updated": 0, "unchanged": 0, "rejected": []}
+    assert db.rows(
+        "SELECT provider, status, count(*) AS n FROM integration_status "
+        "GROUP BY provider, status ORDER BY provider, status"
+    ) == [
+        {"provider": "amazon", "status": "active", "n": 600},
+        {"provider": "stripe", "status": "active", "n": 200},
+        {"provider": "stripe", "status": "pending", "n": 400},
+    ]
+    assert db.scalar("SELECT count(*) FROM credentials") == 600
+    assert db.scalar("SELECT count(*) FROM stripe_customers WHERE customer_id IS NOT NULL") == 200
+
+    created = event_rows(db, "integration_created")
+    assert len(created) == 1200
+    assert {(e["user_id"], e["provider"]) for e in created} == {
+        (line["user_id"], line["provider"]) for line in lines
+    }
+    by_user = {e["user_id"]: e for e in created}
+    assert by_user["a0001"]["detail"] == {"status": "active"}
+    assert by_user["s0001"]["detail"] == {"status": "pending"}
+    assert by_user["s0003"]["detail"] == {"status": "active"}
+    imported = event_rows(db, "credentials_imported")
+    assert [e["user_id"] for e in imported] == [f"a{i:04d}" for i in range(600)]
+    assert imported[7] == {
+        "user_id": "a0007",
+        "provider": "amazon",
+        "outcome": "success",
+        "detail": {
+            "selling_partner_id": amazon_line("a0007")["selling_partner_id"],
+            "region": "na",
+        },
+    }
+    exported = cli("export", "--include-secrets").stdout.splitlines()
+    assert [
+        {k: v for k, v in json.loads(line).items() if k != "authorized_at"} for line in exported
+    ] == sorted(lines, key=lambda line: line["user_id"])
+
+
+def test_lines_for_the_same_user_in_one_batch_build_on_each_other(
+    db: Any, cli: Any, tmp_path: Path
+) -> None:
+    """Within one batch, a later line sees what an earlier one stored: a Stripe customer id
+    arriving later activates the pending integration; an id taken earlier is refused."""
+    source = write_lines(
+        tmp_path / "same.jsonl",
+        stripe_line("u1"),
+        amazon_line("u2", "Atzr|first"),
+        stripe_line("u1", customer_id="cus_One"),
+        amazon_line("u2", "Atzr|second"),
+        stripe_line("u3", customer_id="cus_One"),
+        amazon_line("u2", "Atzr|second"),
+    )
+    result = cli("import", str(source), "--json")
+    assert result.exit_code == 1
+    assert result.json() == {
+        "created": 2,
+        "updated": 2,
+        "unchanged": 1,
+        "rejected": [{"line": 5, "reason": "Stripe customer cus_One belongs to user u1"}],
+    }
+    assert db.rows("SELECT user_id, provider, status FROM integration_status ORDER BY user_id") == [
+        {"user_id": "u1", "provider": "stripe", "status": "active"},
+        {"user_id": "u2", "provider": "amazon", "status": "active"},
+    ]
+    assert db.rows("SELECT user_id, customer_id FROM stripe_customers") == [
+        {"user_id": "u1", "customer_id": "cus_One"}
+    ]
+    assert [e["detail"] for e in event_rows(db, "status_changed")] == [
+        {"from": "pending", "to": "active", "reason": "imported"}
+    ]
+    assert [e["user_id"] for e in event_rows(db, "credentials_imported")] == ["u2", "u2"]
+    exported = [json.loads(line) for line in cli("export", "--include-secrets").stdout.splitlines()]
+    assert [line.get("refresh_token") for line in exported] == [None, "Atzr|second"]
+    assert db.scalar("SELECT count(*) FROM credentials") == 1
+
+
+def test_a_new_authorization_starts_a_new_term_and_keeps_the_refresh_lease(
+    db: Any, cli: Any, tmp_path: Path
+) -> None:
+    """Importing a new refresh token over one that has been refreshed since drops the cached
+    access token and re-arms the expiry warning, as a new consent does; a refresh holding the
+    lease keeps it. The new token is stored encrypted."""
+    cli("import", str(write_lines(tmp_path / "a.jsonl", amazon_line("u1", "Atzr|old"))))
+    vault = Vault([db.key])
+    later = datetime(2026, 1, 5, tzinfo=UTC)
+    with db.engine.begin() as connection:
+        connection.execute(
+            sa.update(table_of(Credential)).values(
+                access_token=vault.encrypt("Atza|cached"),
+                access_token_expires_at=later,
+                refreshed_at=later,
+                expiry_warned_at=later,
+                lease_owner="refresh-worker-1",
+                lease_expires_at=later,
+            )
+        )
+    result = cli(
+        "import",
+        str(
+            write_lines(
+                tmp_path / "b.jsonl",
+                amazon_line("u1", "Atzr|new", authorized_at="2026-01-06T07:08:09Z"),
+            )
+        ),
+        "--json",
+    )
+    assert result.json() == {"created": 0, "updated": 1, "unchanged": 0, "rejected": []}
+    with db.engine.connect() as connection:
+        row = connection.execute(sa.select(table_of(Credential))).one()
+    assert (row.access_token, row.access_token_expires_at, row.refreshed_at) == (None,) * 3
+    assert row.expiry_warned_at is None
+    assert (row.lease_owner, row.lease_expires_at) == ("refresh-worker-1", later)
+    assert row.authorized_at == datetime(2026, 1, 6, 7, 8, 9, tzinfo=UTC)
+    assert "Atzr|new" not in row.refresh_token
+    assert vault.decrypt(row.refresh_token) == "Atzr|new"
+
+
+def test_a_reimported_authorization_clears_failures_and_resolves_the_alerts(
+    db: Any, cli: Any, tmp_path: Path
+) -> None:
+    """A revoked integration with repeated failures, imported again with a new token, is
+    active with its failures forgotten, and its seller and admin alerts are resolved."""
+    cli("import", str(write_lines(tmp_path / "a.jsonl", amazon_line("u1", "Atzr|old"))))
+    fail_transiently(db.url, "u1", 3)
+    set_status(db.url, "u1", Status.revoked)
+    open_alerts = "SELECT kind FROM notifications WHERE resolved_at IS NULL ORDER BY kind"
+    assert [row["kind"] for row in db.rows(open_alerts)] == [
+        "connection_lost",
+        "repeated_failures",
+    ]
+    result = cli(
+        "import",
+        str(write_lines(tmp_path / "b.jsonl", amazon_line("u1", "Atzr|new"))),
+        "--json",
+    )
+    assert result.json()["updated"] == 1
+    assert db.rows(open_alerts) == []
+    status = cli("status", "--json").json()
+    assert [(s["user_id"], s["status"], s["message"]) for s in status] == [
+        ("u1", "active", "Your amazon integration is working properly")
+    ]
+    metadata = status[0]["metadata"]
+    assert "consecutive_failures" not in metadata and "last_error" not in metadata
