@@ -17,7 +17,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +53,7 @@ _STRIPE_OPTIONAL = {"customer_id"}
 _SELLER_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _CUSTOMER_ID = re.compile(r"^cus_[A-Za-z0-9]{1,60}$")
+_AMAZON = Provider.amazon.value
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
 
 
@@ -378,22 +379,13 @@ class _Batch:
             table_of(Credential),
             table_of(StripeCustomer),
         )
+        # One plain, index-backed query per table: a join here can be planned as a scan of
+        # credentials per batch on a PostgreSQL table not yet analysed, which grows with it.
         stored = cls()
         for row in session.execute(
             sa.select(
-                table.c.id,
-                table.c.user_id,
-                table.c.provider,
-                table.c.status,
-                table.c.metadata,
-                credential.c.id.label("credential_id"),
-                credential.c.selling_partner_id,
-                credential.c.region,
-                credential.c.refresh_token,
-                credential.c.authorized_at,
-            )
-            .outerjoin(credential, credential.c.integration_id == table.c.id)
-            .where(table.c.user_id.in_(users))
+                table.c.id, table.c.user_id, table.c.provider, table.c.status, table.c.metadata
+            ).where(table.c.user_id.in_(users))
         ):
             stored.integrations[(row.user_id, row.provider)] = _Integration(
                 id=row.id,
@@ -405,28 +397,36 @@ class _Batch:
                 updated_at=None,
                 is_new=False,
             )
-            if row.credential_id is not None:
-                stored.credentials[row.id] = _Credential(
-                    id=row.credential_id,
-                    selling_partner_id=row.selling_partner_id,
-                    region=row.region,
-                    refresh_token=row.refresh_token,
-                    authorized_at=row.authorized_at,
-                )
-        for found in session.execute(
+        amazon = [i.id for i in stored.integrations.values() if i.provider == _AMAZON]
+        for found in _rows_where(
+            session,
             sa.select(
-                customer.c.id, customer.c.user_id, customer.c.email, customer.c.customer_id
-            ).where(sa.or_(customer.c.user_id.in_(users), customer.c.customer_id.in_(customer_ids)))
+                credential.c.id,
+                credential.c.integration_id,
+                credential.c.selling_partner_id,
+                credential.c.region,
+                credential.c.refresh_token,
+                credential.c.authorized_at,
+            ),
+            credential.c.integration_id,
+            amazon,
         ):
-            if found.user_id in users:
-                stored.customers[found.user_id] = _Customer(
-                    id=found.id,
-                    user_id=found.user_id,
-                    email=found.email,
-                    customer_id=found.customer_id,
-                )
-            if found.customer_id is not None:
-                stored.owners[found.customer_id] = found.user_id
+            stored.credentials[found.integration_id] = _Credential(
+                id=found.id,
+                selling_partner_id=found.selling_partner_id,
+                region=found.region,
+                refresh_token=found.refresh_token,
+                authorized_at=found.authorized_at,
+            )
+        columns = sa.select(
+            customer.c.id, customer.c.user_id, customer.c.email, customer.c.customer_id
+        )
+        for found in _rows_where(session, columns, customer.c.user_id, users):
+            stored.customers[found.user_id] = _Customer(
+                id=found.id, user_id=found.user_id, email=found.email, customer_id=found.customer_id
+            )
+        for found in _rows_where(session, columns, customer.c.customer_id, customer_ids):
+            stored.owners[found.customer_id] = found.user_id
         return stored
 
     def create(self, user_id: str, provider: Provider, status: Status, **meta: Any) -> _Integration:
@@ -538,6 +538,17 @@ class _Batch:
             ],
         )
         events.record_all(session, self.events)
+
+
+def _rows_where(
+    session: Session,
+    query: sa.Select[Any],
+    column: sa.Column[Any],
+    values: Iterable[Any],
+) -> Sequence[sa.Row[Any]]:
+    """The rows of ``query`` whose ``column`` is one of ``values`` (no query when none)."""
+    wanted = list(values)
+    return session.execute(query.where(column.in_(wanted))).all() if wanted else []
 
 
 def _insert(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -> None:
