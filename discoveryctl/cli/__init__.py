@@ -91,6 +91,7 @@ from discoveryctl.cli import (  # noqa: E402  (command modules import only typer
     keys,
     notifications,
     reconnect,
+    refresh,
     sandbox,
     secrets,
     status,
@@ -100,6 +101,8 @@ from discoveryctl.cli import (  # noqa: E402  (command modules import only typer
 app.command("status")(status.status)
 app.command("connect")(connect.connect)
 app.command("reconnect")(reconnect.reconnect)
+app.command("refresh")(refresh.refresh)
+app.command("access-token")(refresh.access_token)
 app.add_typer(notifications.group, name="notifications")
 app.command("events")(events.events)
 app.command("import")(transfer.import_integrations)

@@ -1,0 +1,89 @@
+"""`discoveryctl refresh amazon` and `discoveryctl access-token amazon`: one seller, now."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import typer
+
+from discoveryctl.cli import options
+
+
+class RefreshProvider(StrEnum):
+    amazon = "amazon"
+
+
+def refresh(
+    ctx: typer.Context,
+    provider: RefreshProvider = typer.Argument(..., help="The provider to refresh."),
+    user: str = typer.Option(..., "--user", callback=options.user_id, help="The seller's user id."),
+    as_json: bool = typer.Option(False, "--json", help="The outcome as JSON on stdout."),
+) -> None:
+    """Refresh one seller's Amazon access token now, and record what LWA's answer means.
+
+    Exit 1 if the authorization is revoked or expired (the output has the reconnect URL) or
+    the refresh failed for now; 3 if LWA refused the app's own credentials.
+
+    Example: discoveryctl refresh amazon --user seller-42
+    """
+    from discoveryctl.cli.application import Application
+    from discoveryctl.integrations.health import isoformat
+    from discoveryctl.providers.amazon import LwaClient
+    from discoveryctl.refresh import raise_for, refresh_seller
+
+    app: Application = ctx.obj
+    amazon = app.config.amazon_app()
+    database = app.open_database()
+    with database.session() as session:
+        vault = app.vault(session)
+    with LwaClient(amazon) as lwa:
+        done = refresh_seller(
+            database.session, vault, lwa, user, frontend_url=app.config.frontend_url
+        )
+    expires = done.access_token_expires_at
+    if as_json:
+        app.print_json(
+            {
+                "user_id": done.user_id,
+                "provider": "amazon",
+                "outcome": str(done.outcome),
+                "accessTokenExpiresAt": isoformat(expires) if expires else None,
+                "errorType": done.error_type,
+                "message": done.message,
+                "reconnectUrl": done.reconnect_url if done.error_type else None,
+            }
+        )
+    elif expires is not None:
+        app.err.print(f"refreshed {done.user_id}: access token valid until {isoformat(expires)}")
+    raise_for(done)
+
+
+def access_token(
+    ctx: typer.Context,
+    provider: RefreshProvider = typer.Argument(..., help="The provider."),
+    user: str = typer.Option(..., "--user", callback=options.user_id, help="The seller's user id."),
+) -> None:
+    """Print a valid Amazon access token for the seller, alone on stdout, for scripts.
+
+    The cached token is reused while it has more than 5 minutes left; otherwise it is
+    refreshed first (processes asking at once share one refresh).
+
+    Example: curl -H "x-amz-access-token: $(discoveryctl access-token amazon --user seller-42)" …
+    """
+    import sys
+
+    from discoveryctl.cli.application import Application
+    from discoveryctl.providers.amazon import LwaClient
+    from discoveryctl.refresh import access_token as usable_token
+
+    app: Application = ctx.obj
+    amazon = app.config.amazon_app()
+    database = app.open_database()
+    with database.session() as session:
+        vault = app.vault(session)
+    with LwaClient(amazon) as lwa:
+        token, _ = usable_token(
+            database.session, vault, lwa, user, frontend_url=app.config.frontend_url
+        )
+    sys.stdout.write(token + "\n")
+    sys.stdout.flush()

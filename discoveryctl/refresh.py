@@ -1,0 +1,439 @@
+"""Refreshing a seller's Amazon authorization, and what each outcome means (SPEC §5).
+
+The one place that decides a seller's fate after LWA answers:
+
+- a new access token: cached encrypted with its expiry, a rotated refresh token stored, the
+  failure count cleared, alerts resolved, and once, 30 days before the 365-day
+  re-authorization date, the seller is warned;
+- ``invalid_grant``: the authorization is gone, ``expired`` past its re-authorization date,
+  else ``revoked``, and the seller is told how to reconnect;
+- the app's own credentials refused: no seller is touched, the admins are told;
+- anything else (throttling, 5xx, timeouts, bodies nobody planned for): retried a few times
+  in the run, then counted: the status stays, ``consecutive_failures`` grows, the next try
+  waits (capped exponential backoff with jitter), and after 3 in a row the admins are told.
+
+A refresh holds the credential's lease while it talks to LWA, so two processes never spend
+the same refresh token at once; a second caller waits for the first and reuses its token.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, TypeVar, cast
+
+import sqlalchemy as sa
+import tenacity
+from sqlalchemy.orm import Session
+
+from discoveryctl import events, notifications
+from discoveryctl.consent import SessionScope
+from discoveryctl.credentials import for_integration
+from discoveryctl.crypto import Vault
+from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
+from discoveryctl.errors import (
+    AppCredentialsRejected,
+    NotFound,
+    ProviderError,
+    SellerAuthorizationRevoked,
+    TransientProviderError,
+)
+from discoveryctl.integrations import lifecycle
+from discoveryctl.integrations.health import Provider, Status, isoformat, reconnect_url
+from discoveryctl.providers.amazon import LwaClient, TokenGrant
+from discoveryctl.user_ids import shown
+
+REAUTHORIZATION = timedelta(days=365)
+"""Amazon authorizations must be renewed a year after consent."""
+EXPIRY_WARNING = timedelta(days=30)
+DEFAULT_MARGIN = timedelta(minutes=5)
+"""An access token this close to its expiry is refreshed rather than used."""
+LEASE = timedelta(seconds=60)
+"""How long a refresh may hold a credential; a killed process's lease simply runs out."""
+BACKOFF_BASE = timedelta(minutes=5)
+BACKOFF_CAP = timedelta(hours=6)
+IN_RUN_ATTEMPTS = 3
+
+EXPIRY_WARNED = "authorization_expiring"
+REFRESHED = "token_refreshed"
+REFRESH_FAILED = "token_refresh_failed"
+
+
+class Outcome(StrEnum):
+    refreshed = "refreshed"
+    revoked = "revoked"
+    expired = "expired"
+    failed = "failed"  # transient or unplaced: counted, status unchanged
+    app_rejected = "app_rejected"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one failed refresh means for the seller."""
+
+    outcome: Outcome
+    error_type: str
+    message: str
+    status_code: int | None = None
+
+
+# LWA's failure names, as the events and the health metrics call them (SPEC §7).
+_EVENT_ERROR_TYPES = {
+    "lwa_throttled": "provider_throttled",
+    "lwa_timeout": "provider_timeout",
+    "lwa_connection_error": "provider_connection_error",
+    "lwa_server_error": "provider_server_error",
+    "lwa_bad_response": "provider_bad_response",
+}
+
+
+def verdict(error: ProviderError, authorized_at: datetime, now: datetime) -> Verdict:
+    """The outcome of a refresh that LWA refused or that did not get through."""
+    if isinstance(error, SellerAuthorizationRevoked):
+        if now >= authorized_at + REAUTHORIZATION:
+            return Verdict(Outcome.expired, "oauth_token_expired", error.message, error.status_code)
+        return Verdict(Outcome.revoked, "oauth_token_revoked", error.message, error.status_code)
+    if isinstance(error, AppCredentialsRejected):
+        return Verdict(
+            Outcome.app_rejected,
+            "oauth_app_credentials_rejected",
+            error.message,
+            error.status_code,
+        )
+    if isinstance(error, TransientProviderError):
+        error_type = _EVENT_ERROR_TYPES.get(error.error_type, "provider_error")
+        return Verdict(Outcome.failed, error_type, error.message, error.status_code)
+    return Verdict(Outcome.failed, "provider_unexpected_answer", error.message, error.status_code)
+
+
+def backoff(failures: int, rng: random.Random | None = None) -> timedelta:
+    """How long to leave a credential alone after ``failures`` failed runs in a row:
+    5 min, 10, 20, … up to 6 h, each ±20 % so a crowd of failures spreads out."""
+    exponent = min(max(failures, 1) - 1, 16)
+    base: timedelta = min(BACKOFF_BASE * (2**exponent), BACKOFF_CAP)
+    factor: float = (rng or random).uniform(0.8, 1.2)
+    return base * factor
+
+
+# -- leases ---------------------------------------------------------------------------------
+
+
+def new_owner() -> str:
+    """A lease owner name unique to this process and run."""
+    return f"refresh-{secrets.token_hex(8)}"
+
+
+def claim(session: Session, credential_id: int, owner: str, now: datetime) -> bool:
+    """Take the credential's lease unless a live one is held; True when taken."""
+    table = table_of(Credential)
+    taken = session.execute(
+        sa.update(table)
+        .where(
+            table.c.id == credential_id,
+            sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at <= now),
+        )
+        .values(lease_owner=owner, lease_expires_at=now + LEASE)
+    )
+    return cast("sa.CursorResult[Any]", taken).rowcount == 1
+
+
+def release(session: Session, credential_id: int, owner: str) -> None:
+    table = table_of(Credential)
+    session.execute(
+        sa.update(table)
+        .where(table.c.id == credential_id, table.c.lease_owner == owner)
+        .values(lease_owner=None, lease_expires_at=None)
+    )
+
+
+# -- one seller -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """What happened to one seller's authorization."""
+
+    user_id: str
+    outcome: Outcome
+    access_token_expires_at: datetime | None = None
+    error_type: str | None = None
+    message: str | None = None
+    reconnect_url: str | None = None
+
+
+Result = TypeVar("Result")
+
+
+def with_retries(call: Callable[[], Result], attempts: int = IN_RUN_ATTEMPTS) -> Result:
+    """``call()``, tried again on a transient failure: after ``Retry-After`` when LWA gave
+    one, else exponential backoff with jitter (0.5 s, 1 s, … at most 8 s, each + up to 0.5 s)."""
+    jitter = tenacity.wait_exponential(multiplier=0.5, max=8) + tenacity.wait_random(0, 0.5)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, TransientProviderError) and error.retry_after is not None:
+            return error.retry_after
+        return jitter(state)
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(TransientProviderError),
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=wait,
+        reraise=True,
+    )
+    return retrying(call)
+
+
+def find(session: Session, user_id: str) -> tuple[IntegrationStatus, Credential]:
+    integration = lifecycle.find(session, user_id, Provider.amazon)
+    credential = None if integration is None else for_integration(session, integration)
+    if integration is None or credential is None:
+        raise NotFound(f"user {shown(user_id)} has no Amazon authorization")
+    return integration, credential
+
+
+def refresh_seller(
+    session_scope: SessionScope,
+    vault: Vault,
+    lwa: LwaClient,
+    user_id: str,
+    *,
+    frontend_url: str,
+    wait_for_lease: float = LEASE.total_seconds(),
+) -> Refresh:
+    """Refresh one seller's access token now and record what it means."""
+    owner = new_owner()
+    credential_id = _take_lease(session_scope, user_id, owner, wait_for_lease)
+    return _refresh_leased(
+        session_scope, vault, lwa, user_id, credential_id, owner, frontend_url=frontend_url
+    )
+
+
+def access_token(
+    session_scope: SessionScope,
+    vault: Vault,
+    lwa: LwaClient,
+    user_id: str,
+    *,
+    frontend_url: str,
+    margin: timedelta = DEFAULT_MARGIN,
+) -> tuple[str, datetime]:
+    """A usable access token and its expiry: the cached one while it has more than
+    ``margin`` left, else a fresh one. Callers at the same moment share one refresh: the
+    first takes the lease and refreshes, the others wait for it and use its token."""
+    deadline = time.monotonic() + LEASE.total_seconds()
+    while True:
+        owner = new_owner()
+        with session_scope() as session:
+            integration, credential = find(session, user_id)
+            cached = _cached(vault, credential, utcnow() + margin)
+            if cached is not None:
+                return cached
+            if integration.status in (Status.revoked, Status.expired):
+                url = reconnect_url(frontend_url, Provider.amazon, user_id)
+                raise SellerAuthorizationRevoked(
+                    f"{shown(user_id)}'s Amazon authorization is {integration.status}: "
+                    f"reconnect at {url}",
+                    error_type=f"oauth_token_{integration.status}",
+                )
+            taken = claim(session, credential.id, owner, utcnow())
+        if taken:
+            done = _refresh_leased(
+                session_scope, vault, lwa, user_id, credential.id, owner, frontend_url=frontend_url
+            )
+            raise_for(done)
+            continue  # read the new token back as any other caller would
+        if time.monotonic() > deadline:
+            raise TransientProviderError(
+                f"another process has been refreshing {shown(user_id)}'s token for over "
+                f"{LEASE.total_seconds():g} s",
+                error_type="refresh_in_progress",
+            )
+        time.sleep(0.1)
+
+
+def _refresh_leased(
+    session_scope: SessionScope,
+    vault: Vault,
+    lwa: LwaClient,
+    user_id: str,
+    credential_id: int,
+    owner: str,
+    *,
+    frontend_url: str,
+) -> Refresh:
+    """The refresh itself, under a lease this process holds; the lease is let go after."""
+    try:
+        with session_scope() as session:
+            _, credential = find(session, user_id)
+            refresh_token = vault.decrypt(credential.refresh_token, what="the refresh token")
+            authorized_at = credential.authorized_at
+        try:
+            grant = with_retries(lambda: lwa.refresh(refresh_token))
+        except ProviderError as error:
+            decided = verdict(error, authorized_at, utcnow())
+            with session_scope() as session:
+                return record_failure(session, user_id, decided, frontend_url=frontend_url)
+        with session_scope() as session:
+            return record_refresh(session, vault, user_id, grant, frontend_url=frontend_url)
+    finally:
+        with session_scope() as session:
+            release(session, credential_id, owner)
+
+
+def raise_for(done: Refresh) -> None:
+    """Nothing for a refresh that worked; the error of its kind for one that did not."""
+    if done.outcome in (Outcome.revoked, Outcome.expired):
+        raise SellerAuthorizationRevoked(
+            f"{shown(done.user_id)}'s Amazon authorization is {done.outcome}: "
+            f"reconnect at {done.reconnect_url}",
+            error_type=done.error_type or "oauth_token_revoked",
+        )
+    if done.outcome == Outcome.app_rejected:
+        raise AppCredentialsRejected(done.message or "LWA rejected the app's credentials")
+    if done.outcome == Outcome.failed:
+        raise TransientProviderError(
+            f"could not refresh {shown(done.user_id)}'s token: {done.message}",
+            error_type=done.error_type or "provider_error",
+        )
+
+
+def _cached(
+    vault: Vault, credential: Credential, usable_until: datetime
+) -> tuple[str, datetime] | None:
+    expires = credential.access_token_expires_at
+    if credential.access_token is None or expires is None or expires <= usable_until:
+        return None
+    return vault.decrypt(credential.access_token, what="the access token"), expires
+
+
+def _take_lease(session_scope: SessionScope, user_id: str, owner: str, wait: float) -> int:
+    deadline = time.monotonic() + wait
+    while True:
+        with session_scope() as session:
+            _, credential = find(session, user_id)
+            if claim(session, credential.id, owner, utcnow()):
+                return credential.id
+        if time.monotonic() >= deadline:
+            raise TransientProviderError(
+                f"another process is refreshing {shown(user_id)}'s token right now: try again",
+                error_type="refresh_in_progress",
+            )
+        time.sleep(0.1)
+
+
+# -- recording outcomes -------------------------------------------------------------------------
+
+
+def record_refresh(
+    session: Session, vault: Vault, user_id: str, grant: TokenGrant, *, frontend_url: str
+) -> Refresh:
+    """A new access token: cache it, keep (or replace) the refresh token, clear failures."""
+    now = utcnow()
+    integration, credential = find(session, user_id)
+    expires = now + timedelta(seconds=grant.expires_in)
+    credential.access_token = vault.encrypt(grant.access_token)
+    credential.access_token_expires_at = expires
+    if grant.refresh_token is not None:  # LWA may rotate it; without one, the old one stays
+        credential.refresh_token = vault.encrypt(grant.refresh_token)
+    credential.refreshed_at = now
+    credential.next_attempt_at = None
+    credential.updated_at = now
+    rotated = grant.refresh_token is not None
+    lifecycle.record_success(session, integration)
+    if integration.status != Status.active:
+        lifecycle.change_status(
+            session, integration, Status.active, reason="token_refreshed", frontend_url=frontend_url
+        )
+    events.record(
+        session,
+        REFRESHED,
+        outcome=events.SUCCESS,
+        user_id=user_id,
+        provider=Provider.amazon,
+        expiresAt=isoformat(expires),
+        refreshTokenRotated=rotated,
+    )
+    _warn_before_expiry(session, integration, credential, now, frontend_url)
+    return Refresh(user_id, Outcome.refreshed, access_token_expires_at=expires)
+
+
+def record_failure(
+    session: Session, user_id: str, decided: Verdict, *, frontend_url: str
+) -> Refresh:
+    """A refresh that failed, recorded as its verdict says."""
+    now = utcnow()
+    integration, credential = find(session, user_id)
+    events.record(
+        session,
+        REFRESH_FAILED,
+        outcome=events.FAILURE,
+        user_id=user_id,
+        provider=Provider.amazon,
+        error_type=decided.error_type,
+        httpStatus=decided.status_code,
+        message=decided.message,
+    )
+    url = reconnect_url(frontend_url, Provider.amazon, user_id)
+    if decided.outcome in (Outcome.revoked, Outcome.expired):
+        status = Status.expired if decided.outcome == Outcome.expired else Status.revoked
+        credential.access_token = None
+        credential.access_token_expires_at = None
+        lifecycle.change_status(
+            session,
+            integration,
+            status,
+            reason=decided.error_type,
+            frontend_url=frontend_url,
+            error_type=decided.error_type,
+        )
+    elif decided.outcome == Outcome.app_rejected:
+        notifications.alert_app_credentials(session, Provider.amazon, decided.message)
+    else:
+        failures = lifecycle.record_transient_failure(
+            session, integration, error_type=decided.error_type, message=decided.message
+        )
+        credential.next_attempt_at = now + backoff(failures)
+    credential.updated_at = now
+    return Refresh(
+        user_id,
+        decided.outcome,
+        error_type=decided.error_type,
+        message=decided.message,
+        reconnect_url=url,
+    )
+
+
+def _warn_before_expiry(
+    session: Session,
+    integration: IntegrationStatus,
+    credential: Credential,
+    now: datetime,
+    frontend_url: str,
+) -> None:
+    """Once per authorization, 30 days before Amazon wants it renewed, tell the seller."""
+    renew_by = credential.authorized_at + REAUTHORIZATION
+    if credential.expiry_warned_at is not None or now < renew_by - EXPIRY_WARNING:
+        return
+    url = reconnect_url(frontend_url, Provider.amazon, integration.user_id)
+    notifications.notify(
+        session,
+        audience=notifications.USER,
+        kind=EXPIRY_WARNED,
+        title="Amazon connection expires soon",
+        message=(
+            f"Your amazon authorization expires on {renew_by.date().isoformat()}. "
+            "Please reconnect your account before then to keep access."
+        ),
+        user_id=integration.user_id,
+        provider=Provider.amazon,
+        detail={"reconnectUrl": url, "expiresAt": isoformat(renew_by)},
+        key=notifications.dedupe_key(EXPIRY_WARNED, Provider.amazon, integration.user_id)
+        + f":{renew_by.date().isoformat()}",  # one per authorization term
+    )
+    credential.expiry_warned_at = now
