@@ -125,7 +125,15 @@ def test_import_lines_follow_the_same_rule(db: Any, cli: Any, tmp_path: Any) -> 
     source.write_text(
         "\n".join(
             json.dumps({"user_id": user_id, "provider": "stripe", "email": "a@example.com"})
-            for user_id in ("e\u0301mile", "u" * 300, "bob\u202e", "zero\u200bwidth", "ok")
+            for user_id in (
+                "e\u0301mile",
+                "u" * 300,
+                "bob\u202e",
+                "zero\u200bwidth",
+                "ok",
+                "bob\u0085",  # str.strip() would drop it: the rule sees the id as given
+                "amy\u2028",
+            )
         )
         + "\n"
     )
@@ -137,6 +145,8 @@ def test_import_lines_follow_the_same_rule(db: Any, cli: Any, tmp_path: Any) -> 
         "(bidi override or zero-width) (U+202E)",
         "line 4: user_id is not acceptable: it contains an invisible formatting character "
         "(bidi override or zero-width) (U+200B)",
+        "line 6: user_id is not acceptable: it contains a control character (U+0085)",
+        "line 7: user_id is not acceptable: it contains a line separator (U+2028)",
     ]
     stored = db.rows("SELECT user_id FROM integration_status ORDER BY user_id")
     assert stored == [{"user_id": "ok"}, {"user_id": "\u00e9mile"}]  # one form: NFC

@@ -180,8 +180,11 @@ def _text(data: dict[str, Any], name: str) -> str:
 
 
 def _user_id(data: dict[str, Any]) -> str:
-    """The one user-id rule (``discoveryctl.user_ids``), as for ``--user``."""
-    user_id = _text(data, "user_id")
+    """The one user-id rule (``discoveryctl.user_ids``), on the id as given, as for ``--user``
+    (stripping first would let through what the rule refuses, e.g. a trailing U+0085)."""
+    user_id = data["user_id"]
+    if not isinstance(user_id, str):
+        raise Rejected("user_id must be a non-empty string")
     try:
         return valid_user_id(user_id)
     except InvalidInput:
