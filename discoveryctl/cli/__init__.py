@@ -92,6 +92,7 @@ from discoveryctl.cli import (  # noqa: E402  (command modules import only typer
     notifications,
     reconnect,
     refresh,
+    refresh_all,
     sandbox,
     secrets,
     status,
@@ -103,6 +104,7 @@ app.command("connect")(connect.connect)
 app.command("reconnect")(reconnect.reconnect)
 app.command("refresh")(refresh.refresh)
 app.command("access-token")(refresh.access_token)
+app.command("refresh-all")(refresh_all.refresh_all)
 app.add_typer(notifications.group, name="notifications")
 app.command("events")(events.events)
 app.command("import")(transfer.import_integrations)

@@ -353,3 +353,41 @@ class LwaClient:
         except httpx.HTTPError as error:
             raise transport_failure(error, "LWA token request failed") from None
         return parse_token_response(response)
+
+
+class AsyncLwaClient:
+    """The LWA token endpoint for many sellers at once (``refresh-all``): the same requests
+    and the same classifier as ``LwaClient``, over an ``httpx.AsyncClient``."""
+
+    def __init__(
+        self,
+        app: AmazonApp,
+        http: httpx.AsyncClient | None = None,
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        connections: int = 64,
+    ) -> None:
+        self.app = app
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self._http = http or httpx.AsyncClient(timeout=timeout, limits=limits)
+        self._owns_http = http is None
+
+    async def __aenter__(self) -> AsyncLwaClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def refresh(self, refresh_token: str) -> TokenGrant:
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": self.app.client_id,
+            "client_secret": self.app.client_secret,
+        }
+        try:
+            response = await self._http.post(self.app.token_url, data=form)
+        except httpx.HTTPError as error:
+            raise transport_failure(error, "LWA token request failed") from None
+        return parse_token_response(response)

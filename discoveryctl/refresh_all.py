@@ -1,0 +1,357 @@
+"""The cron job: refresh every due Amazon authorization, concurrently, under leases (SPEC §5).
+
+Due: an ``active`` integration whose cached access token expires within the margin (or has
+none), or whose last refresh is older than the maximum age; not while a failed one waits out
+its backoff (``next_attempt_at``); with ``force``, every active one. Each batch is claimed in
+one transaction that sets a lease on it (PostgreSQL: ``FOR UPDATE SKIP LOCKED``; SQLite:
+under its write lock), so overlapping runs and other machines never refresh the same seller
+twice, and a killed run's leases simply run out for the next run to take the work.
+
+What each answer means is decided in ``discoveryctl.refresh``; this module only schedules.
+If LWA refuses the app's own credentials, no more work is claimed, the calls in flight end,
+no seller is marked, the leases are let go, and the admins are told once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+import tenacity
+from sqlalchemy.orm import Session
+
+from discoveryctl import notifications
+from discoveryctl.consent import SessionScope
+from discoveryctl.crypto import Vault
+from discoveryctl.db.engine import lock_for_writing
+from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
+from discoveryctl.errors import ProviderError, TransientProviderError
+from discoveryctl.integrations.health import Provider, Status
+from discoveryctl.providers.amazon import AsyncLwaClient, TokenGrant
+from discoveryctl.refresh import (
+    DEFAULT_MARGIN,
+    IN_RUN_ATTEMPTS,
+    LEASE,
+    Outcome,
+    Verdict,
+    new_owner,
+    record_failure,
+    record_refresh,
+    verdict,
+)
+
+DEFAULT_MAX_AGE = timedelta(hours=24)
+DEFAULT_CONCURRENCY = 32
+
+
+@dataclass(frozen=True)
+class Due:
+    """A claimed (or, for a dry run, merely due) authorization."""
+
+    credential_id: int
+    user_id: str
+    refresh_token: str  # encrypted, as stored
+    authorized_at: datetime
+
+
+@dataclass
+class Summary:
+    """What a run did, by outcome."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    app_rejected: str | None = None  # LWA's message when the app's credentials were refused
+    interrupted: bool = False
+    deadline_reached: bool = False
+
+    @property
+    def total(self) -> int:
+        return sum(self.outcomes.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "outcomes": {str(o): self.outcomes.get(str(o), 0) for o in Outcome},
+            "total": self.total,
+            "seconds": round(self.seconds, 3),
+            "perSecond": round(self.total / self.seconds, 1) if self.seconds else None,
+            "appCredentialsRejected": self.app_rejected,
+            "interrupted": self.interrupted,
+            "deadlineReached": self.deadline_reached,
+        }
+
+
+def _due_filter(now: datetime, margin: timedelta, max_age: timedelta, force: bool) -> Any:
+    credential, integration = table_of(Credential), table_of(IntegrationStatus)
+    conditions: list[Any] = [
+        integration.c.status == Status.active,
+        integration.c.provider == Provider.amazon,
+        sa.or_(credential.c.lease_expires_at.is_(None), credential.c.lease_expires_at <= now),
+    ]
+    if not force:
+        conditions += [
+            sa.or_(credential.c.next_attempt_at.is_(None), credential.c.next_attempt_at <= now),
+            sa.or_(
+                credential.c.access_token_expires_at.is_(None),
+                credential.c.access_token_expires_at <= now + margin,
+                sa.func.coalesce(credential.c.refreshed_at, credential.c.authorized_at)
+                <= now - max_age,
+            ),
+        ]
+    return sa.and_(*conditions)
+
+
+def _due_query(now: datetime, margin: timedelta, max_age: timedelta, force: bool) -> Any:
+    credential, integration = table_of(Credential), table_of(IntegrationStatus)
+    return (
+        sa.select(
+            credential.c.id,
+            integration.c.user_id,
+            credential.c.refresh_token,
+            credential.c.authorized_at,
+        )
+        .join(integration, integration.c.id == credential.c.integration_id)
+        .where(_due_filter(now, margin, max_age, force))
+        .order_by(credential.c.id)
+    )
+
+
+def due_now(
+    session: Session,
+    *,
+    margin: timedelta = DEFAULT_MARGIN,
+    max_age: timedelta = DEFAULT_MAX_AGE,
+    force: bool = False,
+) -> list[Due]:
+    """Every authorization a run would refresh now (``--dry-run``), claiming nothing."""
+    rows = session.execute(_due_query(utcnow(), margin, max_age, force))
+    return [Due(*row) for row in rows]
+
+
+def claim_batch(
+    session: Session,
+    owner: str,
+    limit: int,
+    *,
+    after: int = 0,
+    margin: timedelta = DEFAULT_MARGIN,
+    max_age: timedelta = DEFAULT_MAX_AGE,
+    force: bool = False,
+) -> list[Due]:
+    """Take the lease on up to ``limit`` due authorizations past credential id ``after``
+    (a run walks the table once, in id order, and never comes back), atomically."""
+    now = utcnow()
+    credential = table_of(Credential)
+    query = _due_query(now, margin, max_age, force).where(credential.c.id > after).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=credential)
+    else:
+        lock_for_writing(session, "refresh-claim")  # SQLite: one claimer at a time
+    claimed = [Due(*row) for row in session.execute(query)]
+    if claimed:
+        session.execute(
+            sa.update(credential)
+            .where(credential.c.id.in_([due.credential_id for due in claimed]))
+            .values(lease_owner=owner, lease_expires_at=now + LEASE)
+        )
+    return claimed
+
+
+def release_all(session: Session, owner: str) -> None:
+    credential = table_of(Credential)
+    session.execute(
+        sa.update(credential)
+        .where(credential.c.lease_owner == owner)
+        .values(lease_owner=None, lease_expires_at=None)
+    )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What LWA answered for one claimed authorization."""
+
+    due: Due
+    grant: TokenGrant | None = None
+    verdict: Verdict | None = None
+
+
+async def _refresh_one(
+    lwa: AsyncLwaClient, vault: Vault, due: Due, gate: asyncio.Semaphore
+) -> Answer:
+    token = vault.decrypt(due.refresh_token, what="the refresh token")
+    jitter = tenacity.wait_exponential(multiplier=0.5, max=8) + tenacity.wait_random(0, 0.5)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, TransientProviderError) and error.retry_after is not None:
+            return error.retry_after
+        return jitter(state)
+
+    async with gate:
+        try:
+            async for attempt in tenacity.AsyncRetrying(
+                retry=tenacity.retry_if_exception_type(TransientProviderError),
+                stop=tenacity.stop_after_attempt(IN_RUN_ATTEMPTS),
+                wait=wait,
+                reraise=True,
+            ):
+                with attempt:
+                    grant = await lwa.refresh(token)
+        except ProviderError as error:
+            return Answer(due, verdict=verdict(error, due.authorized_at, utcnow()))
+    return Answer(due, grant=grant)
+
+
+def _record(
+    session: Session, vault: Vault, answers: list[Answer], frontend_url: str, summary: Summary
+) -> None:
+    for answer in answers:
+        if answer.grant is not None:
+            record_refresh(
+                session, vault, answer.due.user_id, answer.grant, frontend_url=frontend_url
+            )
+            summary.outcomes[Outcome.refreshed] += 1
+        elif answer.verdict is not None and answer.verdict.outcome != Outcome.app_rejected:
+            record_failure(session, answer.due.user_id, answer.verdict, frontend_url=frontend_url)
+            summary.outcomes[answer.verdict.outcome] += 1
+
+
+def run(
+    session_scope: SessionScope,
+    vault: Vault,
+    lwa_factory: Callable[[], AsyncLwaClient],
+    *,
+    frontend_url: str,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    deadline: float | None = None,
+    force: bool = False,
+    margin: timedelta = DEFAULT_MARGIN,
+    max_age: timedelta = DEFAULT_MAX_AGE,
+    stop: asyncio.Event | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Summary:
+    """Refresh every due authorization; ``deadline`` (seconds from now) stops claiming."""
+    return asyncio.run(
+        _run(
+            session_scope,
+            vault,
+            lwa_factory,
+            frontend_url=frontend_url,
+            concurrency=concurrency,
+            deadline=deadline,
+            force=force,
+            margin=margin,
+            max_age=max_age,
+            stop=stop,
+            progress=progress,
+        )
+    )
+
+
+async def _run(
+    session_scope: SessionScope,
+    vault: Vault,
+    lwa_factory: Callable[[], AsyncLwaClient],
+    *,
+    frontend_url: str,
+    concurrency: int,
+    deadline: float | None,
+    force: bool,
+    margin: timedelta,
+    max_age: timedelta,
+    stop: asyncio.Event | None,
+    progress: Callable[[int], None] | None,
+) -> Summary:
+    summary = Summary()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, NotImplementedError):  # not the main thread
+            loop.add_signal_handler(signum, stop.set)
+    started = time.monotonic()
+    ends = None if deadline is None else started + deadline
+    owner = new_owner()
+    gate = asyncio.Semaphore(concurrency)
+    batch_size = max(concurrency * 4, 64)
+    walked = 0  # the highest credential id claimed so far: each seller once a run
+    try:
+        async with lwa_factory() as lwa:
+            while not stop.is_set():
+                if ends is not None and time.monotonic() >= ends:
+                    summary.deadline_reached = True
+                    break
+                with session_scope() as session:
+                    batch = claim_batch(
+                        session,
+                        owner,
+                        batch_size,
+                        after=walked,
+                        margin=margin,
+                        max_age=max_age,
+                        force=force,
+                    )
+                if not batch:
+                    break
+                walked = batch[-1].credential_id
+                answers = await _answers(
+                    [asyncio.create_task(_refresh_one(lwa, vault, due, gate)) for due in batch],
+                    stop,
+                )
+                rejected = next(
+                    (
+                        a.verdict
+                        for a in answers
+                        if a.verdict is not None and a.verdict.outcome == Outcome.app_rejected
+                    ),
+                    None,
+                )
+                with session_scope() as session:
+                    _record(session, vault, list(answers), frontend_url, summary)
+                    release_all(session, owner)
+                    if rejected is not None:
+                        summary.app_rejected = rejected.message
+                        notifications.alert_app_credentials(
+                            session, Provider.amazon, rejected.message
+                        )
+                if progress is not None:
+                    progress(summary.total)
+                if rejected is not None:
+                    break
+    finally:
+        with session_scope() as session:
+            release_all(session, owner)
+        summary.seconds = time.monotonic() - started
+    summary.interrupted = stop.is_set()
+    return summary
+
+
+STOP_GRACE_SECONDS = 3.0
+"""After a stop (Ctrl-C, SIGTERM), how long the calls in flight may take to finish."""
+
+
+async def _answers(tasks: list[asyncio.Task[Answer]], stop: asyncio.Event) -> list[Answer]:
+    """The answers of ``tasks``; once ``stop`` is set, those not done within the grace
+    period are abandoned (their leases are let go, nothing is recorded for them)."""
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        pending: set[asyncio.Task[Any]] = set(tasks)
+        while pending and not stop.is_set():
+            _, pending = await asyncio.wait(
+                pending | {stopping}, return_when=asyncio.FIRST_COMPLETED
+            )
+            pending.discard(stopping)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=STOP_GRACE_SECONDS)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+    finally:
+        stopping.cancel()
+    return [task.result() for task in tasks if task.done() and not task.cancelled()]

@@ -1,0 +1,184 @@
+"""`refresh-all`, the cron job, against the sandbox over real sockets: what it refreshes, what
+each outcome does to the sellers, and that overlapping runs never refresh a seller twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
+
+from helpers import amazon_line, write_lines
+
+
+def start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "discoveryctl", "refresh-all", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+
+
+def import_sellers(
+    cli: Any, sandbox: Sandbox, tmp_path: Path, count: int, prefix: str = "u"
+) -> list[Any]:
+    known = [sandbox.state.add_seller() for _ in range(count)]
+    lines = []
+    for number, seller in enumerate(known):
+        line = amazon_line(f"{prefix}{number}", seller.refresh_token)
+        line["selling_partner_id"] = seller.selling_partner_id
+        lines.append(line)
+    result = cli("import", str(write_lines(tmp_path / f"{prefix}.jsonl", *lines)))
+    assert result.exit_code == 0, result.stderr
+    return known
+
+
+@pytest.fixture
+def amazon(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    return sandbox
+
+
+def leases_held(db: Any) -> int:
+    return int(db.scalar("SELECT count(*) FROM credentials WHERE lease_owner IS NOT NULL"))
+
+
+def test_each_outcome_is_recorded_and_nothing_is_done_twice(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    _, gone, flaky = import_sellers(cli, amazon, tmp_path, 3)
+    amazon.state.revoke(gone.selling_partner_id)
+    amazon.state.set_behaviour(flaky.selling_partner_id, "flaky", status=503)
+    result = cli("refresh-all", "--json")
+    assert result.exit_code == 1
+    summary = result.json()
+    assert summary["outcomes"] == {
+        "refreshed": 1,
+        "revoked": 1,
+        "expired": 0,
+        "failed": 1,
+        "app_rejected": 0,
+    }
+    assert "2 sellers need attention" in result.stderr
+    statuses = {r["user_id"]: r for r in cli("status", "--json").json()}
+    assert statuses["u0"]["status"] == "active"
+    assert statuses["u1"]["status"] == "revoked"
+    assert statuses["u2"]["status"] == "active"
+    assert statuses["u2"]["metadata"]["consecutive_failures"] == 1
+    assert leases_held(db) == 0
+
+    again = cli("refresh-all", "--json")  # fresh token, revoked, and one backing off
+    assert again.exit_code == 0, again.stderr
+    assert again.json()["total"] == 0
+    assert amazon.state.stats()["grants"]["refresh_token"] == 1
+
+
+def test_the_app_s_credentials_refused_stop_the_run_and_touch_no_seller(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    import_sellers(cli, amazon, tmp_path, 5)
+    amazon.state.rotate_client_secret("a-secret-we-do-not-have")
+    result = cli("refresh-all", "--json")
+    assert result.exit_code == 3
+    assert result.json()["appCredentialsRejected"]
+    assert "rejected the app's credentials" in result.stderr
+    for row in cli("status", "--json").json():
+        assert row["status"] == "active"
+        assert "consecutive_failures" not in row["metadata"]
+    admin = cli("notifications", "--admin", "--json").json()
+    assert [n["kind"] for n in admin] == ["app_credentials_rejected"]
+    assert leases_held(db) == 0
+    amazon.state.rotate_client_secret(None)
+    assert cli("refresh-all").exit_code == 0  # the work was left for the next run
+
+
+def test_dry_run_lists_what_is_due_and_calls_nothing(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    import_sellers(cli, amazon, tmp_path, 3)
+    listed = cli("refresh-all", "--dry-run", "--json")
+    assert listed.exit_code == 0
+    assert sorted(d["user_id"] for d in listed.json()) == ["u0", "u1", "u2"]
+    assert amazon.state.stats()["grants"]["refresh_token"] == 0
+    assert cli("refresh-all").exit_code == 0
+    assert cli("refresh-all", "--dry-run", "--json").json() == []
+    assert [d["user_id"] for d in cli("refresh-all", "--dry-run", "--force", "--json").json()] == [
+        "u0",
+        "u1",
+        "u2",
+    ]
+    assert cli("refresh-all", "--force", "--json").json()["outcomes"]["refreshed"] == 3
+
+
+def test_two_runs_at_once_refresh_each_seller_exactly_once(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    import_sellers(cli, amazon, tmp_path, 2000)
+    runs = [start("--json", "--concurrency", "16") for _ in range(2)]
+    outputs = [(r.wait(timeout=300), *r.communicate()) for r in runs]
+    for code, _, stderr in outputs:
+        assert code == 0, stderr
+    done = [json.loads(stdout)["outcomes"]["refreshed"] for _, stdout, _ in outputs]
+    assert sum(done) == 2000
+    stats = amazon.state.stats()
+    assert stats["grants"]["refresh_token"] == 2000
+    assert set(stats["refreshes_per_seller"].values()) == {1}
+    assert leases_held(db) == 0
+
+
+def test_a_deadline_stops_claiming_and_leaves_the_rest_due(
+    db: Any, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with run_in_thread(SandboxConfig(latency_ms=400)) as slow:
+        for name, value in slow.env().items():
+            monkeypatch.setenv(name, value)
+        import_sellers(cli, slow, tmp_path, 300)
+        result = cli("refresh-all", "--deadline", "1s", "--concurrency", "2", "--json")
+    summary = result.json()
+    assert summary["deadlineReached"] is True
+    assert 0 < summary["total"] < 300
+    assert summary["seconds"] < 30
+    assert len(cli("refresh-all", "--dry-run", "--json").json()) == 300 - summary["total"]
+    assert leases_held(db) == 0
+
+
+def test_ctrl_c_stops_soon_lets_go_of_the_leases_and_exits_130(
+    db: Any, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with run_in_thread(SandboxConfig(latency_ms=300)) as slow:
+        for name, value in slow.env().items():
+            monkeypatch.setenv(name, value)
+        import_sellers(cli, slow, tmp_path, 400)
+        run = start("--json", "--concurrency", "4")
+        deadline = time.monotonic() + 20
+        while not slow.state.stats()["grants"]["refresh_token"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        run.send_signal(signal.SIGINT)
+        began = time.monotonic()
+        code = run.wait(timeout=30)
+        stopped_in = time.monotonic() - began
+        stdout, stderr = run.communicate()
+    assert code == 130, stderr
+    assert stopped_in < 10
+    summary = json.loads(stdout)
+    assert summary["interrupted"] is True
+    assert 0 < summary["total"] < 400
+    assert "interrupted" in stderr
+    assert leases_held(db) == 0
+
+
+def test_bad_options_are_usage_errors(db: Any, cli: Any, amazon: Sandbox) -> None:
+    assert cli("refresh-all", "--deadline", "soon").exit_code == 2
+    assert cli("refresh-all", "--concurrency", "0").exit_code == 2
