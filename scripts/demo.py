@@ -161,15 +161,22 @@ def main() -> int:
                 f"{revoked['selling_partner_id']}/revoke"
             )
             response.raise_for_status()
-            print("  (the next refresh of that seller's token will find it revoked)")
+
+            step("The cron job refreshes every due token and catches the revoked seller")
+            discoveryctl(env, "refresh-all", expect=(1,))
+            step("A second run right after finds nothing due")
+            discoveryctl(env, "refresh-all", "--json")
 
             step("Integration health")
             discoveryctl(env, "status")
-            discoveryctl(env, "status", "--check")
+            discoveryctl(env, "status", "--check", expect=(1,))
 
             step("Send a seller back through consent")
             discoveryctl(env, "reconnect", "amazon", "--user", revoked["user_id"], "--notify")
             discoveryctl(env, "notifications", "--user", revoked["user_id"])
+            step("The seller consents again: active, and the alerts are resolved")
+            connect_in_browser(env, revoked["user_id"])
+            discoveryctl(env, "status", "--user", revoked["user_id"])
 
             step("The audit history and an export without secrets")
             discoveryctl(env, "events", "--user", revoked["user_id"])

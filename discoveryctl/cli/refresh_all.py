@@ -91,4 +91,6 @@ def refresh_all(
         raise Interrupted("interrupted: the summary above is what was done")
     attention = sum(summary.outcomes[o] for o in (Outcome.revoked, Outcome.expired, Outcome.failed))
     if attention:
-        raise NeedsAttention(f"{attention} seller{'s' if attention != 1 else ''} need attention")
+        raise NeedsAttention(
+            f"{attention} seller{'s need' if attention != 1 else ' needs'} attention"
+        )
