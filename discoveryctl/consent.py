@@ -362,7 +362,7 @@ def _store(
     access_token: str,
     expires_in: int,
 ) -> Connected:
-    integration = lifecycle.find(session, claims.user_id, Provider.amazon)
+    integration = lifecycle.find(session, claims.user_id, Provider.amazon, for_update=True)
     reconnected = integration is not None
     if integration is None:
         integration = lifecycle.create(session, claims.user_id, Provider.amazon, Status.active)

@@ -190,7 +190,7 @@ def with_retries(call: Callable[[], Result], attempts: int = IN_RUN_ATTEMPTS) ->
 
 
 def find(session: Session, user_id: str) -> tuple[IntegrationStatus, Credential]:
-    integration = lifecycle.find(session, user_id, Provider.amazon)
+    integration = lifecycle.find(session, user_id, Provider.amazon, for_update=True)
     credential = None if integration is None else for_integration(session, integration)
     if integration is None or credential is None:
         raise NotFound(f"user {shown(user_id)} has no Amazon authorization")

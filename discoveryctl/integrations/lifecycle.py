@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from discoveryctl import events, notifications
+from discoveryctl.db.engine import lock_for_writing
 from discoveryctl.db.models import IntegrationStatus, new_id, table_of, utcnow
 from discoveryctl.integrations.health import (
     CONSECUTIVE_FAILURES,
@@ -30,12 +31,21 @@ RECONNECT_REQUESTED = "reconnect_requested"
 DEFAULT_FAILURE_THRESHOLD = 3
 
 
-def find(session: Session, user_id: str, provider: str) -> IntegrationStatus | None:
-    return session.scalars(
-        sa.select(IntegrationStatus).where(
-            IntegrationStatus.user_id == user_id, IntegrationStatus.provider == provider
-        )
-    ).first()
+def find(
+    session: Session, user_id: str, provider: str, *, for_update: bool = False
+) -> IntegrationStatus | None:
+    """The integration; ``for_update`` locks it until the transaction ends, so that a
+    read-modify-write of its status or metadata never loses another writer's change: the row
+    on PostgreSQL, the database (its write lock, taken before reading) on SQLite."""
+    query = sa.select(IntegrationStatus).where(
+        IntegrationStatus.user_id == user_id, IntegrationStatus.provider == provider
+    )
+    if for_update:
+        if session.get_bind().dialect.name == "sqlite":
+            lock_for_writing(session, "integration")
+        else:
+            query = query.with_for_update()
+    return session.scalars(query).first()
 
 
 Query = TypeVar("Query", bound=sa.Select[*tuple[Any, ...]])

@@ -32,11 +32,12 @@ def needing_reconnect(session: Session, provider: str) -> Sequence[IntegrationSt
             IntegrationStatus.status.in_([Status.revoked, Status.expired]),
         )
         .order_by(IntegrationStatus.user_id)
+        .with_for_update()  # their reconnect counters are updated next
     ).all()
 
 
 def for_user(session: Session, provider: str, user_id: str) -> IntegrationStatus:
-    integration = lifecycle.find(session, user_id, provider)
+    integration = lifecycle.find(session, user_id, provider, for_update=True)
     if integration is None:
         raise NotFound(f"user {shown(user_id)} has no {provider} integration")
     return integration

@@ -1,0 +1,159 @@
+"""`refresh-all` at scale against the sandbox in its own process.
+
+Imports N integrations the sandbox knows, makes every LWA answer take L ms at the sandbox,
+runs `refresh-all --concurrency C`, and prints its wall time, the ideal N·L/C, their ratio,
+refreshes per CPU-second of the discoveryctl process, and its peak RSS.
+
+Targets (issue 8), on a 2-core machine, SQLite and PostgreSQL: N=10,000, L=50 ms, C=64 →
+ratio ≤ 1.25; with L=0, ≥ 600 refreshes per CPU-second; N=100,000 → peak RSS ≤ 250 MB.
+
+Runs on a temporary SQLite default; with DATABASE_URL set to PostgreSQL, on a throw-away
+schema in that database.
+
+    python benchmarks/refresh_all.py [--sellers 10000] [--latency-ms 50] [--concurrency 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def start_sandbox(
+    env: dict[str, str], sellers: int, latency_ms: int, seed_file: Path
+) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    command = [
+        sys.executable,
+        "-m",
+        "discoveryctl",
+        "sandbox",
+        "--port",
+        str(free_port()),
+        "--latency-ms",
+        str(latency_ms),
+        "--seed",
+        str(sellers),
+        "--seed-file",
+        str(seed_file),
+    ]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    exports: dict[str, str] = {}
+    for line in process.stdout:
+        if line.startswith("export "):
+            name, _, value = line.removeprefix("export ").strip().partition("=")
+            exports[name] = shlex.split(value)[0] if value else ""
+        if "STRIPE_API_BASE" in exports:
+            return process, exports
+    sys.exit("the sandbox did not start")
+
+
+def measured(args: list[str], env: dict[str, str]) -> tuple[float, float, float, str]:
+    """Wall seconds, CPU seconds, peak RSS (MiB) and stdout of one discoveryctl command,
+    read from its own rusage (not its siblings')."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "discoveryctl", *args], env=env, stdout=out, stderr=err
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if process.returncode not in (0, 1):
+            sys.exit(f"discoveryctl {' '.join(args)} failed ({process.returncode}):\n{err.read()}")
+        return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out.read()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sellers", type=int, default=10_000)
+    parser.add_argument("--latency-ms", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=64)
+    options = parser.parse_args()
+
+    postgres = os.environ.get("DATABASE_URL", "").startswith("postgres")
+    with tempfile.TemporaryDirectory(prefix="discoveryctl-bench-") as home:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("AMAZON_", "STRIPE_"))
+        }
+        env.update({"XDG_DATA_HOME": home, "LOG_LEVEL": "warning", "NO_COLOR": "1"})
+        schema = None
+        if postgres:
+            import sqlalchemy as sa
+            from cryptography.fernet import Fernet
+
+            schema = f"bench_{uuid.uuid4().hex[:10]}"
+            admin = sa.create_engine(
+                env["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://", 1)
+            )
+            with admin.begin() as connection:
+                connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+            separator = "&" if "?" in env["DATABASE_URL"] else "?"
+            env["DATABASE_URL"] += f"{separator}options={quote(f'-csearch_path={schema}')}"
+            env["DISCOVERY_ENCRYPTION_KEY"] = Fernet.generate_key().decode()
+            subprocess.run(
+                [sys.executable, "-m", "discoveryctl", "db", "upgrade"],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+        seed_file = Path(home) / "sellers.jsonl"
+        sandbox, exports = start_sandbox(env, options.sellers, options.latency_ms, seed_file)
+        env.update(exports)
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "discoveryctl", "import", str(seed_file)],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            wall, cpu, rss, stdout = measured(
+                ["refresh-all", "--concurrency", str(options.concurrency), "--json"], env
+            )
+        finally:
+            sandbox.terminate()
+            sandbox.wait(timeout=30)
+            if schema is not None:
+                with admin.begin() as connection:
+                    connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+                admin.dispose()
+    summary = json.loads(stdout)
+    refreshed = summary["outcomes"]["refreshed"]
+    ideal = options.sellers * options.latency_ms / 1000 / options.concurrency
+    backend = "PostgreSQL" if postgres else "SQLite"
+    print(
+        f"refresh-all on {backend}, {os.cpu_count()} cores: N={options.sellers}, "
+        f"L={options.latency_ms} ms, C={options.concurrency}"
+    )
+    print(f"  refreshed:   {refreshed} of {options.sellers} ({summary['outcomes']})")
+    print(f"  wall time:   {wall:.2f} s (the command, start-up included)")
+    if ideal:
+        print(f"  ideal N·L/C: {ideal:.2f} s, ratio {wall / ideal:.2f} (target ≤ 1.25)")
+    print(f"  CPU:         {cpu:.2f} s, {refreshed / cpu:,.0f} refreshes per CPU-second")
+    print(f"  peak RSS:    {rss:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
