@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -35,7 +35,14 @@ from discoveryctl import events, notifications
 from discoveryctl.consent import SessionScope
 from discoveryctl.credentials import for_integration
 from discoveryctl.crypto import Vault
-from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
+from discoveryctl.db.engine import lock_for_writing
+from discoveryctl.db.models import (
+    Credential,
+    IntegrationStatus,
+    JSONDocument,
+    table_of,
+    utcnow,
+)
 from discoveryctl.errors import (
     AppCredentialsRejected,
     NotFound,
@@ -44,7 +51,14 @@ from discoveryctl.errors import (
     TransientProviderError,
 )
 from discoveryctl.integrations import lifecycle
-from discoveryctl.integrations.health import Provider, Status, isoformat, reconnect_url
+from discoveryctl.integrations.health import (
+    LAST_SYNCED_AT,
+    Provider,
+    Status,
+    consecutive_failures,
+    isoformat,
+    reconnect_url,
+)
 from discoveryctl.providers.amazon import LwaClient, TokenGrant
 from discoveryctl.user_ids import shown
 
@@ -361,6 +375,116 @@ def record_refresh(
     )
     _warn_before_expiry(session, integration, credential, now, frontend_url)
     return Refresh(user_id, Outcome.refreshed, access_token_expires_at=expires)
+
+
+def record_refreshes(
+    session: Session,
+    vault: Vault,
+    refreshed: Sequence[tuple[int, TokenGrant]],
+    *,
+    frontend_url: str,
+) -> list[Refresh]:
+    """Many successful refreshes (credential id, grant) in a few statements.
+
+    The common case, an active integration with nothing to clear and no warning due, is
+    written in bulk: one SELECT, one UPDATE per table, one INSERT of events. Any other goes
+    through ``record_refresh``, one by one, with its transitions and notifications.
+    """
+    if not refreshed:
+        return []
+    now = utcnow()
+    credential, integration = table_of(Credential), table_of(IntegrationStatus)
+    grants = dict(refreshed)
+    query = (
+        sa.select(
+            credential.c.id,
+            credential.c.integration_id,
+            credential.c.authorized_at,
+            credential.c.expiry_warned_at,
+            integration.c.user_id,
+            integration.c.status,
+            integration.c.metadata,
+        )
+        .join(integration, integration.c.id == credential.c.integration_id)
+        .where(credential.c.id.in_(list(grants)))
+    )
+    if session.get_bind().dialect.name == "sqlite":
+        lock_for_writing(session, "integration")
+    else:
+        query = query.with_for_update(of=integration)
+    done: list[Refresh] = []
+    credential_rows: list[dict[str, Any]] = []
+    integration_rows: list[dict[str, Any]] = []
+    event_rows: list[dict[str, Any]] = []
+    one_by_one: list[tuple[str, TokenGrant]] = []
+    for row in session.execute(query):
+        grant = grants[row.id]
+        warning_due = row.expiry_warned_at is None and now >= (
+            row.authorized_at + REAUTHORIZATION - EXPIRY_WARNING
+        )
+        plain = (
+            row.status == Status.active
+            and not consecutive_failures(row.metadata)
+            and not warning_due
+        )
+        if not plain:
+            one_by_one.append((row.user_id, grant))
+            continue
+        expires = now + timedelta(seconds=grant.expires_in)
+        credential_rows.append(
+            {
+                "row_id": row.id,
+                "access_token": vault.encrypt(grant.access_token),
+                "access_token_expires_at": expires,
+                "refresh_token": (
+                    vault.encrypt(grant.refresh_token) if grant.refresh_token else None
+                ),
+                "rotated": grant.refresh_token is not None,
+                "now": now,
+            }
+        )
+        meta = {**row.metadata, LAST_SYNCED_AT: isoformat(now)}
+        integration_rows.append({"row_id": row.integration_id, "meta": meta, "now": now})
+        event_rows.append(
+            events.entry(
+                REFRESHED,
+                outcome=events.SUCCESS,
+                user_id=row.user_id,
+                provider=Provider.amazon,
+                expiresAt=isoformat(expires),
+                refreshTokenRotated=grant.refresh_token is not None,
+            )
+        )
+        done.append(Refresh(row.user_id, Outcome.refreshed, access_token_expires_at=expires))
+    if credential_rows:
+        session.execute(
+            sa.update(credential)
+            .where(credential.c.id == sa.bindparam("row_id"))
+            .values(
+                access_token=sa.bindparam("access_token"),
+                access_token_expires_at=sa.bindparam("access_token_expires_at"),
+                refresh_token=sa.case(
+                    (sa.bindparam("rotated"), sa.bindparam("refresh_token")),
+                    else_=credential.c.refresh_token,
+                ),
+                refreshed_at=sa.bindparam("now"),
+                next_attempt_at=None,
+                updated_at=sa.bindparam("now"),
+            ),
+            credential_rows,
+        )
+        session.execute(
+            sa.update(integration)
+            .where(integration.c.id == sa.bindparam("row_id"))
+            .values(
+                metadata=sa.bindparam("meta", type_=JSONDocument), updated_at=sa.bindparam("now")
+            ),
+            integration_rows,
+        )
+        events.record_all(session, event_rows)
+    for user_id, grant in one_by_one:
+        done.append(record_refresh(session, vault, user_id, grant, frontend_url=frontend_url))
+    return done
 
 
 def record_failure(

@@ -44,7 +44,7 @@ from discoveryctl.refresh import (
     Verdict,
     new_owner,
     record_failure,
-    record_refresh,
+    record_refreshes,
     verdict,
 )
 
@@ -212,15 +212,40 @@ async def _refresh_one(
 def _record(
     session: Session, vault: Vault, answers: list[Answer], frontend_url: str, summary: Summary
 ) -> None:
+    refreshed = [(a.due.credential_id, a.grant) for a in answers if a.grant is not None]
+    record_refreshes(session, vault, refreshed, frontend_url=frontend_url)
+    summary.outcomes[Outcome.refreshed] += len(refreshed)
     for answer in answers:
-        if answer.grant is not None:
-            record_refresh(
-                session, vault, answer.due.user_id, answer.grant, frontend_url=frontend_url
-            )
-            summary.outcomes[Outcome.refreshed] += 1
-        elif answer.verdict is not None and answer.verdict.outcome != Outcome.app_rejected:
+        if answer.verdict is not None and answer.verdict.outcome != Outcome.app_rejected:
             record_failure(session, answer.due.user_id, answer.verdict, frontend_url=frontend_url)
             summary.outcomes[answer.verdict.outcome] += 1
+
+
+def _write_batch(
+    session_scope: SessionScope,
+    vault: Vault,
+    owner: str,
+    batch: list[Due],
+    answers: list[Answer],
+    rejected: Verdict | None,
+    frontend_url: str,
+    summary: Summary,
+) -> None:
+    """Record one batch's answers and let go of exactly its leases, in one transaction."""
+    with session_scope() as session:
+        _record(session, vault, answers, frontend_url, summary)
+        credential = table_of(Credential)
+        session.execute(
+            sa.update(credential)
+            .where(
+                credential.c.id.in_([due.credential_id for due in batch]),
+                credential.c.lease_owner == owner,
+            )
+            .values(lease_owner=None, lease_expires_at=None)
+        )
+        if rejected is not None:
+            summary.app_rejected = rejected.message
+            notifications.alert_app_credentials(session, Provider.amazon, rejected.message)
 
 
 def run(
@@ -281,6 +306,7 @@ async def _run(
     gate = asyncio.Semaphore(concurrency)
     batch_size = max(concurrency * 4, 64)
     walked = 0  # the highest credential id claimed so far: each seller once a run
+    writing: asyncio.Future[None] | None = None
     try:
         async with lwa_factory() as lwa:
             while not stop.is_set():
@@ -312,19 +338,34 @@ async def _run(
                     ),
                     None,
                 )
-                with session_scope() as session:
-                    _record(session, vault, list(answers), frontend_url, summary)
-                    release_all(session, owner)
-                    if rejected is not None:
-                        summary.app_rejected = rejected.message
-                        notifications.alert_app_credentials(
-                            session, Provider.amazon, rejected.message
-                        )
-                if progress is not None:
-                    progress(summary.total)
+                if writing is not None:
+                    await writing  # one batch written at a time, in order
+                # Written in a thread while the next batch's calls are in flight.
+                writing = asyncio.ensure_future(
+                    asyncio.to_thread(
+                        _write_batch,
+                        session_scope,
+                        vault,
+                        owner,
+                        batch,
+                        list(answers),
+                        rejected,
+                        frontend_url,
+                        summary,
+                    )
+                )
                 if rejected is not None:
                     break
+                if progress is not None:
+                    progress(summary.total)
+            if writing is not None:
+                await writing
+                writing = None
+                if progress is not None:
+                    progress(summary.total)
     finally:
+        if writing is not None:
+            await asyncio.gather(writing, return_exceptions=True)
         with session_scope() as session:
             release_all(session, owner)
         summary.seconds = time.monotonic() - started
