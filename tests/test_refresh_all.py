@@ -182,3 +182,44 @@ def test_ctrl_c_stops_soon_lets_go_of_the_leases_and_exits_130(
 def test_bad_options_are_usage_errors(db: Any, cli: Any, amazon: Sandbox) -> None:
     assert cli("refresh-all", "--deadline", "soon").exit_code == 2
     assert cli("refresh-all", "--concurrency", "0").exit_code == 2
+
+
+def test_rotated_refresh_tokens_are_stored_and_omitted_ones_kept(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    rotating, omitting, plain = import_sellers(cli, amazon, tmp_path, 3)
+    amazon.state.set_behaviour(rotating.selling_partner_id, "rotate_refresh_token", times=1)
+    amazon.state.set_behaviour(omitting.selling_partner_id, "omit_refresh_token", times=1)
+    assert cli("refresh-all").exit_code == 0
+    stored = {
+        line["user_id"]: line["refresh_token"]
+        for line in map(json.loads, cli("export", "--include-secrets").stdout.splitlines())
+    }
+    assert stored["u0"] != rotating.refresh_token
+    assert stored["u1"] == omitting.refresh_token
+    assert stored["u2"] == plain.refresh_token
+    cached = db.rows("SELECT access_token, access_token_expires_at FROM credentials")
+    assert all(r["access_token"] and r["access_token_expires_at"] for r in cached)
+    assert "Atza|" not in json.dumps(cached, default=str)
+    for user in ("u0", "u1", "u2"):  # every stored token still refreshes
+        assert cli("refresh", "amazon", "--user", user).exit_code == 0
+
+
+def test_a_success_after_failures_clears_them_and_resolves_the_alert(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    from helpers import fail_transiently
+
+    import_sellers(cli, amazon, tmp_path, 2)
+    fail_transiently(db.url, "u1", 3)
+    assert [n["kind"] for n in cli("notifications", "--admin", "--json").json()] == [
+        "repeated_failures"
+    ]
+    result = cli("refresh-all", "--force", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["outcomes"]["refreshed"] == 2
+    rows = {r["user_id"]: r for r in cli("status", "--json").json()}
+    assert "consecutive_failures" not in rows["u1"]["metadata"]
+    assert rows["u0"]["lastSyncedAt"] and rows["u1"]["lastSyncedAt"]
+    (alert,) = cli("notifications", "--admin", "--json").json()
+    assert alert["resolved_at"] is not None
