@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/status_scale.py
 	$(BIN)/python benchmarks/import_scale.py
 	$(BIN)/python benchmarks/sandbox_throughput.py
+	$(BIN)/python benchmarks/refresh_all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants .mutmut.log
