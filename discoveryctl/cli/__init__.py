@@ -84,6 +84,7 @@ def _root(ctx: typer.Context) -> None:
 
 
 from discoveryctl.cli import (  # noqa: E402  (command modules import only typer)
+    check,
     connect,
     database,
     doctor,
@@ -105,6 +106,7 @@ app.command("reconnect")(reconnect.reconnect)
 app.command("refresh")(refresh.refresh)
 app.command("access-token")(refresh.access_token)
 app.command("refresh-all")(refresh_all.refresh_all)
+app.command("check")(check.check)
 app.add_typer(notifications.group, name="notifications")
 app.command("events")(events.events)
 app.command("import")(transfer.import_integrations)

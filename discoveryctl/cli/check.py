@@ -1,0 +1,90 @@
+"""`discoveryctl check amazon`: call the SP-API as the seller, and act on the answer."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import typer
+
+from discoveryctl.cli import options
+
+
+class CheckProvider(StrEnum):
+    amazon = "amazon"
+
+
+def check(
+    ctx: typer.Context,
+    provider: CheckProvider = typer.Argument(..., help="The provider to check."),
+    user: str | None = typer.Option(
+        None,
+        "--user",
+        callback=options.user_id,
+        help="This seller (default: every active Amazon integration).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One object per seller on stdout."),
+) -> None:
+    """Check sellers' authorizations live with SP-API getMarketplaceParticipations.
+
+    An answer marks the seller in sync; 401, or 403 saying the token is revoked or invalid,
+    marks it revoked (the seller is told how to reconnect); any other 403 is recorded only.
+    Exit 1 if any seller needs attention.
+
+    Example: discoveryctl check amazon --user seller-42
+    """
+    from discoveryctl.cli.application import Application
+    from discoveryctl.errors import AppCredentialsRejected, NeedsAttention, ProviderError
+    from discoveryctl.providers.amazon import LwaClient, SpApiClient
+    from discoveryctl.seller_check import Checked, active_sellers, check_seller
+
+    app: Application = ctx.obj
+    amazon = app.config.amazon_app()
+    database = app.open_database()
+    with database.session() as session:
+        vault = app.vault(session)
+        users = [user] if user is not None else active_sellers(session)
+    results = []
+    with LwaClient(amazon) as lwa, SpApiClient(amazon) as spapi:
+        for user_id in users:
+            try:
+                checked = check_seller(
+                    database.session,
+                    vault,
+                    lwa,
+                    spapi,
+                    user_id,
+                    frontend_url=app.config.frontend_url,
+                )
+            except AppCredentialsRejected:
+                raise  # the app's problem: no point asking for the next seller
+            except ProviderError as error:
+                if user is not None:
+                    raise  # one seller: its error, with its exit code
+                checked = Checked(user_id, "failed", message=error.message)
+            results.append(checked)
+            if not as_json:
+                detail = (
+                    f"{checked.marketplaces} marketplaces"
+                    if checked.outcome == "ok"
+                    else checked.message
+                )
+                app.out.print(f"{user_id}: {checked.outcome} ({detail})")
+    if as_json:
+        app.print_json(
+            [
+                {
+                    "user_id": c.user_id,
+                    "provider": "amazon",
+                    "outcome": c.outcome,
+                    "marketplaces": c.marketplaces,
+                    "message": c.message,
+                    "reconnectUrl": c.reconnect_url,
+                }
+                for c in results
+            ]
+        )
+    attention = [c for c in results if c.outcome != "ok"]
+    if attention:
+        raise NeedsAttention(
+            f"{len(attention)} seller{'s need' if len(attention) != 1 else ' needs'} attention"
+        )
