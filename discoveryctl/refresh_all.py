@@ -141,6 +141,7 @@ def claim_batch(
     limit: int,
     *,
     after: int = 0,
+    lease: timedelta = LEASE,
     margin: timedelta = DEFAULT_MARGIN,
     max_age: timedelta = DEFAULT_MAX_AGE,
     force: bool = False,
@@ -159,7 +160,7 @@ def claim_batch(
         session.execute(
             sa.update(credential)
             .where(credential.c.id.in_([due.credential_id for due in claimed]))
-            .values(lease_owner=owner, lease_expires_at=now + LEASE)
+            .values(lease_owner=owner, lease_expires_at=now + lease)
         )
     return claimed
 
@@ -256,6 +257,7 @@ def run(
     frontend_url: str,
     concurrency: int = DEFAULT_CONCURRENCY,
     deadline: float | None = None,
+    lease: timedelta = LEASE,
     force: bool = False,
     margin: timedelta = DEFAULT_MARGIN,
     max_age: timedelta = DEFAULT_MAX_AGE,
@@ -271,6 +273,7 @@ def run(
             frontend_url=frontend_url,
             concurrency=concurrency,
             deadline=deadline,
+            lease=lease,
             force=force,
             margin=margin,
             max_age=max_age,
@@ -288,6 +291,7 @@ async def _run(
     frontend_url: str,
     concurrency: int,
     deadline: float | None,
+    lease: timedelta,
     force: bool,
     margin: timedelta,
     max_age: timedelta,
@@ -319,6 +323,7 @@ async def _run(
                         owner,
                         batch_size,
                         after=walked,
+                        lease=lease,
                         margin=margin,
                         max_age=max_age,
                         force=force,

@@ -223,3 +223,50 @@ def test_a_success_after_failures_clears_them_and_resolves_the_alert(
     assert rows["u0"]["lastSyncedAt"] and rows["u1"]["lastSyncedAt"]
     (alert,) = cli("notifications", "--admin", "--json").json()
     assert alert["resolved_at"] is not None
+
+
+def test_a_killed_run_loses_nothing_once_its_leases_run_out(
+    db: Any, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with run_in_thread(SandboxConfig(latency_ms=100)) as slow:
+        for name, value in slow.env().items():
+            monkeypatch.setenv(name, value)
+        import_sellers(cli, slow, tmp_path, 200)  # batches of 64
+        killed = start("--concurrency", "4", "--lease", "3s")
+        deadline = time.monotonic() + 20
+        while not db.scalar("SELECT count(*) FROM events WHERE kind = 'token_refreshed'"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)  # the first batch is written; the second is claimed and in flight
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=10)
+        killed.communicate()
+        held = leases_held(db)
+        assert held > 0  # the killed run's claims, still reserved
+        soon = cli("refresh-all", "--json", "--concurrency", "8")
+        assert soon.exit_code == 0, soon.stderr
+        time.sleep(3.5)  # the leases run out
+        later = cli("refresh-all", "--json", "--concurrency", "8")
+        assert later.exit_code == 0, later.stderr
+        assert later.json()["outcomes"]["refreshed"] >= 1
+    per_user = db.rows(
+        "SELECT user_id, count(*) AS n FROM events WHERE kind = 'token_refreshed' GROUP BY user_id"
+    )
+    assert len(per_user) == 200
+    assert {row["n"] for row in per_user} == {1}  # every seller refreshed, each exactly once
+    assert leases_held(db) == 0
+    assert cli("refresh-all", "--dry-run", "--json").json() == []
+
+
+def test_no_token_reaches_a_log_line_at_debug(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    known = import_sellers(cli, amazon, tmp_path, 3)
+    amazon.state.revoke(known[1].selling_partner_id)
+    result = cli("refresh-all", "--json")
+    assert result.exit_code == 1
+    output = result.stdout + result.stderr
+    assert "Atza|" not in output and "Atzr|" not in output
+    for seller in known:
+        assert seller.refresh_token not in output

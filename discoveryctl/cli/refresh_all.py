@@ -26,6 +26,11 @@ def refresh_all(
         "--deadline",
         help="Stop claiming work after this long (e.g. 4m), to end before the next cron tick.",
     ),
+    lease: str = typer.Option(
+        "60s",
+        "--lease",
+        help="How long a claimed seller stays this run's; a killed run's sellers are free after.",
+    ),
     force: bool = typer.Option(False, "--force", help="Refresh every active one, due or not."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what is due; call nothing."),
     as_json: bool = typer.Option(False, "--json", help="The summary as JSON on stdout."),
@@ -41,6 +46,8 @@ def refresh_all(
 
     Example: */5 * * * * discoveryctl refresh-all --deadline 4m
     """
+    from datetime import timedelta
+
     from discoveryctl.cli.application import Application
     from discoveryctl.errors import AppCredentialsRejected, Interrupted, NeedsAttention
     from discoveryctl.providers.amazon import AsyncLwaClient
@@ -49,6 +56,8 @@ def refresh_all(
 
     app: Application = ctx.obj
     seconds = options.duration(deadline)
+    lease_seconds = options.duration(lease)
+    assert lease_seconds is not None
     amazon = app.config.amazon_app()
     database = app.open_database()
     with database.session() as session:
@@ -72,6 +81,7 @@ def refresh_all(
             frontend_url=app.config.frontend_url,
             concurrency=concurrency,
             deadline=seconds,
+            lease=timedelta(seconds=lease_seconds),
             force=force,
             progress=show,
         )
