@@ -91,8 +91,11 @@ class Summary:
 def _due_filter(now: datetime, margin: timedelta, max_age: timedelta, force: bool) -> Any:
     credential, integration = table_of(Credential), table_of(IntegrationStatus)
     conditions: list[Any] = [
-        integration.c.status == Status.active,
-        integration.c.provider == Provider.amazon,
+        # Wrapped so that no planner walks integration_status's (provider, status) index,
+        # every active seller for every batch: the walk goes along credentials' primary key
+        # from where the last batch ended, and stops at the batch's size.
+        sa.func.coalesce(integration.c.status, "") == Status.active,
+        sa.func.coalesce(integration.c.provider, "") == Provider.amazon,
         sa.or_(credential.c.lease_expires_at.is_(None), credential.c.lease_expires_at <= now),
     ]
     if not force:
