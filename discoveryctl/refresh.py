@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -183,24 +183,38 @@ class Refresh:
 Result = TypeVar("Result")
 
 
-def with_retries(call: Callable[[], Result], attempts: int = IN_RUN_ATTEMPTS) -> Result:
-    """``call()``, tried again on a transient failure: after ``Retry-After`` when LWA gave
-    one, else exponential backoff with jitter (0.5 s, 1 s, … at most 8 s, each + up to 0.5 s)."""
+def _retry_wait(state: tenacity.RetryCallState) -> float:
+    """After ``Retry-After`` when the provider gave one, else exponential backoff with jitter
+    (0.5 s, 1 s, … at most 8 s, each + up to 0.5 s)."""
+    error = state.outcome.exception() if state.outcome else None
+    if isinstance(error, TransientProviderError) and error.retry_after is not None:
+        return error.retry_after
     jitter = tenacity.wait_exponential(multiplier=0.5, max=8) + tenacity.wait_random(0, 0.5)
+    return float(jitter(state))
 
-    def wait(state: tenacity.RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, TransientProviderError) and error.retry_after is not None:
-            return error.retry_after
-        return jitter(state)
 
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(TransientProviderError),
-        stop=tenacity.stop_after_attempt(attempts),
-        wait=wait,
-        reraise=True,
-    )
-    return retrying(call)
+def _retry_policy(attempts: int) -> dict[str, Any]:
+    return {
+        "retry": tenacity.retry_if_exception_type(TransientProviderError),
+        "stop": tenacity.stop_after_attempt(attempts),
+        "wait": _retry_wait,
+        "reraise": True,
+    }
+
+
+def with_retries(call: Callable[[], Result], attempts: int = IN_RUN_ATTEMPTS) -> Result:
+    """``call()``, tried again on a transient failure (see ``_retry_wait``)."""
+    return tenacity.Retrying(**_retry_policy(attempts))(call)
+
+
+async def with_async_retries(
+    call: Callable[[], Awaitable[Result]], attempts: int = IN_RUN_ATTEMPTS
+) -> Result:
+    """``await call()``, tried again on a transient failure, as ``with_retries``."""
+    async for attempt in tenacity.AsyncRetrying(**_retry_policy(attempts)):
+        with attempt:
+            result = await call()
+    return result
 
 
 def find(session: Session, user_id: str) -> tuple[IntegrationStatus, Credential]:

@@ -25,20 +25,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-import tenacity
 from sqlalchemy.orm import Session
 
-from discoveryctl import notifications
+from discoveryctl import events, notifications
 from discoveryctl.consent import SessionScope
 from discoveryctl.crypto import Vault
 from discoveryctl.db.engine import lock_for_writing
 from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
-from discoveryctl.errors import ProviderError, TransientProviderError
+from discoveryctl.errors import ProviderError
 from discoveryctl.integrations.health import Provider, Status
-from discoveryctl.providers.amazon import AsyncLwaClient, TokenGrant
+from discoveryctl.providers.amazon import AsyncLwaClient, AsyncSpApiClient, TokenGrant
 from discoveryctl.refresh import (
     DEFAULT_MARGIN,
-    IN_RUN_ATTEMPTS,
     LEASE,
     Outcome,
     Verdict,
@@ -46,7 +44,9 @@ from discoveryctl.refresh import (
     record_failure,
     record_refreshes,
     verdict,
+    with_async_retries,
 )
+from discoveryctl.seller_check import CHECKED, record_check
 
 DEFAULT_MAX_AGE = timedelta(hours=24)
 DEFAULT_CONCURRENCY = 32
@@ -60,6 +60,7 @@ class Due:
     user_id: str
     refresh_token: str  # encrypted, as stored
     authorized_at: datetime
+    region: str
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Summary:
     """What a run did, by outcome."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
+    checks: Counter[str] = field(default_factory=Counter)  # --verify: SP-API answers
     seconds: float = 0.0
     app_rejected: str | None = None  # LWA's message when the app's credentials were refused
     interrupted: bool = False
@@ -80,6 +82,7 @@ class Summary:
         return {
             "outcomes": {str(o): self.outcomes.get(str(o), 0) for o in Outcome},
             "total": self.total,
+            "checks": dict(self.checks),
             "seconds": round(self.seconds, 3),
             "perSecond": round(self.total / self.seconds, 1) if self.seconds else None,
             "appCredentialsRejected": self.app_rejected,
@@ -119,6 +122,7 @@ def _due_query(now: datetime, margin: timedelta, max_age: timedelta, force: bool
             integration.c.user_id,
             credential.c.refresh_token,
             credential.c.authorized_at,
+            credential.c.region,
         )
         .join(integration, integration.c.id == credential.c.integration_id)
         .where(_due_filter(now, margin, max_age, force))
@@ -184,33 +188,33 @@ class Answer:
     due: Due
     grant: TokenGrant | None = None
     verdict: Verdict | None = None
+    checked: bool = False  # --verify: the SP-API took the new token
+    check_error: ProviderError | None = None  # --verify: what the SP-API said instead
 
 
 async def _refresh_one(
-    lwa: AsyncLwaClient, vault: Vault, due: Due, gate: asyncio.Semaphore
+    lwa: AsyncLwaClient,
+    vault: Vault,
+    due: Due,
+    gate: asyncio.Semaphore,
+    spapi: AsyncSpApiClient | None,
 ) -> Answer:
+    """Refresh one seller's token (and with ``spapi``, check the new token at the SP-API)."""
     token = vault.decrypt(due.refresh_token, what="the refresh token")
-    jitter = tenacity.wait_exponential(multiplier=0.5, max=8) + tenacity.wait_random(0, 0.5)
-
-    def wait(state: tenacity.RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, TransientProviderError) and error.retry_after is not None:
-            return error.retry_after
-        return jitter(state)
-
     async with gate:
         try:
-            async for attempt in tenacity.AsyncRetrying(
-                retry=tenacity.retry_if_exception_type(TransientProviderError),
-                stop=tenacity.stop_after_attempt(IN_RUN_ATTEMPTS),
-                wait=wait,
-                reraise=True,
-            ):
-                with attempt:
-                    grant = await lwa.refresh(token)
+            grant = await with_async_retries(lambda: lwa.refresh(token))
         except ProviderError as error:
             return Answer(due, verdict=verdict(error, due.authorized_at, utcnow()))
-    return Answer(due, grant=grant)
+        if spapi is None:
+            return Answer(due, grant=grant)
+        try:
+            await with_async_retries(
+                lambda: spapi.marketplace_participations(due.region, grant.access_token)
+            )
+        except ProviderError as error:
+            return Answer(due, grant=grant, check_error=error)
+    return Answer(due, grant=grant, checked=True)
 
 
 def _record(
@@ -219,7 +223,19 @@ def _record(
     refreshed = [(a.due.credential_id, a.grant) for a in answers if a.grant is not None]
     record_refreshes(session, vault, refreshed, frontend_url=frontend_url)
     summary.outcomes[Outcome.refreshed] += len(refreshed)
+    checked = [
+        events.entry(CHECKED, outcome=events.SUCCESS, user_id=a.due.user_id, provider="amazon")
+        for a in answers
+        if a.checked
+    ]
+    events.record_all(session, checked)  # last_synced_at was set with the refresh
+    summary.checks["ok"] += len(checked)
     for answer in answers:
+        if answer.check_error is not None:
+            outcome = record_check(
+                session, answer.due.user_id, answer.check_error, frontend_url=frontend_url
+            )
+            summary.checks[outcome] += 1
         if answer.verdict is not None and answer.verdict.outcome != Outcome.app_rejected:
             record_failure(session, answer.due.user_id, answer.verdict, frontend_url=frontend_url)
             summary.outcomes[answer.verdict.outcome] += 1
@@ -258,6 +274,7 @@ def run(
     lwa_factory: Callable[[], AsyncLwaClient],
     *,
     frontend_url: str,
+    spapi_factory: Callable[[], AsyncSpApiClient] | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
     deadline: float | None = None,
     lease: timedelta = LEASE,
@@ -274,6 +291,7 @@ def run(
             vault,
             lwa_factory,
             frontend_url=frontend_url,
+            spapi_factory=spapi_factory,
             concurrency=concurrency,
             deadline=deadline,
             lease=lease,
@@ -292,6 +310,7 @@ async def _run(
     lwa_factory: Callable[[], AsyncLwaClient],
     *,
     frontend_url: str,
+    spapi_factory: Callable[[], AsyncSpApiClient] | None,
     concurrency: int,
     deadline: float | None,
     lease: timedelta,
@@ -315,7 +334,11 @@ async def _run(
     walked = 0  # the highest credential id claimed so far: each seller once a run
     writing: asyncio.Future[None] | None = None
     try:
-        async with lwa_factory() as lwa:
+        async with contextlib.AsyncExitStack() as clients:
+            lwa = await clients.enter_async_context(lwa_factory())
+            spapi = None
+            if spapi_factory is not None:
+                spapi = await clients.enter_async_context(spapi_factory())
             while not stop.is_set():
                 if ends is not None and time.monotonic() >= ends:
                     summary.deadline_reached = True
@@ -335,7 +358,10 @@ async def _run(
                     break
                 walked = batch[-1].credential_id
                 answers = await _answers(
-                    [asyncio.create_task(_refresh_one(lwa, vault, due, gate)) for due in batch],
+                    [
+                        asyncio.create_task(_refresh_one(lwa, vault, due, gate, spapi))
+                        for due in batch
+                    ],
                     stop,
                 )
                 rejected = next(

@@ -65,28 +65,32 @@ def check_seller(
         region = credential.region
     try:
         count = with_retries(lambda: spapi.marketplace_participations(region, token))
-    except SellerAuthorizationRevoked as error:
+    except ProviderError as error:
         with session_scope() as session:
-            done = record_failure(
-                session,
-                user_id,
-                Verdict(Outcome.revoked, "oauth_token_revoked", error.message, error.status_code),
-                frontend_url=frontend_url,
-            )
-        return Checked(user_id, "revoked", message=error.message, reconnect_url=done.reconnect_url)
-    except TransientProviderError as error:
-        with session_scope() as session:
-            integration, _ = find(session, user_id)
-            lifecycle.record_transient_failure(
-                session, integration, error_type=error.error_type, message=error.message
-            )
-            _event(session, user_id, error)
-        return Checked(user_id, "failed", message=error.message)
-    except ProviderError as error:  # e.g. a 403 that says nothing about the token
-        with session_scope() as session:
-            _event(session, user_id, error)
-        return Checked(user_id, "inconclusive", message=error.message)
+            outcome = record_check(session, user_id, error, frontend_url=frontend_url)
+        url = reconnect_url(frontend_url, Provider.amazon, user_id)
+        return Checked(
+            user_id,
+            outcome,
+            message=error.message,
+            reconnect_url=url if outcome == "revoked" else None,
+        )
     with session_scope() as session:
+        record_check(session, user_id, None, frontend_url=frontend_url, marketplaces=count)
+    return Checked(user_id, "ok", marketplaces=count)
+
+
+def record_check(
+    session: Session,
+    user_id: str,
+    error: ProviderError | None,
+    *,
+    frontend_url: str,
+    marketplaces: int | None = None,
+) -> str:
+    """What one SP-API answer means for the seller; returns ``ok``, ``revoked``, ``failed``
+    or ``inconclusive``."""
+    if error is None:
         integration, _ = find(session, user_id)
         lifecycle.record_success(session, integration)
         events.record(
@@ -95,9 +99,25 @@ def check_seller(
             outcome=events.SUCCESS,
             user_id=user_id,
             provider=Provider.amazon,
-            marketplaces=count,
+            marketplaces=marketplaces,
         )
-    return Checked(user_id, "ok", marketplaces=count)
+        return "ok"
+    _event(session, user_id, error)
+    if isinstance(error, SellerAuthorizationRevoked):
+        record_failure(
+            session,
+            user_id,
+            Verdict(Outcome.revoked, "oauth_token_revoked", error.message, error.status_code),
+            frontend_url=frontend_url,
+        )
+        return "revoked"
+    if isinstance(error, TransientProviderError):
+        integration, _ = find(session, user_id)
+        lifecycle.record_transient_failure(
+            session, integration, error_type=error.error_type, message=error.message
+        )
+        return "failed"
+    return "inconclusive"  # e.g. a 403 that says nothing about the token: recorded only
 
 
 def _event(session: Session, user_id: str, error: ProviderError) -> None:

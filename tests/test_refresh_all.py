@@ -270,3 +270,29 @@ def test_no_token_reaches_a_log_line_at_debug(
     assert "Atza|" not in output and "Atzr|" not in output
     for seller in known:
         assert seller.refresh_token not in output
+
+
+def test_verify_checks_each_new_token_at_the_sp_api(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    _, refused, ambiguous = import_sellers(cli, amazon, tmp_path, 3)
+    amazon.state.set_behaviour(refused.selling_partner_id, "spapi_401", times=1)
+    amazon.state.set_behaviour(ambiguous.selling_partner_id, "spapi_403_ambiguous", times=1)
+    result = cli("refresh-all", "--verify", "--json")
+    assert result.exit_code == 1
+    summary = result.json()
+    assert summary["outcomes"]["refreshed"] == 3
+    assert summary["checks"] == {"ok": 1, "revoked": 1, "inconclusive": 1}
+    statuses = {r["user_id"]: r["status"] for r in cli("status", "--json").json()}
+    assert statuses == {"u0": "active", "u1": "revoked", "u2": "active"}
+    checks = db.rows(
+        "SELECT user_id, kind, error_type FROM events WHERE kind LIKE 'seller_check%'"
+        " ORDER BY user_id"
+    )
+    assert [(r["user_id"], r["kind"], r["error_type"]) for r in checks] == [
+        ("u0", "seller_checked", None),
+        ("u1", "seller_check_failed", "oauth_token_revoked"),
+        ("u2", "seller_check_failed", "spapi_forbidden"),
+    ]
+    calls = amazon.state.stats()["requests"]["GET /sellers/v1/marketplaceParticipations"]
+    assert calls == 3

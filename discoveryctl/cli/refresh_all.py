@@ -32,6 +32,11 @@ def refresh_all(
         help="How long a claimed seller stays this run's; a killed run's sellers are free after.",
     ),
     force: bool = typer.Option(False, "--force", help="Refresh every active one, due or not."),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Also check each new token with SP-API getMarketplaceParticipations.",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what is due; call nothing."),
     as_json: bool = typer.Option(False, "--json", help="The summary as JSON on stdout."),
 ) -> None:
@@ -39,10 +44,12 @@ def refresh_all(
 
     Due: the cached access token expires within 5 minutes (or there is none), or the last
     refresh is over a day old; sellers whose last refresh failed wait out their backoff.
-    Overlapping runs, and runs on several machines over one database, never refresh the same
-    seller twice. Exit 0 all fine; 1 something needs attention (revoked or expired sellers,
-    failures left for the next run); 3 LWA refused the app's own credentials (nothing was
-    marked on any seller); 130 interrupted (the summary so far is printed).
+    With --verify, each new token is also checked at the SP-API (a seller it refuses is
+    revoked; an ambiguous 403 is recorded only). Overlapping runs, and runs on several
+    machines over one database, never refresh the same seller twice. Exit 0 all fine; 1
+    something needs attention (revoked or expired sellers, failures left for the next run);
+    3 LWA refused the app's own credentials (nothing was marked on any seller); 130
+    interrupted (the summary so far is printed).
 
     Example: */5 * * * * discoveryctl refresh-all --deadline 4m
     """
@@ -50,7 +57,7 @@ def refresh_all(
 
     from discoveryctl.cli.application import Application
     from discoveryctl.errors import AppCredentialsRejected, Interrupted, NeedsAttention
-    from discoveryctl.providers.amazon import AsyncLwaClient
+    from discoveryctl.providers.amazon import AsyncLwaClient, AsyncSpApiClient
     from discoveryctl.refresh import Outcome
     from discoveryctl.refresh_all import due_now, run
 
@@ -78,6 +85,9 @@ def refresh_all(
             database.session,
             vault,
             lambda: AsyncLwaClient(amazon, connections=concurrency),
+            spapi_factory=(
+                (lambda: AsyncSpApiClient(amazon, connections=concurrency)) if verify else None
+            ),
             frontend_url=app.config.frontend_url,
             concurrency=concurrency,
             deadline=seconds,
@@ -89,6 +99,8 @@ def refresh_all(
         app.print_json(summary.as_dict())
     else:
         counts = ", ".join(f"{n} {o}" for o, n in summary.as_dict()["outcomes"].items() if n)
+        if summary.checks:
+            counts += "; checked: " + ", ".join(f"{n} {c}" for c, n in summary.checks.items())
         rate = f", {summary.total / summary.seconds:.1f}/s" if summary.seconds else ""
         app.err.print(
             f"refresh-all: {summary.total} in {summary.seconds:.1f} s{rate}"
@@ -99,7 +111,9 @@ def refresh_all(
         raise AppCredentialsRejected(summary.app_rejected)
     if summary.interrupted:
         raise Interrupted("interrupted: the summary above is what was done")
-    attention = sum(summary.outcomes[o] for o in (Outcome.revoked, Outcome.expired, Outcome.failed))
+    attention = sum(
+        summary.outcomes[o] for o in (Outcome.revoked, Outcome.expired, Outcome.failed)
+    ) + sum(summary.checks[c] for c in ("revoked", "failed", "inconclusive"))
     if attention:
         raise NeedsAttention(
             f"{attention} seller{'s need' if attention != 1 else ' needs'} attention"

@@ -302,9 +302,11 @@ def retry_after(response: httpx.Response) -> float | None:
     return min(max(0.0, seconds), LONGEST_RETRY_AFTER)
 
 
-def transport_failure(error: httpx.HTTPError, what: str) -> TransientProviderError:
+def transport_failure(
+    error: httpx.HTTPError, what: str, service: str = "lwa"
+) -> TransientProviderError:
     kind = "timeout" if isinstance(error, httpx.TimeoutException) else "connection_error"
-    return TransientProviderError(f"{what}: {type(error).__name__}", error_type=f"lwa_{kind}")
+    return TransientProviderError(f"{what}: {type(error).__name__}", error_type=f"{service}_{kind}")
 
 
 class LwaClient:
@@ -486,7 +488,34 @@ class SpApiClient:
                 headers={"x-amz-access-token": access_token},
             )
         except httpx.HTTPError as error:
-            failure = transport_failure(error, "SP-API request failed")
-            failure.error_type = failure.error_type.replace("lwa_", "spapi_")
-            raise failure from None
+            raise transport_failure(error, "SP-API request failed", "spapi") from None
+        return parse_participations(response)
+
+
+class AsyncSpApiClient:
+    """``SpApiClient`` for many sellers at once (``refresh-all --verify``)."""
+
+    def __init__(
+        self, app: AmazonApp, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT, connections: int = 64
+    ) -> None:
+        from httpx_aiohttp import HttpxAiohttpClient
+
+        self.app = app
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self._http = HttpxAiohttpClient(timeout=timeout, limits=limits)
+
+    async def __aenter__(self) -> AsyncSpApiClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._http.aclose()
+
+    async def marketplace_participations(self, region: str, access_token: str) -> int:
+        try:
+            response = await self._http.get(
+                self.app.spapi(region) + PARTICIPATIONS_PATH,
+                headers={"x-amz-access-token": access_token},
+            )
+        except httpx.HTTPError as error:
+            raise transport_failure(error, "SP-API request failed", "spapi") from None
         return parse_participations(response)
