@@ -34,7 +34,8 @@ from discoveryctl.db.engine import lock_for_writing
 from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
 from discoveryctl.errors import ProviderError
 from discoveryctl.integrations.health import Provider, Status
-from discoveryctl.providers.amazon import AsyncLwaClient, AsyncSpApiClient, TokenGrant
+from discoveryctl.providers.amazon import AsyncLwaClient, TokenGrant
+from discoveryctl.providers.spapi import AsyncSpApiClient
 from discoveryctl.refresh import (
     DEFAULT_MARGIN,
     LEASE,

@@ -22,7 +22,8 @@ from discoveryctl.db.models import IntegrationStatus
 from discoveryctl.errors import ProviderError, SellerAuthorizationRevoked, TransientProviderError
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.health import Provider, Status, reconnect_url
-from discoveryctl.providers.amazon import LwaClient, SpApiClient
+from discoveryctl.providers.amazon import LwaClient
+from discoveryctl.providers.spapi import SpApiClient
 from discoveryctl.refresh import (
     Outcome,
     Verdict,

@@ -34,7 +34,8 @@ def check(
     """
     from discoveryctl.cli.application import Application
     from discoveryctl.errors import AppCredentialsRejected, NeedsAttention, ProviderError
-    from discoveryctl.providers.amazon import LwaClient, SpApiClient
+    from discoveryctl.providers.amazon import LwaClient
+    from discoveryctl.providers.spapi import SpApiClient
     from discoveryctl.seller_check import Checked, active_sellers, check_seller
 
     app: Application = ctx.obj

@@ -57,7 +57,8 @@ def refresh_all(
 
     from discoveryctl.cli.application import Application
     from discoveryctl.errors import AppCredentialsRejected, Interrupted, NeedsAttention
-    from discoveryctl.providers.amazon import AsyncLwaClient, AsyncSpApiClient
+    from discoveryctl.providers.amazon import AsyncLwaClient
+    from discoveryctl.providers.spapi import AsyncSpApiClient
     from discoveryctl.refresh import Outcome
     from discoveryctl.refresh_all import due_now, run
 

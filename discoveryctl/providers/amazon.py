@@ -229,7 +229,7 @@ def parse_token_response(response: httpx.Response) -> TokenGrant:
             expires_in=expires_in,
         )
     error = str(body.get("error", ""))
-    description = _excerpt(str(body.get("error_description", "")) or error or f"HTTP {status}")
+    description = excerpt(str(body.get("error_description", "")) or error or f"HTTP {status}")
     if status in (408, 429) or status >= 500:
         raise TransientProviderError(
             f"LWA answered {status}: {description}",
@@ -250,7 +250,7 @@ def parse_token_response(response: httpx.Response) -> TokenGrant:
             error_type="lwa_app_credentials_rejected",
             status_code=status,
         )
-    code = _excerpt(error, 40)
+    code = excerpt(error, 40)
     raise ProviderError(
         f"LWA answered {status}{f' {code}' if code else ''}: {description}",
         error_type=f"lwa_{code}" if code else "lwa_error",
@@ -258,7 +258,7 @@ def parse_token_response(response: httpx.Response) -> TokenGrant:
     )
 
 
-def _excerpt(text: str, limit: int = 200) -> str:
+def excerpt(text: str, limit: int = 200) -> str:
     """Provider text fit for a message, a log line and the events table: secrets redacted,
     control characters escaped, cut at ``limit`` characters."""
     # Mutation testing: codec names are case-insensitive, so "UNICODE_ESCAPE" and "ASCII"
@@ -402,120 +402,3 @@ class AsyncLwaClient:
         except httpx.HTTPError as error:
             raise transport_failure(error, "LWA token request failed") from None
         return parse_token_response(response)
-
-
-# SP-API: the seller check. `GET /sellers/v1/marketplaceParticipations` (sellers.json in
-# amzn/selling-partner-api-models; usage plan 0.016 requests a second, burst 15) answers 401,
-# or 403 "Unauthorized" with details saying the token is revoked or invalid, once a seller's
-# authorization is gone ("Authorization Errors", SP-API docs); any other 403 proves nothing.
-PARTICIPATIONS_PATH = "/sellers/v1/marketplaceParticipations"
-_REVOKED_WORDS = ("revoked", "invalid")
-
-
-def parse_participations(response: httpx.Response) -> int:
-    """How many marketplaces the seller participates in, or the classified error."""
-    status = response.status_code
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise TransientProviderError(
-            f"SP-API answered {status} with a body that is not JSON",
-            error_type="spapi_bad_response",
-            status_code=status,
-            retry_after=retry_after(response),
-        )
-    if status == 200:
-        payload = body.get("payload")
-        if not isinstance(payload, list):
-            raise TransientProviderError(
-                "SP-API answered 200 without a payload",
-                error_type="spapi_bad_response",
-                status_code=status,
-            )
-        return len(payload)
-    errors = body.get("errors")
-    first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
-    code = str(first.get("code", ""))
-    details = str(first.get("details", ""))
-    message = _excerpt(" ".join(filter(None, (str(first.get("message", "")), details))))
-    if status in (408, 429) or status >= 500:
-        raise TransientProviderError(
-            f"SP-API answered {status}: {message or code}",
-            error_type="spapi_throttled" if status == 429 else "spapi_server_error",
-            status_code=status,
-            retry_after=retry_after(response),
-        )
-    if status == 403 and "expired" in details.lower():
-        raise TransientProviderError(  # our cached token outlived itself: refresh and retry
-            f"SP-API answered 403: {message}", error_type="spapi_token_expired", status_code=403
-        )
-    if status == 401 or (
-        status == 403
-        and code == "Unauthorized"
-        and any(word in details.lower() for word in _REVOKED_WORDS)
-    ):
-        raise SellerAuthorizationRevoked(
-            f"SP-API refused the seller's token ({status}): {message}",
-            error_type="oauth_token_revoked",
-            status_code=status,
-        )
-    raise ProviderError(
-        f"SP-API answered {status}{f' {code}' if code else ''}: {message or 'no details'}",
-        error_type="spapi_forbidden" if status == 403 else "spapi_error",
-        status_code=status,
-    )
-
-
-class SpApiClient:
-    """The SP-API calls the health check needs, synchronously."""
-
-    def __init__(self, app: AmazonApp, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> None:
-        self.app = app
-        self._http = httpx.Client(timeout=timeout)
-
-    def __enter__(self) -> SpApiClient:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._http.close()
-
-    def marketplace_participations(self, region: str, access_token: str) -> int:
-        try:
-            response = self._http.get(
-                self.app.spapi(region) + PARTICIPATIONS_PATH,
-                headers={"x-amz-access-token": access_token},
-            )
-        except httpx.HTTPError as error:
-            raise transport_failure(error, "SP-API request failed", "spapi") from None
-        return parse_participations(response)
-
-
-class AsyncSpApiClient:
-    """``SpApiClient`` for many sellers at once (``refresh-all --verify``)."""
-
-    def __init__(
-        self, app: AmazonApp, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT, connections: int = 64
-    ) -> None:
-        from httpx_aiohttp import HttpxAiohttpClient
-
-        self.app = app
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        self._http = HttpxAiohttpClient(timeout=timeout, limits=limits)
-
-    async def __aenter__(self) -> AsyncSpApiClient:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self._http.aclose()
-
-    async def marketplace_participations(self, region: str, access_token: str) -> int:
-        try:
-            response = await self._http.get(
-                self.app.spapi(region) + PARTICIPATIONS_PATH,
-                headers={"x-amz-access-token": access_token},
-            )
-        except httpx.HTTPError as error:
-            raise transport_failure(error, "SP-API request failed", "spapi") from None
-        return parse_participations(response)

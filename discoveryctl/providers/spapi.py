@@ -1,0 +1,133 @@
+"""The Selling Partner API, as far as the seller check needs it: the answer classified once
+(``parse_participations``), and a sync and an async client that share it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from discoveryctl.errors import ProviderError, SellerAuthorizationRevoked, TransientProviderError
+from discoveryctl.providers.amazon import (
+    DEFAULT_TIMEOUT,
+    AmazonApp,
+    excerpt,
+    retry_after,
+    transport_failure,
+)
+
+# SP-API: the seller check. `GET /sellers/v1/marketplaceParticipations` (sellers.json in
+# amzn/selling-partner-api-models; usage plan 0.016 requests a second, burst 15) answers 401,
+# or 403 "Unauthorized" with details saying the token is revoked or invalid, once a seller's
+# authorization is gone ("Authorization Errors", SP-API docs); any other 403 proves nothing.
+PARTICIPATIONS_PATH = "/sellers/v1/marketplaceParticipations"
+_REVOKED_WORDS = ("revoked", "invalid")
+
+
+def parse_participations(response: httpx.Response) -> int:
+    """How many marketplaces the seller participates in, or the classified error."""
+    status = response.status_code
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise TransientProviderError(
+            f"SP-API answered {status} with a body that is not JSON",
+            error_type="spapi_bad_response",
+            status_code=status,
+            retry_after=retry_after(response),
+        )
+    if status == 200:
+        payload = body.get("payload")
+        if not isinstance(payload, list):
+            raise TransientProviderError(
+                "SP-API answered 200 without a payload",
+                error_type="spapi_bad_response",
+                status_code=status,
+            )
+        return len(payload)
+    errors = body.get("errors")
+    first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
+    code = str(first.get("code", ""))
+    details = str(first.get("details", ""))
+    message = excerpt(" ".join(filter(None, (str(first.get("message", "")), details))))
+    if status in (408, 429) or status >= 500:
+        raise TransientProviderError(
+            f"SP-API answered {status}: {message or code}",
+            error_type="spapi_throttled" if status == 429 else "spapi_server_error",
+            status_code=status,
+            retry_after=retry_after(response),
+        )
+    if status == 403 and "expired" in details.lower():
+        raise TransientProviderError(  # our cached token outlived itself: refresh and retry
+            f"SP-API answered 403: {message}", error_type="spapi_token_expired", status_code=403
+        )
+    if status == 401 or (
+        status == 403
+        and code == "Unauthorized"
+        and any(word in details.lower() for word in _REVOKED_WORDS)
+    ):
+        raise SellerAuthorizationRevoked(
+            f"SP-API refused the seller's token ({status}): {message}",
+            error_type="oauth_token_revoked",
+            status_code=status,
+        )
+    raise ProviderError(
+        f"SP-API answered {status}{f' {code}' if code else ''}: {message or 'no details'}",
+        error_type="spapi_forbidden" if status == 403 else "spapi_error",
+        status_code=status,
+    )
+
+
+class SpApiClient:
+    """The SP-API calls the health check needs, synchronously."""
+
+    def __init__(self, app: AmazonApp, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> None:
+        self.app = app
+        self._http = httpx.Client(timeout=timeout)
+
+    def __enter__(self) -> SpApiClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._http.close()
+
+    def marketplace_participations(self, region: str, access_token: str) -> int:
+        try:
+            response = self._http.get(
+                self.app.spapi(region) + PARTICIPATIONS_PATH,
+                headers={"x-amz-access-token": access_token},
+            )
+        except httpx.HTTPError as error:
+            raise transport_failure(error, "SP-API request failed", "spapi") from None
+        return parse_participations(response)
+
+
+class AsyncSpApiClient:
+    """``SpApiClient`` for many sellers at once (``refresh-all --verify``)."""
+
+    def __init__(
+        self, app: AmazonApp, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT, connections: int = 64
+    ) -> None:
+        from httpx_aiohttp import HttpxAiohttpClient
+
+        self.app = app
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self._http = HttpxAiohttpClient(timeout=timeout, limits=limits)
+
+    async def __aenter__(self) -> AsyncSpApiClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._http.aclose()
+
+    async def marketplace_participations(self, region: str, access_token: str) -> int:
+        try:
+            response = await self._http.get(
+                self.app.spapi(region) + PARTICIPATIONS_PATH,
+                headers={"x-amz-access-token": access_token},
+            )
+        except httpx.HTTPError as error:
+            raise transport_failure(error, "SP-API request failed", "spapi") from None
+        return parse_participations(response)
