@@ -22,7 +22,7 @@ import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar, cast
@@ -72,6 +72,7 @@ LEASE = timedelta(seconds=60)
 BACKOFF_BASE = timedelta(minutes=5)
 BACKOFF_CAP = timedelta(hours=6)
 IN_RUN_ATTEMPTS = 3
+LONGEST_IN_RUN_WAIT = 10.0
 
 EXPIRY_WARNED = "authorization_expiring"
 REFRESHED = "token_refreshed"
@@ -175,6 +176,7 @@ class Refresh:
     user_id: str
     outcome: Outcome
     access_token_expires_at: datetime | None = None
+    access_token: str | None = field(default=None, repr=False)  # never in a log or traceback
     error_type: str | None = None
     message: str | None = None
     reconnect_url: str | None = None
@@ -188,7 +190,9 @@ def _retry_wait(state: tenacity.RetryCallState) -> float:
     (0.5 s, 1 s, … at most 8 s, each + up to 0.5 s)."""
     error = state.outcome.exception() if state.outcome else None
     if isinstance(error, TransientProviderError) and error.retry_after is not None:
-        return error.retry_after
+        # Within a run, never longer than this: three tries and their waits stay well inside
+        # a lease; a longer Retry-After is honoured by the backoff between runs instead.
+        return min(error.retry_after, LONGEST_IN_RUN_WAIT)
     jitter = tenacity.wait_exponential(multiplier=0.5, max=8) + tenacity.wait_random(0, 0.5)
     return float(jitter(state))
 
@@ -275,7 +279,10 @@ def access_token(
                 session_scope, vault, lwa, user_id, credential.id, owner, frontend_url=frontend_url
             )
             raise_for(done)
-            continue  # read the new token back as any other caller would
+            # The token just granted, whatever its lifetime: read back through the cache, one
+            # shorter than the margin would send this loop refreshing forever.
+            assert done.access_token is not None and done.access_token_expires_at is not None
+            return done.access_token, done.access_token_expires_at
         if time.monotonic() > deadline:
             raise TransientProviderError(
                 f"another process has been refreshing {shown(user_id)}'s token for over "
@@ -388,7 +395,12 @@ def record_refresh(
         refreshTokenRotated=rotated,
     )
     _warn_before_expiry(session, integration, credential, now, frontend_url)
-    return Refresh(user_id, Outcome.refreshed, access_token_expires_at=expires)
+    return Refresh(
+        user_id,
+        Outcome.refreshed,
+        access_token_expires_at=expires,
+        access_token=grant.access_token,
+    )
 
 
 def record_refreshes(

@@ -32,7 +32,7 @@ from discoveryctl.consent import SessionScope
 from discoveryctl.crypto import Vault
 from discoveryctl.db.engine import lock_for_writing
 from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
-from discoveryctl.errors import ProviderError
+from discoveryctl.errors import DiscoveryError, ProviderError
 from discoveryctl.integrations.health import Provider, Status
 from discoveryctl.providers.amazon import AsyncLwaClient, TokenGrant
 from discoveryctl.providers.spapi import AsyncSpApiClient
@@ -199,14 +199,24 @@ async def _refresh_one(
     due: Due,
     gate: asyncio.Semaphore,
     spapi: AsyncSpApiClient | None,
-) -> Answer:
-    """Refresh one seller's token (and with ``spapi``, check the new token at the SP-API)."""
-    token = vault.decrypt(due.refresh_token, what="the refresh token")
+    app_refused: asyncio.Event,
+) -> Answer | None:
+    """Refresh one seller's token (and with ``spapi``, check the new token at the SP-API);
+    ``None`` when it never got its turn because LWA had refused the app meanwhile."""
+    try:
+        token = vault.decrypt(due.refresh_token, what="the refresh token")
+    except DiscoveryError as error:  # one unreadable row: that seller's failure, no one else's
+        return Answer(due, verdict=Verdict(Outcome.failed, "credential_unreadable", error.message))
     async with gate:
+        if app_refused.is_set():
+            return None  # the app's credentials are refused: do not keep sending them
         try:
             grant = await with_async_retries(lambda: lwa.refresh(token))
         except ProviderError as error:
-            return Answer(due, verdict=verdict(error, due.authorized_at, utcnow()))
+            decided = verdict(error, due.authorized_at, utcnow())
+            if decided.outcome == Outcome.app_rejected:
+                app_refused.set()
+            return Answer(due, verdict=decided)
         if spapi is None:
             return Answer(due, grant=grant)
         try:
@@ -216,6 +226,14 @@ async def _refresh_one(
         except ProviderError as error:
             return Answer(due, grant=grant, check_error=error)
     return Answer(due, grant=grant, checked=True)
+
+
+def _same_refresh_token(session: Session, due: Due) -> bool:
+    credential = table_of(Credential)
+    stored = session.scalar(
+        sa.select(credential.c.refresh_token).where(credential.c.id == due.credential_id)
+    )
+    return stored == due.refresh_token
 
 
 def _record(
@@ -232,6 +250,12 @@ def _record(
     events.record_all(session, checked)  # last_synced_at was set with the refresh
     summary.checks["ok"] += len(checked)
     for answer in answers:
+        refused = answer.verdict is not None and answer.verdict.outcome in (
+            Outcome.revoked,
+            Outcome.expired,
+        )
+        if refused and not _same_refresh_token(session, answer.due):
+            continue  # LWA refused a token that has been replaced since: no verdict on anyone
         if answer.check_error is not None:
             outcome = record_check(
                 session, answer.due.user_id, answer.check_error, frontend_url=frontend_url
@@ -240,6 +264,43 @@ def _record(
         if answer.verdict is not None and answer.verdict.outcome != Outcome.app_rejected:
             record_failure(session, answer.due.user_id, answer.verdict, frontend_url=frontend_url)
             summary.outcomes[answer.verdict.outcome] += 1
+
+
+def _still_held(session: Session, owner: str, ids: list[int]) -> set[int]:
+    """Which of ``ids`` this run's lease still holds, locked until the transaction ends."""
+    credential = table_of(Credential)
+    query = sa.select(credential.c.id).where(
+        credential.c.id.in_(ids), credential.c.lease_owner == owner
+    )
+    if session.get_bind().dialect.name == "sqlite":
+        lock_for_writing(session, "integration")
+    else:
+        query = query.with_for_update()
+    return set(session.scalars(query))
+
+
+def _extend_leases(session_scope: SessionScope, owner: str, lease: timedelta) -> None:
+    credential = table_of(Credential)
+    with session_scope() as session:
+        session.execute(
+            sa.update(credential)
+            .where(credential.c.lease_owner == owner)
+            .values(lease_expires_at=utcnow() + lease)
+        )
+
+
+async def _heartbeat(
+    session_scope: SessionScope, owner: str, lease: timedelta, done: asyncio.Event
+) -> None:
+    """Keep this run's leases alive while it runs: a batch slower than the lease (throttling,
+    timeouts) must not be claimed by another run meanwhile. A killed run stops beating, and
+    its leases run out."""
+    while not done.is_set():
+        try:
+            await asyncio.wait_for(done.wait(), timeout=lease.total_seconds() / 3)
+        except TimeoutError:
+            with contextlib.suppress(DiscoveryError):  # the next beat, or the write, will tell
+                await asyncio.to_thread(_extend_leases, session_scope, owner, lease)
 
 
 def _write_batch(
@@ -252,9 +313,20 @@ def _write_batch(
     frontend_url: str,
     summary: Summary,
 ) -> None:
-    """Record one batch's answers and let go of exactly its leases, in one transaction."""
+    """Record one batch's answers and let go of exactly its leases, in one transaction.
+
+    Only answers for credentials this run still holds are recorded: if a lease was lost
+    (the heartbeat could not reach the database for longer than the lease), another run may
+    have refreshed that seller since, and this answer is stale.
+    """
     with session_scope() as session:
-        _record(session, vault, answers, frontend_url, summary)
+        held = _still_held(session, owner, [due.credential_id for due in batch])
+        kept = [a for a in answers if a.due.credential_id in held]
+        if len(kept) < len(answers):
+            from discoveryctl.logging import get_logger
+
+            get_logger().warning("refresh_answers_dropped", count=len(answers) - len(kept))
+        _record(session, vault, kept, frontend_url, summary)
         credential = table_of(Credential)
         session.execute(
             sa.update(credential)
@@ -334,6 +406,8 @@ async def _run(
     batch_size = max(concurrency * 4, 64)
     walked = 0  # the highest credential id claimed so far: each seller once a run
     writing: asyncio.Future[None] | None = None
+    beating = asyncio.Event()
+    heartbeat = asyncio.create_task(_heartbeat(session_scope, owner, lease, beating))
     try:
         async with contextlib.AsyncExitStack() as clients:
             lwa = await clients.enter_async_context(lwa_factory())
@@ -358,13 +432,17 @@ async def _run(
                 if not batch:
                     break
                 walked = batch[-1].credential_id
+                app_refused = asyncio.Event()
                 answers = await _answers(
                     [
-                        asyncio.create_task(_refresh_one(lwa, vault, due, gate, spapi))
+                        asyncio.create_task(_refresh_one(lwa, vault, due, gate, spapi, app_refused))
                         for due in batch
                     ],
                     stop,
+                    ends,
                 )
+                if ends is not None and time.monotonic() >= ends:
+                    summary.deadline_reached = True
                 rejected = next(
                     (
                         a.verdict
@@ -399,6 +477,8 @@ async def _run(
                 if progress is not None:
                     progress(summary.total)
     finally:
+        beating.set()
+        await asyncio.gather(heartbeat, return_exceptions=True)
         if writing is not None:
             await asyncio.gather(writing, return_exceptions=True)
         with session_scope() as session:
@@ -412,15 +492,21 @@ STOP_GRACE_SECONDS = 3.0
 """After a stop (Ctrl-C, SIGTERM), how long the calls in flight may take to finish."""
 
 
-async def _answers(tasks: list[asyncio.Task[Answer]], stop: asyncio.Event) -> list[Answer]:
-    """The answers of ``tasks``; once ``stop`` is set, those not done within the grace
-    period are abandoned (their leases are let go, nothing is recorded for them)."""
+async def _answers(
+    tasks: list[asyncio.Task[Answer | None]], stop: asyncio.Event, ends: float | None
+) -> list[Answer]:
+    """The answers of ``tasks``. Once ``stop`` is set, or the deadline ``ends`` (monotonic)
+    has passed, those not done within the grace period are abandoned: their leases are let
+    go and nothing is recorded for them."""
     stopping = asyncio.create_task(stop.wait())
     try:
         pending: set[asyncio.Task[Any]] = set(tasks)
         while pending and not stop.is_set():
+            left = None if ends is None else max(ends - time.monotonic(), 0.0)
+            if left == 0.0:
+                break
             _, pending = await asyncio.wait(
-                pending | {stopping}, return_when=asyncio.FIRST_COMPLETED
+                pending | {stopping}, timeout=left, return_when=asyncio.FIRST_COMPLETED
             )
             pending.discard(stopping)
         if pending:
@@ -430,4 +516,5 @@ async def _answers(tasks: list[asyncio.Task[Answer]], stop: asyncio.Event) -> li
             await asyncio.gather(*pending, return_exceptions=True)
     finally:
         stopping.cancel()
-    return [task.result() for task in tasks if task.done() and not task.cancelled()]
+    done = [task.result() for task in tasks if task.done() and not task.cancelled()]
+    return [answer for answer in done if answer is not None]

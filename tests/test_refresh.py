@@ -242,3 +242,22 @@ def test_no_token_reaches_a_log_line(
         db.rows("SELECT * FROM events") + db.rows("SELECT * FROM credentials"), default=str
     )
     assert "Atza|" not in rows and "Atzr|" not in rows
+
+
+def test_a_token_shorter_lived_than_the_margin_is_still_handed_out(
+    db: Any, cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Refreshing must not loop when LWA grants less time than the 5-minute margin."""
+    from discoveryctl.sandbox import SandboxConfig, run_in_thread
+
+    with run_in_thread(SandboxConfig(access_token_ttl=120)) as short:
+        for name, value in short.env().items():
+            monkeypatch.setenv(name, value)
+        known = short.state.add_seller()
+        line = amazon_line("u1", known.refresh_token)
+        line["selling_partner_id"] = known.selling_partner_id
+        assert cli("import", str(write_lines(tmp_path / "u1.jsonl", line))).exit_code == 0
+        token = cli("access-token", "amazon", "--user", "u1")
+        assert token.exit_code == 0, token.stderr
+        assert short.state.seller_of_access_token(token.stdout.strip()) is not None
+        assert short.state.stats()["grants"]["refresh_token"] == 1

@@ -296,3 +296,74 @@ def test_verify_checks_each_new_token_at_the_sp_api(
     ]
     calls = amazon.state.stats()["requests"]["GET /sellers/v1/marketplaceParticipations"]
     assert calls == 3
+
+
+# -- what a review found: each failed before its fix -------------------------------------------
+
+
+def test_a_batch_slower_than_its_lease_keeps_it(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    """The run's heartbeat keeps its leases while a throttled seller holds the batch up, so a
+    second run started meanwhile claims none of them."""
+    known = import_sellers(cli, amazon, tmp_path, 20)
+    amazon.state.set_behaviour(known[0].selling_partner_id, "throttled", retry_after=3, times=2)
+    first = start("--json", "--lease", "2s")
+    deadline = time.monotonic() + 20
+    while amazon.state.stats()["grants"]["refresh_token"] < 19:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(2.5)  # past the lease the batch was claimed with
+    second = cli("refresh-all", "--json", "--lease", "2s")
+    code, stdout, stderr = first.wait(timeout=60), *first.communicate()
+    assert code == 0, stderr
+    assert json.loads(stdout)["outcomes"]["refreshed"] == 20
+    assert second.json()["total"] == 0
+    per_user = db.rows(
+        "SELECT count(*) AS n FROM events WHERE kind = 'token_refreshed' GROUP BY user_id"
+    )
+    assert [row["n"] for row in per_user] == [1] * 20
+
+
+def test_one_unreadable_credential_fails_alone(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    import_sellers(cli, amazon, tmp_path, 10)
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE credentials SET refresh_token = 'not-a-fernet-token'"
+            " WHERE id = (SELECT min(id) + 4 FROM credentials)"
+        )
+    result = cli("refresh-all", "--json")
+    assert result.exit_code == 1
+    assert result.json()["outcomes"]["refreshed"] == 9
+    assert result.json()["outcomes"]["failed"] == 1
+    failed = db.rows("SELECT user_id, error_type FROM events WHERE kind = 'token_refresh_failed'")
+    assert [r["error_type"] for r in failed] == ["credential_unreadable"]
+    assert amazon.state.stats()["grants"]["refresh_token"] == 9
+
+
+def test_the_app_refused_sends_no_more_of_the_batch(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    import_sellers(cli, amazon, tmp_path, 200)
+    amazon.state.rotate_client_secret("a-secret-we-do-not-have")
+    result = cli("refresh-all", "--json", "--concurrency", "4")
+    assert result.exit_code == 3
+    sent = amazon.state.stats()["requests"]["POST /auth/o2/token"]
+    assert sent <= 4 * 3  # the calls already in flight (and their retries), no more
+
+
+def test_the_deadline_bounds_calls_in_flight(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    known = import_sellers(cli, amazon, tmp_path, 3)
+    amazon.state.set_behaviour(known[0].selling_partner_id, "throttled", retry_after=9)
+    began = time.monotonic()
+    result = cli("refresh-all", "--json", "--deadline", "1s")
+    took = time.monotonic() - began
+    assert result.exit_code == 1  # work is left for the next run
+    assert "the deadline came before every due seller was refreshed" in result.stderr
+    assert result.json()["deadlineReached"] is True
+    assert took < 8
+    assert leases_held(db) == 0

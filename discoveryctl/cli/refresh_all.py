@@ -115,6 +115,11 @@ def refresh_all(
     attention = sum(
         summary.outcomes[o] for o in (Outcome.revoked, Outcome.expired, Outcome.failed)
     ) + sum(summary.checks[c] for c in ("revoked", "failed", "inconclusive"))
+    if summary.deadline_reached:
+        raise NeedsAttention(
+            f"the deadline came before every due seller was refreshed ({summary.total} done): "
+            "the next run goes on"
+        )
     if attention:
         raise NeedsAttention(
             f"{attention} seller{'s need' if attention != 1 else ' needs'} attention"
