@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import pytest
 
@@ -59,8 +60,12 @@ def test_the_async_lwa_client_refreshes_and_classifies(sandbox: Sandbox) -> None
         async with AsyncLwaClient(app_for(sandbox, token_url=url)) as lwa:
             with pytest.raises(TransientProviderError) as caught:
                 await lwa.refresh(live.refresh_token)
-            assert caught.value.error_type.startswith("lwa_")
-            assert caught.value.message.startswith("LWA token request failed: ")
+            # httpx-aiohttp reports a refused connection as a ConnectTimeout: transient
+            # either way, which is what matters here.
+            assert (caught.value.error_type, caught.value.message) in {
+                ("lwa_timeout", "LWA token request failed: ConnectTimeout"),
+                ("lwa_connection_error", "LWA token request failed: ConnectError"),
+            }
 
     asyncio.run(run())
 
@@ -92,3 +97,86 @@ def test_both_sp_api_clients_check_a_seller(sandbox: Sandbox) -> None:
         spapi.marketplace_participations("na", token)
     assert failed.value.error_type == "spapi_connection_error"
     assert failed.value.message == "SP-API request failed: ConnectError"
+
+
+@pytest.mark.parametrize("connections", [1, 2])
+def test_the_async_clients_never_open_more_connections_than_asked(connections: int) -> None:
+    from discoveryctl.sandbox import SandboxConfig, run_in_thread
+    from discoveryctl.sandbox.clock import ManualClock
+
+    clock = ManualClock()
+    with run_in_thread(SandboxConfig(latency_ms=100), clock=clock) as sandbox:
+        sellers = [sandbox.state.add_seller() for _ in range(6)]
+        app = app_for(sandbox)
+
+        async def run() -> list[str]:
+            async with AsyncLwaClient(app, connections=connections) as lwa:
+                grants = await asyncio.gather(*(lwa.refresh(s.refresh_token) for s in sellers))
+            lwa_most = clock.most_asleep
+            clock.most_asleep = 0
+            async with AsyncSpApiClient(app, connections=connections) as spapi:
+                await asyncio.gather(
+                    *(spapi.marketplace_participations("na", g.access_token) for g in grants)
+                )
+            return [str(lwa_most), str(clock.most_asleep)]
+
+        assert asyncio.run(run()) == [str(connections)] * 2
+
+
+def test_every_client_gives_up_at_its_timeout() -> None:
+    from discoveryctl.sandbox import SandboxConfig, run_in_thread
+
+    with run_in_thread(SandboxConfig(latency_ms=1500)) as slow:
+        seller = slow.state.add_seller()
+        app = app_for(slow)
+        quick = httpx_timeout(0.3)
+
+        async def run() -> list[str]:
+            kinds = []
+            async with AsyncLwaClient(app, timeout=quick) as lwa:
+                with pytest.raises(TransientProviderError) as caught:
+                    await lwa.refresh(seller.refresh_token)
+                kinds.append(caught.value.error_type)
+            async with AsyncSpApiClient(app, timeout=quick) as spapi:
+                with pytest.raises(TransientProviderError) as caught:
+                    await spapi.marketplace_participations("na", "Atza|any")
+                kinds.append(caught.value.error_type)
+                assert caught.value.message.startswith("SP-API request failed: ")
+            return kinds
+
+        assert asyncio.run(run()) == ["lwa_timeout", "spapi_timeout"]
+        with (
+            SpApiClient(app, timeout=quick) as spapi,
+            pytest.raises(TransientProviderError) as caught,
+        ):
+            spapi.marketplace_participations("na", "Atza|any")
+        assert caught.value.error_type == "spapi_timeout"
+        assert caught.value.message == "SP-API request failed: ReadTimeout"
+
+
+def httpx_timeout(seconds: float) -> Any:
+    import httpx
+
+    return httpx.Timeout(seconds)
+
+
+def test_an_async_client_of_its_own_is_closed_with_it_and_a_given_one_is_not(
+    sandbox: Sandbox,
+) -> None:
+    import httpx
+
+    seller = sandbox.state.add_seller()
+    app = app_for(sandbox)
+
+    async def run() -> None:
+        async with AsyncLwaClient(app) as own:
+            await own.refresh(seller.refresh_token)
+        with pytest.raises(RuntimeError, match="client has been closed"):
+            await own.refresh(seller.refresh_token)
+        async with httpx.AsyncClient() as given:
+            async with AsyncLwaClient(app, given) as lwa:
+                await lwa.refresh(seller.refresh_token)
+            assert not given.is_closed
+            await AsyncLwaClient(app, given).refresh(seller.refresh_token)
+
+    asyncio.run(run())

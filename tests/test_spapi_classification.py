@@ -114,6 +114,10 @@ def test_an_expired_token_is_ours_to_refresh_not_the_seller_s_fault() -> None:
     )
     assert type(error) is TransientProviderError
     assert (error.error_type, error.status_code) == ("spapi_token_expired", 403)
+    assert error.message == (
+        "SP-API answered 403: Access to requested resource is denied. "
+        "The access token you provided has expired."
+    )
 
 
 @pytest.mark.parametrize(

