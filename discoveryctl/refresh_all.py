@@ -248,7 +248,8 @@ def _record(
         if a.checked
     ]
     events.record_all(session, checked)  # last_synced_at was set with the refresh
-    summary.checks["ok"] += len(checked)
+    if checked:
+        summary.checks["ok"] += len(checked)
     for answer in answers:
         refused = answer.verdict is not None and answer.verdict.outcome in (
             Outcome.revoked,

@@ -71,6 +71,7 @@ def test_each_outcome_is_recorded_and_nothing_is_done_twice(
         "app_rejected": 0,
     }
     assert "2 sellers need attention" in result.stderr
+    assert summary["checks"] == {}  # no --verify, no checks
     statuses = {r["user_id"]: r for r in cli("status", "--json").json()}
     assert statuses["u0"]["status"] == "active"
     assert statuses["u1"]["status"] == "revoked"
