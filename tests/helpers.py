@@ -57,3 +57,19 @@ def fail_transiently(url: str, user: str, times: int) -> None:
                 session, integration, error_type="lwa_timeout", message="timed out after 10s"
             )
     database.dispose()
+
+
+def app_for(sandbox: Any, **changes: str) -> Any:
+    """The SP-API app registered at ``sandbox``, pointed at it, with ``changes``."""
+    from discoveryctl.providers.amazon import AmazonApp
+    from discoveryctl.sandbox.lwa import TOKEN_PATH
+
+    settings = {
+        "client_id": sandbox.config.client_id,
+        "client_secret": sandbox.config.client_secret,
+        "application_id": sandbox.config.application_id,
+        "redirect_uri": sandbox.config.redirect_uris[0],
+        "token_url": sandbox.url + TOKEN_PATH,
+        "spapi_url": sandbox.url,
+    }
+    return AmazonApp(**(settings | changes))

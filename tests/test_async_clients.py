@@ -15,22 +15,12 @@ from discoveryctl.errors import (
     SellerAuthorizationRevoked,
     TransientProviderError,
 )
-from discoveryctl.providers.amazon import AmazonApp, AsyncLwaClient, LwaClient
+from discoveryctl.providers.amazon import AsyncLwaClient, LwaClient
 from discoveryctl.providers.spapi import AsyncSpApiClient, SpApiClient
 from discoveryctl.sandbox import Sandbox
 from discoveryctl.sandbox.lwa import TOKEN_PATH
 
-
-def app_for(sandbox: Sandbox, **changes: str) -> AmazonApp:
-    settings = {
-        "client_id": sandbox.config.client_id,
-        "client_secret": sandbox.config.client_secret,
-        "application_id": sandbox.config.application_id,
-        "redirect_uri": sandbox.config.redirect_uris[0],
-        "token_url": sandbox.url + TOKEN_PATH,
-        "spapi_url": sandbox.url,
-    }
-    return AmazonApp(**(settings | changes))
+from helpers import app_for
 
 
 def closed_port() -> int:

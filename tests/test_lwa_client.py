@@ -16,20 +16,10 @@ from discoveryctl.errors import (
     SellerAuthorizationRevoked,
     TransientProviderError,
 )
-from discoveryctl.providers.amazon import AmazonApp, LwaClient
+from discoveryctl.providers.amazon import LwaClient
 from discoveryctl.sandbox import Sandbox
-from discoveryctl.sandbox.lwa import TOKEN_PATH
 
-
-def app_for(sandbox: Sandbox, **changes: str) -> AmazonApp:
-    settings = {
-        "client_id": sandbox.config.client_id,
-        "client_secret": sandbox.config.client_secret,
-        "application_id": sandbox.config.application_id,
-        "redirect_uri": sandbox.config.redirect_uris[0],
-        "token_url": sandbox.url + TOKEN_PATH,
-    }
-    return AmazonApp(**(settings | changes))
+from helpers import app_for
 
 
 @pytest.fixture

@@ -55,6 +55,11 @@ class Application:
     def session(self) -> AbstractContextManager[Session]:
         return self.open_database().session()
 
+    def open_vault(self) -> Vault:
+        """The vault, checked against the stored credentials in a session of its own."""
+        with self.session() as session:
+            return self.vault(session)
+
     def vault(self, session: Session) -> Vault:
         from discoveryctl.credentials import open_vault
 

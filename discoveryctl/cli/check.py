@@ -41,9 +41,12 @@ def check(
     app: Application = ctx.obj
     amazon = app.config.amazon_app()
     database = app.open_database()
-    with database.session() as session:
-        vault = app.vault(session)
-        users = [user] if user is not None else active_sellers(session)
+    vault = app.open_vault()
+    if user is not None:
+        users = [user]
+    else:
+        with database.session() as session:
+            users = active_sellers(session)
     results = []
     with LwaClient(amazon) as lwa, SpApiClient(amazon) as spapi:
         for user_id in users:

@@ -34,8 +34,7 @@ def refresh(
     app: Application = ctx.obj
     amazon = app.config.amazon_app()
     database = app.open_database()
-    with database.session() as session:
-        vault = app.vault(session)
+    vault = app.open_vault()
     with LwaClient(amazon) as lwa:
         done = refresh_seller(
             database.session, vault, lwa, user, frontend_url=app.config.frontend_url
@@ -79,8 +78,7 @@ def access_token(
     app: Application = ctx.obj
     amazon = app.config.amazon_app()
     database = app.open_database()
-    with database.session() as session:
-        vault = app.vault(session)
+    vault = app.open_vault()
     with LwaClient(amazon) as lwa:
         token, _ = usable_token(
             database.session, vault, lwa, user, frontend_url=app.config.frontend_url

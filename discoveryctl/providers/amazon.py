@@ -191,20 +191,7 @@ class TokenGrant:
 def parse_token_response(response: httpx.Response) -> TokenGrant:
     """A successful grant, or the classified error."""
     status = response.status_code
-    try:
-        body: Any = response.json()
-    except ValueError:
-        # Mutation testing: any value that is not a dict is the same here ("" survives).
-        body = None  # pragma: no mutate
-    if not isinstance(body, dict):
-        # Whatever the status: LWA's own answers are JSON, so this came from something in
-        # front of it (a proxy, an edge, a captive portal), and SPEC §5 retries it.
-        raise TransientProviderError(
-            f"LWA answered {status} with a body that is not JSON",
-            error_type="lwa_bad_response",
-            status_code=status,
-            retry_after=retry_after(response),
-        )
+    body = json_object(response, "LWA", "lwa")
     if status == 200:
         access_token = body.get("access_token")
         if not isinstance(access_token, str) or not access_token:
@@ -272,6 +259,25 @@ LONGEST_LIFETIME = 10**9
 """More seconds than any token lives (about 31 years): a larger ``expires_in`` is not believed."""
 LONGEST_RETRY_AFTER = 300.0
 """The longest ``Retry-After`` honoured, in seconds; a run never waits longer on one answer."""
+
+
+def json_object(response: httpx.Response, service: str, prefix: str) -> dict[str, Any]:
+    """The answer's JSON object, or a transient failure whatever the status: Amazon's own
+    answers are JSON, so anything else came from something in front of it (a proxy, an
+    edge, a captive portal), and SPEC §5 retries it."""
+    try:
+        body: Any = response.json()
+    except ValueError:
+        # Mutation testing: any value that is not a dict is the same here ("" survives).
+        body = None  # pragma: no mutate
+    if not isinstance(body, dict):
+        raise TransientProviderError(
+            f"{service} answered {response.status_code} with a body that is not JSON",
+            error_type=f"{prefix}_bad_response",
+            status_code=response.status_code,
+            retry_after=retry_after(response),
+        )
+    return body
 
 
 def lifetime(value: Any) -> int | None:

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 
 from discoveryctl.errors import ProviderError, SellerAuthorizationRevoked, TransientProviderError
@@ -12,6 +10,7 @@ from discoveryctl.providers.amazon import (
     DEFAULT_TIMEOUT,
     AmazonApp,
     excerpt,
+    json_object,
     pool_limits,
     retry_after,
     transport_failure,
@@ -28,17 +27,7 @@ _REVOKED_WORDS = ("revoked", "invalid")
 def parse_participations(response: httpx.Response) -> int:
     """How many marketplaces the seller participates in, or the classified error."""
     status = response.status_code
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = None  # pragma: no mutate  (any non-dict is the same here: "" survives)
-    if not isinstance(body, dict):
-        raise TransientProviderError(
-            f"SP-API answered {status} with a body that is not JSON",
-            error_type="spapi_bad_response",
-            status_code=status,
-            retry_after=retry_after(response),
-        )
+    body = json_object(response, "SP-API", "spapi")
     if status == 200:
         payload = body.get("payload")
         if not isinstance(payload, list):
