@@ -221,8 +221,13 @@ async def with_async_retries(
     return result
 
 
-def find(session: Session, user_id: str) -> tuple[IntegrationStatus, Credential]:
-    integration = lifecycle.find(session, user_id, Provider.amazon, for_update=True)
+def find(
+    session: Session, user_id: str, *, for_update: bool = False
+) -> tuple[IntegrationStatus, Credential]:
+    """The seller's Amazon integration and credential; ``for_update`` locks them for a
+    read-modify-write (see ``lifecycle.find``). Reads take no lock, so ``access-token`` never
+    waits behind a running ``refresh-all``."""
+    integration = lifecycle.find(session, user_id, Provider.amazon, for_update=for_update)
     credential = None if integration is None else for_integration(session, integration)
     if integration is None or credential is None:
         raise NotFound(f"user {shown(user_id)} has no Amazon authorization")
@@ -370,7 +375,7 @@ def record_refresh(
 ) -> Refresh:
     """A new access token: cache it, keep (or replace) the refresh token, clear failures."""
     now = utcnow()
-    integration, credential = find(session, user_id)
+    integration, credential = find(session, user_id, for_update=True)
     expires = now + timedelta(seconds=grant.expires_in)
     credential.access_token = vault.encrypt(grant.access_token)
     credential.access_token_expires_at = expires
@@ -518,7 +523,7 @@ def record_failure(
 ) -> Refresh:
     """A refresh that failed, recorded as its verdict says."""
     now = utcnow()
-    integration, credential = find(session, user_id)
+    integration, credential = find(session, user_id, for_update=True)
     events.record(
         session,
         REFRESH_FAILED,

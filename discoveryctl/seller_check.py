@@ -92,7 +92,7 @@ def record_check(
     """What one SP-API answer means for the seller; returns ``ok``, ``revoked``, ``failed``
     or ``inconclusive``."""
     if error is None:
-        integration, _ = find(session, user_id)
+        integration, _ = find(session, user_id, for_update=True)
         lifecycle.record_success(session, integration)
         events.record(
             session,
@@ -113,7 +113,7 @@ def record_check(
         )
         return "revoked"
     if isinstance(error, TransientProviderError):
-        integration, _ = find(session, user_id)
+        integration, _ = find(session, user_id, for_update=True)
         lifecycle.record_transient_failure(
             session, integration, error_type=error.error_type, message=error.message
         )
