@@ -79,6 +79,14 @@ KeyringLookup = Callable[[str], str | None]
 
 def keyring_lookup(name: str) -> str | None:
     """Read one secret from the OS keyring; no keyring at all reads as "not set"."""
+    if sys.platform != "darwin":
+        # keyring loads every backend to pick one, and its macOS backend's helper module
+        # looks for the Keychain libraries with ctypes.util.find_library, which off macOS
+        # runs ldconfig and gcc: about 0.3 s of every command. That backend refuses to run
+        # anywhere but macOS anyway, and imports its helper under ``except Exception``; a
+        # None in sys.modules makes that import fail at once (keyring issue #403 on import
+        # times; keyring/backends/macOS/__init__.py).
+        sys.modules.setdefault("keyring.backends.macOS.api", None)  # type: ignore[arg-type]
     import keyring
     from keyring.errors import KeyringError
 

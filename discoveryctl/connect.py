@@ -17,7 +17,8 @@ from urllib.parse import parse_qs, urlsplit
 from discoveryctl import consent, credentials
 from discoveryctl.callback_server import CallbackServer, Page, Query
 from discoveryctl.config import Config
-from discoveryctl.consent import Connected, ConsentStart, Reason, SessionScope
+from discoveryctl.consent import Connected, ConsentStart, Reason
+from discoveryctl.db.engine import SessionScope
 from discoveryctl.errors import AppCredentialsRejected, ConfigurationError, OAuthCallbackError
 from discoveryctl.providers.amazon import AmazonApp, LwaClient
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -28,6 +27,7 @@ from sqlalchemy.orm import Session
 from discoveryctl import credentials, events, notifications
 from discoveryctl.config import Config
 from discoveryctl.crypto import Vault
+from discoveryctl.db.engine import SessionScope
 from discoveryctl.db.models import OAuthState, utcnow
 from discoveryctl.errors import (
     AppCredentialsRejected,
@@ -71,9 +71,6 @@ class Reason(StrEnum):
     invalid_login_request = "invalid_login_request"
     store_failed = "store_failed"
     timeout = "timeout"
-
-
-SessionScope = Callable[[], AbstractContextManager[Session]]
 
 
 @dataclass(frozen=True)

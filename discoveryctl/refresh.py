@@ -18,6 +18,7 @@ the same refresh token at once; a second caller waits for the first and reuses i
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import secrets
 import time
@@ -32,10 +33,9 @@ import tenacity
 from sqlalchemy.orm import Session
 
 from discoveryctl import events, notifications
-from discoveryctl.consent import SessionScope
 from discoveryctl.credentials import for_integration
 from discoveryctl.crypto import Vault
-from discoveryctl.db.engine import lock_for_writing
+from discoveryctl.db.engine import SessionScope, lock_for_writing
 from discoveryctl.db.models import (
     Credential,
     IntegrationStatus,
@@ -97,14 +97,17 @@ class Verdict:
     status_code: int | None = None
 
 
-# LWA's failure names, as the events and the health metrics call them (SPEC §7).
-_EVENT_ERROR_TYPES = {
-    "lwa_throttled": "provider_throttled",
-    "lwa_timeout": "provider_timeout",
-    "lwa_connection_error": "provider_connection_error",
-    "lwa_server_error": "provider_server_error",
-    "lwa_bad_response": "provider_bad_response",
-}
+REFRESH_RETRIED = "token_refresh_retried"
+
+# A transient failure's name as the events and the health metrics call it (SPEC §7), the
+# same for LWA (``lwa_…``) and the SP-API (``spapi_…``).
+_TRANSIENT_KINDS = ("throttled", "timeout", "connection_error", "server_error", "bad_response")
+
+
+def event_error_type(error_type: str) -> str:
+    """``lwa_throttled`` → ``provider_throttled``, and so on; ``provider_error`` otherwise."""
+    _, _, kind = error_type.partition("_")
+    return f"provider_{kind}" if kind in _TRANSIENT_KINDS else "provider_error"
 
 
 def verdict(error: ProviderError, authorized_at: datetime, now: datetime) -> Verdict:
@@ -121,7 +124,7 @@ def verdict(error: ProviderError, authorized_at: datetime, now: datetime) -> Ver
             error.status_code,
         )
     if isinstance(error, TransientProviderError):
-        error_type = _EVENT_ERROR_TYPES.get(error.error_type, "provider_error")
+        error_type = event_error_type(error.error_type)
         return Verdict(Outcome.failed, error_type, error.message, error.status_code)
     return Verdict(Outcome.failed, "provider_unexpected_answer", error.message, error.status_code)
 
@@ -206,19 +209,106 @@ def _retry_policy(attempts: int) -> dict[str, Any]:
     }
 
 
-def with_retries(call: Callable[[], Result], attempts: int = IN_RUN_ATTEMPTS) -> Result:
-    """``call()``, tried again on a transient failure (see ``_retry_wait``)."""
-    return tenacity.Retrying(**_retry_policy(attempts))(call)
+@dataclass(frozen=True)
+class Attempt:
+    """One try of a call to a provider: its number (from 1), how long it took, and the
+    transient failure that ended it, if one did."""
+
+    number: int
+    seconds: float
+    error: TransientProviderError | None = None
+
+    def detail(self) -> dict[str, Any]:
+        """What an event says of this try."""
+        return {"attempt": self.number, "durationMs": round(self.seconds * 1000, 1)}
+
+
+def with_retries(
+    call: Callable[[], Result], attempts: int = IN_RUN_ATTEMPTS, tries: list[Attempt] | None = None
+) -> Result:
+    """``call()``, tried again on a transient failure (see ``_retry_wait``); each try is
+    appended to ``tries``."""
+    log = [] if tries is None else tries
+
+    def timed() -> Result:
+        started = time.perf_counter()
+        try:
+            result = call()
+        except TransientProviderError as error:
+            log.append(Attempt(len(log) + 1, time.perf_counter() - started, error))
+            raise
+        log.append(Attempt(len(log) + 1, time.perf_counter() - started))
+        return result
+
+    return tenacity.Retrying(**_retry_policy(attempts))(timed)
 
 
 async def with_async_retries(
-    call: Callable[[], Awaitable[Result]], attempts: int = IN_RUN_ATTEMPTS
+    call: Callable[[], Awaitable[Result]],
+    attempts: int = IN_RUN_ATTEMPTS,
+    tries: list[Attempt] | None = None,
 ) -> Result:
     """``await call()``, tried again on a transient failure, as ``with_retries``."""
+    log = [] if tries is None else tries
+
+    async def timed() -> Result:
+        started = time.perf_counter()
+        try:
+            result = await call()
+        except TransientProviderError as error:
+            log.append(Attempt(len(log) + 1, time.perf_counter() - started, error))
+            raise
+        log.append(Attempt(len(log) + 1, time.perf_counter() - started))
+        return result
+
+    # The first try outside tenacity: nearly every call succeeds at once, and at refresh-all's
+    # pace its machinery is a measurable share of the CPU. A failed first try is replayed as
+    # tenacity's first, so the waits and the count are exactly the policy's.
+    try:
+        return await timed()
+    except TransientProviderError as error:
+        first: list[TransientProviderError] = [error]
+
+    async def again() -> Result:
+        if first:
+            raise first.pop()
+        return await timed()
+
     async for attempt in tenacity.AsyncRetrying(**_retry_policy(attempts)):
         with attempt:
-            result = await call()
+            result = await again()
     return result
+
+
+def news_only(grant: TokenGrant, sent: str) -> TokenGrant:
+    """The grant, with a refresh token LWA sent back unchanged dropped: only a new one is
+    stored (encrypted again) and counted as rotated."""
+    return dataclasses.replace(grant, refresh_token=None) if grant.refresh_token == sent else grant
+
+
+def last_try(tries: Sequence[Attempt]) -> dict[str, Any]:
+    """What the outcome's event says of the try that decided it (nothing without tries)."""
+    return tries[-1].detail() if tries else {}
+
+
+def retried_events(
+    user_id: str, tries: Sequence[Attempt], kind: str = REFRESH_RETRIED
+) -> list[dict[str, Any]]:
+    """An event for each try that failed and was tried again (the last try is the outcome's
+    own event): its number, duration, HTTP status and error type."""
+    return [
+        events.entry(
+            kind,
+            outcome=events.FAILURE,
+            user_id=user_id,
+            provider=Provider.amazon,
+            error_type=event_error_type(attempt.error.error_type),
+            httpStatus=attempt.error.status_code,
+            **attempt.detail(),
+        )
+        for attempt in tries[:-1]
+        if attempt.error is not None
+    ]
 
 
 def find(
@@ -313,14 +403,21 @@ def _refresh_leased(
             _, credential = find(session, user_id)
             refresh_token = vault.decrypt(credential.refresh_token, what="the refresh token")
             authorized_at = credential.authorized_at
+        tries: list[Attempt] = []
         try:
-            grant = with_retries(lambda: lwa.refresh(refresh_token))
+            grant = news_only(
+                with_retries(lambda: lwa.refresh(refresh_token), tries=tries), refresh_token
+            )
         except ProviderError as error:
             decided = verdict(error, authorized_at, utcnow())
             with session_scope() as session:
-                return record_failure(session, user_id, decided, frontend_url=frontend_url)
+                return record_failure(
+                    session, user_id, decided, frontend_url=frontend_url, tries=tries
+                )
         with session_scope() as session:
-            return record_refresh(session, vault, user_id, grant, frontend_url=frontend_url)
+            return record_refresh(
+                session, vault, user_id, grant, frontend_url=frontend_url, tries=tries
+            )
     finally:
         with session_scope() as session:
             release(session, credential_id, owner)
@@ -371,9 +468,16 @@ def _take_lease(session_scope: SessionScope, user_id: str, owner: str, wait: flo
 
 
 def record_refresh(
-    session: Session, vault: Vault, user_id: str, grant: TokenGrant, *, frontend_url: str
+    session: Session,
+    vault: Vault,
+    user_id: str,
+    grant: TokenGrant,
+    *,
+    frontend_url: str,
+    tries: Sequence[Attempt] = (),
 ) -> Refresh:
-    """A new access token: cache it, keep (or replace) the refresh token, clear failures."""
+    """A new access token: cache it, keep (or replace) the refresh token, clear failures;
+    an event for the refresh and for each try before it that failed."""
     now = utcnow()
     integration, credential = find(session, user_id, for_update=True)
     expires = now + timedelta(seconds=grant.expires_in)
@@ -390,14 +494,20 @@ def record_refresh(
         lifecycle.change_status(
             session, integration, Status.active, reason="token_refreshed", frontend_url=frontend_url
         )
-    events.record(
+    events.record_all(
         session,
-        REFRESHED,
-        outcome=events.SUCCESS,
-        user_id=user_id,
-        provider=Provider.amazon,
-        expiresAt=isoformat(expires),
-        refreshTokenRotated=rotated,
+        [
+            *retried_events(user_id, tries),
+            events.entry(
+                REFRESHED,
+                outcome=events.SUCCESS,
+                user_id=user_id,
+                provider=Provider.amazon,
+                expiresAt=isoformat(expires),
+                refreshTokenRotated=rotated,
+                **last_try(tries),
+            ),
+        ],
     )
     _warn_before_expiry(session, integration, credential, now, frontend_url)
     return Refresh(
@@ -411,11 +521,13 @@ def record_refresh(
 def record_refreshes(
     session: Session,
     vault: Vault,
-    refreshed: Sequence[tuple[int, TokenGrant]],
+    refreshed: Sequence[tuple[int, TokenGrant, Sequence[Attempt]]],
     *,
     frontend_url: str,
+    lease_owner: str | None = None,
 ) -> list[Refresh]:
-    """Many successful refreshes (credential id, grant) in a few statements.
+    """Many successful refreshes (credential id, grant, its tries) in a few statements; the
+    same UPDATE lets go of ``lease_owner``'s leases on them (one row version, not two).
 
     The common case, an active integration with nothing to clear and no warning due, is
     written in bulk: one SELECT, one UPDATE per table, one INSERT of events. Any other goes
@@ -425,7 +537,7 @@ def record_refreshes(
         return []
     now = utcnow()
     credential, integration = table_of(Credential), table_of(IntegrationStatus)
-    grants = dict(refreshed)
+    grants = {credential_id: (grant, tries) for credential_id, grant, tries in refreshed}
     query = (
         sa.select(
             credential.c.id,
@@ -447,9 +559,9 @@ def record_refreshes(
     credential_rows: list[dict[str, Any]] = []
     integration_rows: list[dict[str, Any]] = []
     event_rows: list[dict[str, Any]] = []
-    one_by_one: list[tuple[str, TokenGrant]] = []
+    one_by_one: list[tuple[str, TokenGrant, Sequence[Attempt]]] = []
     for row in session.execute(query):
-        grant = grants[row.id]
+        grant, tries = grants[row.id]
         warning_due = row.expiry_warned_at is None and now >= (
             row.authorized_at + REAUTHORIZATION - EXPIRY_WARNING
         )
@@ -459,7 +571,7 @@ def record_refreshes(
             and not warning_due
         )
         if not plain:
-            one_by_one.append((row.user_id, grant))
+            one_by_one.append((row.user_id, grant, tries))
             continue
         expires = now + timedelta(seconds=grant.expires_in)
         credential_rows.append(
@@ -472,10 +584,13 @@ def record_refreshes(
                 ),
                 "rotated": grant.refresh_token is not None,
                 "now": now,
+                "owner": lease_owner,
             }
         )
         meta = {**row.metadata, LAST_SYNCED_AT: isoformat(now)}
         integration_rows.append({"row_id": row.integration_id, "meta": meta, "now": now})
+        if len(tries) > 1:
+            event_rows += retried_events(row.user_id, tries)
         event_rows.append(
             events.entry(
                 REFRESHED,
@@ -484,6 +599,7 @@ def record_refreshes(
                 provider=Provider.amazon,
                 expiresAt=isoformat(expires),
                 refreshTokenRotated=grant.refresh_token is not None,
+                **last_try(tries),
             )
         )
         done.append(Refresh(row.user_id, Outcome.refreshed, access_token_expires_at=expires))
@@ -501,6 +617,14 @@ def record_refreshes(
                 refreshed_at=sa.bindparam("now"),
                 next_attempt_at=None,
                 updated_at=sa.bindparam("now"),
+                lease_owner=sa.case(
+                    (credential.c.lease_owner == sa.bindparam("owner"), None),
+                    else_=credential.c.lease_owner,
+                ),
+                lease_expires_at=sa.case(
+                    (credential.c.lease_owner == sa.bindparam("owner"), None),
+                    else_=credential.c.lease_expires_at,
+                ),
             ),
             credential_rows,
         )
@@ -513,26 +637,39 @@ def record_refreshes(
             integration_rows,
         )
         events.record_all(session, event_rows)
-    for user_id, grant in one_by_one:
-        done.append(record_refresh(session, vault, user_id, grant, frontend_url=frontend_url))
+    for user_id, grant, tries in one_by_one:
+        done.append(
+            record_refresh(session, vault, user_id, grant, frontend_url=frontend_url, tries=tries)
+        )
     return done
 
 
 def record_failure(
-    session: Session, user_id: str, decided: Verdict, *, frontend_url: str
+    session: Session,
+    user_id: str,
+    decided: Verdict,
+    *,
+    frontend_url: str,
+    tries: Sequence[Attempt] = (),
 ) -> Refresh:
-    """A refresh that failed, recorded as its verdict says."""
+    """A refresh that failed, recorded as its verdict says, with an event for each try."""
     now = utcnow()
     integration, credential = find(session, user_id, for_update=True)
-    events.record(
+    events.record_all(
         session,
-        REFRESH_FAILED,
-        outcome=events.FAILURE,
-        user_id=user_id,
-        provider=Provider.amazon,
-        error_type=decided.error_type,
-        httpStatus=decided.status_code,
-        message=decided.message,
+        [
+            *retried_events(user_id, tries),
+            events.entry(
+                REFRESH_FAILED,
+                outcome=events.FAILURE,
+                user_id=user_id,
+                provider=Provider.amazon,
+                error_type=decided.error_type,
+                httpStatus=decided.status_code,
+                message=decided.message,
+                **last_try(tries),
+            ),
+        ],
     )
     url = reconnect_url(frontend_url, Provider.amazon, user_id)
     if decided.outcome in (Outcome.revoked, Outcome.expired):

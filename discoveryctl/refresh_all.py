@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -28,9 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from discoveryctl import events, notifications
-from discoveryctl.consent import SessionScope
 from discoveryctl.crypto import Vault
-from discoveryctl.db.engine import lock_for_writing
+from discoveryctl.db.engine import SessionScope, lock_for_writing
 from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
 from discoveryctl.errors import DiscoveryError, ProviderError
 from discoveryctl.integrations.health import Provider, Status
@@ -39,9 +38,11 @@ from discoveryctl.providers.spapi import AsyncSpApiClient
 from discoveryctl.refresh import (
     DEFAULT_MARGIN,
     LEASE,
+    Attempt,
     Outcome,
     Verdict,
     new_owner,
+    news_only,
     record_failure,
     record_refreshes,
     verdict,
@@ -189,8 +190,31 @@ class Answer:
     due: Due
     grant: TokenGrant | None = None
     verdict: Verdict | None = None
+    tries: tuple[Attempt, ...] = ()
     checked: bool = False  # --verify: the SP-API took the new token
     check_error: ProviderError | None = None  # --verify: what the SP-API said instead
+
+
+STOP_GRACE_SECONDS = 3.0
+"""After a stop (Ctrl-C, SIGTERM) or the deadline, how long the calls in flight may take."""
+
+
+@dataclass
+class Closing:
+    """A run that takes on no more calls: stopped, past its deadline, or its app refused.
+    Calls not yet started are dropped; those in flight may finish until ``grace_ends``
+    (monotonic; none when the app was refused: in-flight calls end on their own)."""
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    grace_ends: float | None = None
+
+    def close(self, grace: float | None = STOP_GRACE_SECONDS) -> None:
+        if not self.event.is_set():
+            self.event.set()
+            self.grace_ends = None if grace is None else time.monotonic() + grace
+
+    def is_closed(self) -> bool:
+        return self.event.is_set()
 
 
 async def _refresh_one(
@@ -199,33 +223,40 @@ async def _refresh_one(
     due: Due,
     gate: asyncio.Semaphore,
     spapi: AsyncSpApiClient | None,
-    app_refused: asyncio.Event,
+    closing: Closing,
 ) -> Answer | None:
     """Refresh one seller's token (and with ``spapi``, check the new token at the SP-API);
-    ``None`` when it never got its turn because LWA had refused the app meanwhile."""
+    ``None`` when it never got its turn because the run closed meanwhile."""
     try:
         token = vault.decrypt(due.refresh_token, what="the refresh token")
     except DiscoveryError as error:  # one unreadable row: that seller's failure, no one else's
         return Answer(due, verdict=Verdict(Outcome.failed, "credential_unreadable", error.message))
     async with gate:
-        if app_refused.is_set():
-            return None  # the app's credentials are refused: do not keep sending them
+        if closing.is_closed():
+            return None  # stopped, out of time, or the app's credentials refused: not sent
+        tries: list[Attempt] = []
         try:
-            grant = await with_async_retries(lambda: lwa.refresh(token))
+            grant = news_only(
+                await with_async_retries(lambda: lwa.refresh(token), tries=tries), token
+            )
         except ProviderError as error:
             decided = verdict(error, due.authorized_at, utcnow())
             if decided.outcome == Outcome.app_rejected:
-                app_refused.set()
-            return Answer(due, verdict=decided)
+                closing.close(grace=None)
+            return Answer(due, verdict=decided, tries=tuple(tries))
         if spapi is None:
-            return Answer(due, grant=grant)
+            return Answer(due, grant=grant, tries=tuple(tries))
         try:
             await with_async_retries(
                 lambda: spapi.marketplace_participations(due.region, grant.access_token)
             )
         except ProviderError as error:
-            return Answer(due, grant=grant, check_error=error)
-    return Answer(due, grant=grant, checked=True)
+            return Answer(due, grant=grant, tries=tuple(tries), check_error=error)
+        except asyncio.CancelledError:
+            # Abandoned during the check: the grant (perhaps with a new refresh token) is
+            # still written; only the check is lost.
+            return Answer(due, grant=grant, tries=tuple(tries))
+    return Answer(due, grant=grant, tries=tuple(tries), checked=True)
 
 
 def _same_refresh_token(session: Session, due: Due) -> bool:
@@ -237,10 +268,15 @@ def _same_refresh_token(session: Session, due: Due) -> bool:
 
 
 def _record(
-    session: Session, vault: Vault, answers: list[Answer], frontend_url: str, summary: Summary
+    session: Session,
+    vault: Vault,
+    owner: str,
+    answers: list[Answer],
+    frontend_url: str,
+    summary: Summary,
 ) -> None:
-    refreshed = [(a.due.credential_id, a.grant) for a in answers if a.grant is not None]
-    record_refreshes(session, vault, refreshed, frontend_url=frontend_url)
+    refreshed = [(a.due.credential_id, a.grant, a.tries) for a in answers if a.grant is not None]
+    record_refreshes(session, vault, refreshed, frontend_url=frontend_url, lease_owner=owner)
     summary.outcomes[Outcome.refreshed] += len(refreshed)
     checked = [
         events.entry(CHECKED, outcome=events.SUCCESS, user_id=a.due.user_id, provider="amazon")
@@ -263,7 +299,13 @@ def _record(
             )
             summary.checks[outcome] += 1
         if answer.verdict is not None and answer.verdict.outcome != Outcome.app_rejected:
-            record_failure(session, answer.due.user_id, answer.verdict, frontend_url=frontend_url)
+            record_failure(
+                session,
+                answer.due.user_id,
+                answer.verdict,
+                frontend_url=frontend_url,
+                tries=answer.tries,
+            )
             summary.outcomes[answer.verdict.outcome] += 1
 
 
@@ -327,7 +369,7 @@ def _write_batch(
             from discoveryctl.logging import get_logger
 
             get_logger().warning("refresh_answers_dropped", count=len(answers) - len(kept))
-        _record(session, vault, kept, frontend_url, summary)
+        _record(session, vault, owner, kept, frontend_url, summary)
         credential = table_of(Credential)
         session.execute(
             sa.update(credential)
@@ -394,8 +436,12 @@ async def _run(
     stop: asyncio.Event | None,
     progress: Callable[[int], None] | None,
 ) -> Summary:
+    """A pipeline: while one batch's calls are in flight, the next ones are claimed and
+    queued behind the same gate, and the one before is written in a thread, so the gate
+    never waits for the database and at most ``AHEAD + 1`` batches are held at once."""
     summary = Summary()
     stop = stop or asyncio.Event()
+    closing = Closing()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError, NotImplementedError):  # not the main thread
@@ -406,22 +452,27 @@ async def _run(
     gate = asyncio.Semaphore(concurrency)
     batch_size = max(concurrency * 4, 64)
     walked = 0  # the highest credential id claimed so far: each seller once a run
+    outstanding: deque[tuple[list[Due], list[asyncio.Task[Answer | None]]]] = deque()
     writing: asyncio.Future[None] | None = None
+    alerted = False
     beating = asyncio.Event()
     heartbeat = asyncio.create_task(_heartbeat(session_scope, owner, lease, beating))
+    watcher = asyncio.create_task(_watch(stop, ends, closing, summary))
     try:
         async with contextlib.AsyncExitStack() as clients:
             lwa = await clients.enter_async_context(lwa_factory())
             spapi = None
             if spapi_factory is not None:
                 spapi = await clients.enter_async_context(spapi_factory())
-            while not stop.is_set():
+            exhausted = False
+            while outstanding or not (exhausted or closing.is_closed()):
                 if ends is not None and time.monotonic() >= ends:
                     summary.deadline_reached = True
-                    break
-                with session_scope() as session:
-                    batch = claim_batch(
-                        session,
+                    closing.close()
+                if not (exhausted or closing.is_closed()):
+                    batch = await asyncio.to_thread(
+                        _claim,
+                        session_scope,
                         owner,
                         batch_size,
                         after=walked,
@@ -430,20 +481,21 @@ async def _run(
                         max_age=max_age,
                         force=force,
                     )
-                if not batch:
+                    if batch:
+                        walked = batch[-1].credential_id
+                        tasks = [
+                            asyncio.create_task(_refresh_one(lwa, vault, due, gate, spapi, closing))
+                            for due in batch
+                        ]
+                        outstanding.append((batch, tasks))
+                    else:
+                        exhausted = True
+                    if len(outstanding) <= AHEAD and not exhausted and not closing.is_closed():
+                        continue  # keep the gate fed before waiting on the oldest batch
+                if not outstanding:
                     break
-                walked = batch[-1].credential_id
-                app_refused = asyncio.Event()
-                answers = await _answers(
-                    [
-                        asyncio.create_task(_refresh_one(lwa, vault, due, gate, spapi, app_refused))
-                        for due in batch
-                    ],
-                    stop,
-                    ends,
-                )
-                if ends is not None and time.monotonic() >= ends:
-                    summary.deadline_reached = True
+                batch, tasks = outstanding.popleft()
+                answers = await _answers(tasks, closing)
                 rejected = next(
                     (
                         a.verdict
@@ -452,9 +504,12 @@ async def _run(
                     ),
                     None,
                 )
+                if rejected is not None and not alerted:
+                    alerted = True
+                else:
+                    rejected = None  # the admins are told once a run
                 if writing is not None:
                     await writing  # one batch written at a time, in order
-                # Written in a thread while the next batch's calls are in flight.
                 writing = asyncio.ensure_future(
                     asyncio.to_thread(
                         _write_batch,
@@ -462,14 +517,12 @@ async def _run(
                         vault,
                         owner,
                         batch,
-                        list(answers),
+                        answers,
                         rejected,
                         frontend_url,
                         summary,
                     )
                 )
-                if rejected is not None:
-                    break
                 if progress is not None:
                     progress(summary.total)
             if writing is not None:
@@ -478,8 +531,14 @@ async def _run(
                 if progress is not None:
                     progress(summary.total)
     finally:
+        watcher.cancel()
         beating.set()
-        await asyncio.gather(heartbeat, return_exceptions=True)
+        for _, tasks in outstanding:
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(
+            heartbeat, watcher, *(t for _, ts in outstanding for t in ts), return_exceptions=True
+        )
         if writing is not None:
             await asyncio.gather(writing, return_exceptions=True)
         with session_scope() as session:
@@ -489,33 +548,46 @@ async def _run(
     return summary
 
 
-STOP_GRACE_SECONDS = 3.0
-"""After a stop (Ctrl-C, SIGTERM), how long the calls in flight may take to finish."""
+AHEAD = 2
+"""Batches claimed and queued beyond the one being waited for."""
 
 
-async def _answers(
-    tasks: list[asyncio.Task[Answer | None]], stop: asyncio.Event, ends: float | None
-) -> list[Answer]:
-    """The answers of ``tasks``. Once ``stop`` is set, or the deadline ``ends`` (monotonic)
-    has passed, those not done within the grace period are abandoned: their leases are let
-    go and nothing is recorded for them."""
-    stopping = asyncio.create_task(stop.wait())
+def _claim(session_scope: SessionScope, owner: str, limit: int, **options: Any) -> list[Due]:
+    with session_scope() as session:
+        return claim_batch(session, owner, limit, **options)
+
+
+async def _watch(
+    stop: asyncio.Event, ends: float | None, closing: Closing, summary: Summary
+) -> None:
+    """Close the run at a stop (Ctrl-C, SIGTERM) or at its deadline, whichever comes first."""
+    left = None if ends is None else max(ends - time.monotonic(), 0.0)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=left)
+    if not stop.is_set():
+        summary.deadline_reached = True
+    closing.close()
+
+
+async def _answers(tasks: list[asyncio.Task[Answer | None]], closing: Closing) -> list[Answer]:
+    """The answers of ``tasks``. Once the run is closing, calls not yet started return at
+    once, and those still in flight at the end of the grace period are abandoned: their
+    leases are let go and nothing is recorded for them."""
+    # One waiter on the whole batch, not ``asyncio.wait`` again after each answer: that would
+    # hang a callback on every pending task each time, quadratic in the batch's size.
+    everything: asyncio.Future[Any] = asyncio.gather(*tasks, return_exceptions=True)
+    closed: asyncio.Future[Any] = asyncio.ensure_future(closing.event.wait())
     try:
-        pending: set[asyncio.Task[Any]] = set(tasks)
-        while pending and not stop.is_set():
-            left = None if ends is None else max(ends - time.monotonic(), 0.0)
-            if left == 0.0:
-                break
-            _, pending = await asyncio.wait(
-                pending | {stopping}, timeout=left, return_when=asyncio.FIRST_COMPLETED
-            )
-            pending.discard(stopping)
-        if pending:
-            _, pending = await asyncio.wait(pending, timeout=STOP_GRACE_SECONDS)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.wait({everything, closed}, return_when=asyncio.FIRST_COMPLETED)
+        if not everything.done():
+            grace = None
+            if closing.grace_ends is not None:
+                grace = max(closing.grace_ends - time.monotonic(), 0.0)
+            await asyncio.wait({everything}, timeout=grace)
+            for task in tasks:
+                task.cancel()  # a no-op for those done
+            await everything
     finally:
-        stopping.cancel()
-    done = [task.result() for task in tasks if task.done() and not task.cancelled()]
+        closed.cancel()
+    done = [task.result() for task in tasks if not task.cancelled()]
     return [answer for answer in done if answer is not None]

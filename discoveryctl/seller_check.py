@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from discoveryctl import events
-from discoveryctl.consent import SessionScope
 from discoveryctl.crypto import Vault
+from discoveryctl.db.engine import SessionScope
 from discoveryctl.db.models import IntegrationStatus
 from discoveryctl.errors import ProviderError, SellerAuthorizationRevoked, TransientProviderError
 from discoveryctl.integrations import lifecycle

@@ -147,7 +147,20 @@ def test_transient_failures_are_retried_in_the_run(
     result = cli("refresh", "amazon", "--user", "u1")
     assert result.exit_code == 0, result.stderr
     assert sandbox.state.stats()["refreshes_per_seller"][known.selling_partner_id] == 3
-    assert events_of(db, "u1") == [("token_refreshed", None)]
+    assert events_of(db, "u1") == [
+        ("token_refresh_retried", "provider_server_error"),
+        ("token_refresh_retried", "provider_server_error"),
+        ("token_refreshed", None),
+    ]
+    tries = [
+        json.loads(r["detail"]) if isinstance(r["detail"], str) else r["detail"]
+        for r in db.rows(
+            "SELECT detail FROM events WHERE user_id = :u AND kind LIKE 'token_%' ORDER BY id",
+            u="u1",
+        )
+    ]
+    assert [(t["attempt"], t.get("httpStatus")) for t in tries] == [(1, 503), (2, 503), (3, None)]
+    assert all(t["durationMs"] >= 0 for t in tries)
 
 
 def test_failures_that_last_are_counted_then_alerted_then_resolved(

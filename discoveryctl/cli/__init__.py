@@ -6,6 +6,7 @@ alembic) is imported inside the command body so that ``discoveryctl --help`` sta
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any
 
@@ -120,4 +121,11 @@ app.command("sandbox")(sandbox.sandbox)
 
 def main() -> None:
     """Console-script entry point."""
-    sys.exit(app(prog_name="discoveryctl"))
+    try:
+        code = app(prog_name="discoveryctl")
+    finally:
+        # What is still alive now lives until the process ends: frozen, it is left out of
+        # the interpreter's last garbage collections, which otherwise walk it all (about
+        # 0.15 s of every command's exit on the benchmark machine).
+        gc.freeze()
+    sys.exit(code)

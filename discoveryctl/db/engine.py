@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,11 @@ def lock_connection(connection: sa.Connection, name: str) -> None:
         dbapi = connection.connection.dbapi_connection
         if dbapi is not None and not getattr(dbapi, "in_transaction", False):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+SessionScope = Callable[[], AbstractContextManager[Session]]
+"""Opens a unit of work: ``with scope() as session`` commits on success, rolls back on error
+(``Database.session`` is one)."""
 
 
 class Database:

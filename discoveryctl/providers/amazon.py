@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult, urlencode, urljoin, urlsplit
 
+import aiohttp
 import httpx
 
 from discoveryctl.errors import (
@@ -24,6 +25,7 @@ from discoveryctl.errors import (
     SellerAuthorizationRevoked,
     TransientProviderError,
 )
+from discoveryctl.providers.async_http import Reply, open_session, send, transport_failure
 from discoveryctl.redaction import redact_text
 
 SELLER_CENTRAL = {
@@ -188,7 +190,7 @@ class TokenGrant:
     expires_in: int
 
 
-def parse_token_response(response: httpx.Response) -> TokenGrant:
+def parse_token_response(response: Reply) -> TokenGrant:
     """A successful grant, or the classified error."""
     status = response.status_code
     body = json_object(response, "LWA", "lwa")
@@ -261,7 +263,7 @@ LONGEST_RETRY_AFTER = 300.0
 """The longest ``Retry-After`` honoured, in seconds; a run never waits longer on one answer."""
 
 
-def json_object(response: httpx.Response, service: str, prefix: str) -> dict[str, Any]:
+def json_object(response: Reply, service: str, prefix: str) -> dict[str, Any]:
     """The answer's JSON object, or a transient failure whatever the status: Amazon's own
     answers are JSON, so anything else came from something in front of it (a proxy, an
     edge, a captive portal), and SPEC §5 retries it."""
@@ -294,7 +296,7 @@ def lifetime(value: Any) -> int | None:
     return value if 0 < value <= LONGEST_LIFETIME else None
 
 
-def retry_after(response: httpx.Response) -> float | None:
+def retry_after(response: Reply) -> float | None:
     # Mutation testing: header names are case-insensitive ("RETRY-AFTER" survives).
     value = response.headers.get("retry-after")  # pragma: no mutate
     if value is None:
@@ -306,13 +308,6 @@ def retry_after(response: httpx.Response) -> float | None:
     if not math.isfinite(seconds):
         return None
     return min(max(0.0, seconds), LONGEST_RETRY_AFTER)
-
-
-def transport_failure(
-    error: httpx.HTTPError, what: str, service: str = "lwa"
-) -> TransientProviderError:
-    kind = "timeout" if isinstance(error, httpx.TimeoutException) else "connection_error"
-    return TransientProviderError(f"{what}: {type(error).__name__}", error_type=f"{service}_{kind}")
 
 
 class LwaClient:
@@ -363,52 +358,46 @@ class LwaClient:
         return parse_token_response(response)
 
 
-def pool_limits(n: int) -> httpx.Limits:
-    """At most ``n`` connections, all kept alive between calls. (Mutation testing: a pool's
-    size changes speed, not answers; benchmarks/refresh_all.py measures it.)"""
-    return httpx.Limits(max_connections=n, max_keepalive_connections=n)  # pragma: no mutate
+FORM = {"Content-Type": "application/x-www-form-urlencoded;charset=UTF-8"}
 
 
 class AsyncLwaClient:
     """The LWA token endpoint for many sellers at once (``refresh-all``): the same requests
-    and the same classifier as ``LwaClient``, over an ``httpx.AsyncClient``."""
+    and the same classifier as ``LwaClient``, over aiohttp (see ``async_http``)."""
 
     def __init__(
         self,
         app: AmazonApp,
-        http: httpx.AsyncClient | None = None,
+        session: aiohttp.ClientSession | None = None,
         *,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         connections: int = 64,  # pragma: no mutate  (pool size: speed, not answers)
     ) -> None:
+        """``session`` is used as given and left open; without it the client opens its own
+        (at most ``connections`` at once, ``timeout``) and closes it with itself."""
         self.app = app
-        limits = pool_limits(connections)
-        self._owns_http = http is None
-        if http is None:
-            # httpx's own async pool costs about 3 ms of CPU a request at 64 at once (its
-            # connection bookkeeping grows with the pool); the same client over aiohttp's
-            # transport keeps up with LWA's answers. Same requests, same classifier.
-            from httpx_aiohttp import HttpxAiohttpClient
-
-            http = HttpxAiohttpClient(timeout=timeout, limits=limits)
-        self._http = http
+        self._owns_session = session is None
+        self._session = session or open_session(timeout, connections)
+        self._app_form = urlencode(
+            {"client_id": app.client_id, "client_secret": app.client_secret}
+        )  # the same on every call: encoded once
 
     async def __aenter__(self) -> AsyncLwaClient:
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        if self._owns_http:
-            await self._http.aclose()
+        if self._owns_session:
+            await self._session.close()
 
     async def refresh(self, refresh_token: str) -> TokenGrant:
-        form = {
-            "grant_type": "refresh_token",
-            "refresh_token": refresh_token,
-            "client_id": self.app.client_id,
-            "client_secret": self.app.client_secret,
-        }
-        try:
-            response = await self._http.post(self.app.token_url, data=form)
-        except httpx.HTTPError as error:
-            raise transport_failure(error, "LWA token request failed") from None
-        return parse_token_response(response)
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        reply = await send(
+            self._session,
+            "POST",
+            self.app.token_url,
+            headers=FORM,
+            data=f"{urlencode(form)}&{self._app_form}".encode(),
+            what="LWA token request failed",
+            service="lwa",
+        )
+        return parse_token_response(reply)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 import httpx
 
 from discoveryctl.errors import ProviderError, SellerAuthorizationRevoked, TransientProviderError
@@ -11,10 +12,9 @@ from discoveryctl.providers.amazon import (
     AmazonApp,
     excerpt,
     json_object,
-    pool_limits,
     retry_after,
-    transport_failure,
 )
+from discoveryctl.providers.async_http import Reply, open_session, send, transport_failure
 
 # SP-API: the seller check. `GET /sellers/v1/marketplaceParticipations` (sellers.json in
 # amzn/selling-partner-api-models; usage plan 0.016 requests a second, burst 15) answers 401,
@@ -24,7 +24,7 @@ PARTICIPATIONS_PATH = "/sellers/v1/marketplaceParticipations"
 _REVOKED_WORDS = ("revoked", "invalid")
 
 
-def parse_participations(response: httpx.Response) -> int:
+def parse_participations(response: Reply) -> int:
     """How many marketplaces the seller participates in, or the classified error."""
     status = response.status_code
     body = json_object(response, "SP-API", "spapi")
@@ -98,7 +98,7 @@ class SpApiClient:
 
 
 class AsyncSpApiClient:
-    """``SpApiClient`` for many sellers at once (``refresh-all --verify``)."""
+    """``SpApiClient`` for many sellers at once (``refresh-all --verify``), over aiohttp."""
 
     def __init__(
         self,
@@ -107,27 +107,25 @@ class AsyncSpApiClient:
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         connections: int = 64,  # pragma: no mutate  (pool size: speed, not answers)
     ) -> None:
-        from httpx_aiohttp import HttpxAiohttpClient
-
         self.app = app
-        limits = pool_limits(connections)
-        self._http = HttpxAiohttpClient(timeout=timeout, limits=limits)
+        self._session: aiohttp.ClientSession = open_session(timeout, connections)
 
     async def __aenter__(self) -> AsyncSpApiClient:
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        await self._http.aclose()
+        await self._session.close()
 
     async def marketplace_participations(self, region: str, access_token: str) -> int:
-        try:
-            response = await self._http.get(
-                # Mutation testing: the sandbox stands in for every region through
-                # AMAZON_SPAPI_URL, so no test here tells regions apart (AmazonApp.spapi's
-                # per-region hosts are tested on their own); header names are case-insensitive.
-                self.app.spapi(region) + PARTICIPATIONS_PATH,  # pragma: no mutate
-                headers={"x-amz-access-token": access_token},  # pragma: no mutate
-            )
-        except httpx.HTTPError as error:
-            raise transport_failure(error, "SP-API request failed", "spapi") from None
-        return parse_participations(response)
+        reply = await send(
+            self._session,
+            "GET",
+            # Mutation testing: the sandbox stands in for every region through
+            # AMAZON_SPAPI_URL, so no test here tells regions apart (AmazonApp.spapi's
+            # per-region hosts are tested on their own); header names are case-insensitive.
+            self.app.spapi(region) + PARTICIPATIONS_PATH,  # pragma: no mutate
+            headers={"x-amz-access-token": access_token},  # pragma: no mutate
+            what="SP-API request failed",
+            service="spapi",
+        )
+        return parse_participations(reply)
