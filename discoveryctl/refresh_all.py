@@ -48,7 +48,7 @@ from discoveryctl.refresh import (
     verdict,
     with_async_retries,
 )
-from discoveryctl.seller_check import CHECKED, record_check
+from discoveryctl.seller_check import CHECKED, allowance, record_check
 
 DEFAULT_MAX_AGE = timedelta(hours=24)
 DEFAULT_CONCURRENCY = 32
@@ -63,6 +63,7 @@ class Due:
     refresh_token: str  # encrypted, as stored
     authorized_at: datetime
     region: str
+    may_check: bool = False  # --verify: one SP-API check taken from the seller's allowance
 
 
 @dataclass
@@ -125,6 +126,8 @@ def _due_query(now: datetime, margin: timedelta, max_age: timedelta, force: bool
             credential.c.refresh_token,
             credential.c.authorized_at,
             credential.c.region,
+            credential.c.check_allowance,
+            credential.c.check_allowance_at,
         )
         .join(integration, integration.c.id == credential.c.integration_id)
         .where(_due_filter(now, margin, max_age, force))
@@ -141,7 +144,9 @@ def due_now(
 ) -> list[Due]:
     """Every authorization a run would refresh now (``--dry-run``), claiming nothing."""
     rows = session.execute(_due_query(utcnow(), margin, max_age, force))
-    return [Due(*row) for row in rows]
+    return [
+        Due(row.id, row.user_id, row.refresh_token, row.authorized_at, row.region) for row in rows
+    ]
 
 
 def claim_batch(
@@ -154,9 +159,11 @@ def claim_batch(
     margin: timedelta = DEFAULT_MARGIN,
     max_age: timedelta = DEFAULT_MAX_AGE,
     force: bool = False,
+    checks: bool = False,
 ) -> list[Due]:
     """Take the lease on up to ``limit`` due authorizations past credential id ``after``
-    (a run walks the table once, in id order, and never comes back), atomically."""
+    (a run walks the table once, in id order, and never comes back), atomically; with
+    ``checks``, also one SP-API check from the allowance of each seller that has one."""
     now = utcnow()
     credential = table_of(Credential)
     query = _due_query(now, margin, max_age, force).where(credential.c.id > after).limit(limit)
@@ -164,12 +171,28 @@ def claim_batch(
         query = query.with_for_update(skip_locked=True, of=credential)
     else:
         lock_for_writing(session, "refresh-claim")  # SQLite: one claimer at a time
-    claimed = [Due(*row) for row in session.execute(query)]
+    claimed: list[Due] = []
+    spent: list[dict[str, Any]] = []
+    for row in session.execute(query):
+        left = allowance(row.check_allowance, row.check_allowance_at, now)
+        may_check = checks and left >= 1.0
+        if may_check:
+            spent.append({"row_id": row.id, "left": left - 1.0, "now": now})
+        claimed.append(
+            Due(row.id, row.user_id, row.refresh_token, row.authorized_at, row.region, may_check)
+        )
     if claimed:
         session.execute(
             sa.update(credential)
             .where(credential.c.id.in_([due.credential_id for due in claimed]))
             .values(lease_owner=owner, lease_expires_at=now + lease)
+        )
+    if spent:
+        session.execute(
+            sa.update(credential)
+            .where(credential.c.id == sa.bindparam("row_id"))
+            .values(check_allowance=sa.bindparam("left"), check_allowance_at=sa.bindparam("now")),
+            spent,
         )
     return claimed
 
@@ -192,6 +215,7 @@ class Answer:
     verdict: Verdict | None = None
     tries: tuple[Attempt, ...] = ()
     checked: bool = False  # --verify: the SP-API took the new token
+    paced: bool = False  # --verify: not checked, the seller's allowance being spent
     check_error: ProviderError | None = None  # --verify: what the SP-API said instead
 
 
@@ -246,6 +270,8 @@ async def _refresh_one(
             return Answer(due, verdict=decided, tries=tuple(tries))
         if spapi is None:
             return Answer(due, grant=grant, tries=tuple(tries))
+        if not due.may_check:  # the seller's SP-API allowance is spent: not called
+            return Answer(due, grant=grant, tries=tuple(tries), paced=True)
         try:
             await with_async_retries(
                 lambda: spapi.marketplace_participations(due.region, grant.access_token)
@@ -286,6 +312,9 @@ def _record(
     events.record_all(session, checked)  # last_synced_at was set with the refresh
     if checked:
         summary.checks["ok"] += len(checked)
+    paced = sum(1 for a in answers if a.paced)
+    if paced:
+        summary.checks["paced"] += paced
     for answer in answers:
         refused = answer.verdict is not None and answer.verdict.outcome in (
             Outcome.revoked,
@@ -480,6 +509,7 @@ async def _run(
                         margin=margin,
                         max_age=max_age,
                         force=force,
+                        checks=spapi is not None,
                     )
                     if batch:
                         walked = batch[-1].credential_id

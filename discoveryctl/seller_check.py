@@ -6,19 +6,25 @@ A refresh only proves LWA still hands out tokens; the check proves the SP-API ta
   gone, recorded as a revocation (the seller is told how to reconnect);
 - throttling, 5xx, timeouts: a counted transient failure, status unchanged;
 - any other 403 (or an answer nobody planned for): recorded as an event, not acted on.
+
+Checks are paced to the call's usage plan, per seller: each spends one call of the
+seller's allowance (a token bucket stored with the credential), and a seller with none left
+is not called ("paced"), whoever asks: ``check``, or ``refresh-all --verify``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from discoveryctl import events
 from discoveryctl.crypto import Vault
-from discoveryctl.db.engine import SessionScope
-from discoveryctl.db.models import IntegrationStatus
+from discoveryctl.db.engine import SessionScope, lock_for_writing
+from discoveryctl.db.models import Credential, IntegrationStatus, utcnow
 from discoveryctl.errors import ProviderError, SellerAuthorizationRevoked, TransientProviderError
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.health import Provider, Status, reconnect_url
@@ -35,6 +41,50 @@ from discoveryctl.refresh import (
 
 CHECKED = "seller_checked"
 CHECK_FAILED = "seller_check_failed"
+
+# getMarketplaceParticipations' usage plan: 0.016 requests a second with a burst of 15, per
+# selling partner and application (sellers.json in amzn/selling-partner-api-models; SP-API
+# "Usage Plans and Rate Limits": a token bucket of that rate and size).
+CHECK_RATE = 0.016
+"""Seller checks a second the allowance grows by."""
+CHECK_BURST = 15.0
+"""The most checks a seller's allowance holds (a seller never checked has them all)."""
+
+
+def allowance(left: float | None, as_of: datetime | None, now: datetime) -> float:
+    """The checks a seller may make at ``now``: what was ``left`` at ``as_of``, grown at
+    ``CHECK_RATE`` since, at most ``CHECK_BURST``; never checked: ``CHECK_BURST``."""
+    if left is None or as_of is None:
+        return CHECK_BURST
+    grown = max((now - as_of).total_seconds(), 0.0) * CHECK_RATE
+    return min(CHECK_BURST, left + grown)
+
+
+def seconds_until_check(left: float) -> float:
+    """How long until an allowance of ``left`` holds one whole check."""
+    return max(0.0, (1.0 - left) / CHECK_RATE)
+
+
+def spend_check(credential: Credential, now: datetime) -> float | None:
+    """Spend one check of ``credential``'s allowance (the caller holds its row lock):
+    ``None`` when spent, else the seconds until one is there (nothing spent)."""
+    left = allowance(credential.check_allowance, credential.check_allowance_at, now)
+    if left < 1.0:
+        return seconds_until_check(left)
+    credential.check_allowance = left - 1.0
+    credential.check_allowance_at = now
+    return None
+
+
+def _take_check(session: Session, credential_id: int) -> float | None:
+    """``spend_check`` on the credential's row, locked and read afresh."""
+    if session.get_bind().dialect.name == "sqlite":
+        lock_for_writing(session, "integration")
+    credential = session.get(
+        Credential, credential_id, with_for_update=True, populate_existing=True
+    )
+    assert credential is not None  # the caller found it in this process a moment ago
+    return spend_check(credential, utcnow())
 
 
 @dataclass(frozen=True)
@@ -64,6 +114,16 @@ def check_seller(
     with session_scope() as session:
         _, credential = find(session, user_id)
         region = credential.region
+        wait = _take_check(session, credential.id)
+    if wait is not None:
+        return Checked(
+            user_id,
+            "paced",
+            message=(
+                "not checked: the SP-API allows each seller this call about once a minute "
+                f"(bursts of {CHECK_BURST:g}); the next is possible in {math.ceil(wait)} s"
+            ),
+        )
     try:
         count = with_retries(lambda: spapi.marketplace_participations(region, token))
     except ProviderError as error:

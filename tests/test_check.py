@@ -3,6 +3,7 @@ sync; a revoked token revokes; a 403 that says nothing is recorded, not acted on
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +104,73 @@ def test_without_a_user_every_active_seller_is_checked(
     assert outcomes == {"u0": "ok", "u1": "revoked", "u2": "ok"}  # found by its refresh
     statuses = {r["user_id"]: r["status"] for r in cli("status", "--json").json()}
     assert statuses == {"u0": "active", "u1": "revoked", "u2": "active"}
+
+
+def participation_calls(sandbox: Sandbox) -> int:
+    requests = sandbox.state.stats()["requests"]
+    return sum(n for route, n in requests.items() if "marketplaceParticipations" in route)
+
+
+U0_ALLOWANCE = (
+    "SELECT c.check_allowance FROM credentials c JOIN integration_status i"
+    " ON i.id = c.integration_id WHERE i.user_id = 'u0'"
+)
+
+
+def set_allowance(db: Any, left: float, seconds_ago: float) -> None:
+    """Every credential's SP-API check allowance: ``left`` checks, ``seconds_ago``."""
+    from datetime import UTC, datetime, timedelta
+
+    import sqlalchemy as sa
+
+    from discoveryctl.db.models import Credential, table_of
+
+    moment = datetime.now(UTC) - timedelta(seconds=seconds_ago)
+    with db.engine.begin() as connection:
+        connection.execute(
+            sa.update(table_of(Credential)).values(check_allowance=left, check_allowance_at=moment)
+        )
+
+
+def test_checks_follow_the_usage_plan_a_burst_of_15_then_one_a_minute(
+    db: Any, cli: Any, sandbox: Sandbox, sellers: Any
+) -> None:
+    for _ in range(15):  # a seller never checked has the whole burst
+        assert cli("check", "amazon", "--user", "u0", "--json").json()[0]["outcome"] == "ok"
+    result = cli("check", "amazon", "--user", "u0", "--json")
+    assert result.exit_code == 0  # paced is not a seller needing attention
+    (paced,) = result.json()
+    assert paced["outcome"] == "paced"
+    # one check grows back in 1 / 0.016 = 62.5 s, less what the 15 checks took
+    wait = re.search(r"possible in (\d+) s$", paced["message"])
+    assert wait is not None and 40 <= int(wait.group(1)) <= 63
+    assert participation_calls(sandbox) == 15
+    set_allowance(db, 0.0, seconds_ago=60)  # 0.96 of a check grown back: not yet
+    assert cli("check", "amazon", "--user", "u0", "--json").json()[0]["outcome"] == "paced"
+    set_allowance(db, 0.0, seconds_ago=63)  # 1.008
+    assert cli("check", "amazon", "--user", "u0", "--json").json()[0]["outcome"] == "ok"
+    assert participation_calls(sandbox) == 16
+    (left,) = db.rows(U0_ALLOWANCE)
+    assert left["check_allowance"] == pytest.approx(0.008, abs=0.03)  # 2 s of slack
+    set_allowance(db, 14.5, seconds_ago=3600)  # an hour's growth still stops at the burst
+    assert cli("check", "amazon", "--user", "u0", "--json").json()[0]["outcome"] == "ok"
+    (left,) = db.rows(U0_ALLOWANCE)
+    assert left["check_allowance"] == pytest.approx(14.0)  # 15 at most, less one
+
+
+def test_refresh_all_verify_spends_the_same_allowance(
+    db: Any, cli: Any, sandbox: Sandbox, sellers: Any
+) -> None:
+    set_allowance(db, 0.5, seconds_ago=0)  # every seller: half a check left
+    result = cli("refresh-all", "--verify", "--force", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = result.json()
+    assert summary["outcomes"]["refreshed"] == 3
+    assert summary["checks"] == {"paced": 3}
+    assert participation_calls(sandbox) == 0
+    set_allowance(db, 1.0, seconds_ago=0)
+    summary = cli("refresh-all", "--verify", "--force", "--json").json()
+    assert summary["checks"] == {"ok": 3}
+    assert participation_calls(sandbox) == 3
+    rows = db.rows("SELECT check_allowance FROM credentials")
+    assert [r["check_allowance"] for r in rows] == [pytest.approx(0.0, abs=0.01)] * 3

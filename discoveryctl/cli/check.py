@@ -28,7 +28,9 @@ def check(
 
     An answer marks the seller in sync; 401, or 403 saying the token is revoked or invalid,
     marks it revoked (the seller is told how to reconnect); any other 403 is recorded only.
-    Exit 1 if any seller needs attention.
+    Checks follow the call's SP-API usage plan per seller (about one a minute, bursts of
+    15): a seller checked too often is "paced", not called. Exit 1 if any seller needs
+    attention (a paced seller does not).
 
     Example: discoveryctl check amazon --user seller-42
     """
@@ -87,7 +89,7 @@ def check(
                 for c in results
             ]
         )
-    attention = [c for c in results if c.outcome != "ok"]
+    attention = [c for c in results if c.outcome not in ("ok", "paced")]
     if attention:
         raise NeedsAttention(
             f"{len(attention)} seller{'s need' if len(attention) != 1 else ' needs'} attention"

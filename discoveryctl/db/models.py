@@ -101,6 +101,10 @@ class Credential(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     # After a failed refresh, not before this time (backoff between runs).
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # SP-API seller checks this authorization may still make, as of check_allowance_at (a
+    # token bucket: see seller_check.allowance); NULL: never checked, a full burst.
+    check_allowance: Mapped[float | None] = mapped_column(sa.Float)
+    check_allowance_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
