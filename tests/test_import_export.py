@@ -408,7 +408,10 @@ def test_export_over_an_existing_file_makes_it_private(db: Any, cli: Any, tmp_pa
 def test_progress_is_logged_as_json_when_not_on_a_terminal(
     db: Any, cli: Any, tmp_path: Path
 ) -> None:
-    source = write_lines(tmp_path / "s.jsonl", *[stripe_line(f"u{i}") for i in range(1200)])
+    from discoveryctl.integrations.transfer import BATCH_SIZE
+
+    lines = [stripe_line(f"u{i}") for i in range(2 * BATCH_SIZE + 200)]
+    source = write_lines(tmp_path / "s.jsonl", *lines)
     result = cli("import", str(source))
     assert result.exit_code == 0
     progress = [
@@ -416,7 +419,7 @@ def test_progress_is_logged_as_json_when_not_on_a_terminal(
         for line in result.stderr.splitlines()
         if line.startswith("{") and '"progress"' in line
     ]
-    assert [p["task"] for p in progress] == ["import"] * 3  # one per batch of 500
+    assert [p["task"] for p in progress] == ["import"] * 3  # one per batch
     assert progress[-1]["done"] == progress[-1]["total"] == source.stat().st_size
 
 

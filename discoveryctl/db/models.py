@@ -4,6 +4,7 @@ apart in ``credentials``, encrypted."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +25,22 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         return value.astimezone(UTC)
+
+    def bind_processor(self, dialect: sa.Dialect) -> Callable[[Any], Any] | None:
+        """On SQLite, ``process_bind_param`` and SQLAlchemy's text form of a DATETIME
+        ("YYYY-MM-DD HH:MM:SS.ffffff", UTC) in one step: its own formatter builds a dict for
+        every value, a tenth of a 100,000-line import's time."""
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value: datetime | None) -> str | None:
+            if value is None or value.tzinfo is not UTC:  # UTC already: the usual case
+                value = self.process_bind_param(value, dialect)
+                if value is None:
+                    return None
+            return value.isoformat(" ", "microseconds")[:-6]  # without "+00:00"
+
+        return process
 
     def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:

@@ -42,7 +42,7 @@ from discoveryctl.integrations.health import Provider, Region, Status
 from discoveryctl.logging import get_logger
 from discoveryctl.user_ids import refusal_of, valid_user_id
 
-BATCH_SIZE = 500
+BATCH_SIZE = 2000
 BATCH_ATTEMPTS = 3
 MAX_LINE_BYTES = 64 * 1024
 
