@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from discoveryctl import events, notifications
 from discoveryctl.credentials import for_integration
 from discoveryctl.crypto import Vault
-from discoveryctl.db.engine import SessionScope, lock_for_writing
+from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
 from discoveryctl.db.models import (
     Credential,
     IntegrationStatus,
@@ -368,7 +368,7 @@ def access_token(
                     f"reconnect at {url}",
                     error_type=f"oauth_token_{integration.status}",
                 )
-            taken = claim(session, credential.id, owner, utcnow())
+            taken = claim(session, credential.id, owner, database_now(session))
         if taken:
             done = _refresh_leased(
                 session_scope, vault, lwa, user_id, credential.id, owner, frontend_url=frontend_url
@@ -454,7 +454,7 @@ def _take_lease(session_scope: SessionScope, user_id: str, owner: str, wait: flo
     while True:
         with session_scope() as session:
             _, credential = find(session, user_id)
-            if claim(session, credential.id, owner, utcnow()):
+            if claim(session, credential.id, owner, database_now(session)):
                 return credential.id
         if time.monotonic() >= deadline:
             raise TransientProviderError(

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from discoveryctl import events, notifications
 from discoveryctl.crypto import Vault
-from discoveryctl.db.engine import SessionScope, lock_for_writing
+from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
 from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
 from discoveryctl.errors import DiscoveryError, ProviderError
 from discoveryctl.integrations.health import Provider, Status
@@ -164,7 +164,7 @@ def claim_batch(
     """Take the lease on up to ``limit`` due authorizations past credential id ``after``
     (a run walks the table once, in id order, and never comes back), atomically; with
     ``checks``, also one SP-API check from the allowance of each seller that has one."""
-    now = utcnow()
+    now = database_now(session)
     credential = table_of(Credential)
     query = _due_query(now, margin, max_age, force).where(credential.c.id > after).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
@@ -357,7 +357,7 @@ def _extend_leases(session_scope: SessionScope, owner: str, lease: timedelta) ->
         session.execute(
             sa.update(credential)
             .where(credential.c.lease_owner == owner)
-            .values(lease_expires_at=utcnow() + lease)
+            .values(lease_expires_at=database_now(session) + lease)
         )
 
 

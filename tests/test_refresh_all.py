@@ -368,3 +368,33 @@ def test_the_deadline_bounds_calls_in_flight(
     assert result.json()["deadlineReached"] is True
     assert took < 8
     assert leases_held(db) == 0
+
+
+def test_leases_are_timed_by_the_database_clock(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    """Several machines over one PostgreSQL: one whose clock runs ten minutes ahead does not
+    take the leases another run holds, and takes them once they have run out."""
+    if db.kind != "postgres":
+        pytest.skip("a SQLite database lives on one machine, whose clock is the database's")
+    from datetime import UTC, datetime, timedelta
+
+    import time_machine
+
+    from discoveryctl.db.engine import Database
+    from discoveryctl.refresh_all import claim_batch
+
+    import_sellers(cli, amazon, tmp_path, 3)
+    database = Database(db.url)
+    try:
+        with database.session() as session:
+            claimed = claim_batch(session, "run-a", 10, force=True, lease=timedelta(seconds=2))
+        assert len(claimed) == 3
+        with time_machine.travel(datetime.now(UTC) + timedelta(minutes=10)):
+            with database.session() as session:
+                assert claim_batch(session, "run-b", 10, force=True) == []
+            time.sleep(2.5)  # run A's lease runs out, by the database's clock
+            with database.session() as session:
+                assert len(claim_batch(session, "run-b", 10, force=True)) == 3
+    finally:
+        database.dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,17 @@ def lock_for_writing(session: Session, name: str) -> None:
     first in the transaction.
     """
     lock_connection(session.connection(), name)
+
+
+def database_now(session: Session) -> datetime:
+    """The clock every process agrees on, for leases: PostgreSQL's (several machines over one
+    database may disagree by minutes, and a lease read by a clock running ahead looks
+    expired); a SQLite database lives on one machine, whose clock is this one."""
+    if session.get_bind().dialect.name == "postgresql":
+        moment = session.scalar(sa.select(sa.func.statement_timestamp()))
+        assert isinstance(moment, datetime)
+        return moment.astimezone(UTC)
+    return datetime.now(UTC)
 
 
 def lock_connection(connection: sa.Connection, name: str) -> None:
