@@ -63,6 +63,12 @@ def entry(
     }
 
 
+def add_all(session: Session, entries: Sequence[dict[str, Any]]) -> None:
+    """Append many events (rows from ``entry``) with the session's next flush, in order with
+    the others it adds (``record``): written together, not one statement each."""
+    session.add_all([Event(**row) for row in entries])
+
+
 def record_all(session: Session, entries: Sequence[dict[str, Any]]) -> None:
     """Append many events (rows from ``entry``) with one statement."""
     if entries:

@@ -2,11 +2,16 @@
 
 A notification stays open until the condition behind it resolves (a reconnect, a recovery);
 while it is open, the same condition does not notify again.
+
+``batched`` lets a whole batch of sellers (refresh-all) be notified with one query for the
+open notifications and one write for the new ones, by the same rules as ``notify``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,7 +47,12 @@ def notify(
     Returns the open notification and whether it was created now.
     """
     key = key or dedupe_key(kind, provider, user_id)
-    existing = _open(session, key)
+    batch: _Batch | None = session.info.get(_BATCH)
+    if batch is not None and user_id in batch.users:
+        existing = batch.open.get(key)
+    else:
+        batch = None
+        existing = _open(session, key)
     if existing is not None:
         return existing, False
     notification = Notification(
@@ -56,6 +66,10 @@ def notify(
         dedupe_key=key,
         created_at=utcnow(),
     )
+    if batch is not None:  # written with the batch's others when it ends
+        batch.open[key] = notification
+        batch.new.append(notification)
+        return notification, True
     try:
         with session.begin_nested():
             session.add(notification)
@@ -63,20 +77,99 @@ def notify(
         found = _open(session, key)
         assert found is not None
         return found, False
+    _record_created(session, notification)
+    return notification, True
+
+
+def _record_created(session: Session, notification: Notification) -> None:
     events.record(
         session,
         "notification_created",
-        user_id=user_id,
-        provider=provider,
-        audience=audience,
-        notification_kind=kind,
-        dedupe_key=key,
+        user_id=notification.user_id,
+        provider=notification.provider,
+        audience=notification.audience,
+        notification_kind=notification.kind,
+        dedupe_key=notification.dedupe_key,
     )
-    return notification, True
+
+
+_BATCH = "discoveryctl.notifications.batch"
+
+
+@dataclass
+class _Batch:
+    users: frozenset[str]
+    open: dict[str, Notification]  # by dedupe key: open before the batch, or created in it
+    new: list[Notification] = field(default_factory=list)
+
+
+@contextmanager
+def batched(session: Session, user_ids: Iterable[str]) -> Iterator[None]:
+    """Within it, ``notify`` for these users decides from their open notifications, read in
+    one query, and the new ones are written together when it ends (one savepoint for all,
+    not one each). Nothing is written if the block raises."""
+    users = frozenset(user_ids)
+    found = session.scalars(
+        sa.select(Notification).where(
+            Notification.user_id.in_(sorted(users)), Notification.resolved_at.is_(None)
+        )
+    ).all()
+    batch = _Batch(users, {n.dedupe_key: n for n in found})
+    session.info[_BATCH] = batch
+    try:
+        yield
+    finally:
+        del session.info[_BATCH]
+    _write_new(session, batch.new)
+
+
+def _write_new(session: Session, new: list[Notification]) -> None:
+    if not new:
+        return
+    try:
+        with session.begin_nested():
+            session.add_all(new)
+        created = new
+    except exc.IntegrityError:
+        # Another process opened one of the same notifications meanwhile: one at a time, as
+        # notify does, each skipped if it is already open.
+        created = []
+        for notification in new:
+            again = _copy(notification)
+            try:
+                with session.begin_nested():
+                    session.add(again)
+            except exc.IntegrityError:
+                continue
+            created.append(again)
+    for notification in created:
+        _record_created(session, notification)
+
+
+def _copy(notification: Notification) -> Notification:
+    """A fresh row with ``notification``'s content (one rolled back with a savepoint is
+    expunged from the session)."""
+    return Notification(
+        audience=notification.audience,
+        kind=notification.kind,
+        title=notification.title,
+        message=notification.message,
+        user_id=notification.user_id,
+        provider=notification.provider,
+        detail=notification.detail,
+        dedupe_key=notification.dedupe_key,
+        created_at=notification.created_at,
+    )
 
 
 def resolve(session: Session, key: str) -> int:
     """Close the open notification with this dedupe key, if any."""
+    batch: _Batch | None = session.info.get(_BATCH)
+    if batch is not None:
+        opened = batch.open.pop(key, None)
+        if opened is not None and opened in batch.new:  # opened in this batch, not yet written
+            opened.resolved_at = utcnow()
+            return 1
     result = session.execute(
         sa.update(Notification)
         .where(Notification.dedupe_key == key, Notification.resolved_at.is_(None))

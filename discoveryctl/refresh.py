@@ -651,11 +651,13 @@ def record_failure(
     *,
     frontend_url: str,
     tries: Sequence[Attempt] = (),
+    found: tuple[IntegrationStatus, Credential] | None = None,
 ) -> Refresh:
-    """A refresh that failed, recorded as its verdict says, with an event for each try."""
+    """A refresh that failed, recorded as its verdict says, with an event for each try;
+    ``found``: the seller's integration and credential, already read and locked."""
     now = utcnow()
-    integration, credential = find(session, user_id, for_update=True)
-    events.record_all(
+    integration, credential = found or find(session, user_id, for_update=True)
+    events.add_all(
         session,
         [
             *retried_events(user_id, tries),
@@ -699,6 +701,47 @@ def record_failure(
         message=decided.message,
         reconnect_url=url,
     )
+
+
+def record_failures(
+    session: Session,
+    failures: Sequence[tuple[str, Verdict, Sequence[Attempt]]],
+    *,
+    frontend_url: str,
+) -> list[Refresh]:
+    """Many failed refreshes (user id, verdict, tries), each as ``record_failure`` decides:
+    the integrations and credentials read and locked in two queries, the notifications
+    decided together (``notifications.batched``), everything written in one flush."""
+    if not failures:
+        return []
+    users = [user_id for user_id, _, _ in failures]
+    integrations = lifecycle.find_all(session, users, Provider.amazon, for_update=True)
+    credentials = {
+        credential.integration_id: credential
+        for credential in session.scalars(
+            sa.select(Credential).where(
+                Credential.integration_id.in_([i.id for i in integrations.values()])
+            )
+        )
+    }
+    done = []
+    with notifications.batched(session, users):
+        for user_id, decided, tries in failures:
+            integration = integrations.get(user_id)
+            credential = None if integration is None else credentials.get(integration.id)
+            if integration is None or credential is None:
+                continue  # removed since it was claimed: nothing left to record on
+            done.append(
+                record_failure(
+                    session,
+                    user_id,
+                    decided,
+                    frontend_url=frontend_url,
+                    tries=tries,
+                    found=(integration, credential),
+                )
+            )
+    return done
 
 
 def _warn_before_expiry(

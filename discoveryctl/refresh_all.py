@@ -43,7 +43,7 @@ from discoveryctl.refresh import (
     Verdict,
     new_owner,
     news_only,
-    record_failure,
+    record_failures,
     record_refreshes,
     verdict,
     with_async_retries,
@@ -285,12 +285,16 @@ async def _refresh_one(
     return Answer(due, grant=grant, tries=tuple(tries), checked=True)
 
 
-def _same_refresh_token(session: Session, due: Due) -> bool:
+def _replaced_since(session: Session, answers: list[Answer]) -> set[int]:
+    """Which of these answers' credentials hold another refresh token than the one sent."""
     credential = table_of(Credential)
-    stored = session.scalar(
-        sa.select(credential.c.refresh_token).where(credential.c.id == due.credential_id)
+    sent = {a.due.credential_id: a.due.refresh_token for a in answers}
+    if not sent:
+        return set()
+    stored = session.execute(
+        sa.select(credential.c.id, credential.c.refresh_token).where(credential.c.id.in_(sent))
     )
-    return stored == due.refresh_token
+    return {row.id for row in stored if row.refresh_token != sent[row.id]}
 
 
 def _record(
@@ -316,26 +320,28 @@ def _record(
     if paced:
         summary.checks["paced"] += paced
     for answer in answers:
-        refused = answer.verdict is not None and answer.verdict.outcome in (
-            Outcome.revoked,
-            Outcome.expired,
-        )
-        if refused and not _same_refresh_token(session, answer.due):
-            continue  # LWA refused a token that has been replaced since: no verdict on anyone
         if answer.check_error is not None:
             outcome = record_check(
                 session, answer.due.user_id, answer.check_error, frontend_url=frontend_url
             )
             summary.checks[outcome] += 1
-        if answer.verdict is not None and answer.verdict.outcome != Outcome.app_rejected:
-            record_failure(
-                session,
-                answer.due.user_id,
-                answer.verdict,
-                frontend_url=frontend_url,
-                tries=answer.tries,
-            )
-            summary.outcomes[answer.verdict.outcome] += 1
+    failed = [
+        a for a in answers if a.verdict is not None and a.verdict.outcome != Outcome.app_rejected
+    ]
+    refused = [a for a in failed if a.verdict is not None and a.verdict.outcome in REFUSED]
+    # LWA refused a token that has been replaced since (a reconnect meanwhile): no verdict
+    stale = _replaced_since(session, refused)
+    failures = [
+        (a.due.user_id, a.verdict, a.tries)
+        for a in failed
+        if a.verdict is not None and a.due.credential_id not in stale
+    ]
+    for _, decided, _ in failures:
+        summary.outcomes[decided.outcome] += 1
+    record_failures(session, failures, frontend_url=frontend_url)
+
+
+REFUSED = (Outcome.revoked, Outcome.expired)
 
 
 def _still_held(session: Session, owner: str, ids: list[int]) -> set[int]:

@@ -398,3 +398,96 @@ def test_leases_are_timed_by_the_database_clock(
                 assert len(claim_batch(session, "run-b", 10, force=True)) == 3
     finally:
         database.dispose()
+
+
+def test_a_batch_of_failures_notifies_each_seller_once(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    """The failures of one batch are written together: a revoked seller is told how to
+    reconnect, a third failure in a row alerts the admins, a fourth does not again."""
+    from helpers import fail_transiently
+
+    known = import_sellers(cli, amazon, tmp_path, 3)
+    amazon.state.revoke(known[0].selling_partner_id)
+    for seller in known[1:]:
+        amazon.state.set_behaviour(seller.selling_partner_id, "flaky", status=503)
+    fail_transiently(db.url, "u1", 2)
+    fail_transiently(db.url, "u2", 3)  # already alerted
+    result = cli("refresh-all", "--force", "--json")
+    assert result.exit_code == 1
+    assert result.json()["outcomes"] | {"refreshed": 0} == {
+        "refreshed": 0,
+        "revoked": 1,
+        "expired": 0,
+        "failed": 2,
+        "app_rejected": 0,
+    }
+    (lost,) = cli("notifications", "--json").json()
+    assert (lost["user_id"], lost["kind"]) == ("u0", "connection_lost")
+    assert lost["detail"]["reconnectUrl"].endswith("userId=u0")
+    alerts = cli("notifications", "--admin", "--json").json()
+    assert sorted((a["user_id"], a["kind"]) for a in alerts) == [
+        ("u1", "repeated_failures"),
+        ("u2", "repeated_failures"),
+    ]
+    rows = {r["user_id"]: r for r in cli("status", "--json").json()}
+    assert rows["u0"]["status"] == "revoked"
+    assert [rows[u]["metadata"]["consecutive_failures"] for u in ("u1", "u2")] == [3, 4]
+    created = db.rows("SELECT user_id FROM events WHERE kind = 'notification_created'")
+    assert sorted(r["user_id"] for r in created) == ["u0", "u1", "u2"]  # u2's before the run
+
+
+def test_a_notification_opened_meanwhile_is_not_opened_twice(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    """Another process opens one of a batch's notifications between its read and its write:
+    the batch writes the others, and that one stays single."""
+    if db.kind != "postgres":
+        pytest.skip("SQLite's write lock keeps every other writer out of the batch")
+    import sqlalchemy as sa
+
+    from discoveryctl import notifications
+    from discoveryctl.db.engine import Database
+    from discoveryctl.integrations.health import message_for
+    from discoveryctl.refresh import Outcome, Verdict, record_failures
+
+    import_sellers(cli, amazon, tmp_path, 2)
+    database, other = Database(db.url), Database(db.url)
+    revoked = Verdict(Outcome.revoked, "oauth_token_revoked", "LWA refused the grant")
+    opened: list[str] = []
+
+    def open_u1_first(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if opened or not statement.startswith("INSERT INTO notifications"):
+            return
+        opened.append("u1")
+        with other.session() as session:  # its own connection, committed at once
+            notifications.notify(
+                session,
+                audience=notifications.USER,
+                kind="connection_lost",
+                title="Amazon connection lost",
+                message="opened by another process",
+                user_id="u1",
+                provider="amazon",
+            )
+
+    try:
+        with database.session() as session:
+            sa.event.listen(session.connection(), "before_cursor_execute", open_u1_first)
+            done = record_failures(
+                session,
+                [("u0", revoked, ()), ("u1", revoked, ())],
+                frontend_url="http://localhost:3000",
+            )
+        assert [d.outcome for d in done] == ["revoked", "revoked"]
+    finally:
+        database.dispose()
+        other.dispose()
+    assert opened == ["u1"]
+    notes = db.rows("SELECT user_id, message FROM notifications WHERE kind = 'connection_lost'")
+    assert sorted((n["user_id"], n["message"]) for n in notes) == [
+        ("u0", message_for("amazon", "revoked")),
+        ("u1", "opened by another process"),
+    ]
+    created = db.rows("SELECT user_id FROM events WHERE kind = 'notification_created'")
+    assert sorted(r["user_id"] for r in created) == ["u0", "u1"]  # u1's by the other process
