@@ -94,14 +94,11 @@ class Summary:
         }
 
 
-def _due_filter(now: datetime, margin: timedelta, max_age: timedelta, force: bool) -> Any:
-    credential, integration = table_of(Credential), table_of(IntegrationStatus)
+def _credential_due(now: datetime, margin: timedelta, max_age: timedelta, force: bool) -> Any:
+    """What makes a credential due, on its own row: no live lease, no backoff to wait out,
+    and an access token about to expire (or none), or a last refresh too long ago."""
+    credential = table_of(Credential)
     conditions: list[Any] = [
-        # Wrapped so that no planner walks integration_status's (provider, status) index,
-        # every active seller for every batch: the walk goes along credentials' primary key
-        # from where the last batch ended, and stops at the batch's size.
-        sa.func.coalesce(integration.c.status, "") == Status.active,
-        sa.func.coalesce(integration.c.provider, "") == Provider.amazon,
         sa.or_(credential.c.lease_expires_at.is_(None), credential.c.lease_expires_at <= now),
     ]
     if not force:
@@ -130,7 +127,11 @@ def _due_query(now: datetime, margin: timedelta, max_age: timedelta, force: bool
             credential.c.check_allowance_at,
         )
         .join(integration, integration.c.id == credential.c.integration_id)
-        .where(_due_filter(now, margin, max_age, force))
+        .where(
+            _credential_due(now, margin, max_age, force),
+            integration.c.status == Status.active,
+            integration.c.provider == Provider.amazon,
+        )
         .order_by(credential.c.id)
     )
 
@@ -166,20 +167,36 @@ def claim_batch(
     ``checks``, also one SP-API check from the allowance of each seller that has one."""
     now = database_now(session)
     credential = table_of(Credential)
-    query = _due_query(now, margin, max_age, force).where(credential.c.id > after).limit(limit)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=credential)
-    else:
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if not postgres:
         lock_for_writing(session, "refresh-claim")  # SQLite: one claimer at a time
+    while True:
+        # Two steps, so that no planner can turn a claim into a scan of every seller (a
+        # join ordered by id, 130 ms a batch at 50,000 credentials on PostgreSQL): walk the
+        # credentials' primary key from ``after`` for the next due ids, then lock those
+        # whose integration is active.
+        walk = (
+            sa.select(credential.c.id)
+            .where(credential.c.id > after, _credential_due(now, margin, max_age, force))
+            .order_by(credential.c.id)
+            .limit(limit)
+        )
+        ids = list(session.scalars(walk))
+        if not ids:
+            return []
+        rows = _take(session, ids, postgres)
+        if rows:
+            break
+        after = ids[-1]  # none of these could be taken: walk on
     claimed: list[Due] = []
     spent: list[dict[str, Any]] = []
-    for row in session.execute(query):
+    for row, user_id in rows:
         left = allowance(row.check_allowance, row.check_allowance_at, now)
         may_check = checks and left >= 1.0
         if may_check:
             spent.append({"row_id": row.id, "left": left - 1.0, "now": now})
         claimed.append(
-            Due(row.id, row.user_id, row.refresh_token, row.authorized_at, row.region, may_check)
+            Due(row.id, user_id, row.refresh_token, row.authorized_at, row.region, may_check)
         )
     if claimed:
         session.execute(
@@ -195,6 +212,41 @@ def claim_batch(
             spent,
         )
     return claimed
+
+
+def _take(session: Session, ids: list[int], postgres: bool) -> list[tuple[Any, str]]:
+    """Of the credentials ``ids`` (due when walked), those of active Amazon integrations,
+    locked, in id order, with their user ids. Each table is read by its primary key: a join
+    here may be planned from integration_status's status index, every active seller, on a
+    table whose statistics predate an import."""
+    credential, integration = table_of(Credential), table_of(IntegrationStatus)
+    query = (
+        sa.select(
+            credential.c.id,
+            credential.c.integration_id,
+            credential.c.refresh_token,
+            credential.c.authorized_at,
+            credential.c.region,
+            credential.c.check_allowance,
+            credential.c.check_allowance_at,
+        )
+        .where(credential.c.id.in_(ids))
+        .order_by(credential.c.id)
+    )
+    if postgres:
+        query = query.with_for_update(skip_locked=True)
+    found = session.execute(query).all()
+    active = {
+        row.id: row.user_id
+        for row in session.execute(
+            sa.select(integration.c.id, integration.c.user_id).where(
+                integration.c.id.in_([row.integration_id for row in found]),
+                integration.c.status == Status.active,
+                integration.c.provider == Provider.amazon,
+            )
+        )
+    }
+    return [(row, active[row.integration_id]) for row in found if row.integration_id in active]
 
 
 def release_all(session: Session, owner: str) -> None:

@@ -589,3 +589,21 @@ def test_a_reimported_authorization_clears_failures_and_resolves_the_alerts(
     ]
     metadata = status[0]["metadata"]
     assert "consecutive_failures" not in metadata and "last_error" not in metadata
+
+
+def test_a_large_import_refreshes_the_planners_statistics(
+    db: Any, cli: Any, tmp_path: Path
+) -> None:
+    """PostgreSQL plans refresh-all's claims from table statistics: after an import of
+    thousands of rows they describe those rows, not the empty table (reltuples -1)."""
+    if db.kind != "postgres":
+        pytest.skip("SQLite keeps no planner statistics unless asked")
+    from discoveryctl.integrations.transfer import ANALYZE_AFTER
+
+    lines = [amazon_line(f"u{i}") for i in range(ANALYZE_AFTER)]
+    assert cli("import", str(write_lines(tmp_path / "s.jsonl", *lines))).exit_code == 0
+    counted = db.scalar(
+        "SELECT reltuples FROM pg_class WHERE relname = 'credentials'"
+        " AND relnamespace = current_schema()::regnamespace"
+    )
+    assert counted == ANALYZE_AFTER

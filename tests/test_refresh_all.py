@@ -491,3 +491,43 @@ def test_a_notification_opened_meanwhile_is_not_opened_twice(
     ]
     created = db.rows("SELECT user_id FROM events WHERE kind = 'notification_created'")
     assert sorted(r["user_id"] for r in created) == ["u0", "u1"]  # u1's by the other process
+
+
+def test_a_grant_is_kept_when_its_check_is_abandoned(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    """Ctrl-C while --verify waits on the SP-API (throttled, Retry-After 10 s): the grant LWA
+    made, with the new refresh token it rotated in (the old one revoked), is still stored."""
+    (seller,) = import_sellers(cli, amazon, tmp_path, 1)
+    amazon.state.set_behaviour(seller.selling_partner_id, "rotate_refresh_token", revoke_old=1)
+    amazon.state.set_behaviour(seller.selling_partner_id, "spapi_429", retry_after=10)
+    run = start("--verify", "--json")
+    deadline = time.monotonic() + 20
+    while not any("marketplaceParticipations" in r for r in amazon.state.stats()["requests"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    code = run.wait(timeout=30)
+    stdout, stderr = run.communicate()
+    assert code == 130, stderr
+    assert json.loads(stdout)["outcomes"]["refreshed"] == 1
+    amazon.state.clear_behaviour(seller.selling_partner_id)
+    again = cli("refresh", "amazon", "--user", "u0")  # with the rotated token: it works
+    assert again.exit_code == 0, again.stderr
+
+
+def test_a_claim_walks_past_sellers_it_cannot_take(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    """A whole batch's worth of revoked sellers (due by their credentials, not taken: their
+    integrations are not active) ahead of the active ones does not end the run early."""
+    from helpers import set_status
+
+    import_sellers(cli, amazon, tmp_path, 70, prefix="gone")
+    import_sellers(cli, amazon, tmp_path, 5, prefix="live")
+    for number in range(70):
+        set_status(db.url, f"gone{number}", "revoked")
+    result = cli("refresh-all", "--concurrency", "16", "--json")  # batches of 64
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["outcomes"]["refreshed"] == 5
+    assert amazon.state.stats()["grants"]["refresh_token"] == 5

@@ -248,7 +248,22 @@ def import_lines(
         if progress is not None:
             progress(len(batch))
     report.rejected.sort()
+    if report.created + report.updated >= ANALYZE_AFTER:
+        with session_scope() as session:
+            refresh_statistics(session)
     return report
+
+
+ANALYZE_AFTER = 1000
+"""Rows an import must write before it refreshes the planner's statistics."""
+
+
+def refresh_statistics(session: Session) -> None:
+    """PostgreSQL: ANALYZE the tables an import fills, so that the next query (refresh-all's
+    claims, minutes later, before autovacuum gets to it) is planned for the rows now there,
+    not for an empty table. SQLite plans without statistics unless asked: nothing to do."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("ANALYZE integration_status, credentials, stripe_customers"))
 
 
 def _batches(lines: Iterable[bytes], report: ImportReport) -> Iterator[list[tuple[int, Line]]]:
