@@ -393,7 +393,7 @@ class AsyncLwaClient:
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
         reply = await send(
             self._session,
-            "POST",
+            "POST",  # pragma: no mutate  (aiohttp upper-cases the method)
             self.app.token_url,
             headers=FORM,
             data=f"{urlencode(form)}&{self._app_form}".encode(),

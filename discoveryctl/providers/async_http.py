@@ -62,21 +62,28 @@ def open_session(timeout: httpx.Timeout, connections: int) -> aiohttp.ClientSess
     """A session of at most ``connections`` connections, all kept alive between calls, giving
     up as ``timeout`` says (connect, then each read; ``pool``: waiting for a connection).
     No cookies are kept; proxies: see ``proxy_for``."""
+    # Mutation testing: a connect that hangs, or a wait for a free connection, cannot be
+    # provoked on loopback (a closed port refuses at once), and no call lasts aiohttp's
+    # default total of 5 minutes: those timeouts are left to review. trust_env only adds
+    # aiohttp's own reading of the proxies (proxy_for reads them) and of ~/.netrc: speed.
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=connections),
         timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=timeout.connect, sock_read=timeout.read, connect=timeout.pool
+            total=None,  # pragma: no mutate
+            sock_connect=timeout.connect,  # pragma: no mutate
+            sock_read=timeout.read,
+            connect=timeout.pool,  # pragma: no mutate
         ),
         cookie_jar=aiohttp.DummyCookieJar(),
-        trust_env=False,  # aiohttp would read the environment and ~/.netrc on every call
+        trust_env=False,  # pragma: no mutate
     )
 
 
 @functools.cache
-def proxy_for(scheme: str, host: str) -> str | None:
+def proxy_for(scheme: str, host: str | None) -> str | None:
     """The proxy the environment names for ``scheme`` (``HTTPS_PROXY``, ``HTTP_PROXY``…)
     unless ``NO_PROXY`` exempts ``host``, as for the sync clients; read once per host."""
-    if urllib.request.proxy_bypass(host):
+    if host is None or urllib.request.proxy_bypass(host):
         return None
     return urllib.request.getproxies().get(scheme)
 
@@ -99,8 +106,8 @@ async def send(
             url,
             headers=headers,
             data=data,
-            allow_redirects=False,
-            proxy=proxy_for(where.scheme, where.hostname or ""),
+            allow_redirects=False,  # pragma: no mutate  (None is as false to aiohttp)
+            proxy=proxy_for(where.scheme, where.hostname),
         ) as response:
             return WireReply(response.status, response.headers, await response.read())
     except (aiohttp.ClientError, TimeoutError) as error:

@@ -119,7 +119,7 @@ class AsyncSpApiClient:
     async def marketplace_participations(self, region: str, access_token: str) -> int:
         reply = await send(
             self._session,
-            "GET",
+            "GET",  # pragma: no mutate  (aiohttp upper-cases the method)
             # Mutation testing: the sandbox stands in for every region through
             # AMAZON_SPAPI_URL, so no test here tells regions apart (AmazonApp.spapi's
             # per-region hosts are tested on their own); header names are case-insensitive.
