@@ -184,7 +184,7 @@ def claim_batch(
         ids = list(session.scalars(walk))
         if not ids:
             return []
-        rows = _take(session, ids, postgres)
+        rows = _take(session, ids, _credential_due(now, margin, max_age, force), postgres)
         if rows:
             break
         after = ids[-1]  # none of these could be taken: walk on
@@ -214,11 +214,15 @@ def claim_batch(
     return claimed
 
 
-def _take(session: Session, ids: list[int], postgres: bool) -> list[tuple[Any, str]]:
-    """Of the credentials ``ids`` (due when walked), those of active Amazon integrations,
-    locked, in id order, with their user ids. Each table is read by its primary key: a join
-    here may be planned from integration_status's status index, every active seller, on a
-    table whose statistics predate an import."""
+def _take(session: Session, ids: list[int], due: Any, postgres: bool) -> list[tuple[Any, str]]:
+    """Of the credentials ``ids`` (due when walked), those still ``due`` once locked and
+    whose Amazon integration is active, in id order, with their user ids.
+
+    ``due`` is asked again under the lock: between the walk and the lock another run may
+    have claimed a seller and let it go, and PostgreSQL re-checks a locking query's
+    conditions on the row as that run left it. Each table is read by its primary key: a
+    join here may be planned from integration_status's status index, every active seller,
+    on a table whose statistics predate an import."""
     credential, integration = table_of(Credential), table_of(IntegrationStatus)
     query = (
         sa.select(
@@ -230,7 +234,7 @@ def _take(session: Session, ids: list[int], postgres: bool) -> list[tuple[Any, s
             credential.c.check_allowance,
             credential.c.check_allowance_at,
         )
-        .where(credential.c.id.in_(ids))
+        .where(credential.c.id.in_(ids), due)
         .order_by(credential.c.id)
     )
     if postgres:

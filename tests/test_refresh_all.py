@@ -531,3 +531,38 @@ def test_a_claim_walks_past_sellers_it_cannot_take(
     assert result.exit_code == 0, result.stderr
     assert result.json()["outcomes"]["refreshed"] == 5
     assert amazon.state.stats()["grants"]["refresh_token"] == 5
+
+
+def test_a_seller_claimed_between_the_walk_and_the_lock_is_not_taken(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    """A claim walks the due ids, then locks them: a seller another run claimed in between
+    (its lease committed) is asked again under the lock, and left to that run."""
+    if db.kind != "postgres":
+        pytest.skip("on SQLite a claim holds the write lock from its walk to its lease")
+    import sqlalchemy as sa
+
+    from discoveryctl.db.engine import Database
+    from discoveryctl.refresh_all import claim_batch
+
+    import_sellers(cli, amazon, tmp_path, 3)
+    database, other = Database(db.url), Database(db.url)
+    claimed_first: list[int] = []
+
+    def another_run_claims_first(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if claimed_first or "FOR UPDATE" not in statement:
+            return
+        with other.session() as session:  # its own connection, committed at once
+            claimed_first.extend(d.credential_id for d in claim_batch(session, "run-a", 10))
+
+    try:
+        with database.session() as session:
+            sa.event.listen(session.connection(), "before_cursor_execute", another_run_claims_first)
+            taken = claim_batch(session, "run-b", 10)
+    finally:
+        database.dispose()
+        other.dispose()
+    assert len(claimed_first) == 3
+    assert taken == []
+    owners = db.rows("SELECT DISTINCT lease_owner FROM credentials")
+    assert [r["lease_owner"] for r in owners] == ["run-a"]
