@@ -159,6 +159,7 @@ def _copy(notification: Notification) -> Notification:
         detail=notification.detail,
         dedupe_key=notification.dedupe_key,
         created_at=notification.created_at,
+        resolved_at=notification.resolved_at,  # opened and resolved in the same batch
     )
 
 
