@@ -7,6 +7,10 @@ refreshes per CPU-second of the discoveryctl process, and its peak RSS.
 Targets (issue 8), on a 2-core machine, SQLite and PostgreSQL: N=10,000, L=50 ms, C=64 →
 ratio ≤ 1.25; with L=0, ≥ 600 refreshes per CPU-second; N=100,000 → peak RSS ≤ 250 MB.
 
+For scale it also prints the floor of this setup: the same N refresh-token grants, C at a
+time, from a bare aiohttp client in this process that does nothing else (no database, no
+classification), against the same sandbox.
+
 Runs on a temporary SQLite default; with DATABASE_URL set to PostgreSQL, on a throw-away
 schema in that database.
 
@@ -83,6 +87,44 @@ def measured(args: list[str], env: dict[str, str]) -> tuple[float, float, float,
         return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out.read()
 
 
+def bare_client(exports: dict[str, str], seed_file: Path, concurrency: int) -> float:
+    """Seconds for a bare aiohttp client to make every seller's grant, ``concurrency`` at
+    a time, against the sandbox."""
+    import asyncio
+    from urllib.parse import urlencode
+
+    import aiohttp
+
+    tokens = [json.loads(line)["refresh_token"] for line in seed_file.open()]
+    app = {
+        "client_id": exports["AMAZON_LWA_CLIENT_ID"],
+        "client_secret": exports["AMAZON_LWA_CLIENT_SECRET"],
+    }
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+
+    async def run() -> float:
+        gate = asyncio.Semaphore(concurrency)
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def grant(token: str) -> None:
+                body = urlencode({"grant_type": "refresh_token", "refresh_token": token, **app})
+                async with (
+                    gate,
+                    session.post(
+                        exports["AMAZON_LWA_TOKEN_URL"], data=body.encode(), headers=form
+                    ) as response,
+                ):
+                    assert response.status == 200, response.status
+                    await response.read()
+
+            start = time.perf_counter()
+            await asyncio.gather(*(grant(token) for token in tokens))
+            return time.perf_counter() - start
+
+    return asyncio.run(run())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sellers", type=int, default=10_000)
@@ -131,6 +173,7 @@ def main() -> int:
             wall, cpu, rss, stdout = measured(
                 ["refresh-all", "--concurrency", str(options.concurrency), "--json"], env
             )
+            floor = bare_client(exports, seed_file, options.concurrency)
         finally:
             sandbox.terminate()
             sandbox.wait(timeout=30)
@@ -150,6 +193,9 @@ def main() -> int:
     print(f"  wall time:   {wall:.2f} s (the command, start-up included)")
     if ideal:
         print(f"  ideal N·L/C: {ideal:.2f} s, ratio {wall / ideal:.2f} (target ≤ 1.25)")
+        print(f"  the floor:   {floor:.2f} s, ratio {floor / ideal:.2f} (a bare aiohttp client)")
+    else:
+        print(f"  the floor:   {floor:.2f} s (a bare aiohttp client)")
     print(f"  CPU:         {cpu:.2f} s, {refreshed / cpu:,.0f} refreshes per CPU-second")
     print(f"  peak RSS:    {rss:.0f} MiB")
     return 0
