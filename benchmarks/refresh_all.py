@@ -193,6 +193,8 @@ def main() -> int:
     print(f"  wall time:   {wall:.2f} s (the command, start-up included)")
     if ideal:
         print(f"  ideal N·L/C: {ideal:.2f} s, ratio {wall / ideal:.2f} (target ≤ 1.25)")
+        run = summary["seconds"]
+        print(f"  the run:     {run:.2f} s, ratio {run / ideal:.2f} (its summary: no start-up)")
         print(f"  the floor:   {floor:.2f} s, ratio {floor / ideal:.2f} (a bare aiohttp client)")
     else:
         print(f"  the floor:   {floor:.2f} s (a bare aiohttp client)")
