@@ -488,27 +488,12 @@ def record_refresh(
     credential.refreshed_at = now
     credential.next_attempt_at = None
     credential.updated_at = now
-    rotated = grant.refresh_token is not None
     lifecycle.record_success(session, integration)
     if integration.status != Status.active:
         lifecycle.change_status(
             session, integration, Status.active, reason="token_refreshed", frontend_url=frontend_url
         )
-    events.record_all(
-        session,
-        [
-            *retried_events(user_id, tries),
-            events.entry(
-                REFRESHED,
-                outcome=events.SUCCESS,
-                user_id=user_id,
-                provider=Provider.amazon,
-                expiresAt=isoformat(expires),
-                refreshTokenRotated=rotated,
-                **last_try(tries),
-            ),
-        ],
-    )
+    events.record_all(session, _refreshed_events(user_id, grant, expires, tries))
     _warn_before_expiry(session, integration, credential, now, frontend_url)
     return Refresh(
         user_id,
@@ -516,6 +501,24 @@ def record_refresh(
         access_token_expires_at=expires,
         access_token=grant.access_token,
     )
+
+
+def _refreshed_events(
+    user_id: str, grant: TokenGrant, expires: datetime, tries: Sequence[Attempt]
+) -> list[dict[str, Any]]:
+    """A refresh's events: each try retried before it, then the refresh itself."""
+    return [
+        *retried_events(user_id, tries),
+        events.entry(
+            REFRESHED,
+            outcome=events.SUCCESS,
+            user_id=user_id,
+            provider=Provider.amazon,
+            expiresAt=isoformat(expires),
+            refreshTokenRotated=grant.refresh_token is not None,
+            **last_try(tries),
+        ),
+    ]
 
 
 def record_refreshes(
@@ -589,19 +592,7 @@ def record_refreshes(
         )
         meta = {**row.metadata, LAST_SYNCED_AT: isoformat(now)}
         integration_rows.append({"row_id": row.integration_id, "meta": meta, "now": now})
-        if len(tries) > 1:
-            event_rows += retried_events(row.user_id, tries)
-        event_rows.append(
-            events.entry(
-                REFRESHED,
-                outcome=events.SUCCESS,
-                user_id=row.user_id,
-                provider=Provider.amazon,
-                expiresAt=isoformat(expires),
-                refreshTokenRotated=grant.refresh_token is not None,
-                **last_try(tries),
-            )
-        )
+        event_rows += _refreshed_events(row.user_id, grant, expires, tries)
         done.append(Refresh(row.user_id, Outcome.refreshed, access_token_expires_at=expires))
     if credential_rows:
         session.execute(

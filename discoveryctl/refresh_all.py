@@ -123,8 +123,6 @@ def _due_query(now: datetime, margin: timedelta, max_age: timedelta, force: bool
             credential.c.refresh_token,
             credential.c.authorized_at,
             credential.c.region,
-            credential.c.check_allowance,
-            credential.c.check_allowance_at,
         )
         .join(integration, integration.c.id == credential.c.integration_id)
         .where(
@@ -145,9 +143,7 @@ def due_now(
 ) -> list[Due]:
     """Every authorization a run would refresh now (``--dry-run``), claiming nothing."""
     rows = session.execute(_due_query(utcnow(), margin, max_age, force))
-    return [
-        Due(row.id, row.user_id, row.refresh_token, row.authorized_at, row.region) for row in rows
-    ]
+    return [Due(*row) for row in rows]
 
 
 def claim_batch(
