@@ -33,6 +33,7 @@ from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
 from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
 from discoveryctl.errors import DiscoveryError, ProviderError
 from discoveryctl.integrations.health import Provider, Status
+from discoveryctl.pacing import Pacer
 from discoveryctl.providers.amazon import AsyncLwaClient, TokenGrant
 from discoveryctl.providers.spapi import AsyncSpApiClient
 from discoveryctl.refresh import (
@@ -298,6 +299,7 @@ async def _refresh_one(
     vault: Vault,
     due: Due,
     gate: asyncio.Semaphore,
+    pacer: Pacer,
     spapi: AsyncSpApiClient | None,
     closing: Closing,
 ) -> Answer | None:
@@ -310,6 +312,11 @@ async def _refresh_one(
     async with gate:
         if closing.is_closed():
             return None  # stopped, out of time, or the app's credentials refused: not sent
+        # Its turn (discoveryctl.pacing): at most half a call's time away, so a call that
+        # waits for it when the run closes still goes, as if it were already in flight.
+        wait = pacer.wait(asyncio.get_running_loop().time())
+        if wait:
+            await asyncio.sleep(wait)
         tries: list[Attempt] = []
         try:
             grant = news_only(
@@ -320,6 +327,7 @@ async def _refresh_one(
             if decided.outcome == Outcome.app_rejected:
                 closing.close(grace=None)
             return Answer(due, verdict=decided, tries=tuple(tries))
+        pacer.took(tries[0].seconds)  # the first try: how long LWA takes to answer
         if spapi is None:
             return Answer(due, grant=grant, tries=tuple(tries))
         if not due.may_check:  # the seller's SP-API allowance is spent: not called
@@ -537,6 +545,7 @@ async def _run(
     ends = None if deadline is None else started + deadline
     owner = new_owner()
     gate = asyncio.Semaphore(concurrency)
+    pacer = Pacer(concurrency)
     batch_size = max(concurrency * 4, 64)
     walked = 0  # the highest credential id claimed so far: each seller once a run
     outstanding: deque[tuple[list[Due], list[asyncio.Task[Answer | None]]]] = deque()
@@ -572,7 +581,9 @@ async def _run(
                     if batch:
                         walked = batch[-1].credential_id
                         tasks = [
-                            asyncio.create_task(_refresh_one(lwa, vault, due, gate, spapi, closing))
+                            asyncio.create_task(
+                                _refresh_one(lwa, vault, due, gate, pacer, spapi, closing)
+                            )
                             for due in batch
                         ]
                         outstanding.append((batch, tasks))

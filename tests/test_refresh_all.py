@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from discoveryctl.pacing import HEADROOM
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
 
 from helpers import amazon_line, write_lines
@@ -566,3 +567,23 @@ def test_a_seller_claimed_between_the_walk_and_the_lock_is_not_taken(
     assert taken == []
     owners = db.rows("SELECT DISTINCT lease_owner FROM credentials")
     assert [r["lease_owner"] for r in owners] == ["run-a"]
+
+
+def test_refresh_all_spreads_its_calls_over_the_time_one_takes(
+    db: Any, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four slots, eight sellers, 400 ms a call: the first four go together; once the first
+    answer is in, the next four start ``HEADROOM · 400 / 4`` ms apart, so the last one ends
+    no sooner than 400 + 3 · gap + 400 ms after the first start. Unpaced, the second wave
+    would end at about 800 ms."""
+    latency = 0.4
+    with run_in_thread(SandboxConfig(latency_ms=int(latency * 1000))) as slow:
+        for name, value in slow.env().items():
+            monkeypatch.setenv(name, value)
+        import_sellers(cli, slow, tmp_path, 8)
+        result = cli("refresh-all", "--concurrency", "4", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = result.json()
+    assert summary["outcomes"]["refreshed"] == 8
+    gap = HEADROOM * latency / 4
+    assert summary["seconds"] >= 2 * latency + 3 * gap
