@@ -9,10 +9,12 @@ only ever shrink, until all C travel together.
 
 A ``Pacer`` lets a call start no sooner than ``HEADROOM · L / C`` after the one before, L
 being the shortest time a call took among the last C. That spreads the C calls over the
-time one of them takes, so each is handled alone; and the rate it allows is always a quarter
-above what C calls of that duration could reach anyway, so pacing never holds a run back:
-a slower provider only widens the gaps in step, and one slow call never does (it is not the
-shortest).
+time one of them takes, so each is handled alone; and the rate it allows is always twice
+what C calls of that duration could reach anyway, so pacing never holds a run back: a
+slower provider only widens the gaps in step, and one slow call never does (it is not the
+shortest). Against the sandbox at L = 50 ms, C = 64 (benchmarks/refresh_all.py), a call's
+p50 fell from 54 to 51 ms and its p90 from 57 to 52 ms; with HEADROOM 0.65 and 0.8 the runs
+were no faster (a wave that does form is then spread more slowly).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from __future__ import annotations
 from collections import deque
 
 HEADROOM = 0.5
-"""The gap between two starts, as a share of the ideal one (L / C): at most 1.25 times the
-rate C calls of duration L allow."""
+"""The gap between two starts, as a share of the ideal one (L / C): at most twice the rate
+C calls of duration L allow."""
 
 
 class Pacer:
