@@ -21,6 +21,7 @@ from discoveryctl.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from discoveryctl.providers.amazon import AmazonApp
+    from discoveryctl.providers.stripe import StripeAccount
 
 KEYRING_SERVICE = "discoveryctl"
 
@@ -245,6 +246,15 @@ class Config:
             seller_central_url=overrides["AMAZON_SELLER_CENTRAL_URL"],
             token_url=overrides["AMAZON_LWA_TOKEN_URL"] or LWA_TOKEN_URL,
             spapi_url=overrides["AMAZON_SPAPI_URL"],
+        )
+
+    def stripe_account(self) -> StripeAccount:
+        """The Stripe secret key, and the API's address (``STRIPE_API_BASE``: the sandbox)."""
+        from discoveryctl.providers.stripe import STRIPE_API_BASE, StripeAccount
+
+        return StripeAccount(
+            api_key=self.require("STRIPE_API_KEY"),
+            api_base=self._http_url("STRIPE_API_BASE", STRIPE_API_BASE),
         )
 
     def _http_url(self, name: str, default: str) -> str:

@@ -16,7 +16,9 @@ into a status (``discoveryctl.server.errors.HTTP_STATUS``); nothing else decides
     ├── ProviderError                       provider              1     502
     │   ├── SellerAuthorizationRevoked      seller                1     409
     │   ├── AppCredentialsRejected          app_credentials       3     502
+    │   ├── StripeIdempotencyConflict       provider              1     502
     │   └── TransientProviderError          transient             1     503
+    │       └── StripeOutcomeUnknown        transient             1     503
     ├── OAuthCallbackError                  consent               1     400
     ├── NeedsAttention                      attention             1     200
     └── Interrupted                         interrupted           130   503
@@ -120,11 +122,17 @@ class ProviderError(DiscoveryError):
     kind = ErrorKind.provider
 
     def __init__(
-        self, message: str, *, error_type: str = "provider_error", status_code: int | None = None
+        self,
+        message: str,
+        *,
+        error_type: str = "provider_error",
+        status_code: int | None = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.status_code = status_code
+        self.request_id = request_id  # the provider's id for the request (Stripe's request-id)
 
 
 class AppCredentialsRejected(ProviderError):
@@ -151,9 +159,22 @@ class TransientProviderError(ProviderError):
         error_type: str = "transient_error",
         status_code: int | None = None,
         retry_after: float | None = None,
+        request_id: str | None = None,
     ) -> None:
-        super().__init__(message, error_type=error_type, status_code=status_code)
+        super().__init__(
+            message, error_type=error_type, status_code=status_code, request_id=request_id
+        )
         self.retry_after = retry_after
+
+
+class StripeOutcomeUnknown(TransientProviderError):
+    """Stripe failed after it began creating (a 500 it will replay for the same idempotency
+    key): the customer may exist. Look it up before trying again with a new key."""
+
+
+class StripeIdempotencyConflict(ProviderError):
+    """Stripe refused a retry whose parameters differ from the first request's under the same
+    idempotency key: that user stops, and the operator is told."""
 
 
 class OAuthCallbackError(DiscoveryError):

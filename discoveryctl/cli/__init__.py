@@ -98,6 +98,7 @@ from discoveryctl.cli import (  # noqa: E402  (command modules import only typer
     sandbox,
     secrets,
     status,
+    stripe,
     transfer,
 )
 
@@ -116,6 +117,7 @@ app.command("doctor")(doctor.doctor)
 app.add_typer(database.group, name="db")
 app.add_typer(secrets.group, name="secrets")
 app.add_typer(keys.group, name="keys")
+app.add_typer(stripe.group, name="stripe")
 app.command("sandbox")(sandbox.sandbox)
 
 

@@ -1,0 +1,55 @@
+"""`discoveryctl stripe ensure-customer`: one user's Stripe customer, made exactly once."""
+
+from __future__ import annotations
+
+import typer
+
+from discoveryctl.cli import options
+
+group = typer.Typer(
+    help="Stripe customers, one per user.\n\n"
+    "Example: discoveryctl stripe ensure-customer --user u1 --email a@b.test",
+    no_args_is_help=True,
+)
+
+
+@group.command("ensure-customer")
+def ensure_customer(
+    ctx: typer.Context,
+    user: str = typer.Option(..., "--user", callback=options.user_id, help="The user id."),
+    email: str = typer.Option(..., "--email", help="The customer's email."),
+    name: str | None = typer.Option(None, "--name", help="The customer's name."),
+    as_json: bool = typer.Option(False, "--json", help="The customer as JSON on stdout."),
+) -> None:
+    """Print the user's Stripe customer id, creating the customer if there is none.
+
+    A user who has one is answered from the database, with no call to Stripe. Otherwise an
+    idempotency key is stored before the first call, and every retry (here, in another
+    process, after a crash) reuses it: Stripe never makes a second customer for the user.
+    Exit 1 if Stripe refused or kept failing (the next refresh-all tries again), 2 if the
+    user's customer is already being created with another email, 3 if Stripe refused the
+    API key.
+
+    Example: discoveryctl stripe ensure-customer --user seller-42 --email ops@acme.test
+    """
+    from discoveryctl.cli.application import Application
+    from discoveryctl.providers.stripe import StripeCustomers
+    from discoveryctl.stripe_customers import ensure_customer as ensure
+
+    app: Application = ctx.obj
+    account = app.config.stripe_account()
+    database = app.open_database()
+    with StripeCustomers(account) as customers:
+        done = ensure(database.session, customers, user_id=user, email=email, name=name)
+    if as_json:
+        app.print_json(
+            {
+                "user_id": done.user_id,
+                "provider": "stripe",
+                "customer_id": done.customer_id,
+                "how": done.how,
+            }
+        )
+    else:
+        app.out.print(done.customer_id)
+        app.err.print(f"{done.user_id}: Stripe customer {done.customer_id} ({done.how})")

@@ -1,0 +1,208 @@
+"""Stripe customers through stripe-python's ``StripeClient``: create one under an idempotency
+key, and find a user's customer again (list by email, then search by metadata). Every failure
+leaves as one of the errors the core acts on (``classify``).
+
+The SDK's own retries are off (``max_network_retries=0``): the core retries with tenacity and
+records each attempt. Sources for what each answer means:
+
+- "Idempotent requests", https://docs.stripe.com/api/idempotent_requests
+- "Advanced error handling", https://docs.stripe.com/error-low-level
+- "Error codes", https://docs.stripe.com/error-codes
+- "Search", https://docs.stripe.com/search (the query language and its lag)
+- stripe-python ``_http_client.py``, ``HTTPClient._should_retry``: the ``Stripe-Should-Retry``
+  header decides first, then 409 and 5xx are retried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import stripe
+
+from discoveryctl.errors import (
+    AppCredentialsRejected,
+    ProviderError,
+    StripeIdempotencyConflict,
+    StripeOutcomeUnknown,
+    TransientProviderError,
+)
+
+STRIPE_API_BASE = "https://api.stripe.com"
+TIMEOUT_SECONDS = 30.0
+"""One call's limit (stripe-python's own default is 80 s, too long for a cron run)."""
+
+LIST_PAGE_SIZE = 100  # the most "List all customers" returns a page
+
+
+@dataclass(frozen=True)
+class StripeAccount:
+    """The secret key and where the API is (``STRIPE_API_BASE``, for the sandbox)."""
+
+    api_key: str = field(repr=False)  # never in a log, a traceback or an error
+    api_base: str = STRIPE_API_BASE
+
+
+@dataclass(frozen=True)
+class CreatedCustomer:
+    """Stripe's answer to a create: the customer, the request that made it, and whether the
+    answer is a replay of an earlier request under the same key."""
+
+    customer_id: str
+    request_id: str | None
+    replayed: bool
+
+
+class StripeCustomers:
+    """``/v1/customers`` for one account, over one HTTP connection pool."""
+
+    def __init__(self, account: StripeAccount, *, timeout: float = TIMEOUT_SECONDS) -> None:
+        self._http = stripe.RequestsClient(timeout=timeout)
+        self._client = stripe.StripeClient(
+            account.api_key,
+            base_addresses={"api": account.api_base},
+            http_client=self._http,
+            max_network_retries=0,
+        )
+
+    def __enter__(self) -> StripeCustomers:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()  # type: ignore[no-untyped-call]
+
+    def create(
+        self, *, user_id: str, email: str, name: str | None, idempotency_key: str
+    ) -> CreatedCustomer:
+        """Create the user's customer (``metadata.user_id`` set) under ``idempotency_key``."""
+        params: dict[str, Any] = {"email": email, "metadata": {"user_id": user_id}}
+        if name:
+            params["name"] = name
+        try:
+            customer = self._client.v1.customers.create(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            )
+        except stripe.StripeError as error:
+            raise classify(error) from None
+        response = customer.last_response
+        headers = response.headers if response is not None else {}
+        return CreatedCustomer(
+            customer_id=customer.id,
+            request_id=response.request_id if response is not None else None,
+            replayed=headers.get("idempotent-replayed") == "true",
+        )
+
+    def find(self, *, user_id: str, email: str) -> str | None:
+        """The id of a customer made for ``user_id``, if Stripe has one: first among those
+        listed under ``email`` (a list sees every write at once), then by a search on
+        ``metadata['user_id']`` (which lags behind writes: "Search", "under a minute")."""
+        try:
+            listed = self._client.v1.customers.list({"email": email, "limit": LIST_PAGE_SIZE})
+            for customer in listed.auto_paging_iter():
+                if _metadata(customer).get("user_id") == user_id:
+                    return str(customer.id)
+            query = f"metadata['user_id']:'{_quoted(user_id)}'"
+            found = self._client.v1.customers.search({"query": query, "limit": 1})
+        except stripe.StripeError as error:
+            raise classify(error) from None
+        return str(found.data[0].id) if found.data else None
+
+
+def _metadata(customer: stripe.Customer) -> dict[str, Any]:
+    """A customer's metadata as a plain dict (the SDK hands back a StripeObject)."""
+    metadata: Any = customer.metadata
+    return dict(metadata.to_dict()) if metadata else {}
+
+
+def _quoted(value: str) -> str:
+    """``value`` inside a search query's single quotes ("Search": quotes inside quotes are
+    escaped with a backslash)."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def classify(error: stripe.StripeError) -> ProviderError:
+    """What a Stripe failure means for the run."""
+    status = error.http_status
+    request = f" (request {error.request_id})" if error.request_id else ""
+
+    def transient(error_type: str) -> TransientProviderError:
+        return TransientProviderError(
+            f"Stripe failed: {_summary(error)}{request}",
+            error_type=error_type,
+            status_code=status,
+            request_id=error.request_id,
+        )
+
+    if isinstance(error, stripe.AuthenticationError | stripe.PermissionError):
+        return AppCredentialsRejected(
+            f"Stripe refused the API key ({status}): check STRIPE_API_KEY",
+            error_type="stripe_auth_rejected",
+            status_code=status,
+            request_id=error.request_id,
+        )
+    if isinstance(error, stripe.IdempotencyError):
+        # "Idempotent requests": a key reused with other parameters. Ours are frozen with
+        # the key, so something changed them: stop and report, never a new key silently.
+        return StripeIdempotencyConflict(
+            f"Stripe refused the retry: its parameters differ from the first request's under "
+            f"the same idempotency key{request}",
+            error_type="stripe_idempotency_error",
+            status_code=status,
+            request_id=error.request_id,
+        )
+    if isinstance(error, stripe.APIConnectionError):
+        return transient("stripe_connection_error")
+    should_retry = (error.headers or {}).get("stripe-should-retry")
+    if should_retry == "true":
+        return transient(f"stripe_{_code(error) or status}")
+    if status == 500 and should_retry == "false":
+        # stripe-python's _should_retry: a 500 the idempotency framework "would typically
+        # replay anyway": the customer may or may not exist, and the key answers 500 from now on.
+        return StripeOutcomeUnknown(
+            f"Stripe failed after it began: {_summary(error)}{request}",
+            error_type="stripe_outcome_unknown",
+            status_code=status,
+            request_id=error.request_id,
+        )
+    if should_retry == "false":  # Stripe says a retry now would not help: the next run's
+        return ProviderError(
+            f"Stripe failed ({status}) and asked not to be retried: {_summary(error)}{request}",
+            error_type=f"stripe_{_code(error) or status}",
+            status_code=status,
+            request_id=error.request_id,
+        )
+    if status == 409:
+        return transient("stripe_idempotency_key_in_use")  # "Error codes": still in flight
+    if status == 429:
+        return transient("stripe_rate_limited")
+    if status is None or status >= 500:  # an edge page with no JSON is an APIError too
+        return transient("stripe_server_error")
+    return ProviderError(
+        f"Stripe refused the request ({status}): {_summary(error)}{request}",
+        error_type=f"stripe_{_code(error) or 'invalid_request'}",
+        status_code=status,
+        request_id=error.request_id,
+    )
+
+
+def _code(error: stripe.StripeError) -> str | None:
+    """Stripe's error code (``lock_timeout``, ``rate_limit``…): the SDK sets ``code`` on some
+    error classes only; the parsed body has it on all."""
+    body = error.error
+    return error.code or (body.code if body is not None else None)
+
+
+def _summary(error: stripe.StripeError) -> str:
+    """Stripe's own message, on one line."""
+    message = str(getattr(error, "user_message", None) or error._message or type(error).__name__)
+    return " ".join(message.split())

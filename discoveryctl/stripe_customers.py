@@ -1,0 +1,423 @@
+"""A Stripe customer for each user, made exactly once (SPEC §6).
+
+Before the first call, the user's ``stripe_customers`` row holds a fresh idempotency key
+(random, nothing personal in it) and the parameters it was minted for; every retry, in this
+process or another, after a crash or not, sends that key with those parameters, so Stripe makes
+at most one customer for it ("Idempotent requests", https://docs.stripe.com/api/idempotent_
+requests). The customer id is committed the moment Stripe answers.
+
+Stripe keeps a key for 24 hours only. A key older than that, or one whose request Stripe failed
+after it began (a 500 it replays), is not sent again before the customer has been looked for
+(``StripeCustomers.find``: list by email, then search by metadata) and adopted if found;
+otherwise a new key is minted, recorded, and sent.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, cast
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.orm import Session
+
+from discoveryctl import events, notifications
+from discoveryctl.db.engine import SessionScope
+from discoveryctl.db.models import StripeCustomer, table_of, utcnow
+from discoveryctl.errors import (
+    AppCredentialsRejected,
+    InvalidInput,
+    ProviderError,
+    StripeOutcomeUnknown,
+)
+from discoveryctl.integrations import lifecycle
+from discoveryctl.integrations.health import Provider, Status
+from discoveryctl.providers.stripe import CreatedCustomer, StripeCustomers
+from discoveryctl.refresh import Attempt, with_retries
+
+KEY_LIFETIME = timedelta(hours=24)
+"""How long Stripe is sure to remember a key ("Idempotent requests": keys may be pruned once
+they are at least 24 hours old)."""
+
+ATTEMPTS = 4
+"""Tries of one create in one command, transient failures apart (refresh's retry waits:
+exponential from 0.5 s with jitter, at most 8 s, or what Retry-After asks up to 10 s)."""
+
+ONBOARDING_FAILED = "stripe_onboarding_failed"
+
+How = Literal["existing", "created", "adopted"]
+
+
+@dataclass(frozen=True)
+class Onboarded:
+    """The user's customer, and how this call came by it."""
+
+    user_id: str
+    customer_id: str
+    how: How
+
+
+class ParametersFrozen(InvalidInput):
+    """The user's pending customer has an idempotency key, minted for other parameters."""
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A ``stripe_customers`` row as one attempt sees it."""
+
+    row_id: int
+    user_id: str
+    email: str
+    name: str | None
+    customer_id: str | None
+    key: str | None
+    key_created_at: datetime | None
+
+
+def _changed(result: sa.Result[Any]) -> bool:
+    """Whether an INSERT or UPDATE touched a row."""
+    return bool(cast("sa.CursorResult[Any]", result).rowcount)
+
+
+def new_idempotency_key() -> str:
+    """A key with nothing personal in it."""
+    return f"discoveryctl-customer-{secrets.token_urlsafe(24)}"
+
+
+def ensure_customer(
+    session_scope: SessionScope,
+    customers: StripeCustomers,
+    *,
+    user_id: str,
+    email: str,
+    name: str | None = None,
+    now: Callable[[], datetime] = utcnow,
+) -> Onboarded:
+    """The user's Stripe customer: the one already recorded (no call), or one found or made
+    now. Raises ``ParametersFrozen`` when a pending customer was started with another email
+    or name, ``AppCredentialsRejected`` when Stripe refuses the key (the admins are told
+    once, no user is marked), and ``ProviderError`` when Stripe refused or kept failing
+    (the user's integration records it)."""
+    with session_scope() as session:
+        pending = _pending(session, user_id, email, name, now())
+    if pending.customer_id is not None:
+        return Onboarded(user_id, pending.customer_id, "existing")
+    tries: list[Attempt] = []
+    try:
+        return with_retries(
+            lambda: _attempt(session_scope, customers, pending.row_id, now), ATTEMPTS, tries
+        )
+    except AppCredentialsRejected as error:
+        with session_scope() as session:
+            notifications.alert_app_credentials(session, Provider.stripe, error.message)
+        raise
+    except ProviderError as error:
+        with session_scope() as session:
+            _record_failure(session, user_id, error, len(tries))
+        raise
+
+
+def _pending(
+    session: Session, user_id: str, email: str, name: str | None, now: datetime
+) -> _Pending:
+    """The user's row, made (with a key and a ``pending`` integration) if there was none;
+    a row without a key (from ``import``) gets one. Committed before any call to Stripe."""
+    customer = table_of(StripeCustomer)
+    found = _read(session, user_id)
+    if found is None:
+        inserted = session.execute(
+            _insert_new(session).values(
+                user_id=user_id,
+                email=email,
+                name=name,
+                idempotency_key=new_idempotency_key(),
+                idempotency_key_created_at=now,
+                attempts=0,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        if _changed(inserted):
+            events.record(
+                session,
+                "stripe_customer_pending",
+                user_id=user_id,
+                provider=Provider.stripe,
+            )
+        _ensure_integration(session, user_id)
+        found = _read(session, user_id)
+        assert found is not None
+    if found.customer_id is not None:
+        return found
+    if found.key is not None and (found.email, found.name) != (email, name or found.name):
+        raise ParametersFrozen(
+            f"user {user_id}'s Stripe customer is being created for {found.email}"
+            + (f" ({found.name})" if found.name else "")
+            + f", not {email}"
+            + (f" ({name})" if name else "")
+            + ": its idempotency key holds the first parameters; "
+            "create it as it was started, then change the customer at Stripe"
+        )
+    if found.key is None:
+        session.execute(
+            sa.update(customer)
+            .where(customer.c.id == found.row_id, customer.c.idempotency_key.is_(None))
+            .values(
+                idempotency_key=new_idempotency_key(),
+                idempotency_key_created_at=now,
+                name=name or found.name,
+                updated_at=now,
+            )
+        )
+        _ensure_integration(session, user_id)
+        found = _read(session, user_id)
+        assert found is not None
+    return found
+
+
+def _insert_new(session: Session) -> sa.Insert:
+    """An INSERT that does nothing when the user already has a row (another process's)."""
+    customer = table_of(StripeCustomer)
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(customer).on_conflict_do_nothing(index_elements=["user_id"])
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(customer).on_conflict_do_nothing(index_elements=["user_id"])
+
+
+def _read(session: Session, user_id: str) -> _Pending | None:
+    row = session.execute(_rows().where(table_of(StripeCustomer).c.user_id == user_id))
+    found = row.one_or_none()
+    return None if found is None else _Pending(*found)
+
+
+def _by_id(session: Session, row_id: int) -> _Pending:
+    return _Pending(*session.execute(_rows().where(table_of(StripeCustomer).c.id == row_id)).one())
+
+
+def _rows() -> sa.Select[Any]:
+    """``stripe_customers`` as ``_Pending`` reads it."""
+    customer = table_of(StripeCustomer)
+    return sa.select(
+        customer.c.id,
+        customer.c.user_id,
+        customer.c.email,
+        customer.c.name,
+        customer.c.customer_id,
+        customer.c.idempotency_key,
+        customer.c.idempotency_key_created_at,
+    )
+
+
+def _ensure_integration(session: Session, user_id: str) -> None:
+    """The user's ``stripe`` integration, ``pending`` until the customer exists (another
+    process may make it at the same moment: then that one stands)."""
+    if lifecycle.find(session, user_id, Provider.stripe, for_update=True) is not None:
+        return
+    try:
+        with session.begin_nested():
+            lifecycle.create(session, user_id, Provider.stripe, Status.pending)
+    except exc.IntegrityError:
+        pass
+
+
+def _attempt(
+    session_scope: SessionScope,
+    customers: StripeCustomers,
+    row_id: int,
+    now: Callable[[], datetime],
+) -> Onboarded:
+    """One try: adopt or re-key first if the key cannot be trusted, then create."""
+    with session_scope() as session:
+        pending = _by_id(session, row_id)
+    if pending.customer_id is not None:  # another process finished meanwhile
+        return Onboarded(pending.user_id, pending.customer_id, "existing")
+    assert pending.key is not None and pending.key_created_at is not None
+    age = now() - pending.key_created_at
+    if age >= KEY_LIFETIME:
+        adopted = _adopt_or_rekey(session_scope, customers, pending, now(), "key_expired")
+        if adopted is not None:
+            return adopted
+        with session_scope() as session:
+            pending = _by_id(session, row_id)
+        assert pending.key is not None and pending.key_created_at is not None
+        age = now() - pending.key_created_at
+    key = pending.key
+    assert key is not None
+    try:
+        created = customers.create(
+            user_id=pending.user_id, email=pending.email, name=pending.name, idempotency_key=key
+        )
+    except AppCredentialsRejected:
+        raise  # the app's key, not this user's: nothing is recorded against the user
+    except StripeOutcomeUnknown as error:
+        _record_attempt(session_scope, pending, age, error)
+        adopted = _adopt_or_rekey(session_scope, customers, pending, now(), "outcome_unknown")
+        if adopted is not None:
+            return adopted
+        raise
+    except ProviderError as error:
+        _record_attempt(session_scope, pending, age, error)
+        raise
+    return _commit(session_scope, pending, created, age)
+
+
+def _adopt_or_rekey(
+    session_scope: SessionScope,
+    customers: StripeCustomers,
+    pending: _Pending,
+    now: datetime,
+    reason: str,
+) -> Onboarded | None:
+    """Look for the customer Stripe may already have made; adopt it, or replace the key
+    (only if no other process replaced it first) and return ``None`` to create anew."""
+    found = customers.find(user_id=pending.user_id, email=pending.email)
+    customer = table_of(StripeCustomer)
+    with session_scope() as session:
+        if found is not None:
+            return _store_customer(session, pending, found, "adopted", reason=reason)
+        replaced = session.execute(
+            sa.update(customer)
+            .where(customer.c.id == pending.row_id, customer.c.idempotency_key == pending.key)
+            .values(
+                idempotency_key=new_idempotency_key(),
+                idempotency_key_created_at=now,
+                updated_at=now,
+            )
+        )
+        if _changed(replaced):
+            events.record(
+                session,
+                "stripe_idempotency_key_replaced",
+                user_id=pending.user_id,
+                provider=Provider.stripe,
+                reason=reason,
+            )
+    return None
+
+
+def _commit(
+    session_scope: SessionScope, pending: _Pending, created: CreatedCustomer, age: timedelta
+) -> Onboarded:
+    with session_scope() as session:
+        return _store_customer(
+            session,
+            pending,
+            created.customer_id,
+            "created",
+            requestId=created.request_id,
+            replayed=created.replayed,
+            keyAgeSeconds=round(age.total_seconds()),
+        )
+
+
+def _store_customer(
+    session: Session, pending: _Pending, customer_id: str, how: How, **detail: Any
+) -> Onboarded:
+    """Record the customer on the row (unless another process recorded one first: then
+    that one stands) and make the integration ``active``."""
+    customer = table_of(StripeCustomer)
+    now = utcnow()
+    stored = session.execute(
+        sa.update(customer)
+        .where(customer.c.id == pending.row_id, customer.c.customer_id.is_(None))
+        .values(
+            customer_id=customer_id,
+            attempts=customer.c.attempts + 1,
+            last_attempt_at=now,
+            last_error=None,
+            updated_at=now,
+        )
+    )
+    if not _changed(stored):
+        current = _by_id(session, pending.row_id)
+        assert current.customer_id is not None
+        return Onboarded(pending.user_id, current.customer_id, "existing")
+    events.record(
+        session,
+        "stripe_customer_created" if how == "created" else "stripe_customer_adopted",
+        outcome=events.SUCCESS,
+        user_id=pending.user_id,
+        provider=Provider.stripe,
+        customerId=customer_id,
+        **detail,
+    )
+    integration = lifecycle.find(session, pending.user_id, Provider.stripe, for_update=True)
+    if integration is not None:
+        lifecycle.change_status(
+            session, integration, Status.active, reason=f"customer_{how}", frontend_url=""
+        )
+        lifecycle.record_success(session, integration)
+    notifications.resolve(
+        session, notifications.dedupe_key(ONBOARDING_FAILED, Provider.stripe, pending.user_id)
+    )
+    return Onboarded(pending.user_id, customer_id, how)
+
+
+def _record_attempt(
+    session_scope: SessionScope, pending: _Pending, age: timedelta, error: ProviderError
+) -> None:
+    """Each failed try is an event: key age, outcome, HTTP status, Stripe's request id."""
+    customer = table_of(StripeCustomer)
+    now = utcnow()
+    with session_scope() as session:
+        attempts = session.execute(
+            sa.update(customer)
+            .where(customer.c.id == pending.row_id)
+            .values(
+                attempts=customer.c.attempts + 1,
+                last_attempt_at=now,
+                last_error=error.message,
+                updated_at=now,
+            )
+            .returning(customer.c.attempts)
+        ).scalar_one()
+        events.record(
+            session,
+            "stripe_customer_attempt",
+            outcome=events.FAILURE,
+            user_id=pending.user_id,
+            provider=Provider.stripe,
+            error_type=error.error_type,
+            attempt=attempts,
+            keyAgeSeconds=round(age.total_seconds()),
+            httpStatus=error.status_code,
+            requestId=error.request_id,
+        )
+
+
+def _record_failure(session: Session, user_id: str, error: ProviderError, tries: int) -> None:
+    """The command gave up on this user: tell the user once per episode, the admins after
+    repeated failures (``lifecycle.record_transient_failure``)."""
+    integration = lifecycle.find(session, user_id, Provider.stripe, for_update=True)
+    if integration is not None:
+        lifecycle.record_transient_failure(
+            session, integration, error_type=error.error_type, message=error.message
+        )
+    notifications.notify(
+        session,
+        audience=notifications.USER,
+        kind=ONBOARDING_FAILED,
+        title="Stripe onboarding failed",
+        message=(
+            "We could not set up your billing account yet; we will try again. "
+            "Nothing is needed from you for now."
+        ),
+        user_id=user_id,
+        provider=Provider.stripe,
+        detail={"errorType": error.error_type},
+    )
+    events.record(
+        session,
+        "stripe_customer_failed",
+        outcome=events.FAILURE,
+        user_id=user_id,
+        provider=Provider.stripe,
+        error_type=error.error_type,
+        tries=tries,
+    )

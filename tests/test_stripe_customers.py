@@ -1,0 +1,296 @@
+"""`stripe ensure-customer` against the sandbox over real sockets: one customer per user, every
+time, however Stripe fails and however many processes try at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import stripe
+
+from discoveryctl.sandbox import Sandbox, SandboxConfig
+
+KEY = SandboxConfig().stripe_api_key
+COMMAND = [
+    *(sys.executable, "-m", "discoveryctl", "stripe", "ensure-customer"),
+    *("--user", "u1", "--email", "jenny@example.com"),
+]
+"""``ensure-customer`` for u1, in a process of its own."""
+
+
+@pytest.fixture
+def stripe_env(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    return sandbox
+
+
+def ensure(cli: Any, user: str = "u1", email: str = "jenny@example.com", *more: str) -> Any:
+    return cli("stripe", "ensure-customer", "--user", user, "--email", email, "--json", *more)
+
+
+def customers(sandbox: Sandbox, user: str = "u1") -> list[str]:
+    return [c["id"] for c in sandbox.state.customers_for(user)]
+
+
+def posts(sandbox: Sandbox) -> int:
+    return int(sandbox.state.stats()["requests"].get("POST /v1/customers", 0))
+
+
+def stored(db: Any, user: str = "u1") -> dict[str, Any]:
+    rows = db.rows("SELECT * FROM stripe_customers WHERE user_id = :user", user=user)
+    assert len(rows) == 1
+    return rows[0]
+
+
+def stripe_status(db: Any, user: str = "u1") -> str:
+    return str(
+        db.scalar(
+            "SELECT status FROM integration_status WHERE user_id = :user AND provider = 'stripe'",
+            user=user,
+        )
+    )
+
+
+def test_a_new_customer_is_created_once_and_then_read_from_the_database(
+    db: Any, cli: Any, stripe_env: Sandbox
+) -> None:
+    first = ensure(cli)
+    assert first.exit_code == 0, first.stderr
+    made = first.json()
+    assert made["how"] == "created"
+    assert customers(stripe_env) == [made["customer_id"]]
+    assert stripe_env.state.customer(made["customer_id"])["metadata"] == {"user_id": "u1"}
+    row = stored(db)
+    assert row["customer_id"] == made["customer_id"]
+    assert row["idempotency_key"].startswith("discoveryctl-customer-")
+    assert "jenny" not in row["idempotency_key"] and "u1" not in row["idempotency_key"]
+    assert stripe_status(db) == "active"
+    again = ensure(cli)
+    assert again.json() == {**made, "how": "existing"}
+    assert posts(stripe_env) == 1  # the second answer came from the database
+
+
+def test_a_response_lost_after_the_customer_was_made_is_retried_under_the_same_key(
+    db: Any, cli: Any, stripe_env: Sandbox
+) -> None:
+    stripe_env.state.set_behaviour("stripe", "stripe_drop_after_create", times=1)
+    result = ensure(cli)
+    assert result.exit_code == 0, result.stderr
+    assert customers(stripe_env) == [result.json()["customer_id"]]
+    assert posts(stripe_env) == 2
+    failed = db.rows("SELECT error_type FROM events WHERE kind = 'stripe_customer_attempt'")
+    assert failed == [{"error_type": "stripe_connection_error"}]
+    created = db.rows("SELECT detail FROM events WHERE kind = 'stripe_customer_created'")
+    assert len(created) == 1
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "params", "error_type"),
+    [
+        ("stripe_5xx", {"status": 502}, "stripe_server_error"),
+        ("stripe_5xx", {"status": 503, "html": 1}, "stripe_server_error"),
+        ("stripe_429", {}, "stripe_rate_limited"),
+        ("stripe_lock_timeout", {}, "stripe_lock_timeout"),
+    ],
+    ids=["5xx", "html-5xx", "429", "lock-timeout"],
+)
+def test_transient_failures_are_retried_into_one_customer(
+    db: Any,
+    cli: Any,
+    stripe_env: Sandbox,
+    behaviour: str,
+    params: dict[str, int],
+    error_type: str,
+) -> None:
+    stripe_env.state.set_behaviour("stripe", behaviour, times=2, **params)
+    result = ensure(cli)
+    assert result.exit_code == 0, result.stderr
+    assert len(customers(stripe_env)) == 1
+    attempts = db.rows(
+        "SELECT error_type FROM events WHERE kind = 'stripe_customer_attempt' ORDER BY id"
+    )
+    assert [a["error_type"] for a in attempts] == [error_type, error_type]
+    assert stored(db)["attempts"] == 3
+    assert stripe_status(db) == "active"
+
+
+def test_a_failure_stripe_says_not_to_retry_is_not_retried(
+    db: Any, cli: Any, stripe_env: Sandbox
+) -> None:
+    stripe_env.state.set_behaviour("stripe", "stripe_5xx", status=503, should_retry=0, times=1)
+    result = ensure(cli)
+    assert result.exit_code == 1
+    assert posts(stripe_env) == 1
+    assert customers(stripe_env) == []
+    assert stripe_status(db) == "pending"
+    inbox = db.rows("SELECT audience, kind FROM notifications WHERE user_id = 'u1'")
+    assert inbox == [{"audience": "user", "kind": "stripe_onboarding_failed"}]
+
+
+def test_stripe_failing_after_it_began_is_looked_up_not_created_again(
+    db: Any, cli: Any, stripe_env: Sandbox
+) -> None:
+    """A 500 with Stripe-Should-Retry: false is replayed for the same key, and the customer
+    may exist: it is found by email and adopted."""
+    stripe_env.state.set_behaviour("stripe", "stripe_500_after_create", times=1)
+    result = ensure(cli)
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["how"] == "adopted"
+    assert customers(stripe_env) == [result.json()["customer_id"]]
+    assert stripe_status(db) == "active"
+
+
+def test_failures_that_persist_notify_the_user_once_and_the_admins_after_three(
+    db: Any, cli: Any, stripe_env: Sandbox
+) -> None:
+    stripe_env.state.set_behaviour("stripe", "stripe_5xx", status=502)
+    for _ in range(3):
+        assert ensure(cli).exit_code == 1
+    inbox = db.rows("SELECT audience, kind FROM notifications ORDER BY id")
+    assert inbox == [
+        {"audience": "user", "kind": "stripe_onboarding_failed"},
+        {"audience": "admin", "kind": "repeated_failures"},
+    ]
+    assert customers(stripe_env) == []
+    key = stored(db)["idempotency_key"]
+    stripe_env.state.clear_behaviour()
+    assert ensure(cli).exit_code == 0
+    assert stored(db)["idempotency_key"] == key  # the same key, command after command
+    assert db.scalar("SELECT count(*) FROM notifications WHERE resolved_at IS NULL") == 0
+
+
+def test_another_email_for_a_customer_being_created_is_refused_before_any_call(
+    db: Any, cli: Any, stripe_env: Sandbox
+) -> None:
+    stripe_env.state.set_behaviour("stripe", "stripe_5xx", status=502)
+    assert ensure(cli).exit_code == 1
+    sent = posts(stripe_env)
+    changed = ensure(cli, "u1", "new@example.com")
+    assert changed.exit_code == 2
+    assert "being created for jenny@example.com, not new@example.com" in changed.stderr
+    assert posts(stripe_env) == sent
+    assert stored(db)["email"] == "jenny@example.com"
+
+
+def test_parameters_changed_under_the_same_key_stop_with_a_clear_report(
+    db: Any, cli: Any, stripe_env: Sandbox
+) -> None:
+    """A process sent the key with one email and died; the row was then changed to another
+    email behind the key's back: Stripe refuses, the user stops, and there is still at most
+    one customer."""
+    stripe_env.state.set_behaviour("stripe", "stripe_5xx", status=502)
+    assert ensure(cli).exit_code == 1
+    stripe_env.state.clear_behaviour()
+    key = stored(db)["idempotency_key"]
+    crashed = stripe.StripeClient(
+        KEY, base_addresses={"api": stripe_env.url}, http_client=stripe.RequestsClient()
+    )
+    crashed.v1.customers.create(
+        {"email": "jenny@example.com", "metadata": {"user_id": "u1"}}, {"idempotency_key": key}
+    )
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE stripe_customers SET email = 'new@example.com' WHERE user_id = 'u1'"
+        )
+    result = ensure(cli, "u1", "new@example.com")
+    assert result.exit_code == 1
+    assert "parameters differ from the first request's under the same idempotency key" in (
+        result.stderr
+    )
+    assert len(customers(stripe_env)) == 1
+    refused = db.rows(
+        "SELECT error_type FROM events WHERE kind = 'stripe_customer_attempt' ORDER BY id"
+    )
+    assert refused[-1] == {"error_type": "stripe_idempotency_error"}
+
+
+def test_a_wrong_api_key_exits_3_tells_the_admins_once_and_marks_no_user(
+    db: Any, cli: Any, stripe_env: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_not_ours_0000")
+    for user in ("u1", "u2"):
+        result = ensure(cli, user)
+        assert result.exit_code == 3
+        assert "Stripe refused the API key (401)" in result.stderr
+    inbox = db.rows("SELECT audience, kind, user_id FROM notifications")
+    assert inbox == [{"audience": "admin", "kind": "app_credentials_rejected", "user_id": None}]
+    assert db.scalar("SELECT count(*) FROM events WHERE kind = 'stripe_customer_attempt'") == 0
+    assert {r["attempts"] for r in db.rows("SELECT attempts FROM stripe_customers")} == {0}
+    assert stripe_status(db, "u1") == stripe_status(db, "u2") == "pending"
+
+
+def test_three_processes_at_once_make_one_customer(db: Any, cli: Any, stripe_env: Sandbox) -> None:
+    stripe_env.state.set_behaviour("stripe", "stripe_slow", ms=300)  # all three in flight
+    runs = [
+        subprocess.Popen(COMMAND, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outputs = [run.communicate(timeout=60) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], [err for _, err in outputs]
+    printed = {out.strip() for out, _ in outputs}
+    assert printed == set(customers(stripe_env))  # stdout: the id alone
+    assert len(printed) == 1
+    assert stored(db)["customer_id"] in printed
+
+
+def _crashed_after_sending(db: Any, sandbox: Sandbox) -> str:
+    """The first command failed for good, then "another process" sent the row's key and died
+    before it could record the answer; 25 hours pass, at Stripe and for the key."""
+    sandbox.state.set_behaviour("stripe", "stripe_5xx", status=502)
+    assert ensure_plain(db, sandbox).returncode == 1
+    sandbox.state.clear_behaviour()
+    key = str(stored(db)["idempotency_key"])
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE stripe_customers SET idempotency_key_created_at = "
+            "idempotency_key_created_at - interval '25 hours'"
+            if db.kind == "postgres"
+            else "UPDATE stripe_customers SET idempotency_key_created_at = "
+            "datetime(idempotency_key_created_at, '-25 hours')"
+        )
+    sandbox.state.clock.advance(25 * 3600)
+    return key
+
+
+def ensure_plain(db: Any, sandbox: Sandbox) -> subprocess.CompletedProcess[str]:
+    """``ensure-customer`` in a process of its own (the environment points at ``sandbox``)."""
+    return subprocess.run(COMMAND, capture_output=True, text=True, timeout=60)
+
+
+def test_past_24_hours_the_customer_a_crashed_process_made_is_adopted(
+    db: Any, cli: Any, stripe_env: Sandbox
+) -> None:
+    key = _crashed_after_sending(db, stripe_env)
+    crashed = stripe.StripeClient(
+        KEY, base_addresses={"api": stripe_env.url}, http_client=stripe.RequestsClient()
+    )
+    made = crashed.v1.customers.create(
+        {"email": "jenny@example.com", "metadata": {"user_id": "u1"}}, {"idempotency_key": key}
+    )
+    result = ensure(cli)  # the search lag is on (a minute): the list by email finds it
+    assert result.exit_code == 0, result.stderr
+    assert result.json() == {
+        "user_id": "u1",
+        "provider": "stripe",
+        "customer_id": made.id,
+        "how": "adopted",
+    }
+    assert customers(stripe_env) == [made.id]
+    assert stored(db)["idempotency_key"] == key  # no new key was needed
+    assert db.scalar("SELECT count(*) FROM events WHERE kind = 'stripe_customer_adopted'") == 1
+
+
+def test_past_24_hours_with_no_customer_at_stripe_a_new_key_is_recorded(
+    db: Any, cli: Any, stripe_env: Sandbox
+) -> None:
+    key = _crashed_after_sending(db, stripe_env)  # the crashed process never got through
+    result = ensure(cli)
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["how"] == "created"
+    assert customers(stripe_env) == [result.json()["customer_id"]]
+    assert stored(db)["idempotency_key"] not in (None, key)
+    replaced = db.rows("SELECT detail FROM events WHERE kind = 'stripe_idempotency_key_replaced'")
+    assert len(replaced) == 1
