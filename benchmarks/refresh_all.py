@@ -206,7 +206,7 @@ def main() -> int:
         paced = "a bare aiohttp client, paced"
         print(f"  the floor:   {floor:.2f} s, ratio {floor / ideal:.2f} ({paced})")
     else:
-        print(f"  the floor:   {floor:.2f} s (a bare aiohttp client)")
+        print(f"  the floor:   {floor:.2f} s (a bare aiohttp client, paced)")
     print(f"  CPU:         {cpu:.2f} s, {refreshed / cpu:,.0f} refreshes per CPU-second")
     print(f"  peak RSS:    {rss:.0f} MiB")
     return 0
