@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 import stripe
 
 from discoveryctl.sandbox import Sandbox, SandboxConfig
+
+from helpers import stripe_line, write_lines
 
 KEY = SandboxConfig().stripe_api_key
 COMMAND = [
@@ -294,3 +297,35 @@ def test_past_24_hours_with_no_customer_at_stripe_a_new_key_is_recorded(
     assert stored(db)["idempotency_key"] not in (None, key)
     replaced = db.rows("SELECT detail FROM events WHERE kind = 'stripe_idempotency_key_replaced'")
     assert len(replaced) == 1
+
+
+def test_an_imported_pending_customer_is_created_with_a_key_minted_at_its_first_call(
+    db: Any, cli: Any, stripe_env: Sandbox, tmp_path: Path
+) -> None:
+    assert cli("import", str(write_lines(tmp_path / "in.jsonl", stripe_line("u1")))).exit_code == 0
+    assert stored(db)["idempotency_key"] is None
+    assert stripe_status(db) == "pending"
+    result = ensure(cli, "u1", "u1@example.com")
+    assert result.exit_code == 0, result.stderr
+    assert customers(stripe_env) == [result.json()["customer_id"]]
+    assert stored(db)["idempotency_key"] is not None
+    assert stripe_status(db) == "active"
+
+
+def test_import_reports_another_email_for_a_customer_being_created_and_keeps_the_first(
+    db: Any, cli: Any, stripe_env: Sandbox, tmp_path: Path
+) -> None:
+    first = write_lines(tmp_path / "first.jsonl", stripe_line("u1"), stripe_line("u2"))
+    assert cli("import", str(first)).exit_code == 0
+    stripe_env.state.set_behaviour("stripe", "stripe_5xx", status=502)
+    assert ensure(cli, "u1", "u1@example.com").exit_code == 1  # u1 now has a key; u2 not
+    changed = write_lines(
+        tmp_path / "changed.jsonl",
+        stripe_line("u1", email="new1@example.com"),
+        stripe_line("u2", email="new2@example.com"),
+    )
+    result = cli("import", str(changed))
+    assert result.exit_code == 1
+    assert "being created for u1@example.com, not new1@example.com" in result.stderr
+    assert stored(db, "u1")["email"] == "u1@example.com"
+    assert stored(db, "u2")["email"] == "new2@example.com"  # no key yet: nothing frozen

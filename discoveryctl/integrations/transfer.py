@@ -368,6 +368,7 @@ class _Customer:
     customer_id: str | None
     updated_at: datetime | None = None
     changed: bool = False
+    keyed: bool = False  # an idempotency key is stored: its parameters are frozen with it
 
 
 @dataclass
@@ -437,11 +438,19 @@ class _Batch:
                 authorized_at=found.authorized_at,
             )
         columns = sa.select(
-            customer.c.id, customer.c.user_id, customer.c.email, customer.c.customer_id
+            customer.c.id,
+            customer.c.user_id,
+            customer.c.email,
+            customer.c.customer_id,
+            customer.c.idempotency_key.is_not(None).label("keyed"),
         )
         for found in _rows_where(session, columns, customer.c.user_id, users):
             stored.customers[found.user_id] = _Customer(
-                id=found.id, user_id=found.user_id, email=found.email, customer_id=found.customer_id
+                id=found.id,
+                user_id=found.user_id,
+                email=found.email,
+                customer_id=found.customer_id,
+                keyed=bool(found.keyed),
             )
         for found in _rows_where(session, columns, customer.c.customer_id, customer_ids):
             stored.owners[found.customer_id] = found.user_id
@@ -660,6 +669,19 @@ def _store_stripe(session: Session, line: StripeLine, stored: _Batch, frontend_u
         owner = stored.owners.get(line.customer_id)
         if owner is not None and owner != line.user_id:
             raise Rejected(f"Stripe customer {line.customer_id} belongs to user {owner}")
+    if (
+        customer is not None
+        and customer.keyed
+        and not customer.customer_id
+        and line.customer_id is None
+        and customer.email != line.email
+    ):
+        # Its idempotency key was minted for the stored email: a retry with another one would
+        # be refused by Stripe (IdempotencyError), so the change is reported, not applied.
+        raise Rejected(
+            f"user {line.user_id}'s Stripe customer is being created for {customer.email}, "
+            f"not {line.email}"
+        )
 
     if customer is None:
         customer = _Customer(
