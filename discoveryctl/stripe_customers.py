@@ -15,8 +15,12 @@ otherwise a new key is minted, recorded, and sent.
 from __future__ import annotations
 
 import secrets
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
@@ -25,7 +29,7 @@ from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
 from discoveryctl import events, notifications
-from discoveryctl.db.engine import SessionScope
+from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
 from discoveryctl.db.models import StripeCustomer, table_of, utcnow
 from discoveryctl.errors import (
     AppCredentialsRejected,
@@ -421,3 +425,136 @@ def _record_failure(session: Session, user_id: str, error: ProviderError, tries:
         error_type=error.error_type,
         tries=tries,
     )
+
+
+# -- refresh-all: every pending customer --------------------------------------------------------
+
+
+@dataclass
+class PendingRun:
+    """What ``retry_pending`` did: customers by how they came, failures, the refusal if any."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    app_rejected: str | None = None  # Stripe's message when it refused the API key
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "created": self.outcomes["created"],
+            "adopted": self.outcomes["adopted"],
+            "existing": self.outcomes["existing"],
+            "failed": self.outcomes["failed"],
+            "appCredentialsRejected": self.app_rejected,
+        }
+
+
+def pending_count(session: Session) -> int:
+    """How many users wait for their Stripe customer."""
+    customer = table_of(StripeCustomer)
+    query = sa.select(sa.func.count()).where(customer.c.customer_id.is_(None))
+    return int(session.execute(query).scalar_one())
+
+
+def retry_pending(
+    session_scope: SessionScope,
+    open_customers: Callable[[], StripeCustomers],
+    *,
+    owner: str,
+    concurrency: int,
+    lease: timedelta,
+    ends: float | None = None,
+) -> PendingRun:
+    """Make the customer of every pending user, ``concurrency`` at a time, each under this
+    run's lease (overlapping runs take different users). A refused API key stops the run:
+    nothing more is claimed, no user is marked. ``ends`` (monotonic) stops the claiming."""
+    run = PendingRun()
+    local = threading.local()
+    opened: list[StripeCustomers] = []
+    lock = threading.Lock()
+
+    def customers() -> StripeCustomers:
+        found: StripeCustomers | None = getattr(local, "customers", None)
+        if found is None:
+            found = local.customers = open_customers()
+            with lock:
+                opened.append(found)
+        return found
+
+    def one(pending: _Pending) -> None:
+        if run.app_rejected is not None:
+            return
+        try:
+            done = ensure_customer(
+                session_scope,
+                customers(),
+                user_id=pending.user_id,
+                email=pending.email,
+                name=pending.name,
+            )
+        except AppCredentialsRejected as error:
+            with lock:
+                run.app_rejected = run.app_rejected or error.message
+            return
+        except ProviderError:
+            with lock:
+                run.outcomes["failed"] += 1
+            return
+        with lock:
+            run.outcomes[done.how] += 1
+
+    after = 0
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            while run.app_rejected is None and (ends is None or time.monotonic() < ends):
+                with session_scope() as session:
+                    batch = _claim(session, owner, concurrency * 4, after, lease)
+                if not batch:
+                    break
+                after = batch[-1].row_id
+                list(pool.map(one, batch))
+                with session_scope() as session:
+                    _release(session, owner, [p.row_id for p in batch])
+    finally:
+        with session_scope() as session:
+            _release(session, owner, None)
+        for client in opened:
+            client.close()
+    return run
+
+
+def _claim(
+    session: Session, owner: str, limit: int, after: int, lease: timedelta
+) -> list[_Pending]:
+    """Lease up to ``limit`` pending customers past row ``after``, in id order."""
+    customer = table_of(StripeCustomer)
+    now = database_now(session)
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if not postgres:
+        lock_for_writing(session, "stripe-claim")
+    query = (
+        _rows()
+        .where(
+            customer.c.id > after,
+            customer.c.customer_id.is_(None),
+            sa.or_(customer.c.lease_expires_at.is_(None), customer.c.lease_expires_at <= now),
+        )
+        .order_by(customer.c.id)
+        .limit(limit)
+    )
+    if postgres:
+        query = query.with_for_update(skip_locked=True)
+    claimed = [_Pending(*row) for row in session.execute(query)]
+    if claimed:
+        session.execute(
+            sa.update(customer)
+            .where(customer.c.id.in_([p.row_id for p in claimed]))
+            .values(lease_owner=owner, lease_expires_at=now + lease)
+        )
+    return claimed
+
+
+def _release(session: Session, owner: str, row_ids: list[int] | None) -> None:
+    customer = table_of(StripeCustomer)
+    query = sa.update(customer).where(customer.c.lease_owner == owner)
+    if row_ids is not None:
+        query = query.where(customer.c.id.in_(row_ids))
+    session.execute(query.values(lease_owner=None, lease_expires_at=None))

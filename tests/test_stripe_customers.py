@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import stripe
 
-from discoveryctl.sandbox import Sandbox, SandboxConfig
+from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
 
 from helpers import stripe_line, write_lines
 
@@ -329,3 +329,82 @@ def test_import_reports_another_email_for_a_customer_being_created_and_keeps_the
     assert "being created for u1@example.com, not new1@example.com" in result.stderr
     assert stored(db, "u1")["email"] == "u1@example.com"
     assert stored(db, "u2")["email"] == "new2@example.com"  # no key yet: nothing frozen
+
+
+def import_pending(cli: Any, tmp_path: Path, count: int) -> list[str]:
+    users = [f"s{n}" for n in range(count)]
+    lines = write_lines(tmp_path / "pending.jsonl", *(stripe_line(u) for u in users))
+    assert cli("import", str(lines)).exit_code == 0
+    return users
+
+
+def test_refresh_all_creates_every_pending_customer(
+    db: Any, cli: Any, stripe_env: Sandbox, tmp_path: Path
+) -> None:
+    users = import_pending(cli, tmp_path, 12)
+    result = cli("refresh-all", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["stripe"]["created"] == 12
+    assert [len(customers(stripe_env, u)) for u in users] == [1] * 12
+    statuses = db.rows("SELECT DISTINCT status FROM integration_status WHERE provider = 'stripe'")
+    assert statuses == [{"status": "active"}]
+    assert db.scalar("SELECT count(*) FROM stripe_customers WHERE lease_owner IS NOT NULL") == 0
+    again = cli("refresh-all", "--json")
+    assert again.json()["stripe"]["created"] == 0
+    assert posts(stripe_env) == 12  # nothing pending: no call
+
+
+def test_refresh_all_through_random_stripe_failures_ends_with_one_customer_each(
+    db: Any, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = SandboxConfig(fail_rate=0.2, stripe_rate_limits=False)
+    with run_in_thread(config) as flaky:
+        for name, value in flaky.env().items():
+            monkeypatch.setenv(name, value)
+        users = import_pending(cli, tmp_path, 20)
+        for _ in range(3):  # a user that failed every try of one run is tried by the next
+            if cli("refresh-all", "--provider", "stripe", "--json").exit_code == 0:
+                break
+        assert [len(customers(flaky, u)) for u in users] == [1] * 20
+    pending = db.scalar("SELECT count(*) FROM stripe_customers WHERE customer_id IS NULL")
+    assert pending == 0
+
+
+def test_refresh_all_stops_at_a_refused_api_key_and_marks_no_user(
+    db: Any, cli: Any, stripe_env: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import_pending(cli, tmp_path, 10)
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_not_ours_0000")
+    result = cli("refresh-all", "--json")
+    assert result.exit_code == 3
+    assert result.json()["stripe"]["appCredentialsRejected"].startswith("Stripe refused")
+    inbox = db.rows("SELECT audience, kind FROM notifications")
+    assert inbox == [{"audience": "admin", "kind": "app_credentials_rejected"}]
+    assert {r["attempts"] for r in db.rows("SELECT attempts FROM stripe_customers")} == {0}
+    assert db.scalar("SELECT count(*) FROM stripe_customers WHERE lease_owner IS NOT NULL") == 0
+
+
+def test_two_runs_at_once_create_each_pending_customer_once(
+    db: Any, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No rate limits here, so no retries: every create a run sends is its first for that
+    user, and the two runs' leases keep them on different users."""
+    with run_in_thread(SandboxConfig(stripe_rate_limits=False)) as sandbox:
+        for name, value in sandbox.env().items():
+            monkeypatch.setenv(name, value)
+        users = import_pending(cli, tmp_path, 40)
+        sandbox.state.set_behaviour("stripe", "stripe_slow", ms=20)
+        command = [sys.executable, "-m", "discoveryctl", "refresh-all", "--provider", "stripe"]
+        runs = [
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        outputs = [run.communicate(timeout=120) for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], [err for _, err in outputs]
+        assert [len(customers(sandbox, u)) for u in users] == [1] * 40
+        assert posts(sandbox) == 40  # no user was sent twice
+    created = db.rows(
+        "SELECT user_id, count(*) AS n FROM events WHERE kind = 'stripe_customer_created' "
+        "GROUP BY user_id"
+    )
+    assert len(created) == 40 and {r["n"] for r in created} == {1}

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import time
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from discoveryctl.cli import options
 
+if TYPE_CHECKING:
+    from discoveryctl.stripe_customers import PendingRun
+
 
 class RefreshAllProvider(StrEnum):
+    all = "all"
     amazon = "amazon"
+    stripe = "stripe"
 
 
 def refresh_all(
     ctx: typer.Context,
     provider: RefreshAllProvider = typer.Option(
-        RefreshAllProvider.amazon, "--provider", help="Which integrations to refresh."
+        RefreshAllProvider.all,
+        "--provider",
+        help="Amazon authorizations, pending Stripe customers, or both.",
     ),
     concurrency: int = typer.Option(
         32, "--concurrency", min=1, max=512, help="Calls to LWA at once."
@@ -40,16 +49,17 @@ def refresh_all(
     dry_run: bool = typer.Option(False, "--dry-run", help="List what is due; call nothing."),
     as_json: bool = typer.Option(False, "--json", help="The summary as JSON on stdout."),
 ) -> None:
-    """Refresh every due Amazon authorization, and record what each answer means.
+    """Refresh every due Amazon authorization and create every pending Stripe customer.
 
     Due: the cached access token expires within 5 minutes (or there is none), or the last
     refresh is over a day old; sellers whose last refresh failed wait out their backoff.
     With --verify, each new token is also checked at the SP-API (a seller it refuses is
-    revoked; an ambiguous 403 is recorded only). Overlapping runs, and runs on several
-    machines over one database, never refresh the same seller twice. Exit 0 all fine; 1
-    something needs attention (revoked or expired sellers, failures left for the next run);
-    3 LWA refused the app's own credentials (nothing was marked on any seller); 130
-    interrupted (the summary so far is printed).
+    revoked; an ambiguous 403 is recorded only). Then every user still waiting for a Stripe
+    customer gets one, under the idempotency key stored for it (see stripe ensure-customer).
+    Overlapping runs, and runs on several machines over one database, never work on the same
+    seller twice. Exit 0 all fine; 1 something needs attention (revoked or expired sellers,
+    failures left for the next run); 3 LWA or Stripe refused the app's own credentials
+    (nothing was marked on any seller); 130 interrupted (the summary so far is printed).
 
     Example: */5 * * * * discoveryctl refresh-all --deadline 4m
     """
@@ -61,13 +71,27 @@ def refresh_all(
     from discoveryctl.providers.spapi import AsyncSpApiClient
     from discoveryctl.refresh import Outcome
     from discoveryctl.refresh_all import due_now, run
+    from discoveryctl.stripe_customers import pending_count
 
     app: Application = ctx.obj
     seconds = options.duration(deadline)
     lease_seconds = options.duration(lease)
     assert lease_seconds is not None
-    amazon = app.config.amazon_app()
+    with_amazon = provider in (RefreshAllProvider.all, RefreshAllProvider.amazon)
+    with_stripe = provider in (RefreshAllProvider.all, RefreshAllProvider.stripe)
     database = app.open_database()
+    with database.session() as session:
+        pending = pending_count(session) if with_stripe else 0
+    if not with_amazon:
+        if dry_run:
+            app.err.print(f"{pending} pending Stripe customers")
+            return
+        only = _stripe(app, database, pending, seconds, lease_seconds, as_json)
+        if as_json:
+            app.print_json({"stripe": only.as_dict()})
+        _raise_for_stripe(only)
+        return
+    amazon = app.config.amazon_app()
     with database.session() as session:
         vault = app.vault(session)
         if dry_run:
@@ -96,8 +120,16 @@ def refresh_all(
             force=force,
             progress=show,
         )
+    stripe_run: PendingRun | None = None
+    if with_stripe and not (
+        summary.interrupted or summary.app_rejected or summary.deadline_reached
+    ):
+        ends = None if seconds is None else seconds - summary.seconds
+        stripe_run = _stripe(app, database, pending, ends, lease_seconds, as_json)
     if as_json:
-        app.print_json(summary.as_dict())
+        app.print_json(
+            {**summary.as_dict(), "stripe": stripe_run.as_dict() if stripe_run else None}
+        )
     else:
         counts = ", ".join(f"{n} {o}" for o, n in summary.as_dict()["outcomes"].items() if n)
         if summary.checks:
@@ -110,6 +142,8 @@ def refresh_all(
         )
     if summary.app_rejected is not None:
         raise AppCredentialsRejected(summary.app_rejected)
+    if stripe_run is not None:
+        _raise_for_stripe(stripe_run)
     if summary.interrupted:
         raise Interrupted("interrupted: the summary above is what was done")
     attention = sum(
@@ -123,4 +157,48 @@ def refresh_all(
     if attention:
         raise NeedsAttention(
             f"{attention} seller{'s need' if attention != 1 else ' needs'} attention"
+        )
+
+
+def _stripe(
+    app: Any, database: Any, pending: int, seconds: float | None, lease: float, as_json: bool
+) -> PendingRun:
+    """Create the pending Stripe customers (none pending: no call, no key needed)."""
+    from datetime import timedelta
+
+    from discoveryctl.providers.stripe import StripeCustomers
+    from discoveryctl.refresh import new_owner
+    from discoveryctl.stripe_customers import PendingRun, retry_pending
+
+    if not pending:
+        return PendingRun()
+    account = app.config.stripe_account()
+    done = retry_pending(
+        database.session,
+        lambda: StripeCustomers(account),
+        owner=new_owner(),
+        concurrency=STRIPE_CONCURRENCY,
+        lease=timedelta(seconds=lease),
+        ends=None if seconds is None else time.monotonic() + max(seconds, 0.0),
+    )
+    if not as_json:
+        counts = ", ".join(f"{n} {how}" for how, n in done.outcomes.items() if n)
+        app.err.print(f"stripe: {pending} pending" + (f" ({counts})" if counts else ""))
+    return done
+
+
+STRIPE_CONCURRENCY = 8
+"""Customers created at once: Stripe allows 25 writes a second in test mode ("Rate limits")."""
+
+
+def _raise_for_stripe(done: PendingRun) -> None:
+    from discoveryctl.errors import AppCredentialsRejected, NeedsAttention
+
+    if done.app_rejected is not None:
+        raise AppCredentialsRejected(done.app_rejected)
+    if done.outcomes["failed"]:
+        failed = done.outcomes["failed"]
+        raise NeedsAttention(
+            f"{failed} Stripe customer{'s' if failed != 1 else ''} could not be created: "
+            "the next run tries again"
         )
