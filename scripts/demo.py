@@ -162,8 +162,23 @@ def main() -> int:
             )
             response.raise_for_status()
 
-            step("The cron job refreshes every due token and catches the revoked seller")
+            step(
+                "The cron job refreshes every due token, catches the revoked seller, and "
+                "creates the pending Stripe customers"
+            )
             discoveryctl(env, "refresh-all", expect=(1,))
+            discoveryctl(env, "status", "stripe")
+            step("A user signs up: their Stripe customer, exactly once however often asked")
+            for _ in range(2):
+                discoveryctl(
+                    env,
+                    "stripe",
+                    "ensure-customer",
+                    "--user",
+                    "new-user",
+                    "--email",
+                    "new-user@example.com",
+                )
             step("A second run right after finds nothing due")
             discoveryctl(env, "refresh-all", "--json")
 

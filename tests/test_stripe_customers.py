@@ -3,8 +3,10 @@ time, however Stripe fails and however many processes try at once."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -408,3 +410,46 @@ def test_two_runs_at_once_create_each_pending_customer_once(
         "GROUP BY user_id"
     )
     assert len(created) == 40 and {r["n"] for r in created} == {1}
+
+
+@pytest.mark.parametrize("later", ["within-24h", "after-24h"])
+@pytest.mark.parametrize("rerun", ["ensure-customer", "refresh-all"])
+def test_a_process_killed_after_its_request_left_leaves_one_customer(
+    db: Any, cli: Any, stripe_env: Sandbox, later: str, rerun: str
+) -> None:
+    """SIGKILL while Stripe is still creating: the customer is made, its id never recorded.
+    The next command finds it: the same key within 24 hours (Stripe replays its answer),
+    a lookup past them (the key is forgotten, search still lags: the list by email finds
+    it)."""
+    stripe_env.state.set_behaviour("stripe", "stripe_slow", ms=1500, times=1)
+    killed = subprocess.Popen(COMMAND, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not posts(stripe_env):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate(timeout=10)
+    while not customers(stripe_env):  # Stripe finishes what it began
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    made = customers(stripe_env)
+    assert stored(db)["customer_id"] is None
+    if later == "after-24h":
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "UPDATE stripe_customers SET idempotency_key_created_at = "
+                + (
+                    "idempotency_key_created_at - interval '25 hours'"
+                    if db.kind == "postgres"
+                    else "datetime(idempotency_key_created_at, '-25 hours')"
+                )
+            )
+        stripe_env.state.clock.advance(25 * 3600)
+    if rerun == "ensure-customer":
+        result = ensure(cli)
+    else:
+        result = cli("refresh-all", "--provider", "stripe", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert customers(stripe_env) == made
+    assert stored(db)["customer_id"] == made[0]
+    assert stripe_status(db) == "active"

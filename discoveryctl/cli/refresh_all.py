@@ -86,9 +86,11 @@ def refresh_all(
         if dry_run:
             app.err.print(f"{pending} pending Stripe customers")
             return
-        only = _stripe(app, database, pending, seconds, lease_seconds, as_json)
+        only = _stripe(app, database, pending, seconds, lease_seconds)
         if as_json:
             app.print_json({"stripe": only.as_dict()})
+        else:
+            app.err.print(_stripe_line(pending, only))
         _raise_for_stripe(only)
         return
     amazon = app.config.amazon_app()
@@ -125,7 +127,7 @@ def refresh_all(
         summary.interrupted or summary.app_rejected or summary.deadline_reached
     ):
         ends = None if seconds is None else seconds - summary.seconds
-        stripe_run = _stripe(app, database, pending, ends, lease_seconds, as_json)
+        stripe_run = _stripe(app, database, pending, ends, lease_seconds)
     if as_json:
         app.print_json(
             {**summary.as_dict(), "stripe": stripe_run.as_dict() if stripe_run else None}
@@ -140,6 +142,8 @@ def refresh_all(
             + (f" ({counts})" if counts else "")
             + (" — deadline reached" if summary.deadline_reached else "")
         )
+        if stripe_run is not None:
+            app.err.print(_stripe_line(pending, stripe_run))
     if summary.app_rejected is not None:
         raise AppCredentialsRejected(summary.app_rejected)
     if stripe_run is not None:
@@ -161,7 +165,7 @@ def refresh_all(
 
 
 def _stripe(
-    app: Any, database: Any, pending: int, seconds: float | None, lease: float, as_json: bool
+    app: Any, database: Any, pending: int, seconds: float | None, lease: float
 ) -> PendingRun:
     """Create the pending Stripe customers (none pending: no call, no key needed)."""
     from datetime import timedelta
@@ -181,10 +185,12 @@ def _stripe(
         lease=timedelta(seconds=lease),
         ends=None if seconds is None else time.monotonic() + max(seconds, 0.0),
     )
-    if not as_json:
-        counts = ", ".join(f"{n} {how}" for how, n in done.outcomes.items() if n)
-        app.err.print(f"stripe: {pending} pending" + (f" ({counts})" if counts else ""))
     return done
+
+
+def _stripe_line(pending: int, done: PendingRun) -> str:
+    counts = ", ".join(f"{n} {how}" for how, n in done.outcomes.items() if n)
+    return f"stripe: {pending} pending" + (f" ({counts})" if counts else "")
 
 
 STRIPE_CONCURRENCY = 8
