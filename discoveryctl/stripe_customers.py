@@ -337,8 +337,10 @@ def _store_customer(
             last_error=None,
             updated_at=now,
         )
+        .returning(customer.c.attempts)
     )
-    if not _changed(stored):
+    attempt = stored.scalar_one_or_none()
+    if attempt is None:
         current = _by_id(session, pending.row_id)
         assert current.customer_id is not None
         return Onboarded(pending.user_id, current.customer_id, "existing")
@@ -349,6 +351,7 @@ def _store_customer(
         user_id=pending.user_id,
         provider=Provider.stripe,
         customerId=customer_id,
+        attempt=attempt,
         **detail,
     )
     integration = lifecycle.find(session, pending.user_id, Provider.stripe, for_update=True)

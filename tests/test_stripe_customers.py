@@ -3,6 +3,7 @@ time, however Stripe fails and however many processes try at once."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -90,6 +91,10 @@ def test_a_response_lost_after_the_customer_was_made_is_retried_under_the_same_k
     assert failed == [{"error_type": "stripe_connection_error"}]
     created = db.rows("SELECT detail FROM events WHERE kind = 'stripe_customer_created'")
     assert len(created) == 1
+    detail = created[0]["detail"]
+    detail = json.loads(detail) if isinstance(detail, str) else detail
+    assert detail["attempt"] == 2 and detail["replayed"] is True
+    assert detail["requestId"].startswith("req_") and detail["keyAgeSeconds"] >= 0
 
 
 @pytest.mark.parametrize(
@@ -228,7 +233,7 @@ def test_a_wrong_api_key_exits_3_tells_the_admins_once_and_marks_no_user(
 
 
 def test_three_processes_at_once_make_one_customer(db: Any, cli: Any, stripe_env: Sandbox) -> None:
-    stripe_env.state.set_behaviour("stripe", "stripe_slow", ms=300)  # all three in flight
+    stripe_env.state.set_behaviour("stripe", "stripe_slow", ms=1500)  # all three in flight
     runs = [
         subprocess.Popen(COMMAND, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(3)
@@ -239,6 +244,8 @@ def test_three_processes_at_once_make_one_customer(db: Any, cli: Any, stripe_env
     assert printed == set(customers(stripe_env))  # stdout: the id alone
     assert len(printed) == 1
     assert stored(db)["customer_id"] in printed
+    in_use = "SELECT count(*) FROM events WHERE error_type = 'stripe_idempotency_key_in_use'"
+    assert db.scalar(in_use) >= 1  # 409 while the first was executing, retried into a replay
 
 
 def _crashed_after_sending(db: Any, sandbox: Sandbox) -> str:
