@@ -14,12 +14,14 @@ otherwise a new key is minted, recorded, and sent.
 
 from __future__ import annotations
 
+import heapq
+import random
 import secrets
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
@@ -36,6 +38,7 @@ from discoveryctl.errors import (
     InvalidInput,
     ProviderError,
     StripeOutcomeUnknown,
+    TransientProviderError,
 )
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.health import Provider, Status
@@ -466,9 +469,12 @@ def retry_pending(
     lease: timedelta,
     ends: float | None = None,
 ) -> PendingRun:
-    """Make the customer of every pending user, ``concurrency`` at a time, each under this
-    run's lease (overlapping runs take different users). A refused API key stops the run:
-    nothing more is claimed, no user is marked. ``ends`` (monotonic) stops the claiming."""
+    """Make the customer of every pending user, ``concurrency`` calls at a time, each user
+    under this run's lease (overlapping runs take different users). A user whose try failed
+    for now waits its backoff in a queue, not in a worker, so the others go on meanwhile;
+    after ``RUN_ATTEMPTS`` tries the run gives up on it (the user is told, the next run tries
+    again). A refused API key stops the run: nothing more is claimed or tried, no user is
+    marked. ``ends`` (monotonic) stops the claiming."""
     run = PendingRun()
     local = threading.local()
     opened: list[StripeCustomers] = []
@@ -482,46 +488,141 @@ def retry_pending(
                 opened.append(found)
         return found
 
-    def one(pending: _Pending) -> None:
-        if run.app_rejected is not None:
-            return
+    def one_try(pending: _Pending) -> Onboarded | ProviderError:
         try:
-            done = ensure_customer(
-                session_scope,
-                customers(),
-                user_id=pending.user_id,
-                email=pending.email,
-                name=pending.name,
-            )
-        except AppCredentialsRejected as error:
-            with lock:
-                run.app_rejected = run.app_rejected or error.message
-            return
-        except ProviderError:
-            with lock:
-                run.outcomes["failed"] += 1
-            return
-        with lock:
-            run.outcomes[done.how] += 1
+            return _try_once(session_scope, customers(), pending)
+        except ProviderError as error:
+            return error
 
-    after = 0
+    queue = _Queue(concurrency)
     try:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            while run.app_rejected is None and (ends is None or time.monotonic() < ends):
-                with session_scope() as session:
-                    batch = _claim(session, owner, concurrency * 4, after, lease)
-                if not batch:
+            while run.app_rejected is None:
+                if queue.wants_more():
+                    if ends is not None and time.monotonic() >= ends:
+                        queue.add([])  # out of time: no more claims
+                    else:
+                        with session_scope() as session:
+                            claimed = _claim(session, owner, concurrency * 4, queue.after, lease)
+                        queue.add(claimed)
+                if queue.idle():
                     break
-                after = batch[-1].row_id
-                list(pool.map(one, batch))
-                with session_scope() as session:
-                    _release(session, owner, [p.row_id for p in batch])
+                for pending, outcome, tries in queue.step(pool, one_try):
+                    if isinstance(outcome, Onboarded):
+                        run.outcomes[outcome.how] += 1
+                    elif isinstance(outcome, AppCredentialsRejected):
+                        run.app_rejected = run.app_rejected or outcome.message
+                        continue
+                    elif isinstance(outcome, TransientProviderError) and tries < RUN_ATTEMPTS:
+                        queue.again(pending, tries)
+                        continue
+                    else:
+                        run.outcomes["failed"] += 1
+                        with session_scope() as session:
+                            _record_failure(session, pending.user_id, outcome, tries)
+                    queue.finished.append(pending.row_id)
+                if len(queue.finished) >= concurrency:
+                    with session_scope() as session:
+                        _release(session, owner, queue.finished)
+                    queue.finished = []
+            queue.drain()  # the key was refused: let the calls in flight end
     finally:
         with session_scope() as session:
             _release(session, owner, None)
         for client in opened:
             client.close()
+    if run.app_rejected is not None:
+        with session_scope() as session:
+            notifications.alert_app_credentials(session, Provider.stripe, run.app_rejected)
     return run
+
+
+RUN_ATTEMPTS = 6
+"""Tries of one user's create in one refresh-all run."""
+
+
+def backoff(tries: int) -> float:
+    """Seconds before try ``tries + 1``: exponential from 0.5 s, at most 8 s, plus up to
+    0.5 s of jitter (the in-command retries' policy, ``refresh._retry_wait``)."""
+    return min(0.5 * 2.0 ** (tries - 1), 8.0) + random.uniform(0.0, 0.5)
+
+
+Outcome = Onboarded | ProviderError
+
+
+class _Queue:
+    """The users this run holds: waiting (until their backoff ends), or being tried. More
+    are claimed whenever fewer than two rounds of calls are left, so a user waiting out its
+    backoff never holds up the others, nor the next claim."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.after = 0  # the highest row claimed: each user once a run
+        self.exhausted = False
+        self.finished: list[int] = []  # rows done with, their leases not yet let go
+        self._ready: list[tuple[float, int, _Pending, int]] = []
+        self._running: dict[Future[Outcome], tuple[_Pending, int]] = {}
+        self._order = 0
+
+    def wants_more(self) -> bool:
+        return not self.exhausted and len(self._ready) + len(self._running) < 2 * self.concurrency
+
+    def add(self, claimed: list[_Pending]) -> None:
+        if not claimed:
+            self.exhausted = True
+            return
+        self.after = claimed[-1].row_id
+        for pending in claimed:
+            self._push(0.0, pending, 0)
+
+    def again(self, pending: _Pending, tries: int) -> None:
+        self._push(time.monotonic() + backoff(tries), pending, tries)
+
+    def idle(self) -> bool:
+        return self.exhausted and not self._ready and not self._running
+
+    def step(
+        self, pool: ThreadPoolExecutor, one_try: Callable[[_Pending], Outcome]
+    ) -> list[tuple[_Pending, Outcome, int]]:
+        """Start what is due, then wait for a call to end (or, with a worker free, for the
+        next backoff to end, or a moment when more should be claimed)."""
+        now = time.monotonic()
+        while self._ready and self._ready[0][0] <= now and len(self._running) < self.concurrency:
+            _, _, pending, tries = heapq.heappop(self._ready)
+            self._running[pool.submit(one_try, pending)] = (pending, tries + 1)
+        timeout = None
+        if self._ready and len(self._running) < self.concurrency:
+            timeout = max(self._ready[0][0] - now, 0.0)
+        if self.wants_more():
+            timeout = 0.0
+        if not self._running:
+            time.sleep(timeout or 0.0)
+            return []
+        finished, _ = wait(self._running, timeout=timeout, return_when=FIRST_COMPLETED)
+        results = []
+        for future in finished:
+            pending, tries = self._running.pop(future)
+            results.append((pending, future.result(), tries))
+        return results
+
+    def drain(self) -> None:
+        for future in self._running:
+            future.result()
+
+    def _push(self, at: float, pending: _Pending, tries: int) -> None:
+        heapq.heappush(self._ready, (at, self._order, pending, tries))
+        self._order += 1
+
+
+def _try_once(
+    session_scope: SessionScope, customers: StripeCustomers, claimed: _Pending
+) -> Onboarded:
+    """One try at the user's customer, no waiting and nothing recorded as a failure."""
+    with session_scope() as session:
+        pending = _pending(session, claimed.user_id, claimed.email, claimed.name, utcnow())
+    if pending.customer_id is not None:
+        return Onboarded(pending.user_id, pending.customer_id, "existing")
+    return _attempt(session_scope, customers, pending.row_id, utcnow)
 
 
 def _claim(

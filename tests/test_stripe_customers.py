@@ -460,3 +460,17 @@ def test_a_process_killed_after_its_request_left_leaves_one_customer(
     assert customers(stripe_env) == made
     assert stored(db)["customer_id"] == made[0]
     assert stripe_status(db) == "active"
+
+
+def test_refresh_all_gives_up_on_a_refused_create_and_tells_each_user_once(
+    db: Any, cli: Any, stripe_env: Sandbox, tmp_path: Path
+) -> None:
+    users = import_pending(cli, tmp_path, 3)
+    stripe_env.state.set_behaviour("stripe", "stripe_5xx", status=503, should_retry=0)
+    result = cli("refresh-all", "--provider", "stripe", "--json")
+    assert result.exit_code == 1
+    assert result.json()["stripe"]["failed"] == 3
+    assert posts(stripe_env) == 3  # Stripe said a retry would not help: none in this run
+    inbox = db.rows("SELECT user_id, kind FROM notifications ORDER BY user_id")
+    assert inbox == [{"user_id": u, "kind": "stripe_onboarding_failed"} for u in sorted(users)]
+    assert db.scalar("SELECT count(*) FROM stripe_customers WHERE lease_owner IS NOT NULL") == 0
