@@ -1,0 +1,86 @@
+"""``providers.stripe.StripeCustomers`` against the sandbox over real sockets: what a create
+sends and returns, and how a user's customer is found again (list by email, then search)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from discoveryctl.errors import AppCredentialsRejected, TransientProviderError
+from discoveryctl.providers.stripe import StripeAccount, StripeCustomers
+from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
+
+KEY = SandboxConfig().stripe_api_key
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    with run_in_thread(SandboxConfig(stripe_rate_limits=False)) as running:
+        yield running
+
+
+@pytest.fixture
+def client(sandbox: Sandbox) -> Iterator[StripeCustomers]:
+    with StripeCustomers(StripeAccount(KEY, sandbox.url)) as customers:
+        yield customers
+
+
+def test_a_create_sends_the_user_and_the_key_and_a_retry_is_a_replay(
+    client: StripeCustomers, sandbox: Sandbox
+) -> None:
+    made = client.create(user_id="u1", email="a@example.com", name="Ann", idempotency_key="k1")
+    stored = sandbox.state.customer(made.customer_id)
+    assert stored is not None
+    assert (stored["email"], stored["name"], stored["metadata"]) == (
+        "a@example.com",
+        "Ann",
+        {"user_id": "u1"},
+    )
+    assert made.request_id is not None and made.request_id.startswith("req_")
+    assert made.replayed is False
+    again = client.create(user_id="u1", email="a@example.com", name="Ann", idempotency_key="k1")
+    assert (again.customer_id, again.replayed) == (made.customer_id, True)
+    nameless = client.create(user_id="u2", email="b@example.com", name=None, idempotency_key="k2")
+    assert sandbox.state.customer(nameless.customer_id)["name"] is None  # type: ignore[index]
+
+
+def test_a_failure_leaves_as_the_core_s_error(client: StripeCustomers, sandbox: Sandbox) -> None:
+    sandbox.state.set_behaviour("stripe", "stripe_5xx", status=502, times=1)
+    with pytest.raises(TransientProviderError):
+        client.create(user_id="u1", email="a@example.com", name=None, idempotency_key="k1")
+    sandbox.state.set_behaviour("stripe", "stripe_5xx", status=502, times=1)
+    with pytest.raises(TransientProviderError):
+        client.find(user_id="u1", email="a@example.com")
+
+
+def test_a_wrong_key_is_the_app_s_credentials(sandbox: Sandbox) -> None:
+    with (
+        StripeCustomers(StripeAccount("sk_test_not_ours_0000", sandbox.url)) as wrong,
+        pytest.raises(AppCredentialsRejected),
+    ):
+        wrong.create(user_id="u1", email="a@example.com", name=None, idempotency_key="k1")
+
+
+def test_find_lists_by_email_and_checks_the_user(client: StripeCustomers) -> None:
+    assert client.find(user_id="u1", email="a@example.com") is None
+    other = client.create(user_id="u2", email="a@example.com", name=None, idempotency_key="k2")
+    mine = client.create(user_id="u1", email="a@example.com", name=None, idempotency_key="k1")
+    assert client.find(user_id="u1", email="a@example.com") == mine.customer_id
+    assert client.find(user_id="u2", email="a@example.com") == other.customer_id
+    assert client.find(user_id="u3", email="a@example.com") is None
+
+
+def test_find_searches_by_metadata_when_the_email_changed_at_stripe(
+    client: StripeCustomers, sandbox: Sandbox
+) -> None:
+    """The list by email misses a customer whose email is not the one we sent; the search by
+    metadata finds it once it is searchable (the sandbox's lag: a minute, by its clock)."""
+    made = client.create(user_id="o'neil", email="old@example.com", name=None, idempotency_key="k")
+    assert client.find(user_id="o'neil", email="new@example.com") is None  # not searchable yet
+    sandbox.state.clock.advance(61)
+    assert client.find(user_id="o'neil", email="new@example.com") == made.customer_id
+    assert client.find(user_id="someone", email="new@example.com") is None
+    slash = client.create(user_id="a\\b", email="x@example.com", name=None, idempotency_key="s")
+    sandbox.state.clock.advance(61)
+    assert client.find(user_id="a\\b", email="new@example.com") == slash.customer_id
