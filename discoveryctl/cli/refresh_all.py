@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from discoveryctl.cli import options
 
 if TYPE_CHECKING:
+    from discoveryctl.cli.application import Application
+    from discoveryctl.db.engine import Database
     from discoveryctl.stripe_customers import PendingRun
 
 
@@ -65,7 +67,6 @@ def refresh_all(
     """
     from datetime import timedelta
 
-    from discoveryctl.cli.application import Application
     from discoveryctl.errors import AppCredentialsRejected, Interrupted, NeedsAttention
     from discoveryctl.providers.amazon import AsyncLwaClient
     from discoveryctl.providers.spapi import AsyncSpApiClient
@@ -165,7 +166,7 @@ def refresh_all(
 
 
 def _stripe(
-    app: Any, database: Any, pending: int, seconds: float | None, lease: float
+    app: Application, database: Database, pending: int, seconds: float | None, lease: float
 ) -> PendingRun:
     """Create the pending Stripe customers (none pending: no call, no key needed)."""
     from datetime import timedelta
