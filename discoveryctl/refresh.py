@@ -188,16 +188,20 @@ class Refresh:
 Result = TypeVar("Result")
 
 
-def _retry_wait(state: tenacity.RetryCallState) -> float:
-    """After ``Retry-After`` when the provider gave one, else exponential backoff with jitter
+def in_run_wait(tries: int, error: BaseException | None = None) -> float:
+    """Seconds to wait after ``tries`` failed tries, within one command or run: what
+    ``Retry-After`` asked when the provider gave one, else exponential backoff with jitter
     (0.5 s, 1 s, … at most 8 s, each + up to 0.5 s)."""
-    error = state.outcome.exception() if state.outcome else None
     if isinstance(error, TransientProviderError) and error.retry_after is not None:
         # Within a run, never longer than this: three tries and their waits stay well inside
         # a lease; a longer Retry-After is honoured by the backoff between runs instead.
         return min(error.retry_after, LONGEST_IN_RUN_WAIT)
-    jitter = tenacity.wait_exponential(multiplier=0.5, max=8) + tenacity.wait_random(0, 0.5)
-    return float(jitter(state))
+    return min(0.5 * 2.0 ** (tries - 1), 8.0) + random.uniform(0.0, 0.5)
+
+
+def _retry_wait(state: tenacity.RetryCallState) -> float:
+    error = state.outcome.exception() if state.outcome else None
+    return in_run_wait(state.attempt_number, error)
 
 
 def _retry_policy(attempts: int) -> dict[str, Any]:

@@ -15,7 +15,6 @@ otherwise a new key is minted, recorded, and sent.
 from __future__ import annotations
 
 import heapq
-import random
 import secrets
 import threading
 import time
@@ -43,7 +42,7 @@ from discoveryctl.errors import (
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.health import Provider, Status
 from discoveryctl.providers.stripe import CreatedCustomer, StripeCustomers
-from discoveryctl.refresh import Attempt, with_retries
+from discoveryctl.refresh import Attempt, in_run_wait, with_retries
 
 KEY_LIFETIME = timedelta(hours=24)
 """How long Stripe is sure to remember a key ("Idempotent requests": keys may be pruned once
@@ -514,7 +513,7 @@ def retry_pending(
                         run.app_rejected = run.app_rejected or outcome.message
                         continue
                     elif isinstance(outcome, TransientProviderError) and tries < RUN_ATTEMPTS:
-                        queue.again(pending, tries)
+                        queue.again(pending, tries, outcome)
                         continue
                     else:
                         run.outcomes["failed"] += 1
@@ -539,12 +538,6 @@ def retry_pending(
 
 RUN_ATTEMPTS = 6
 """Tries of one user's create in one refresh-all run."""
-
-
-def backoff(tries: int) -> float:
-    """Seconds before try ``tries + 1``: exponential from 0.5 s, at most 8 s, plus up to
-    0.5 s of jitter (the in-command retries' policy, ``refresh._retry_wait``)."""
-    return min(0.5 * 2.0 ** (tries - 1), 8.0) + random.uniform(0.0, 0.5)
 
 
 Outcome = Onboarded | ProviderError
@@ -575,8 +568,8 @@ class _Queue:
         for pending in claimed:
             self._push(0.0, pending, 0)
 
-    def again(self, pending: _Pending, tries: int) -> None:
-        self._push(time.monotonic() + backoff(tries), pending, tries)
+    def again(self, pending: _Pending, tries: int, error: ProviderError) -> None:
+        self._push(time.monotonic() + in_run_wait(tries, error), pending, tries)
 
     def idle(self) -> bool:
         return self.exhausted and not self._ready and not self._running
