@@ -107,14 +107,12 @@ def ensure_customer(
     or name, ``AppCredentialsRejected`` when Stripe refuses the key (the admins are told
     once, no user is marked), and ``ProviderError`` when Stripe refused or kept failing
     (the user's integration records it)."""
-    with session_scope() as session:
-        pending = _pending(session, user_id, email, name, now())
-    if pending.customer_id is not None:
-        return Onboarded(user_id, pending.customer_id, "existing")
     tries: list[Attempt] = []
     try:
         return with_retries(
-            lambda: _attempt(session_scope, customers, pending.row_id, now), ATTEMPTS, tries
+            lambda: _try_once(session_scope, customers, user_id, email, name, now),
+            ATTEMPTS,
+            tries,
         )
     except AppCredentialsRejected as error:
         with session_scope() as session:
@@ -489,7 +487,9 @@ def retry_pending(
 
     def one_try(pending: _Pending) -> Onboarded | ProviderError:
         try:
-            return _try_once(session_scope, customers(), pending)
+            return _try_once(
+                session_scope, customers(), pending.user_id, pending.email, pending.name
+            )
         except ProviderError as error:
             return error
 
@@ -608,14 +608,20 @@ class _Queue:
 
 
 def _try_once(
-    session_scope: SessionScope, customers: StripeCustomers, claimed: _Pending
+    session_scope: SessionScope,
+    customers: StripeCustomers,
+    user_id: str,
+    email: str,
+    name: str | None,
+    now: Callable[[], datetime] = utcnow,
 ) -> Onboarded:
-    """One try at the user's customer, no waiting and nothing recorded as a failure."""
+    """One try at the user's customer: the one recorded (no call), or the row and its key
+    committed first, then one attempt. No waiting, nothing recorded as a failure."""
     with session_scope() as session:
-        pending = _pending(session, claimed.user_id, claimed.email, claimed.name, utcnow())
+        pending = _pending(session, user_id, email, name, now())
     if pending.customer_id is not None:
         return Onboarded(pending.user_id, pending.customer_id, "existing")
-    return _attempt(session_scope, customers, pending.row_id, utcnow)
+    return _attempt(session_scope, customers, pending.row_id, now)
 
 
 def _claim(
