@@ -188,27 +188,36 @@ class Refresh:
 Result = TypeVar("Result")
 
 
-def in_run_wait(tries: int, error: BaseException | None = None) -> float:
+Backoff = Callable[[int], float]
+"""Seconds to wait after a number of failed tries, when the provider did not say."""
+
+
+def exponential_backoff(tries: int) -> float:
+    """0.5 s, 1 s, … at most 8 s, each + up to 0.5 s of jitter."""
+    return min(0.5 * 2.0 ** (tries - 1), 8.0) + random.uniform(0.0, 0.5)
+
+
+def in_run_wait(
+    tries: int, error: BaseException | None = None, backoff: Backoff = exponential_backoff
+) -> float:
     """Seconds to wait after ``tries`` failed tries, within one command or run: what
-    ``Retry-After`` asked when the provider gave one, else exponential backoff with jitter
-    (0.5 s, 1 s, … at most 8 s, each + up to 0.5 s)."""
+    ``Retry-After`` asked when the provider gave one, else ``backoff(tries)``."""
     if isinstance(error, TransientProviderError) and error.retry_after is not None:
         # Within a run, never longer than this: three tries and their waits stay well inside
         # a lease; a longer Retry-After is honoured by the backoff between runs instead.
         return min(error.retry_after, LONGEST_IN_RUN_WAIT)
-    return min(0.5 * 2.0 ** (tries - 1), 8.0) + random.uniform(0.0, 0.5)
+    return backoff(tries)
 
 
-def _retry_wait(state: tenacity.RetryCallState) -> float:
-    error = state.outcome.exception() if state.outcome else None
-    return in_run_wait(state.attempt_number, error)
+def _retry_policy(attempts: int, backoff: Backoff = exponential_backoff) -> dict[str, Any]:
+    def wait(state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        return in_run_wait(state.attempt_number, error, backoff)
 
-
-def _retry_policy(attempts: int) -> dict[str, Any]:
     return {
         "retry": tenacity.retry_if_exception_type(TransientProviderError),
         "stop": tenacity.stop_after_attempt(attempts),
-        "wait": _retry_wait,
+        "wait": wait,
         "reraise": True,
     }
 
@@ -228,9 +237,12 @@ class Attempt:
 
 
 def with_retries(
-    call: Callable[[], Result], attempts: int = IN_RUN_ATTEMPTS, tries: list[Attempt] | None = None
+    call: Callable[[], Result],
+    attempts: int = IN_RUN_ATTEMPTS,
+    tries: list[Attempt] | None = None,
+    backoff: Backoff = exponential_backoff,
 ) -> Result:
-    """``call()``, tried again on a transient failure (see ``_retry_wait``); each try is
+    """``call()``, tried again on a transient failure after ``in_run_wait``; each try is
     appended to ``tries``."""
     log = [] if tries is None else tries
 
@@ -244,7 +256,7 @@ def with_retries(
         log.append(Attempt(len(log) + 1, time.perf_counter() - started))
         return result
 
-    return tenacity.Retrying(**_retry_policy(attempts))(timed)
+    return tenacity.Retrying(**_retry_policy(attempts, backoff))(timed)
 
 
 async def with_async_retries(

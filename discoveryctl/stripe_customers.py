@@ -41,7 +41,7 @@ from discoveryctl.errors import (
 )
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.health import Provider, Status
-from discoveryctl.providers.stripe import CreatedCustomer, StripeCustomers
+from discoveryctl.providers.stripe import SEARCH_LAG, CreatedCustomer, StripeCustomers, backoff
 from discoveryctl.refresh import Attempt, in_run_wait, with_retries
 
 KEY_LIFETIME = timedelta(hours=24)
@@ -49,8 +49,8 @@ KEY_LIFETIME = timedelta(hours=24)
 they are at least 24 hours old)."""
 
 ATTEMPTS = 4
-"""Tries of one create in one command, transient failures apart (refresh's retry waits:
-exponential from 0.5 s with jitter, at most 8 s, or what Retry-After asks up to 10 s)."""
+"""Tries of one create in one command, transient failures apart (``backoff``, Stripe's own
+waits, or what Retry-After asks up to 10 s)."""
 
 ONBOARDING_FAILED = "stripe_onboarding_failed"
 
@@ -113,6 +113,7 @@ def ensure_customer(
             lambda: _try_once(session_scope, customers, user_id, email, name, now),
             ATTEMPTS,
             tries,
+            backoff,
         )
     except AppCredentialsRejected as error:
         with session_scope() as session:
@@ -236,35 +237,68 @@ def _attempt(
     row_id: int,
     now: Callable[[], datetime],
 ) -> Onboarded:
-    """One try: adopt or re-key first if the key cannot be trusted, then create."""
-    with session_scope() as session:
-        pending = _by_id(session, row_id)
-    if pending.customer_id is not None:  # another process finished meanwhile
-        return Onboarded(pending.user_id, pending.customer_id, "existing")
-    assert pending.key is not None and pending.key_created_at is not None
-    age = now() - pending.key_created_at
-    if age >= KEY_LIFETIME:
+    """One try: adopt or re-key first if the key cannot be trusted, then create. A create
+    whose outcome Stripe left unknown (a 500) is looked up at once; found, it is adopted,
+    else the new key is sent straight away: the lookup's answers show Stripe is answering
+    again, and the try's backoff would only delay the user. A second unknown outcome ends
+    the try (its key replaced too)."""
+    pending = _current(session_scope, row_id)
+    if (done := _done(pending)) is not None:  # another process finished meanwhile
+        return done
+    assert pending.key_created_at is not None
+    if now() - pending.key_created_at >= KEY_LIFETIME:
         adopted = _adopt_or_rekey(session_scope, customers, pending, now(), "key_expired")
         if adopted is not None:
             return adopted
-        with session_scope() as session:
-            pending = _by_id(session, row_id)
-        assert pending.key is not None and pending.key_created_at is not None
-        age = now() - pending.key_created_at
-    key = pending.key
-    assert key is not None
+        pending = _current(session_scope, row_id)
+        if (done := _done(pending)) is not None:
+            return done
+    resent = False
+    while True:
+        try:
+            return _create(session_scope, customers, pending, now)
+        except StripeOutcomeUnknown:
+            adopted = _adopt_or_rekey(session_scope, customers, pending, now(), "outcome_unknown")
+            if adopted is not None:
+                return adopted
+            if resent:
+                raise
+            resent = True
+            pending = _current(session_scope, row_id)
+            if (done := _done(pending)) is not None:
+                return done
+
+
+def _current(session_scope: SessionScope, row_id: int) -> _Pending:
+    with session_scope() as session:
+        return _by_id(session, row_id)
+
+
+def _done(pending: _Pending) -> Onboarded | None:
+    """The customer the row already records (another process's, made meanwhile), if any."""
+    if pending.customer_id is None:
+        return None
+    return Onboarded(pending.user_id, pending.customer_id, "existing")
+
+
+def _create(
+    session_scope: SessionScope,
+    customers: StripeCustomers,
+    pending: _Pending,
+    now: Callable[[], datetime],
+) -> Onboarded:
+    """Send the create under the row's key; commit the customer, or record the failure."""
+    assert pending.key is not None and pending.key_created_at is not None
+    age = now() - pending.key_created_at
     try:
         created = customers.create(
-            user_id=pending.user_id, email=pending.email, name=pending.name, idempotency_key=key
+            user_id=pending.user_id,
+            email=pending.email,
+            name=pending.name,
+            idempotency_key=pending.key,
         )
     except AppCredentialsRejected:
         raise  # the app's key, not this user's: nothing is recorded against the user
-    except StripeOutcomeUnknown as error:
-        _record_attempt(session_scope, pending, age, error)
-        adopted = _adopt_or_rekey(session_scope, customers, pending, now(), "outcome_unknown")
-        if adopted is not None:
-            return adopted
-        raise
     except ProviderError as error:
         _record_attempt(session_scope, pending, age, error)
         raise
@@ -279,8 +313,17 @@ def _adopt_or_rekey(
     reason: str,
 ) -> Onboarded | None:
     """Look for the customer Stripe may already have made; adopt it, or replace the key
-    (only if no other process replaced it first) and return ``None`` to create anew."""
-    found = customers.find(user_id=pending.user_id, email=pending.email)
+    (only if no other process replaced it first) and return ``None`` to create anew.
+
+    A key minted less than ``SEARCH_LAG`` ago can only have made a customer that recently,
+    which the list by email sees and a search may not yet: the list alone is asked. (Its
+    email changed at Stripe within that minute is the one case neither would find.)"""
+    assert pending.key_created_at is not None
+    found = customers.find(
+        user_id=pending.user_id,
+        email=pending.email,
+        search=now - pending.key_created_at >= SEARCH_LAG,
+    )
     customer = table_of(StripeCustomer)
     with session_scope() as session:
         if found is not None:
@@ -558,7 +601,18 @@ class _Queue:
         self._order = 0
 
     def wants_more(self) -> bool:
-        return not self.exhausted and len(self._ready) + len(self._running) < 2 * self.concurrency
+        """Whether fewer than two rounds of calls are in hand: running, or due now. Users
+        still waiting out a backoff do not count, or enough of them would starve the run."""
+        if self.exhausted:
+            return False
+        wanted = 2 * self.concurrency - len(self._running)
+        if wanted <= 0:
+            return False
+        if len(self._ready) < wanted:
+            return True
+        now = time.monotonic()
+        due = sum(1 for at, *_ in heapq.nsmallest(wanted, self._ready) if at <= now)
+        return due < wanted
 
     def add(self, claimed: list[_Pending]) -> None:
         if not claimed:
@@ -569,7 +623,7 @@ class _Queue:
             self._push(0.0, pending, 0)
 
     def again(self, pending: _Pending, tries: int, error: ProviderError) -> None:
-        self._push(time.monotonic() + in_run_wait(tries, error), pending, tries)
+        self._push(time.monotonic() + in_run_wait(tries, error, backoff), pending, tries)
 
     def idle(self) -> bool:
         return self.exhausted and not self._ready and not self._running

@@ -71,6 +71,15 @@ def test_find_lists_by_email_and_checks_the_user(client: StripeCustomers) -> Non
     assert client.find(user_id="u3", email="a@example.com") is None
 
 
+def test_find_without_search_asks_the_list_alone(client: StripeCustomers, sandbox: Sandbox) -> None:
+    made = client.create(user_id="u1", email="old@example.com", name=None, idempotency_key="k")
+    sandbox.state.clock.advance(61)  # searchable now, but not asked
+    assert client.find(user_id="u1", email="new@example.com", search=False) is None
+    assert client.find(user_id="u1", email="old@example.com", search=False) == made.customer_id
+    assert "GET /v1/customers/search" not in sandbox.state.stats()["requests"]
+    assert client.find(user_id="u1", email="new@example.com") == made.customer_id
+
+
 def test_find_searches_by_metadata_when_the_email_changed_at_stripe(
     client: StripeCustomers, sandbox: Sandbox
 ) -> None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,60 @@ def test_stripe_failing_after_it_began_is_looked_up_not_created_again(
     assert stripe_status(db) == "active"
 
 
+def requests(sandbox: Sandbox) -> dict[str, int]:
+    return dict(sandbox.state.stats()["requests"])
+
+
+def test_a_500_on_a_fresh_key_is_checked_by_the_list_and_sent_again_at_once(
+    db: Any, cli: Any, stripe_env: Sandbox
+) -> None:
+    """Nothing was made: the list by email says so (a search could not yet see a customer
+    made seconds ago), and the new key goes out in the same try, with no backoff."""
+    stripe_env.state.set_behaviour("stripe", "stripe_5xx", status=500, times=1)
+    result = ensure(cli)
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["how"] == "created"
+    assert customers(stripe_env) == [result.json()["customer_id"]]
+    assert requests(stripe_env) == {"POST /v1/customers": 2, "GET /v1/customers": 1}
+    timeline = db.rows(
+        "SELECT kind, occurred_at FROM events WHERE kind LIKE 'stripe_%' ORDER BY id"
+    )
+    kinds = [event["kind"] for event in timeline]
+    assert kinds == [
+        "stripe_customer_pending",
+        "stripe_customer_attempt",
+        "stripe_idempotency_key_replaced",
+        "stripe_customer_created",
+    ]
+    replaced, created = (_instant(event["occurred_at"]) for event in timeline[2:])
+    assert (created - replaced).total_seconds() < 0.45  # the shortest backoff is 0.5 s
+
+
+def _instant(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def test_a_500_on_a_key_older_than_a_minute_is_also_searched_for(
+    db: Any, cli: Any, stripe_env: Sandbox
+) -> None:
+    stripe_env.state.set_behaviour("stripe", "stripe_5xx", status=502)
+    assert ensure(cli).exit_code == 1  # the row and its key are kept
+    stripe_env.state.clear_behaviour()
+    _age_key(db, minutes=2)
+    before = requests(stripe_env)
+    stripe_env.state.set_behaviour("stripe", "stripe_5xx", status=500, times=1)
+    result = ensure(cli)
+    assert result.exit_code == 0, result.stderr
+    after = requests(stripe_env)
+    asked = {route: after[route] - before.get(route, 0) for route in after}
+    assert asked == {
+        "POST /v1/customers": 2,
+        "GET /v1/customers": 1,
+        "GET /v1/customers/search": 1,
+    }
+    assert customers(stripe_env) == [result.json()["customer_id"]]
+
+
 def test_failures_that_persist_notify_the_user_once_and_the_admins_after_three(
     db: Any, cli: Any, stripe_env: Sandbox
 ) -> None:
@@ -248,6 +303,19 @@ def test_three_processes_at_once_make_one_customer(db: Any, cli: Any, stripe_env
     assert db.scalar(in_use) >= 1  # 409 while the first was executing, retried into a replay
 
 
+def _age_key(db: Any, *, minutes: int) -> None:
+    """Make the stored idempotency key ``minutes`` older."""
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE stripe_customers SET idempotency_key_created_at = "
+            + (
+                f"idempotency_key_created_at - interval '{minutes} minutes'"
+                if db.kind == "postgres"
+                else f"datetime(idempotency_key_created_at, '-{minutes} minutes')"
+            )
+        )
+
+
 def _crashed_after_sending(db: Any, sandbox: Sandbox) -> str:
     """The first command failed for good, then "another process" sent the row's key and died
     before it could record the answer; 25 hours pass, at Stripe and for the key."""
@@ -255,14 +323,7 @@ def _crashed_after_sending(db: Any, sandbox: Sandbox) -> str:
     assert ensure_plain(db, sandbox).returncode == 1
     sandbox.state.clear_behaviour()
     key = str(stored(db)["idempotency_key"])
-    with db.engine.begin() as connection:
-        connection.exec_driver_sql(
-            "UPDATE stripe_customers SET idempotency_key_created_at = "
-            "idempotency_key_created_at - interval '25 hours'"
-            if db.kind == "postgres"
-            else "UPDATE stripe_customers SET idempotency_key_created_at = "
-            "datetime(idempotency_key_created_at, '-25 hours')"
-        )
+    _age_key(db, minutes=25 * 60)
     sandbox.state.clock.advance(25 * 3600)
     return key
 

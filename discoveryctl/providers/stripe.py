@@ -10,12 +10,15 @@ records each attempt. Sources for what each answer means:
 - "Error codes", https://docs.stripe.com/error-codes
 - "Search", https://docs.stripe.com/search (the query language and its lag)
 - stripe-python ``_http_client.py``, ``HTTPClient._should_retry``: the ``Stripe-Should-Retry``
-  header decides first, then 409 and 5xx are retried.
+  header decides first, then 409 and 5xx are retried; ``HTTPClient._sleep_time_seconds``: how
+  long it waits before a retry (``backoff``).
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
+from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
@@ -34,6 +37,21 @@ TIMEOUT_SECONDS = 30.0
 """One call's limit (stripe-python's own default is 80 s, too long for a cron run)."""
 
 LIST_PAGE_SIZE = 100  # the most "List all customers" returns a page
+
+SEARCH_LAG = timedelta(minutes=1)
+"""How far search trails writes "under normal operating conditions" ("Search", Data
+freshness: "Don't use search for read-after-write flows")."""
+
+FIRST_RETRY_DELAY = 0.5
+LONGEST_RETRY_DELAY = 5.0
+
+
+def backoff(tries: int) -> float:
+    """Seconds before the next try after ``tries`` failed ones, as stripe-python waits
+    between its own retries (``HTTPClient._sleep_time_seconds``, 16.1.0): 0.5 s doubling up
+    to 5 s, of which a random half to all, never under 0.5 s."""
+    delay = min(FIRST_RETRY_DELAY * 2.0 ** (tries - 1), LONGEST_RETRY_DELAY)
+    return max(FIRST_RETRY_DELAY, delay * random.uniform(0.5, 1.0))
 
 
 @dataclass(frozen=True)
@@ -106,15 +124,18 @@ class StripeCustomers:
             replayed=response.headers.get("idempotent-replayed") == "true",  # pragma: no mutate
         )
 
-    def find(self, *, user_id: str, email: str) -> str | None:
+    def find(self, *, user_id: str, email: str, search: bool = True) -> str | None:
         """The id of a customer made for ``user_id``, if Stripe has one: first among those
-        listed under ``email`` (a list sees every write at once), then by a search on
-        ``metadata['user_id']`` (which lags behind writes: "Search", "under a minute")."""
+        listed under ``email`` (a list sees every write at once), then, with ``search``, by a
+        search on ``metadata['user_id']``, which finds one whose email was changed at Stripe
+        but lags behind writes ("Search": "searchable in under 1 minute")."""
         try:
             listed = self._client.v1.customers.list({"email": email, "limit": LIST_PAGE_SIZE})
             for customer in listed.auto_paging_iter():
                 if _metadata(customer).get("user_id") == user_id:
                     return str(customer.id)
+            if not search:
+                return None
             query = f"metadata['user_id']:'{_quoted(user_id)}'"
             found = self._client.v1.customers.search(
                 {"query": query, "limit": 1}  # pragma: no mutate  (the first is all we read)

@@ -1,0 +1,50 @@
+"""refresh-all's queue of pending Stripe customers: users waiting out a backoff never stop the
+run from claiming the next ones."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from discoveryctl.errors import TransientProviderError
+from discoveryctl.stripe_customers import Outcome, _Pending, _Queue
+
+
+def _pending(row_id: int) -> _Pending:
+    return _Pending(row_id, f"user-{row_id}", f"user-{row_id}@example.com", None, None, "k", None)
+
+
+def _throttled(pending: _Pending) -> Outcome:
+    return TransientProviderError("slow down", status_code=429, retry_after=60.0)
+
+
+def test_two_rounds_due_now_are_enough_and_one_less_asks_for_more() -> None:
+    queue = _Queue(concurrency=2)
+    queue.add([_pending(n) for n in range(1, 4)])
+    assert queue.wants_more()
+    queue.add([_pending(4)])
+    assert not queue.wants_more()
+    assert queue.after == 4
+
+
+def test_users_waiting_out_a_backoff_do_not_count_as_work_in_hand() -> None:
+    queue = _Queue(concurrency=2)
+    queue.add([_pending(n) for n in range(1, 5)])
+    failed = []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        while len(failed) < 4:
+            failed += queue.step(pool, _throttled)
+    for pending, outcome, tries in failed:
+        assert isinstance(outcome, TransientProviderError)
+        queue.again(pending, tries, outcome)
+    assert queue.wants_more()  # four users in the queue, none of them due for a while
+    queue.add([_pending(5), _pending(6), _pending(7)])
+    assert queue.wants_more()
+    queue.add([_pending(8)])
+    assert not queue.wants_more()
+
+
+def test_a_run_out_of_users_claims_no_more() -> None:
+    queue = _Queue(concurrency=2)
+    queue.add([])
+    assert not queue.wants_more()
+    assert queue.idle()
