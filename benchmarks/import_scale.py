@@ -23,13 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote
 
 from status_scale import seed_lines  # the same sellers: half Amazon, half Stripe
+from throwaway import database
 
 TARGET_LINES_PER_SECOND = 10_000
 
@@ -51,40 +48,6 @@ def run_import(source: Path, env: dict[str, str]) -> tuple[float, int, dict[str,
     if process.returncode != 0:
         sys.exit(f"discoveryctl import exited {process.returncode}")
     return elapsed, usage.ru_maxrss // 1024, json.loads(stdout)
-
-
-@contextmanager
-def database(home: str) -> Iterator[dict[str, str]]:
-    """The environment for one run: the SQLite default under ``home``, or a fresh schema."""
-    env = {**os.environ, "XDG_DATA_HOME": home, "LOG_LEVEL": "warning", "NO_COLOR": "1"}
-    url = os.environ.get("DATABASE_URL")
-    if not url or url.startswith("sqlite"):
-        env.pop("DATABASE_URL", None)
-        yield env
-        return
-    import sqlalchemy as sa
-    from cryptography.fernet import Fernet
-
-    engine_url = url.replace("postgresql://", "postgresql+psycopg://", 1)
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(engine_url)
-    with admin.begin() as connection:
-        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in url else "?"
-    env["DATABASE_URL"] = f"{url}{separator}options={quote(f'-csearch_path={schema}')}"
-    env.setdefault("DISCOVERY_ENCRYPTION_KEY", Fernet.generate_key().decode())
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "discoveryctl", "db", "upgrade"],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        yield env
-    finally:
-        with admin.begin() as connection:
-            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def encryption_seconds(count: int) -> tuple[float, float]:

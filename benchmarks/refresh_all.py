@@ -29,9 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
-from urllib.parse import quote
+
+from throwaway import database, is_postgres
 
 
 def free_port() -> int:
@@ -140,34 +140,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     options = parser.parse_args()
 
-    postgres = os.environ.get("DATABASE_URL", "").startswith("postgres")
-    with tempfile.TemporaryDirectory(prefix="discoveryctl-bench-") as home:
+    postgres = is_postgres()
+    with tempfile.TemporaryDirectory(prefix="discoveryctl-bench-") as home, database(home) as base:
         env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("AMAZON_", "STRIPE_"))
+            key: value for key, value in base.items() if not key.startswith(("AMAZON_", "STRIPE_"))
         }
-        env.update({"XDG_DATA_HOME": home, "LOG_LEVEL": "warning", "NO_COLOR": "1"})
-        schema = None
-        if postgres:
-            import sqlalchemy as sa
-            from cryptography.fernet import Fernet
-
-            schema = f"bench_{uuid.uuid4().hex[:10]}"
-            admin = sa.create_engine(
-                env["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://", 1)
-            )
-            with admin.begin() as connection:
-                connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-            separator = "&" if "?" in env["DATABASE_URL"] else "?"
-            env["DATABASE_URL"] += f"{separator}options={quote(f'-csearch_path={schema}')}"
-            env["DISCOVERY_ENCRYPTION_KEY"] = Fernet.generate_key().decode()
-            subprocess.run(
-                [sys.executable, "-m", "discoveryctl", "db", "upgrade"],
-                env=env,
-                check=True,
-                capture_output=True,
-            )
         seed_file = Path(home) / "sellers.jsonl"
         sandbox, exports = start_sandbox(env, options.sellers, options.latency_ms, seed_file)
         env.update(exports)
@@ -185,10 +162,6 @@ def main() -> int:
         finally:
             sandbox.terminate()
             sandbox.wait(timeout=30)
-            if schema is not None:
-                with admin.begin() as connection:
-                    connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-                admin.dispose()
     summary = json.loads(stdout)
     refreshed = summary["outcomes"]["refreshed"]
     ideal = options.sellers * options.latency_ms / 1000 / options.concurrency

@@ -6,10 +6,12 @@ many with more (never, if exactly-once holds), how many rows are still pending, 
 of the two times. Target (issue 9): N=1,000, F=20 % → exactly N customers, every row active,
 in under twice the fault-free time.
 
-The sandbox runs in a thread of this process with Stripe's rate limits off; the database is a
-temporary SQLite file.
+The sandbox runs in a thread of this process with Stripe's rate limits off. Each run has a
+database of its own: a temporary SQLite default, or, with DATABASE_URL set to PostgreSQL, a
+throw-away schema in that database.
 
     python benchmarks/stripe_pending.py [--customers 1000] [--fail-rate 0.2]
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test python benchmarks/stripe_pending.py
 """
 
 from __future__ import annotations
@@ -23,17 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from throwaway import database, is_postgres
+
 from discoveryctl.sandbox import SandboxConfig, run_in_thread
 
 
 def one_run(customers: int, fail_rate: float) -> float:
-    with tempfile.TemporaryDirectory(prefix="discoveryctl-bench-") as home:
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key != "DATABASE_URL" and not key.startswith(("AMAZON_", "STRIPE_"))
-        }
-        env.update({"XDG_DATA_HOME": home, "LOG_LEVEL": "warning"})
+    with tempfile.TemporaryDirectory(prefix="discoveryctl-bench-") as home, database(home) as base:
+        env = {k: v for k, v in base.items() if not k.startswith(("AMAZON_", "STRIPE_"))}
         config = SandboxConfig(fail_rate=fail_rate, stripe_rate_limits=False)
         with run_in_thread(config) as sandbox:
             env.update(sandbox.env())
@@ -79,7 +78,10 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=1000)
     parser.add_argument("--fail-rate", type=float, default=0.2)
     options = parser.parse_args()
-    print(f"refresh-all --provider stripe, N={options.customers}, {os.cpu_count()} cores")
+    backend = "PostgreSQL" if is_postgres() else "SQLite"
+    print(
+        f"refresh-all --provider stripe on {backend}, N={options.customers}, {os.cpu_count()} cores"
+    )
     clean = one_run(options.customers, 0.0)
     faulty = one_run(options.customers, options.fail_rate)
     print(f"ratio {faulty / clean:.2f} (target < 2)")
