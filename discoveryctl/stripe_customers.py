@@ -482,6 +482,7 @@ class PendingRun:
 
     outcomes: Counter[str] = field(default_factory=Counter)
     app_rejected: str | None = None  # Stripe's message when it refused the API key
+    deadline_reached: bool = False  # users were left for the next run
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -490,6 +491,7 @@ class PendingRun:
             "existing": self.outcomes["existing"],
             "failed": self.outcomes["failed"],
             "appCredentialsRejected": self.app_rejected,
+            "deadlineReached": self.deadline_reached,
         }
 
 
@@ -498,6 +500,13 @@ def pending_count(session: Session) -> int:
     customer = table_of(StripeCustomer)
     query = sa.select(sa.func.count()).where(customer.c.customer_id.is_(None))
     return int(session.execute(query).scalar_one())
+
+
+def pending_users(session: Session) -> list[str]:
+    """The users who wait for their Stripe customer, in the order a run takes them."""
+    customer = table_of(StripeCustomer)
+    query = sa.select(customer.c.user_id).where(customer.c.customer_id.is_(None))
+    return list(session.execute(query.order_by(customer.c.id)).scalars())
 
 
 def retry_pending(
@@ -514,7 +523,8 @@ def retry_pending(
     for now waits its backoff in a queue, not in a worker, so the others go on meanwhile;
     after ``RUN_ATTEMPTS`` tries the run gives up on it (the user is told, the next run tries
     again). A refused API key stops the run: nothing more is claimed or tried, no user is
-    marked. ``ends`` (monotonic) stops the claiming."""
+    marked. At ``ends`` (monotonic) nothing more is claimed or tried either: the calls in
+    flight end, and the users not done are left, unmarked, to the next run."""
     run = PendingRun()
     local = threading.local()
     opened: list[StripeCustomers] = []
@@ -536,17 +546,16 @@ def retry_pending(
         except ProviderError as error:
             return error
 
-    queue = _Queue(concurrency)
+    queue = _Queue(concurrency, ends)
     try:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             while run.app_rejected is None:
+                if queue.out_of_time():
+                    run.deadline_reached = True
                 if queue.wants_more():
-                    if ends is not None and time.monotonic() >= ends:
-                        queue.add([])  # out of time: no more claims
-                    else:
-                        with session_scope() as session:
-                            claimed = _claim(session, owner, concurrency * 4, queue.after, lease)
-                        queue.add(claimed)
+                    with session_scope() as session:
+                        claimed = _claim(session, owner, concurrency * 4, queue.after, lease)
+                    queue.add(claimed)
                 if queue.idle():
                     break
                 for pending, outcome, tries in queue.step(pool, one_try):
@@ -591,8 +600,9 @@ class _Queue:
     are claimed whenever fewer than two rounds of calls are left, so a user waiting out its
     backoff never holds up the others, nor the next claim."""
 
-    def __init__(self, concurrency: int) -> None:
+    def __init__(self, concurrency: int, ends: float | None = None) -> None:
         self.concurrency = concurrency
+        self.ends = ends  # monotonic: past it, nothing more is claimed or started
         self.after = 0  # the highest row claimed: each user once a run
         self.exhausted = False
         self.finished: list[int] = []  # rows done with, their leases not yet let go
@@ -624,6 +634,16 @@ class _Queue:
 
     def again(self, pending: _Pending, tries: int, error: ProviderError) -> None:
         self._push(time.monotonic() + in_run_wait(tries, error, backoff), pending, tries)
+
+    def out_of_time(self) -> bool:
+        """Past ``ends``: claim no more, and let go of the users not being tried (their
+        leases go with the run's). True when that left a user, or maybe one, undone."""
+        if self.ends is None or time.monotonic() < self.ends:
+            return False
+        left = not self.exhausted or bool(self._ready)
+        self.exhausted = True
+        self._ready.clear()
+        return left
 
     def idle(self) -> bool:
         return self.exhausted and not self._ready and not self._running

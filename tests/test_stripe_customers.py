@@ -16,6 +16,7 @@ import pytest
 import stripe
 
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
+from discoveryctl.stripe_customers import RUN_ATTEMPTS
 
 from helpers import stripe_line, write_lines
 
@@ -534,4 +535,86 @@ def test_refresh_all_gives_up_on_a_refused_create_and_tells_each_user_once(
     assert posts(stripe_env) == 3  # Stripe said a retry would not help: none in this run
     inbox = db.rows("SELECT user_id, kind FROM notifications ORDER BY user_id")
     assert inbox == [{"user_id": u, "kind": "stripe_onboarding_failed"} for u in sorted(users)]
+    assert db.scalar("SELECT count(*) FROM stripe_customers WHERE lease_owner IS NOT NULL") == 0
+
+
+def test_refresh_all_gives_up_on_a_user_after_six_failed_tries_and_the_next_run_goes_on(
+    db: Any, cli: Any, stripe_env: Sandbox, tmp_path: Path
+) -> None:
+    """Six tries a run (waits of about 10 s in all), then the user is told and left pending
+    for the next run, which succeeds once Stripe does."""
+    (user,) = import_pending(cli, tmp_path, 1)
+    stripe_env.state.set_behaviour("stripe", "stripe_5xx", status=502)
+    result = cli("refresh-all", "--provider", "stripe", "--json")
+    assert result.exit_code == 1
+    assert result.json()["stripe"]["failed"] == 1
+    assert posts(stripe_env) == RUN_ATTEMPTS == 6
+    assert stored(db, user)["attempts"] == 6
+    failed = db.rows("SELECT detail FROM events WHERE kind = 'stripe_customer_failed'")
+    assert len(failed) == 1
+    detail = failed[0]["detail"]
+    assert (json.loads(detail) if isinstance(detail, str) else detail)["tries"] == 6
+    inbox = db.rows("SELECT user_id, kind, resolved_at FROM notifications")
+    assert inbox == [{"user_id": user, "kind": "stripe_onboarding_failed", "resolved_at": None}]
+    assert stripe_status(db, user) == "pending"
+    stripe_env.state.clear_behaviour()
+    again = cli("refresh-all", "--provider", "stripe", "--json")
+    assert again.exit_code == 0
+    assert customers(stripe_env, user) == [stored(db, user)["customer_id"]]
+    assert db.scalar("SELECT count(*) FROM notifications WHERE resolved_at IS NULL") == 0
+
+
+def test_at_the_deadline_refresh_all_stops_claiming_and_trying_and_leaves_the_rest(
+    db: Any, cli: Any, stripe_env: Sandbox, tmp_path: Path
+) -> None:
+    """Slow answers: the run cannot create 60 customers in a second. Past its deadline it
+    claims no more and starts no more tries; the rest wait, unmarked, for the next run."""
+    import_pending(cli, tmp_path, 60)
+    stripe_env.state.set_behaviour("stripe", "stripe_slow", ms=400)
+    started = time.monotonic()
+    result = cli("refresh-all", "--provider", "stripe", "--deadline", "1s", "--json")
+    took = time.monotonic() - started
+    assert result.exit_code == 1, result.stderr
+    done = result.json()["stripe"]
+    assert done["deadlineReached"] is True
+    assert 0 < done["created"] < 60 and done["failed"] == 0
+    made = db.scalar("SELECT count(*) FROM stripe_customers WHERE customer_id IS NOT NULL")
+    assert made == done["created"] == posts(stripe_env)  # no call was started past it
+    assert db.scalar("SELECT count(*) FROM stripe_customers WHERE lease_owner IS NOT NULL") == 0
+    assert db.scalar("SELECT count(*) FROM notifications") == 0
+    assert took < 60 * 0.4 / 8  # well short of the whole work
+    stripe_env.state.clear_behaviour()
+    rest = cli("refresh-all", "--provider", "stripe", "--json")
+    assert rest.exit_code == 0 and rest.json()["stripe"]["created"] == 60 - made
+
+
+def test_at_the_deadline_a_user_waiting_out_its_backoff_is_left_for_the_next_run(
+    db: Any, cli: Any, stripe_env: Sandbox, tmp_path: Path
+) -> None:
+    (user,) = import_pending(cli, tmp_path, 1)
+    stripe_env.state.set_behaviour("stripe", "stripe_5xx", status=502)
+    started = time.monotonic()
+    result = cli("refresh-all", "--provider", "stripe", "--deadline", "1s", "--json")
+    assert time.monotonic() - started < 4  # six tries would wait about 10 s
+    assert result.exit_code == 1
+    assert result.json()["stripe"]["deadlineReached"] is True
+    assert result.json()["stripe"]["failed"] == 0
+    assert 1 <= posts(stripe_env) < RUN_ATTEMPTS
+    assert stripe_status(db, user) == "pending"
+    assert db.scalar("SELECT count(*) FROM notifications") == 0
+    assert db.scalar("SELECT count(*) FROM stripe_customers WHERE lease_owner IS NOT NULL") == 0
+
+
+def test_a_dry_run_lists_the_pending_customers_and_calls_nothing(
+    db: Any, cli: Any, stripe_env: Sandbox, tmp_path: Path
+) -> None:
+    users = import_pending(cli, tmp_path, 3)
+    listed = cli("refresh-all", "--dry-run", "--json")
+    assert listed.exit_code == 0, listed.stderr
+    assert listed.json() == [{"user_id": u, "provider": "stripe"} for u in users]
+    assert "0 Amazon authorizations due, 3 Stripe customers pending" in listed.stderr
+    assert cli("refresh-all", "--dry-run", "--provider", "amazon", "--json").json() == []
+    text = cli("refresh-all", "--dry-run", "--provider", "stripe")
+    assert text.stdout.splitlines() == [f"{u} stripe" for u in users]
+    assert stripe_env.state.stats()["requests"] == {}
     assert db.scalar("SELECT count(*) FROM stripe_customers WHERE lease_owner IS NOT NULL") == 0

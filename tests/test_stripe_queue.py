@@ -3,6 +3,7 @@ run from claiming the next ones."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from discoveryctl.errors import TransientProviderError
@@ -48,3 +49,31 @@ def test_a_run_out_of_users_claims_no_more() -> None:
     queue.add([])
     assert not queue.wants_more()
     assert queue.idle()
+
+
+def test_past_its_end_the_queue_claims_no_more_and_lets_go_of_those_not_running() -> None:
+    queue = _Queue(concurrency=2, ends=time.monotonic() + 60)
+    queue.add([_pending(1)])
+    assert not queue.out_of_time()  # an hour to go
+    queue.ends = time.monotonic() - 1
+    assert queue.out_of_time()  # a user let go, and maybe more never claimed
+    assert not queue.wants_more() and queue.idle()
+    assert not queue.out_of_time()  # nothing more was left since
+
+
+def test_past_its_end_a_queue_not_yet_run_dry_may_have_left_users_unclaimed() -> None:
+    queue = _Queue(concurrency=2, ends=time.monotonic() - 1)
+    assert queue.out_of_time()
+    drained = _Queue(concurrency=2, ends=time.monotonic() - 1)
+    drained.add([])
+    assert not drained.out_of_time()  # every user was dealt with
+    waiting = _Queue(concurrency=2, ends=time.monotonic() - 1)
+    waiting.add([_pending(1)])
+    waiting.add([])
+    assert waiting.out_of_time()  # all claimed, one still to try
+
+
+def test_a_queue_without_an_end_is_never_out_of_time() -> None:
+    queue = _Queue(concurrency=2)
+    queue.add([_pending(1)])
+    assert not queue.out_of_time() and queue.wants_more()

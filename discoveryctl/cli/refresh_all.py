@@ -48,7 +48,9 @@ def refresh_all(
         "--verify",
         help="Also check each new token with SP-API getMarketplaceParticipations.",
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List what is due; call nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="List the due sellers and pending customers; call nothing."
+    ),
     as_json: bool = typer.Option(False, "--json", help="The summary as JSON on stdout."),
 ) -> None:
     """Refresh every due Amazon authorization and create every pending Stripe customer.
@@ -72,7 +74,7 @@ def refresh_all(
     from discoveryctl.providers.spapi import AsyncSpApiClient
     from discoveryctl.refresh import Outcome
     from discoveryctl.refresh_all import due_now, run
-    from discoveryctl.stripe_customers import pending_count
+    from discoveryctl.stripe_customers import pending_count, pending_users
 
     app: Application = ctx.obj
     seconds = options.duration(deadline)
@@ -81,12 +83,23 @@ def refresh_all(
     with_amazon = provider in (RefreshAllProvider.all, RefreshAllProvider.amazon)
     with_stripe = provider in (RefreshAllProvider.all, RefreshAllProvider.stripe)
     database = app.open_database()
+    if dry_run:
+        with database.session() as session:
+            due = due_now(session, force=force) if with_amazon else []
+            waiting = pending_users(session) if with_stripe else []
+        listed = [(d.user_id, "amazon") for d in due] + [(u, "stripe") for u in waiting]
+        if as_json:
+            app.print_json([{"user_id": user, "provider": p} for user, p in listed])
+        else:
+            for user, p in listed:
+                app.out.print(f"{user} {p}")
+        app.err.print(
+            f"{len(due)} Amazon authorizations due, {len(waiting)} Stripe customers pending"
+        )
+        return
     with database.session() as session:
         pending = pending_count(session) if with_stripe else 0
     if not with_amazon:
-        if dry_run:
-            app.err.print(f"{pending} pending Stripe customers")
-            return
         only = _stripe(app, database, pending, seconds, lease_seconds)
         if as_json:
             app.print_json({"stripe": only.as_dict()})
@@ -97,16 +110,6 @@ def refresh_all(
     amazon = app.config.amazon_app()
     with database.session() as session:
         vault = app.vault(session)
-        if dry_run:
-            due = due_now(session, force=force)
-    if dry_run:
-        if as_json:
-            app.print_json([{"user_id": d.user_id, "provider": "amazon"} for d in due])
-        else:
-            for d in due:
-                app.out.print(d.user_id)
-            app.err.print(f"{len(due)} due")
-        return
 
     with app.progress("refresh", None) as show:
         summary = run(
@@ -191,7 +194,11 @@ def _stripe(
 
 def _stripe_line(pending: int, done: PendingRun) -> str:
     counts = ", ".join(f"{n} {how}" for how, n in done.outcomes.items() if n)
-    return f"stripe: {pending} pending" + (f" ({counts})" if counts else "")
+    return (
+        f"stripe: {pending} pending"
+        + (f" ({counts})" if counts else "")
+        + (" — deadline reached" if done.deadline_reached else "")
+    )
 
 
 STRIPE_CONCURRENCY = 8
@@ -208,4 +215,9 @@ def _raise_for_stripe(done: PendingRun) -> None:
         raise NeedsAttention(
             f"{failed} Stripe customer{'s' if failed != 1 else ''} could not be created: "
             "the next run tries again"
+        )
+    if done.deadline_reached:
+        raise NeedsAttention(
+            "the deadline came before every pending Stripe customer was created: "
+            "the next run goes on"
         )
