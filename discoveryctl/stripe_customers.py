@@ -59,11 +59,12 @@ How = Literal["existing", "created", "adopted"]
 
 @dataclass(frozen=True)
 class Onboarded:
-    """The user's customer, and how this call came by it."""
+    """The user's customer, the email it was made for, and how this call came by it."""
 
     user_id: str
     customer_id: str
     how: How
+    email: str
 
 
 class ParametersFrozen(InvalidInput):
@@ -278,7 +279,7 @@ def _done(pending: _Pending) -> Onboarded | None:
     """The customer the row already records (another process's, made meanwhile), if any."""
     if pending.customer_id is None:
         return None
-    return Onboarded(pending.user_id, pending.customer_id, "existing")
+    return Onboarded(pending.user_id, pending.customer_id, "existing", pending.email)
 
 
 def _create(
@@ -386,7 +387,7 @@ def _store_customer(
     if attempt is None:
         current = _by_id(session, pending.row_id)
         assert current.customer_id is not None
-        return Onboarded(pending.user_id, current.customer_id, "existing")
+        return Onboarded(pending.user_id, current.customer_id, "existing", current.email)
     events.record(
         session,
         "stripe_customer_created" if how == "created" else "stripe_customer_adopted",
@@ -406,7 +407,7 @@ def _store_customer(
     notifications.resolve(
         session, notifications.dedupe_key(ONBOARDING_FAILED, Provider.stripe, pending.user_id)
     )
-    return Onboarded(pending.user_id, customer_id, how)
+    return Onboarded(pending.user_id, customer_id, how, pending.email)
 
 
 def _record_attempt(
@@ -694,7 +695,7 @@ def _try_once(
     with session_scope() as session:
         pending = _pending(session, user_id, email, name, now())
     if pending.customer_id is not None:
-        return Onboarded(pending.user_id, pending.customer_id, "existing")
+        return Onboarded(pending.user_id, pending.customer_id, "existing", pending.email)
     return _attempt(session_scope, customers, pending.row_id, now)
 
 

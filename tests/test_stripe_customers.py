@@ -79,6 +79,13 @@ def test_a_new_customer_is_created_once_and_then_read_from_the_database(
     again = ensure(cli)
     assert again.json() == {**made, "how": "existing"}
     assert posts(stripe_env) == 1  # the second answer came from the database
+    assert "note" not in again.stderr
+    moved = ensure(cli, "u1", "jenny@new.example.com")
+    assert moved.exit_code == 0
+    assert moved.json() == {**made, "how": "existing"}  # the email it was made for
+    assert "made for jenny@example.com, not jenny@new.example.com" in moved.stderr
+    assert posts(stripe_env) == 1
+    assert stored(db)["email"] == "jenny@example.com"
 
 
 def test_a_response_lost_after_the_customer_was_made_is_retried_under_the_same_key(
@@ -351,6 +358,7 @@ def test_past_24_hours_the_customer_a_crashed_process_made_is_adopted(
         "provider": "stripe",
         "customer_id": made.id,
         "how": "adopted",
+        "email": "jenny@example.com",
     }
     assert customers(stripe_env) == [made.id]
     assert stored(db)["idempotency_key"] == key  # no new key was needed

@@ -26,9 +26,10 @@ def ensure_customer(
     A user who has one is answered from the database, with no call to Stripe. Otherwise an
     idempotency key is stored before the first call, and every retry (here, in another
     process, after a crash) reuses it: Stripe never makes a second customer for the user.
-    Exit 1 if Stripe refused or kept failing (the next refresh-all tries again), 2 if the
-    user's customer is already being created with another email, 3 if Stripe refused the
-    API key.
+    A customer that exists is never changed: asked for with another email, it is printed
+    with a note. Exit 1 if Stripe refused or kept failing (the next refresh-all tries again),
+    2 if the user's customer is already being created with another email, 3 if Stripe
+    refused the API key.
 
     Example: discoveryctl stripe ensure-customer --user seller-42 --email ops@acme.test
     """
@@ -48,8 +49,14 @@ def ensure_customer(
                 "provider": "stripe",
                 "customer_id": done.customer_id,
                 "how": done.how,
+                "email": done.email,
             }
         )
     else:
         app.out.print(done.customer_id)
         app.err.print(f"{done.user_id}: Stripe customer {done.customer_id} ({done.how})")
+    if done.email != email:
+        app.err.print(
+            f"note: {done.user_id}'s customer was made for {done.email}, not {email}; "
+            "nothing was changed (change the email at Stripe)"
+        )
