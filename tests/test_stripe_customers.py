@@ -512,15 +512,7 @@ def test_a_process_killed_after_its_request_left_leaves_one_customer(
     made = customers(stripe_env)
     assert stored(db)["customer_id"] is None
     if later == "after-24h":
-        with db.engine.begin() as connection:
-            connection.exec_driver_sql(
-                "UPDATE stripe_customers SET idempotency_key_created_at = "
-                + (
-                    "idempotency_key_created_at - interval '25 hours'"
-                    if db.kind == "postgres"
-                    else "datetime(idempotency_key_created_at, '-25 hours')"
-                )
-            )
+        _age_key(db, minutes=25 * 60)
         stripe_env.state.clock.advance(25 * 3600)
     if rerun == "ensure-customer":
         result = ensure(cli)
