@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -290,6 +289,27 @@ def _new_fernet_key() -> str:
     return Fernet.generate_key().decode()
 
 
+def _publish(path: Path, text: str) -> bool:
+    """Create ``path`` (mode 0600) holding ``text`` whole, never empty or half-written: the
+    text goes to a private temporary file beside it, which is then linked into place. False
+    when ``path`` already existed (it is left as it was)."""
+    import tempfile
+
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:  # mkstemp: mode 0600
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.unlink(temporary)
+
+
 def read_or_create_secret_file(path: Path, make: Callable[[], str], hint: str) -> str:
     """Read a generated secret, or create it once with mode 0600 and a warning."""
     try:
@@ -305,12 +325,8 @@ def read_or_create_secret_file(path: Path, make: Callable[[], str], hint: str) -
         return value
     path.parent.mkdir(parents=True, exist_ok=True)
     value = make()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
-    except FileExistsError:  # another process created it first: use theirs
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
+    if not _publish(path, value + "\n"):  # another process created it first: use theirs
+        return path.read_text(encoding="utf-8").strip()
     from discoveryctl.logging import get_logger
 
     get_logger().warning(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,38 @@ def test_default_database_generates_a_private_key_file_once(cli: Any, tmp_path: 
     again = cli("export", "--include-secrets")
     assert again.exit_code == 0
     assert "generated_secret_file" not in again.stderr
+
+
+def _create_at_the_same_moment(path: str, barrier: Any, answers: Any) -> None:
+    from discoveryctl.config import read_or_create_secret_file
+    from discoveryctl.errors import DiscoveryError
+
+    barrier.wait()
+    try:
+        answers.put(read_or_create_secret_file(Path(path), Fernet.generate_key().decode, "h"))
+    except DiscoveryError as error:
+        answers.put(f"error: {error.message}")
+
+
+def test_processes_creating_the_key_file_at_once_all_read_the_one_whole_key(
+    tmp_path: Path,
+) -> None:
+    """The file appears whole or not at all: no process reads it empty or half-written,
+    and every one ends with the key the file holds."""
+    context = multiprocessing.get_context("fork")
+    for attempt in range(30):
+        path = tmp_path / str(attempt) / "encryption.key"
+        barrier, answers = context.Barrier(6), context.Queue()
+        racers = [
+            context.Process(target=_create_at_the_same_moment, args=(str(path), barrier, answers))
+            for _ in range(6)
+        ]
+        for racer in racers:
+            racer.start()
+        keys = [answers.get(timeout=30) for _ in racers]
+        for racer in racers:
+            racer.join(timeout=30)
+        stored = path.read_text().strip()
+        assert keys == [stored] * 6, keys
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert [p.name for p in path.parent.iterdir()] == ["encryption.key"]  # no temporaries
