@@ -140,6 +140,11 @@ class Config:
     def default_database_path(self) -> Path:
         return self.data_dir / "discoveryctl.db"
 
+    @property
+    def key_file(self) -> Path:
+        """Where the SQLite default keeps its encryption keys when the variable is not set."""
+        return self.data_dir / "encryption.key"
+
     # -- typed settings ---------------------------------------------------------------------
 
     @property
@@ -204,9 +209,9 @@ class Config:
                 "SQLite default): run `discoveryctl secrets generate-key`, then "
                 f"{how_to_set('DISCOVERY_ENCRYPTION_KEY')}"
             )
-        path = self.data_dir / "encryption.key"
+        path = self.key_file
         key = read_or_create_secret_file(
-            path, _new_fernet_key, "back this file up: without it the stored tokens cannot be read"
+            path, new_fernet_key, "back this file up: without it the stored tokens cannot be read"
         )
         return split_keys(key), path
 
@@ -283,16 +288,17 @@ def normalise_database_url(raw: str) -> str:
     return raw
 
 
-def _new_fernet_key() -> str:
+def new_fernet_key() -> str:
     from cryptography.fernet import Fernet
 
     return Fernet.generate_key().decode()
 
 
-def _publish(path: Path, text: str) -> bool:
-    """Create ``path`` (mode 0600) holding ``text`` whole, never empty or half-written: the
-    text goes to a private temporary file beside it, which is then linked into place. False
-    when ``path`` already existed (it is left as it was)."""
+def _publish(path: Path, text: str, *, replace: bool = False) -> bool:
+    """Write ``path`` (mode 0600) holding ``text`` whole, never empty or half-written: the
+    text goes to a private temporary file beside it, which is then linked into place, or
+    with ``replace`` renamed over what was there. False when ``path`` already existed and
+    was not to be replaced (it is left as it was)."""
     import tempfile
 
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -301,13 +307,22 @@ def _publish(path: Path, text: str) -> bool:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        if replace:
+            os.replace(temporary, path)
+            return True
         try:
             os.link(temporary, path)
         except FileExistsError:
             return False
         return True
     finally:
-        os.unlink(temporary)
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
+
+
+def replace_secret_file(path: Path, value: str) -> None:
+    """Put ``value`` in ``path`` at once: a reader sees the old text or the new, whole."""
+    _publish(path, value + "\n", replace=True)
 
 
 def read_or_create_secret_file(path: Path, make: Callable[[], str], hint: str) -> str:

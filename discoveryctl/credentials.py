@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from discoveryctl import events
-from discoveryctl.config import Config
+from discoveryctl.config import Config, new_fernet_key, replace_secret_file
 from discoveryctl.crypto import Vault
+from discoveryctl.db.engine import SessionScope
 from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
 
 
@@ -110,6 +113,44 @@ def rotate_all(
             progress(len(rows))
     events.record(session, "keys_rotated", outcome=events.SUCCESS, credentials=done)
     return done
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """What ``rotate_keys`` did."""
+
+    rotated: int  # credentials re-encrypted
+    key_file: Path | None  # the SQLite default's key file, now holding the new key alone
+    generated: bool  # the new key was made here (the key file held only the old one)
+
+
+def rotate_keys(
+    config: Config, session_scope: SessionScope, progress: Callable[[int], None] | None = None
+) -> Rotation:
+    """Re-encrypt every stored token with the newest key, and leave the keys so that the old
+    one is no longer needed.
+
+    With DISCOVERY_ENCRYPTION_KEY the newest key is its first. On the SQLite default without
+    it, the keys are in the key file: one key there gets a new one in front of it, written
+    before any token is re-encrypted (a crash leaves both, every token readable). Either
+    way, once every token is re-encrypted, the SQLite default's key file (if there is one)
+    holds the new key alone: the variable, or the old key, can then go."""
+    keys, from_file = config.encryption_keys()
+    with session_scope() as session:
+        open_vault(config, session)  # a wrong key stops here, before anything is written
+    generated = from_file is not None and len(keys) == 1
+    if from_file is not None and generated:
+        keys = [new_fernet_key(), *keys]
+        replace_secret_file(from_file, ",".join(keys))
+    vault = Vault(keys, source=str(from_file) if from_file else "DISCOVERY_ENCRYPTION_KEY")
+    with session_scope() as session:
+        rotated = rotate_all(session, vault, progress=progress)
+    key_file = from_file
+    if key_file is None and config.uses_default_database and config.key_file.exists():
+        key_file = config.key_file
+    if key_file is not None:
+        replace_secret_file(key_file, keys[0])
+    return Rotation(rotated, key_file, generated)
 
 
 def count(session: Session) -> int:

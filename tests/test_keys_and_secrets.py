@@ -24,7 +24,7 @@ def test_rotation_keeps_every_token_readable(
     monkeypatch.setenv("DISCOVERY_ENCRYPTION_KEY", f"{new},{old}")
     result = cli("keys", "rotate", "--json")
     assert result.exit_code == 0, result.stderr
-    assert result.json() == {"rotated": 7}
+    assert result.json() == {"rotated": 7, "key_file": None}
     after = db.rows("SELECT refresh_token FROM credentials ORDER BY id")
     assert all(a != b for a, b in zip(after, before, strict=True))
 
@@ -130,3 +130,74 @@ def test_processes_creating_the_key_file_at_once_all_read_the_one_whole_key(
         assert keys == [stored] * 6, keys
         assert path.stat().st_mode & 0o777 == 0o600
         assert [p.name for p in path.parent.iterdir()] == ["encryption.key"]  # no temporaries
+
+
+def _default_database_with_tokens(cli: Any, tmp_path: Path) -> tuple[Path, str]:
+    lines = [amazon_line(f"u{i}", f"Atzr|token-{i}") for i in range(3)]
+    assert cli("import", str(write_lines(tmp_path / "a.jsonl", *lines))).exit_code == 0
+    key_file = tmp_path / "data" / "discoveryctl" / "encryption.key"
+    return key_file, key_file.read_text().strip()
+
+
+def _tokens(cli: Any) -> dict[str, str]:
+    exported = cli("export", "--include-secrets")
+    assert exported.exit_code == 0, exported.stderr
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    return {row["user_id"]: row["refresh_token"] for row in rows}
+
+
+def test_rotating_the_default_database_makes_a_new_key_and_keeps_it_in_the_key_file(
+    cli: Any, tmp_path: Path
+) -> None:
+    key_file, old = _default_database_with_tokens(cli, tmp_path)
+    result = cli("keys", "rotate", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json() == {"rotated": 3, "key_file": str(key_file)}
+    new = key_file.read_text().strip()
+    assert new != old and "," not in new
+    Fernet(new.encode())
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert _tokens(cli) == {f"u{i}": f"Atzr|token-{i}" for i in range(3)}
+    assert cli("keys", "rotate").exit_code == 0  # and again, from the new key
+    assert key_file.read_text().strip() not in (old, new)
+    assert _tokens(cli) == {f"u{i}": f"Atzr|token-{i}" for i in range(3)}
+
+
+def test_rotating_the_default_database_from_the_variable_leaves_the_new_key_in_the_file(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's steps: NEW,OLD in the variable, rotate, drop the variable. The key file
+    beside the database must then hold NEW, or no token could be read again."""
+    key_file, old = _default_database_with_tokens(cli, tmp_path)
+    new = Fernet.generate_key().decode()
+    monkeypatch.setenv("DISCOVERY_ENCRYPTION_KEY", f"{new},{old}")
+    result = cli("keys", "rotate")
+    assert result.exit_code == 0, result.stderr
+    assert f"{key_file} now holds the new key alone" in result.stderr
+    monkeypatch.delenv("DISCOVERY_ENCRYPTION_KEY")
+    assert key_file.read_text().strip() == new
+    assert _tokens(cli) == {f"u{i}": f"Atzr|token-{i}" for i in range(3)}
+
+
+def test_a_rotation_cut_short_leaves_both_keys_in_the_file_and_a_second_run_finishes_it(
+    cli: Any, tmp_path: Path
+) -> None:
+    """What a crash after the new key was written and before every token was re-encrypted
+    leaves: the file holds NEW,OLD. Every token is readable, and rotate finishes the job."""
+    key_file, old = _default_database_with_tokens(cli, tmp_path)
+    new = Fernet.generate_key().decode()
+    key_file.write_text(f"{new},{old}\n")
+    assert _tokens(cli) == {f"u{i}": f"Atzr|token-{i}" for i in range(3)}
+    assert cli("keys", "rotate").exit_code == 0
+    assert key_file.read_text().strip() == new
+    assert _tokens(cli) == {f"u{i}": f"Atzr|token-{i}" for i in range(3)}
+
+
+def test_a_wrong_key_file_is_refused_before_it_is_changed(cli: Any, tmp_path: Path) -> None:
+    key_file, _ = _default_database_with_tokens(cli, tmp_path)
+    stranger = Fernet.generate_key().decode()
+    key_file.write_text(stranger + "\n")
+    result = cli("keys", "rotate")
+    assert result.exit_code == 2
+    assert "cannot be decrypted" in result.stderr
+    assert key_file.read_text().strip() == stranger

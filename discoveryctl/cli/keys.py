@@ -15,10 +15,14 @@ def rotate(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="The count as JSON on stdout."),
 ) -> None:
-    """Re-encrypt every stored token with the first key of DISCOVERY_ENCRYPTION_KEY.
+    """Re-encrypt every stored token with a new key; the old one is then no longer needed.
 
-    To rotate: put the new key first and keep the old one after it (comma-separated), run
-    this, then drop the old key.
+    With DISCOVERY_ENCRYPTION_KEY: put the new key first and the old one after it
+    (comma-separated), run this, then set the variable to the new key alone, everywhere.
+    On the SQLite default without the variable, the key file beside the database is
+    rotated: a new key is made, every token re-encrypted, and the file left holding the new
+    key alone (back it up). Run it while no other discoveryctl command runs (pause the cron
+    job): one started before with the old key alone would write tokens under it.
 
     Example: DISCOVERY_ENCRYPTION_KEY="$NEW,$OLD" discoveryctl keys rotate
     """
@@ -26,19 +30,25 @@ def rotate(
     from discoveryctl.cli.application import Application
 
     app: Application = ctx.obj
-    with app.session() as session:
-        vault = app.vault(session)
+    database = app.open_database()
+    with database.session() as session:
         total = credentials.count(session)
-        with app.progress("rotate", total) as show:
-            done = 0
+    with app.progress("rotate", total) as show:
+        done = 0
 
-            def advance(rows: int) -> None:
-                nonlocal done
-                done += rows
-                show(done)
+        def advance(rows: int) -> None:
+            nonlocal done
+            done += rows
+            show(done)
 
-            rotated = credentials.rotate_all(session, vault, progress=advance)
+        rotation = credentials.rotate_keys(app.config, database.session, progress=advance)
+    key_file = str(rotation.key_file) if rotation.key_file else None
     if as_json:
-        app.print_json({"rotated": rotated})
-    else:
-        app.err.print(f"re-encrypted {rotated} credential{'s' if rotated != 1 else ''}")
+        app.print_json({"rotated": rotation.rotated, "key_file": key_file})
+        return
+    app.err.print(
+        f"re-encrypted {rotation.rotated} credential{'s' if rotation.rotated != 1 else ''}"
+        + (" with a new key" if rotation.generated else "")
+    )
+    if key_file is not None:
+        app.err.print(f"{key_file} now holds the new key alone: back it up")
