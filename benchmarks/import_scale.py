@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from status_scale import seed_lines  # the same sellers: half Amazon, half Stripe
-from throwaway import database
+from throwaway import database, is_postgres
 
 TARGET_LINES_PER_SECOND = 10_000
 
@@ -73,7 +73,7 @@ def main() -> int:
     parser.add_argument("--lines", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--runs", type=int, default=1, help="fresh databases per size (median)")
     args = parser.parse_args()
-    postgres = os.environ.get("DATABASE_URL", "sqlite").startswith("postgres")
+    postgres = is_postgres()
     print(f"import on {'PostgreSQL' if postgres else 'the SQLite default'}, {os.cpu_count()} cores")
     for count in args.lines:
         runs: dict[str, list[tuple[float, int]]] = {"first": [], "again": [], "start-up": []}

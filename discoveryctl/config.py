@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from discoveryctl.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from discoveryctl.db.engine import Creation
     from discoveryctl.providers.amazon import AmazonApp
     from discoveryctl.providers.stripe import StripeAccount
 
@@ -150,6 +151,12 @@ class Config:
     @property
     def uses_default_database(self) -> bool:
         return self.get("DATABASE_URL") is None
+
+    def sqlite_creation(self, asked: bool = False) -> Creation:
+        """What opening the database may create (see ``db.engine.Creation``)."""
+        if self.uses_default_database:
+            return "file and folders"
+        return "file" if asked else "never"
 
     @property
     def database_url(self) -> str:

@@ -48,7 +48,7 @@ def run_checks(config: Config, today: date | None = None) -> list[Check]:
 
     def reach_database() -> Check:
         nonlocal database
-        database = Database(config.database_url)
+        database = Database(config.database_url, config.sqlite_creation())
         # The SQLite default is upgraded here as on any command's first use.
         upgraded = database.ensure_head(may_upgrade=config.uses_default_database)
         state = "upgraded to" if upgraded else "at"

@@ -126,6 +126,7 @@ def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestDat
     monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
     key = Fernet.generate_key().decode()
     if request.param == "sqlite":
+        (tmp_path / "discovery.db").touch()  # an empty file is an empty SQLite database
         url = f"sqlite:///{tmp_path / 'discovery.db'}"
         engine = sa.create_engine(url)
         schema = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,7 +126,8 @@ def test_sqlite_paths_that_cannot_be_used(
     monkeypatch.setenv("DISCOVERY_ENCRYPTION_KEY", Fernet.generate_key().decode())
     (tmp_path / "file").write_text("x")
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/file/inside/discovery.db")
-    assert "cannot create the folder" in one_line_error(cli("status"))
+    assert "there is no SQLite database at" in one_line_error(cli("status"))
+    assert "the folder" in one_line_error(cli("db", "upgrade"))
     not_a_database = tmp_path / "notes.txt"
     not_a_database.write_text("these are not the tables you are looking for\n" * 100)
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{not_a_database}")
@@ -161,3 +163,30 @@ def test_out_of_range_and_undecodable_arguments(db: Any, cli: Any, args: tuple[s
     result = cli(*args)
     assert result.exit_code == 2, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
+
+
+def test_a_mistyped_sqlite_path_creates_nothing_and_db_upgrade_says_where_it_creates(
+    cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DISCOVERY_ENCRYPTION_KEY", Fernet.generate_key().decode())
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/typo/discovery.db")
+    for command in (("status",), ("import", "-"), ("db", "current"), ("doctor",)):
+        result = cli(*command, input="")
+        assert result.exit_code in (1, 2), command
+        assert "there is no SQLite database at" in result.stderr + result.stdout, command
+    assert "cannot create the SQLite database" in one_line_error(cli("db", "upgrade"))
+    assert list(tmp_path.iterdir()) == []  # no folder, no file
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/discovery.db")
+    created = cli("db", "upgrade")
+    assert created.exit_code == 0, created.stderr
+    assert f"created a new SQLite database at {tmp_path}/discovery.db" in created.stderr
+    assert (tmp_path / "discovery.db").stat().st_mode & 0o777 == 0o600
+    again = cli("db", "upgrade")
+    assert "created" not in again.stderr and again.exit_code == 0
+
+
+def test_the_default_database_is_readable_by_its_owner_alone(cli: Any, tmp_path: Path) -> None:
+    assert cli("status").exit_code == 0
+    folder = tmp_path / "data" / "discoveryctl"
+    assert (folder / "discoveryctl.db").stat().st_mode & 0o777 == 0o600
+    assert folder.stat().st_mode & 0o777 == 0o700

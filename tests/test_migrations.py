@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -222,3 +223,25 @@ def test_an_upgrade_that_would_merge_two_users_stops_and_changes_nothing(
     database.dispose()
     ids = sorted(r["user_id"] for r in empty_db.rows("SELECT user_id FROM integration_status"))
     assert ids == sorted(["e\u0301mile", "\u00e9mile"])
+
+
+def test_a_fresh_sqlite_file_another_connection_is_writing_is_waited_for(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Switching a database to WAL needs it to itself, and SQLite refuses at once while
+    another connection writes: the first use of a fresh file waits for the writer instead
+    of failing with "database is locked"."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "fresh.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE scratch (x)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO scratch VALUES (1)")
+    threading.Timer(0.5, lambda: writer.execute("COMMIT")).start()
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{path}")
+    result = cli("db", "upgrade")
+    writer.close()
+    assert result.exit_code == 0, result.stderr
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)

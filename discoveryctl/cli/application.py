@@ -36,12 +36,14 @@ class Application:
 
     # -- database ---------------------------------------------------------------------------
 
-    def open_database(self, *, at_head: bool = True) -> Database:
-        """The database, upgraded when it is the SQLite default, else checked to be at head."""
+    def open_database(self, *, at_head: bool = True, create: bool = False) -> Database:
+        """The database, upgraded when it is the SQLite default, else checked to be at head.
+        The SQLite default is created on first use; a SQLite file named by DATABASE_URL only
+        with ``create`` (``db upgrade``), and never its folders."""
         if self._database is None:
             from discoveryctl.db.engine import Database
 
-            self._database = Database(self.config.database_url)
+            self._database = Database(self.config.database_url, self.config.sqlite_creation(create))
             if at_head:
                 self._ensure_head(self._database)
         return self._database

@@ -15,14 +15,26 @@ group = typer.Typer(
 def upgrade(ctx: typer.Context) -> None:
     """Migrate the database to the newest schema.
 
+    A SQLite file named by DATABASE_URL that is not there yet is created (in a folder that
+    must exist), and the command says where.
+
     Example: DATABASE_URL=postgresql://… discoveryctl db upgrade
     """
+    from pathlib import Path
+
     from discoveryctl.cli.application import Application
-    from discoveryctl.db.engine import describe
+    from discoveryctl.db.engine import describe, parse_url
     from discoveryctl.db.migrations import upgrade as run_upgrade
 
     app: Application = ctx.obj
-    database = app.open_database(at_head=False)
+    url = parse_url(app.config.database_url)
+    sqlite_file = url.database if url.get_backend_name() == "sqlite" else None
+    new_file = None
+    if sqlite_file and sqlite_file != ":memory:" and not Path(sqlite_file).exists():
+        new_file = Path(sqlite_file).resolve()
+    database = app.open_database(at_head=False, create=True)
+    if new_file is not None:
+        app.err.print(f"created a new SQLite database at {new_file}")
     before = database.current_revision()
     run_upgrade(database)
     after = database.current_revision()

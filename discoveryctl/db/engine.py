@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
@@ -44,18 +45,18 @@ def describe(url: URL) -> str:
     return url.update_query_dict(hidden).render_as_string(hide_password=True)
 
 
-def create_engine(raw_url: str) -> Engine:
+Creation = Literal["never", "file", "file and folders"]
+"""What opening a SQLite database may create when it is not there: nothing (a mistyped path
+is an error), the file (``db upgrade``, in a folder that exists), or the folders too (the
+SQLite default, in the data directory)."""
+
+
+def create_engine(raw_url: str, create: Creation = "never") -> Engine:
     url = parse_url(raw_url)
     kwargs: dict[str, Any] = {}
     if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            folder = Path(url.database).parent
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise DatabaseError(
-                    f"cannot create the folder {folder} for the SQLite database: {error.strerror}"
-                ) from None
+        if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+            _sqlite_file(Path(url.database), create)
         if "timeout" not in url.query:  # how long to wait for another writer's lock
             kwargs["connect_args"] = {"timeout": 30}
     else:
@@ -81,12 +82,70 @@ def create_engine(raw_url: str) -> Engine:
     return engine
 
 
+def _sqlite_file(path: Path, create: Creation) -> None:
+    """Make sure the SQLite file is there, or create it as allowed: readable by its owner
+    alone (it holds every seller's history; SQLite gives its -wal and -shm files the same
+    mode)."""
+    if path.exists():
+        return
+    if create == "never":
+        raise DatabaseError(
+            f"there is no SQLite database at {path}: check DATABASE_URL, or create one there "
+            "with `discoveryctl db upgrade`"
+        )
+    folder = path.parent
+    if create == "file and folders":
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as error:
+            raise DatabaseError(
+                f"cannot create the folder {folder} for the SQLite database: {error.strerror}"
+            ) from None
+    elif not folder.is_dir():
+        raise DatabaseError(
+            f"cannot create the SQLite database {path}: the folder {folder} does not exist "
+            "(check DATABASE_URL, or create the folder first)"
+        )
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # another process created it meanwhile
+    except OSError as error:
+        raise DatabaseError(f"cannot create the SQLite database {path}: {error.strerror}") from None
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+    try:
+        _write_ahead_log(cursor)
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+WAL_SWITCH_WAIT = 30.0
+"""Seconds to keep trying to switch a database to WAL (as long as the busy timeout)."""
+
+
+def _write_ahead_log(cursor: Any) -> None:
+    """Put the database in WAL mode, which the file keeps: the first process to open it
+    switches it. The switch needs the database to itself, and while another connection
+    writes (two commands on a fresh database) SQLite answers "database is locked" at once
+    instead of waiting as it does for other locks: wait here, and try again."""
+    import sqlite3
+    import time
+
+    gives_up = time.monotonic() + WAL_SWITCH_WAIT
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= gives_up:
+                raise
+            time.sleep(0.05)
 
 
 def lock_for_writing(session: Session, name: str) -> None:
@@ -130,8 +189,8 @@ SessionScope = Callable[[], AbstractContextManager[Session]]
 class Database:
     """One database: its engine, sessions, and its migration revision."""
 
-    def __init__(self, raw_url: str) -> None:
-        self.engine = create_engine(raw_url)
+    def __init__(self, raw_url: str, create: Creation = "never") -> None:
+        self.engine = create_engine(raw_url, create)
         self.url = self.engine.url
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
