@@ -56,6 +56,19 @@ def run_checks(config: Config, today: date | None = None) -> list[Check]:
 
     at_head = attempt("database", reach_database)
 
+    def integrity() -> Check:
+        from discoveryctl.db.models import Base
+
+        assert database is not None
+        problems = database.integrity_problems(list(Base.metadata.sorted_tables))
+        if problems:
+            return Check("database integrity", FAIL, "corrupted: " + "; ".join(problems))
+        what = "every page and index" if database.dialect == "sqlite" else "every table"
+        return Check("database integrity", OK, f"{what} read back")
+
+    if at_head:
+        at_head = attempt("database integrity", integrity)
+
     def encryption() -> Check:
         import sqlalchemy as sa
 
@@ -110,6 +123,13 @@ def _lwa_secret_age(config: Config, today: date) -> Check:
     except ValueError:
         return Check(name, FAIL, f"AMAZON_LWA_CLIENT_SECRET_ROTATED_AT {raw!r} is not a date")
     age = (today - rotated).days
+    if age < 0:
+        return Check(
+            name,
+            FAIL,
+            f"AMAZON_LWA_CLIENT_SECRET_ROTATED_AT {rotated.isoformat()} is in the future: "
+            "set the date the secret was really rotated",
+        )
     if age >= LWA_SECRET_MAX_AGE_DAYS:
         return Check(name, FAIL, f"{age} days old: past Amazon's 180-day rotation, rotate it now")
     if age >= LWA_SECRET_WARN_DAYS:

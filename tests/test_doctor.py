@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +38,7 @@ def test_healthy_installation(
     assert result.exit_code == 0, result.stdout
     found = checks(result)
     assert found["database"][0] == "ok"
+    assert found["database integrity"][0] == "ok"
     assert found["encryption key"] == ("ok", "decrypts all 2 stored credentials")
     assert found["LWA secret age"] == ("ok", "10 days old")
 
@@ -74,3 +76,55 @@ def test_first_use_of_the_sqlite_default(cli: Any) -> None:
     assert found["database"][0] == "ok"
     assert "upgraded to" in found["database"][1]
     assert found["encryption key"] == ("ok", "decrypts all 0 stored credentials")
+
+
+def test_a_corrupted_sqlite_file_is_reported_as_corruption(
+    db: Any, cli: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if db.kind != "sqlite":
+        pytest.skip("pages are overwritten in a SQLite file")
+    lines = [amazon_line(f"seller-{n}") for n in range(300)]
+    assert cli("import", str(write_lines(tmp_path / "a.jsonl", *lines))).exit_code == 0
+    path = db.url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+        root = connection.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'integration_status'"
+        ).fetchone()[0]
+    with open(path, "r+b") as file:  # the cells of a page overwritten, as a bad disk might
+        file.seek(root * page_size - 1200)
+        file.write(b"\xff" * 1200)
+    assert db.scalar("SELECT count(*) FROM integration_status") == 300  # plain reads pass
+    configure_providers(monkeypatch, rotated_days_ago=10)
+    result = cli("doctor", "--json")
+    assert result.exit_code == 1
+    state, detail = checks(result)["database integrity"]
+    assert state == "fail"
+    assert detail.startswith("corrupted: ") and "invalid page number" in detail
+    assert "\n" not in detail
+    assert "database integrity" in result.stderr
+
+
+def test_a_rotation_date_in_the_future_is_refused(
+    db: Any, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure_providers(monkeypatch, rotated_days_ago=-30)
+    result = cli("doctor", "--json")
+    assert result.exit_code == 1
+    state, detail = checks(result)["LWA secret age"]
+    assert state == "fail" and "is in the future" in detail
+
+
+def test_a_table_postgresql_cannot_read_is_reported(
+    db: Any, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if db.kind != "postgres":
+        pytest.skip("SQLite's check is quick_check, above")
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE oauth_states")
+    configure_providers(monkeypatch, rotated_days_ago=10)
+    result = cli("doctor", "--json")
+    assert result.exit_code == 1
+    state, detail = checks(result)["database integrity"]
+    assert state == "fail" and detail.startswith("corrupted: oauth_states: ")

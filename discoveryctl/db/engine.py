@@ -229,6 +229,32 @@ class Database:
         upgrade(self)
         return True
 
+    def integrity_problems(self, tables: list[sa.Table], most: int = 5) -> list[str]:
+        """What is wrong inside the database, empty when nothing is: SQLite's own check of
+        every page and index (``PRAGMA quick_check``); on PostgreSQL, a read of every row of
+        each table, which fails on a damaged page."""
+        try:
+            with self.engine.connect() as connection:
+                if self.dialect == "sqlite":
+                    rows = connection.exec_driver_sql(f"PRAGMA quick_check({int(most)})")
+                    found = [
+                        line.strip()
+                        for row in rows
+                        for line in str(row[0]).splitlines()
+                        if line.strip() and not line.startswith("***")  # "*** in database main"
+                    ]
+                    return [] if found == ["ok"] else found[:most]
+                problems = []
+                for table in tables:
+                    try:
+                        connection.execute(sa.select(sa.func.count()).select_from(table))
+                    except exc.DBAPIError as error:
+                        connection.rollback()
+                        problems.append(f"{table.name}: {str(error.orig).strip()}")
+                return problems[:most]
+        except exc.DBAPIError as error:
+            return [str(error.orig).strip()]
+
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session that commits on success and rolls back on any error; a failed database
