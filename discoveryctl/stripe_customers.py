@@ -387,6 +387,8 @@ def _store_customer(
     if attempt is None:
         current = _by_id(session, pending.row_id)
         assert current.customer_id is not None
+        if current.customer_id != customer_id:
+            _report_duplicate(session, pending.user_id, current.customer_id, customer_id)
         return Onboarded(pending.user_id, current.customer_id, "existing", current.email)
     events.record(
         session,
@@ -408,6 +410,38 @@ def _store_customer(
         session, notifications.dedupe_key(ONBOARDING_FAILED, Provider.stripe, pending.user_id)
     )
     return Onboarded(pending.user_id, customer_id, how, pending.email)
+
+
+DUPLICATE_CUSTOMER = "stripe_duplicate_customer"
+
+
+def _report_duplicate(session: Session, user_id: str, kept: str, duplicate: str) -> None:
+    """Stripe answered with a customer other than the one recorded meanwhile: the user has
+    two. Nothing here can undo that; the record keeps the first, and the admins are told
+    which one to delete."""
+    events.record(
+        session,
+        DUPLICATE_CUSTOMER,
+        outcome=events.FAILURE,
+        user_id=user_id,
+        provider=Provider.stripe,
+        customerId=kept,
+        duplicateId=duplicate,
+    )
+    notifications.notify(
+        session,
+        audience=notifications.ADMIN,
+        kind=DUPLICATE_CUSTOMER,
+        title="A second Stripe customer was made for one user",
+        message=(
+            f"User {user_id} has Stripe customer {kept} on record, and Stripe also made "
+            f"{duplicate} for them: check {duplicate} at Stripe and delete it"
+        ),
+        user_id=user_id,
+        provider=Provider.stripe,
+        detail={"customerId": kept, "duplicateId": duplicate},
+        key=f"{DUPLICATE_CUSTOMER}:{user_id}:{duplicate}",
+    )
 
 
 def _record_attempt(

@@ -54,7 +54,7 @@ def test_a_run_out_of_users_claims_no_more() -> None:
 def test_past_its_end_the_queue_claims_no_more_and_lets_go_of_those_not_running() -> None:
     queue = _Queue(concurrency=2, ends=time.monotonic() + 60)
     queue.add([_pending(1)])
-    assert not queue.out_of_time()  # an hour to go
+    assert not queue.out_of_time()  # a minute to go
     queue.ends = time.monotonic() - 1
     assert queue.out_of_time()  # a user let go, and maybe more never claimed
     assert not queue.wants_more() and queue.idle()

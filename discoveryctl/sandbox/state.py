@@ -12,6 +12,7 @@ import secrets
 import string
 import threading
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -50,7 +51,7 @@ BEHAVIOURS: dict[str, BehaviourSpec] = {
     "spapi_403_ambiguous": BehaviourSpec("seller"),
     "spapi_429": BehaviourSpec("seller", frozenset({"retry_after"})),
     # Every Stripe request.
-    "stripe_5xx": BehaviourSpec("stripe", frozenset({"status", "html", "should_retry"})),
+    "stripe_5xx": BehaviourSpec("stripe", frozenset({"status", "html", "should_retry", "writes"})),
     "stripe_429": BehaviourSpec("stripe"),
     "stripe_lock_timeout": BehaviourSpec("stripe"),
     "stripe_edge_4xx": BehaviourSpec("stripe", frozenset({"edge_status"})),
@@ -70,6 +71,7 @@ _PARAM_RANGES = {
     "html": (0, 1),
     "revoke_old": (0, 1),
     "should_retry": (0, 1),
+    "writes": (0, 1),
     "edge_status": (400, 499),
 }
 
@@ -366,14 +368,21 @@ class SandboxState:
             else:
                 self._behaviours.get(key, {}).pop(behaviour, None)
 
-    def take_behaviour(self, target: str, behaviour: str) -> dict[str, int] | None:
-        """The parameters of a behaviour that is on for ``target``, using up one of its
-        ``times``; ``None`` when it is off."""
+    def take_behaviour(
+        self,
+        target: str,
+        behaviour: str,
+        applies: Callable[[dict[str, int]], bool] | None = None,
+    ) -> dict[str, int] | None:
+        """The parameters of a behaviour that is on for ``target`` (and, given ``applies``,
+        meant for this request), using up one of its ``times``; ``None`` when it is off."""
         with self._lock:
             active = self._behaviours.get(target)
             if not active or behaviour not in active:
                 return None
             entry = active[behaviour]
+            if applies is not None and not applies(dict(entry.params)):
+                return None
             if entry.remaining is not None:
                 entry.remaining -= 1
                 if entry.remaining == 0:

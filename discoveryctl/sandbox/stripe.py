@@ -110,7 +110,7 @@ async def _serve(
     response = (
         _authenticate(request, config)
         or _rate_limit(config, state, buckets)
-        or _refuse_before_executing(state)
+        or _refuse_before_executing(state, writing="write" in buckets)
     )
     if response is None:
         response = await endpoint(request, config, state, request_id)
@@ -158,9 +158,10 @@ def _rate_limit_error() -> Response:
     )
 
 
-def _refuse_before_executing(state: SandboxState) -> Response | None:
+def _refuse_before_executing(state: SandboxState, *, writing: bool) -> Response | None:
     """``stripe_429``, ``stripe_lock_timeout`` and ``stripe_5xx``: the endpoint never runs,
-    so nothing is kept under an idempotency key."""
+    so nothing is kept under an idempotency key. ``stripe_5xx`` with ``writes=1`` fails
+    creates only (a test switch: lookups between them answer)."""
     if state.take_behaviour(STRIPE, "stripe_429") is not None:
         return _rate_limit_error()
     if state.take_behaviour(STRIPE, "stripe_lock_timeout") is not None:
@@ -178,7 +179,9 @@ def _refuse_before_executing(state: SandboxState) -> Response | None:
         )
         response.headers.append(("stripe-should-retry", "true"))
         return response
-    failure = state.take_behaviour(STRIPE, "stripe_5xx")
+    failure = state.take_behaviour(
+        STRIPE, "stripe_5xx", lambda params: writing or not params.get("writes")
+    )
     if failure is None:
         return None
     status = failure.get("status", 500)
