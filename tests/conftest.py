@@ -1,8 +1,8 @@
 """Shared fixtures: an isolated environment per test, the CLI, and real databases.
 
 Every test that takes ``db`` runs twice: on a fresh SQLite file and on a fresh PostgreSQL
-schema (``DISCOVERY_TEST_POSTGRES_URL``). Without that variable the PostgreSQL half is skipped
-with a loud warning, except under CI, where it fails.
+schema (``DISCOVERY_TEST_POSTGRES_URL``). Without that variable the PostgreSQL half is left out
+at collection, with one loud line at the end, except under CI, where it fails.
 """
 
 from __future__ import annotations
@@ -166,10 +166,27 @@ def db(empty_db: TestDatabase, cli: Any) -> TestDatabase:
     return empty_db
 
 
+def _on_postgres(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get("empty_db") == "postgres"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without PostgreSQL (and outside CI, where its absence fails the run), its half of
+    the suite is left out at collection: one summary line says so, not a SKIPPED line each."""
+    if POSTGRES_URL is not None or IN_CI:
+        return
+    left_out = [item for item in items if _on_postgres(item)]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if not _on_postgres(item)]
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if POSTGRES_URL is None:
+    if POSTGRES_URL is None and not IN_CI:
         terminalreporter.write_sep(
             "!",
-            "DISCOVERY_TEST_POSTGRES_URL is not set: the PostgreSQL half of the suite was skipped",
+            "DISCOVERY_TEST_POSTGRES_URL is not set: the PostgreSQL half of the suite was left "
+            "out (set it to a PostgreSQL database to run it)",
             red=True,
         )
