@@ -31,8 +31,11 @@ from throwaway import database, is_postgres
 TARGET_LINES_PER_SECOND = 10_000
 
 
-def run_import(source: Path, env: dict[str, str]) -> tuple[float, int, dict[str, object]]:
-    """Wall seconds, peak RSS in MiB, and the JSON report of one `discoveryctl import`."""
+def run_import(
+    source: Path, env: dict[str, str], exits: int = 0
+) -> tuple[float, int, dict[str, object]]:
+    """Wall seconds, peak RSS in MiB, and the JSON report of one `discoveryctl import`
+    (which must exit ``exits``)."""
     start = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "discoveryctl", "import", str(source), "--json"],
@@ -45,7 +48,7 @@ def run_import(source: Path, env: dict[str, str]) -> tuple[float, int, dict[str,
     _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
+    if process.returncode != exits:
         sys.exit(f"discoveryctl import exited {process.returncode}")
     return elapsed, usage.ru_maxrss // 1024, json.loads(stdout)
 
@@ -105,7 +108,34 @@ def main() -> int:
             f"{count // 2} Amazon tokens alone takes {encrypt:.2f} s, "
             f"decrypting them {decrypt:.2f} s"
         )
+    huge_line()
     return 0
+
+
+HUGE_LINE_MB = 200
+TARGET_HUGE_LINE_RSS_MB = 250
+
+
+def huge_line() -> None:
+    """Peak RSS of an import whose second line is HUGE_LINE_MB long: it is rejected, and only
+    the line limit of it is ever held (target: flat, under TARGET_HUGE_LINE_RSS_MB)."""
+    with tempfile.TemporaryDirectory() as home, database(home) as env:
+        source = Path(home) / "huge.jsonl"
+        with source.open("wb") as file:
+            file.write(seed_lines(1))
+            file.write(b'{"user_id": "')
+            for _ in range(HUGE_LINE_MB):  # a MB at a time: this process's RSS is the
+                file.write(b"x" * (1 << 20))  # child's too, up to its exec (Linux maxrss)
+            file.write(b'"}\n')
+            file.write(seed_lines(1))
+        elapsed, rss, report = run_import(source, env, exits=1)
+    rejected = report["rejected"]
+    assert isinstance(rejected, list) and len(rejected) == 1, report
+    verdict = "meets" if rss <= TARGET_HUGE_LINE_RSS_MB else "MISSES"
+    print(
+        f"a {HUGE_LINE_MB} MB line: rejected in {elapsed:.2f} s, peak RSS {rss} MiB "
+        f"({verdict} the {TARGET_HUGE_LINE_RSS_MB} MB target)"
+    )
 
 
 if __name__ == "__main__":

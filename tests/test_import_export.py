@@ -227,6 +227,35 @@ def test_invalid_utf8_and_huge_lines_are_rejected_not_fatal(
     assert db.scalar("SELECT count(*) FROM stripe_customers") == 1
 
 
+def test_a_byte_order_mark_before_the_first_line_is_dropped(
+    db: Any, cli: Any, tmp_path: Path
+) -> None:
+    source = tmp_path / "bom.jsonl"
+    source.write_bytes(
+        b"\xef\xbb\xbf"
+        + json.dumps(stripe_line("u1")).encode()
+        + b"\r\n"
+        + json.dumps(stripe_line("u2")).encode()
+        + b"\r\n"
+    )
+    result = cli("import", str(source), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["created"] == 2 and result.json()["rejected"] == []
+
+
+def test_a_huge_line_is_read_past_without_holding_it(tmp_path: Path) -> None:
+    """A 20 MB line costs at most the limit in memory: only that much of it is kept."""
+    from discoveryctl.integrations.transfer import MAX_LINE_BYTES, count_lines, read_lines
+
+    source = tmp_path / "huge.jsonl"
+    source.write_bytes(b"first\n" + b"x" * (20 * 1024 * 1024) + b"\nlast\n")
+    with source.open("rb") as stream:
+        assert count_lines(stream) == 3
+        assert stream.tell() == 0
+        lengths = [len(line) for line in read_lines(stream)]
+    assert lengths == [6, MAX_LINE_BYTES + 1, 5]
+
+
 def test_deeply_nested_json_and_lone_surrogates_are_rejected_lines(
     db: Any, cli: Any, tmp_path: Path
 ) -> None:
@@ -419,8 +448,11 @@ def test_progress_is_logged_as_json_when_not_on_a_terminal(
         for line in result.stderr.splitlines()
         if line.startswith("{") and '"progress"' in line
     ]
-    assert [p["task"] for p in progress] == ["import"] * 3  # one per batch
-    assert progress[-1]["done"] == progress[-1]["total"] == source.stat().st_size
+    # Lines, not bytes; the first batch, then (within five seconds) only the end.
+    assert [(p["task"], p["done"], p["total"]) for p in progress] == [
+        ("import", BATCH_SIZE, len(lines)),
+        ("import", len(lines), len(lines)),
+    ]
 
 
 def event_rows(db: Any, kind: str) -> list[dict[str, Any]]:

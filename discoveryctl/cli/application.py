@@ -114,10 +114,25 @@ class Application:
                 bar_task = bar.add_task(task, total=total)
                 yield lambda done: bar.update(bar_task, completed=done)
             return
+        import time
+
         from discoveryctl.logging import get_logger
 
         log = get_logger()
-        yield lambda done: log.info("progress", task=task, done=done, total=total)
+        next_log, logged = 0.0, -1
+
+        def report(done: int) -> None:
+            nonlocal next_log, logged
+            now = time.monotonic()
+            if done != logged and (now >= next_log or done == total):
+                log.info("progress", task=task, done=done, total=total)
+                next_log, logged = now + PROGRESS_LOG_SECONDS, done
+
+        yield report
+
+
+PROGRESS_LOG_SECONDS = 5.0
+"""Without a terminal, at most one progress line this often (and the last one)."""
 
 
 def relative_time(moment: datetime | str | None, now: datetime | None = None) -> str:

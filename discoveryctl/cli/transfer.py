@@ -26,28 +26,22 @@ def import_integrations(
     Example: discoveryctl import sellers.jsonl
     """
     from discoveryctl.cli.application import Application
-    from discoveryctl.integrations.transfer import import_lines
+    from discoveryctl.integrations.transfer import count_lines, import_lines, read_lines
 
     app: Application = ctx.obj
     database = app.open_database()
     with database.session() as session:
         vault = app.vault(session)
-    stream, size = _open_source(source)
+    stream = _open_source(source)
     try:
-        with app.progress("import", size) as show:
-            lines_done = 0
-
-            def advance(lines: int) -> None:
-                nonlocal lines_done
-                lines_done += lines
-                show(stream.tell() if size else lines_done)
-
+        total = None if stream is sys.stdin.buffer else count_lines(stream)
+        with app.progress("import", total) as show:
             result = import_lines(
-                stream,
+                read_lines(stream),
                 database.session,
                 vault,
                 frontend_url=app.config.frontend_url,
-                progress=advance,
+                progress=show,
             )
     finally:
         if stream is not sys.stdin.buffer:
@@ -68,12 +62,12 @@ def import_integrations(
         raise NeedsAttention(f"{rejected} line{'s' if rejected != 1 else ''} rejected")
 
 
-def _open_source(source: str) -> tuple[BinaryIO, int | None]:
+def _open_source(source: str) -> BinaryIO:
     if source == "-":
-        return sys.stdin.buffer, None
+        return sys.stdin.buffer
     path = Path(source)
     try:
-        return path.open("rb"), path.stat().st_size
+        return path.open("rb")
     except FileNotFoundError:
         raise InvalidInput(f"no such file: {source}") from None
     except IsADirectoryError:

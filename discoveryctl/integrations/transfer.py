@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -86,6 +86,7 @@ class ImportReport:
     updated: int = 0
     unchanged: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    lines_read: int = 0  # blank and rejected ones included
 
     @property
     def accepted(self) -> int:
@@ -219,7 +220,8 @@ def import_lines(
     frontend_url: str,
     progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
-    """Validate and store every line; ``session_scope()`` opens one transaction per batch."""
+    """Validate and store every line; ``session_scope()`` opens one transaction per batch.
+    ``progress`` is told how many lines were read so far, blank and rejected ones included."""
     report = ImportReport()
     for batch in _batches(lines, report):
         for attempt in range(1, BATCH_ATTEMPTS + 1):
@@ -246,7 +248,9 @@ def import_lines(
             report.merge(stored)
             break
         if progress is not None:
-            progress(len(batch))
+            progress(report.lines_read)
+    if progress is not None:
+        progress(report.lines_read)  # rejected or blank lines after the last batch
     report.rejected.sort()
     if report.created + report.updated >= ANALYZE_AFTER:
         with session_scope() as session:
@@ -266,9 +270,44 @@ def refresh_statistics(session: Session) -> None:
         session.execute(sa.text("ANALYZE integration_status, credentials, stripe_customers"))
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+_CHUNK = 1 << 20
+
+
+def read_lines(stream: BinaryIO) -> Iterator[bytes]:
+    """The lines of ``stream``, each holding at most ``MAX_LINE_BYTES + 1`` bytes in memory:
+    of a longer line only that much is kept (``parse_line`` rejects it), the rest is read
+    past. A UTF-8 byte order mark at the start (as some editors save) is dropped."""
+    first = True
+    while True:
+        line = stream.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if first:
+            line = line.removeprefix(UTF8_BOM)
+            first = False
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            rest = stream.readline(_CHUNK)
+            while rest and not rest.endswith(b"\n"):
+                rest = stream.readline(_CHUNK)
+        yield line
+
+
+def count_lines(stream: BinaryIO) -> int:
+    """How many lines a seekable stream holds (read in chunks; the position is kept)."""
+    start = stream.tell()
+    count, last = 0, b"\n"
+    while chunk := stream.read(_CHUNK):
+        count += chunk.count(b"\n")
+        last = chunk[-1:]
+    stream.seek(start)
+    return count + (last != b"\n")
+
+
 def _batches(lines: Iterable[bytes], report: ImportReport) -> Iterator[list[tuple[int, Line]]]:
     batch: list[tuple[int, Line]] = []
     for number, raw in enumerate(lines, start=1):
+        report.lines_read = number
         if not raw.strip():
             continue
         try:
