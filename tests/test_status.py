@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from discoveryctl.integrations.health import Status
 
@@ -127,3 +131,24 @@ def test_empty_database(db: Any, cli: Any) -> None:
     assert result.exit_code == 0
     assert result.stdout.strip() == "no integrations"
     assert cli("status", "--json").json() == []
+
+
+@pytest.mark.parametrize("command", [["status", "--limit", "0"], ["status", "--json"], ["export"]])
+def test_a_reader_that_stops_early_ends_the_command_quietly_with_0(
+    db: Any, cli: Any, tmp_path: Path, command: list[str]
+) -> None:
+    """`status | head -1`: the rest of the output has nowhere to go, which is no error."""
+    lines = [stripe_line(f"user-{n}") for n in range(3000)]
+    assert cli("import", str(write_lines(tmp_path / "s.jsonl", *lines))).exit_code == 0
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "discoveryctl", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reader.stdout is not None and reader.stderr is not None
+    assert reader.stdout.readline()
+    reader.stdout.close()  # as head does after its line
+    errors = reader.stderr.read()
+    reader.stderr.close()
+    assert reader.wait(timeout=60) == 0, errors
+    assert errors == b""

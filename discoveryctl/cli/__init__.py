@@ -44,6 +44,10 @@ class DiscoveryGroup(TyperGroup):
                 return super().invoke(ctx)
             except KeyboardInterrupt:
                 raise Interrupted("interrupted") from None
+            except BrokenPipeError:
+                from discoveryctl.cli.application import stdout_closed
+
+                stdout_closed()
         except DiscoveryError as error:
             prefix = "" if error.kind in _NOT_AN_ERROR else "error: "
             typer.echo(f"{prefix}{error.message}", err=True)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from discoveryctl.config import Config
 
@@ -78,7 +78,9 @@ class Application:
         """stdout for people: user data is never read as markup."""
         from rich.console import Console
 
-        return Console(markup=False, highlight=False, emoji=False)
+        console = Console(markup=False, highlight=False, emoji=False)
+        console.on_broken_pipe = stdout_closed  # type: ignore[method-assign]
+        return console
 
     @cached_property
     def err(self) -> Console:
@@ -129,6 +131,16 @@ class Application:
                 next_log, logged = now + PROGRESS_LOG_SECONDS, done
 
         yield report
+
+
+def stdout_closed() -> NoReturn:
+    """The reader of stdout went away (``status | head -1``): stop quietly with 0, as git
+    does, and send whatever is still buffered nowhere."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise SystemExit(0)
 
 
 PROGRESS_LOG_SECONDS = 5.0
