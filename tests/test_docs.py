@@ -40,3 +40,39 @@ def test_help_lists_every_command(cli: Any) -> None:
     for path, _ in commands():
         if " " not in path:
             assert path in result.stdout
+
+
+def test_version_and_shell_completion(cli: Any) -> None:
+    from importlib.metadata import version
+
+    shown = cli("--version")
+    assert shown.exit_code == 0
+    assert shown.stdout == f"discoveryctl {version('discoveryctl')}\n"
+    completion = cli("--show-completion", "bash")
+    assert completion.exit_code == 0 and "_discoveryctl_completion" in completion.stdout
+
+
+def test_providers_are_named_in_any_case(cli: Any) -> None:
+    assert cli("status", "Amazon").exit_code == 0
+    assert cli("status", "STRIPE", "--json").json() == []
+    assert cli("refresh-all", "--provider", "Stripe", "--dry-run").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("status", "foo"), "error: invalid value for 'provider': 'foo' is not one of"),
+        (("status", "--limit", "x"), "error: invalid value for '--limit': not a whole number"),
+        (("refresh-all", "--concurrency", "0"), "'--concurrency': must be at least 1"),
+        (("export", "--nope"), "error: no such option: --nope (see discoveryctl export --help)"),
+        (("nosuch",), "error: no such command 'nosuch' (see discoveryctl --help)"),
+    ],
+)
+def test_a_bad_option_or_value_is_one_line_like_every_other_error(
+    cli: Any, args: tuple[str, ...], message: str
+) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Usage:" not in result.stderr
+    assert "Value error" not in result.stderr and "Input should" not in result.stderr

@@ -13,6 +13,11 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+try:  # typer carries its own copy of click from 0.2x on; before, it used click itself
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover
+    from click import UsageError  # type: ignore[assignment]
+
 from discoveryctl.errors import DiscoveryError, ErrorKind, Interrupted, InvalidInput
 
 EXIT_CODES: dict[ErrorKind, int] = {
@@ -48,6 +53,8 @@ class DiscoveryGroup(TyperGroup):
                 from discoveryctl.cli.application import stdout_closed
 
                 stdout_closed()
+            except UsageError as error:  # a bad option or value: one line, like the rest
+                raise InvalidInput(_usage_message(error)) from None
         except DiscoveryError as error:
             prefix = "" if error.kind in _NOT_AN_ERROR else "error: "
             typer.echo(f"{prefix}{error.message}", err=True)
@@ -55,6 +62,28 @@ class DiscoveryGroup(TyperGroup):
 
 
 _NOT_AN_ERROR = frozenset({ErrorKind.attention, ErrorKind.interrupted})
+
+
+_PLAIN_WORDS = (
+    ("Value error, ", ""),
+    ("Input should be a valid integer, unable to parse string as an integer", "not a whole number"),
+    ("Input should be a valid number, unable to parse string as a number", "not a number"),
+    ("Input should be less than or equal to", "must be at most"),
+    ("Input should be greater than or equal to", "must be at least"),
+)
+"""The validation library's phrases, in the tool's words."""
+
+
+def _usage_message(error: UsageError) -> str:
+    """Click's message, in the tool's voice: lower case, plain words, and where to read
+    more."""
+    message = error.format_message().rstrip(".")
+    for phrase, plain in _PLAIN_WORDS:
+        message = message.replace(phrase, plain)
+    message = message[:1].lower() + message[1:]
+    if error.ctx is not None:
+        message += f" (see {error.ctx.command_path} --help)"
+    return message
 
 
 def _require_utf8(args: list[str]) -> None:
@@ -73,15 +102,28 @@ app = typer.Typer(
     help="Keep every seller's Amazon and Stripe integrations healthy.\n\n"
     "Example: discoveryctl status --check",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_show_locals=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
+def _version(shown: bool) -> None:
+    if shown:
+        from importlib.metadata import version
+
+        typer.echo(f"discoveryctl {version('discoveryctl')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(ctx: typer.Context) -> None:
+def _root(
+    ctx: typer.Context,
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     from discoveryctl.cli.application import Application
 
     ctx.obj = Application()

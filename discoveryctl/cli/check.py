@@ -15,7 +15,9 @@ class CheckProvider(StrEnum):
 
 def check(
     ctx: typer.Context,
-    provider: CheckProvider = typer.Argument(..., help="The provider to check."),
+    provider: CheckProvider = typer.Argument(
+        ..., case_sensitive=False, help="The provider to check."
+    ),
     user: str | None = typer.Option(
         None,
         "--user",

@@ -19,7 +19,9 @@ class ConnectProvider(StrEnum):
 
 def connect(
     ctx: typer.Context,
-    provider: ConnectProvider = typer.Argument(..., help="The provider to connect."),
+    provider: ConnectProvider = typer.Argument(
+        ..., case_sensitive=False, help="The provider to connect."
+    ),
     user: str = typer.Option(
         ..., "--user", callback=options.user_id, help="The user the seller's account belongs to."
     ),
@@ -31,7 +33,7 @@ def connect(
         False, "--paste", help="Paste the final address from the browser instead of listening."
     ),
     timeout: float = typer.Option(
-        300, "--timeout", min=1, max=600, help="Seconds to wait for the seller (at most 600)."
+        300, "--timeout", help="Seconds to wait for the seller (1 to 600)."
     ),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Certificate for https."),
     tls_key: Path | None = typer.Option(None, "--tls-key", help="Private key for https."),
@@ -48,7 +50,9 @@ def connect(
 
     app: Application = ctx.obj
     if math.isnan(timeout):
-        raise InvalidInput("--timeout must be a number of seconds")
+        raise InvalidInput("--timeout nan is not a number of seconds")
+    if not 1 <= timeout <= 600:
+        raise InvalidInput(f"--timeout must be from 1 to 600 seconds, not {timeout:g}")
     if (tls_cert is None) != (tls_key is None):
         raise InvalidInput("--tls-cert and --tls-key go together")
     tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None

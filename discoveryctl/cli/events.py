@@ -40,7 +40,9 @@ def events(
     user: str | None = typer.Option(
         None, "--user", callback=options.user_id, help="Only this user's events."
     ),
-    provider: Provider | None = typer.Option(None, "--provider", help="Only this provider."),
+    provider: Provider | None = typer.Option(
+        None, "--provider", case_sensitive=False, help="Only this provider."
+    ),
     since: str = typer.Option("24h", "--since", help="How far back: 30m, 24h, 7d, or a time."),
     limit: int = typer.Option(
         1000, "--limit", min=1, max=1_000_000, help="At most this many, newest first."

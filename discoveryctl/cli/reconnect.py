@@ -17,7 +17,9 @@ class ReconnectProvider(StrEnum):
 
 def reconnect(
     ctx: typer.Context,
-    provider: ReconnectProvider = typer.Argument(..., help="The provider to reconnect."),
+    provider: ReconnectProvider = typer.Argument(
+        ..., case_sensitive=False, help="The provider to reconnect."
+    ),
     user: str | None = typer.Option(
         None,
         "--user",

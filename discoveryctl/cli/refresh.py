@@ -15,7 +15,9 @@ class RefreshProvider(StrEnum):
 
 def refresh(
     ctx: typer.Context,
-    provider: RefreshProvider = typer.Argument(..., help="The provider to refresh."),
+    provider: RefreshProvider = typer.Argument(
+        ..., case_sensitive=False, help="The provider to refresh."
+    ),
     user: str = typer.Option(..., "--user", callback=options.user_id, help="The seller's user id."),
     as_json: bool = typer.Option(False, "--json", help="The outcome as JSON on stdout."),
 ) -> None:
@@ -59,7 +61,7 @@ def refresh(
 
 def access_token(
     ctx: typer.Context,
-    provider: RefreshProvider = typer.Argument(..., help="The provider."),
+    provider: RefreshProvider = typer.Argument(..., case_sensitive=False, help="The provider."),
     user: str = typer.Option(..., "--user", callback=options.user_id, help="The seller's user id."),
 ) -> None:
     """Print a valid Amazon access token for the seller, alone on stdout, for scripts.

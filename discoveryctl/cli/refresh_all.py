@@ -27,6 +27,7 @@ def refresh_all(
     provider: RefreshAllProvider = typer.Option(
         RefreshAllProvider.all,
         "--provider",
+        case_sensitive=False,
         help="Amazon authorizations, pending Stripe customers, or both.",
     ),
     concurrency: int = typer.Option(

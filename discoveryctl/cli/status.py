@@ -12,7 +12,9 @@ from discoveryctl.integrations.health import Provider, Status
 
 def status(
     ctx: typer.Context,
-    provider: Provider | None = typer.Argument(None, help="Only this provider."),
+    provider: Provider | None = typer.Argument(
+        None, case_sensitive=False, help="Only this provider."
+    ),
     user: str | None = typer.Option(
         None, "--user", callback=options.user_id, help="Only this user."
     ),
