@@ -76,3 +76,26 @@ def test_a_bad_option_or_value_is_one_line_like_every_other_error(
     assert message in result.stderr
     assert result.stderr.count("\n") == 1 and "Usage:" not in result.stderr
     assert "Value error" not in result.stderr and "Input should" not in result.stderr
+
+
+@pytest.mark.parametrize(("path", "command"), commands(), ids=lambda v: str(v))
+def test_the_example_in_help_is_never_wrapped(
+    cli: Any, monkeypatch: pytest.MonkeyPatch, path: str, command: Any
+) -> None:
+    monkeypatch.setenv("COLUMNS", "30")  # narrower than every example
+    example = next(line for line in command.help.splitlines() if "Example: " in line).strip()
+    shown = cli(*path.split(), "--help")
+    assert shown.exit_code == 0
+    assert example in [line.strip() for line in shown.stdout.splitlines()], shown.stdout
+
+
+def test_messages_to_a_pipe_are_one_line_however_long(
+    cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("COLUMNS", "40")
+    lines = tmp_path / "bad.jsonl"
+    lines.write_text('{"user_id": "a-user-whose-line-is-wrong", "provider": "amazon"}\n')
+    result = cli("import", str(lines))
+    assert result.exit_code == 1
+    (reported,) = [line for line in result.stderr.splitlines() if line.startswith("line 1:")]
+    assert len(reported) > 40 and reported.endswith("selling_partner_id")

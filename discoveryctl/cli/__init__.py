@@ -99,7 +99,7 @@ def _require_utf8(args: list[str]) -> None:
 app = typer.Typer(
     cls=DiscoveryGroup,
     name="discoveryctl",
-    help="Keep every seller's Amazon and Stripe integrations healthy.\n\n"
+    help="Keep every seller's Amazon and Stripe integrations healthy.\n\n\b\n"
     "Example: discoveryctl status --check",
     no_args_is_help=True,
     add_completion=True,

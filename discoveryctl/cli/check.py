@@ -34,6 +34,7 @@ def check(
     15): a seller checked too often is "paced", not called. Exit 1 if any seller needs
     attention (a paced seller does not).
 
+    \b
     Example: discoveryctl check amazon --user seller-42
     """
     from discoveryctl.cli.application import Application

@@ -41,6 +41,7 @@ def connect(
 ) -> None:
     """Connect (or reconnect) a seller's Amazon account through Seller Central consent.
 
+    \b
     Example: discoveryctl connect amazon --user seller-42 --no-browser
     """
     from discoveryctl.cli.application import Application

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 group = typer.Typer(
-    help="Database migrations: upgrade, show the current revision, print the DDL.\n\n"
+    help="Database migrations: upgrade, show the current revision, print the DDL.\n\n\b\n"
     "Example: discoveryctl db upgrade",
     no_args_is_help=True,
 )
@@ -18,6 +18,7 @@ def upgrade(ctx: typer.Context) -> None:
     A SQLite file named by DATABASE_URL that is not there yet is created (in a folder that
     must exist), and the command says where.
 
+    \b
     Example: DATABASE_URL=postgresql://… discoveryctl db upgrade
     """
     from pathlib import Path
@@ -52,6 +53,7 @@ def current(
 ) -> None:
     """Show the database's revision and whether it is the newest.
 
+    \b
     Example: discoveryctl db current
     """
     from discoveryctl.cli.application import Application
@@ -78,6 +80,7 @@ def current(
 def sql(ctx: typer.Context) -> None:
     """Print the DDL that brings an empty database to the newest schema, for a DBA.
 
+    \b
     Example: DATABASE_URL=postgresql://… discoveryctl db sql > schema.sql
     """
     import sys

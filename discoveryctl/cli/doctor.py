@@ -13,6 +13,7 @@ def doctor(
 
     Exit 1 if any check fails.
 
+    \b
     Example: discoveryctl doctor
     """
     from discoveryctl.cli.application import Application

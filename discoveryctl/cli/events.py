@@ -51,6 +51,7 @@ def events(
 ) -> None:
     """Show the audit history: every attempt, outcome and transition.
 
+    \b
     Example: discoveryctl events --user seller-42 --since 7d
     """
     from discoveryctl import events as history

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 group = typer.Typer(
-    help="Encryption keys for tokens at rest.\n\nExample: discoveryctl keys rotate",
+    help="Encryption keys for tokens at rest.\n\n\b\nExample: discoveryctl keys rotate",
     no_args_is_help=True,
 )
 
@@ -24,6 +24,7 @@ def rotate(
     key alone (back it up). Run it while no other discoveryctl command runs (pause the cron
     job): one started before with the old key alone would write tokens under it.
 
+    \b
     Example: DISCOVERY_ENCRYPTION_KEY="$NEW,$OLD" discoveryctl keys rotate
     """
     from discoveryctl import credentials

@@ -9,7 +9,7 @@ import typer
 from discoveryctl.cli import options
 
 group = typer.Typer(
-    help="List user or admin notifications; `notifications ack ID…` marks them read.\n\n"
+    help="List user or admin notifications; `notifications ack ID…` marks them read.\n\n\b\n"
     "Example: discoveryctl notifications --admin --unread",
     invoke_without_command=True,
     no_args_is_help=False,
@@ -28,6 +28,7 @@ def notifications(
 ) -> None:
     """List user or admin notifications, newest first.
 
+    \b
     Example: discoveryctl notifications --admin --unread
     """
     if ctx.invoked_subcommand is not None:
@@ -81,6 +82,7 @@ def acknowledge(
 ) -> None:
     """Mark notifications as read.
 
+    \b
     Example: discoveryctl notifications ack 12 13
     """
     from discoveryctl import notifications as inbox

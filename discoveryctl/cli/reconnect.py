@@ -36,6 +36,7 @@ def reconnect(
 
     With --local --user U, run the consent flow on this machine instead (as `connect`).
 
+    \b
     Example: discoveryctl reconnect amazon --user seller-42 --notify
     """
     from discoveryctl.cli.application import Application

@@ -26,6 +26,7 @@ def refresh(
     Exit 1 if the authorization is revoked or expired (the output has the reconnect URL) or
     the refresh failed for now; 3 if LWA refused the app's own credentials.
 
+    \b
     Example: discoveryctl refresh amazon --user seller-42
     """
     from discoveryctl.cli.application import Application
@@ -69,6 +70,7 @@ def access_token(
     The cached token is reused while it has more than 5 minutes left; otherwise it is
     refreshed first (processes asking at once share one refresh).
 
+    \b
     Example: curl -H "x-amz-access-token: $(discoveryctl access-token amazon --user seller-42)" …
     """
     import sys

@@ -66,6 +66,7 @@ def refresh_all(
     failures left for the next run); 3 LWA or Stripe refused the app's own credentials
     (nothing was marked on any seller); 130 interrupted (the summary so far is printed).
 
+    \b
     Example: */5 * * * * discoveryctl refresh-all --deadline 4m
     """
     from datetime import timedelta

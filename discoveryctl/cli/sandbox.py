@@ -46,6 +46,7 @@ def sandbox(
     Prints the `export` lines that point discoveryctl at it, then serves until Ctrl-C (or
     SIGTERM).
 
+    \b
     Example: discoveryctl sandbox --port 8790
     """
     import shlex

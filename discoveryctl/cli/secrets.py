@@ -11,7 +11,7 @@ from discoveryctl.config import KEYRING_SERVICE, SETTINGS
 from discoveryctl.errors import ConfigurationError, InvalidInput, NotFound
 
 group = typer.Typer(
-    help="Keep secrets in the OS keyring (service `discoveryctl`); the environment wins.\n\n"
+    help="Keep secrets in the OS keyring (service `discoveryctl`); the environment wins.\n\n\b\n"
     "Example: discoveryctl secrets set STRIPE_API_KEY",
     no_args_is_help=True,
 )
@@ -47,6 +47,7 @@ def set_secret(
 ) -> None:
     """Store a secret, read from a hidden prompt or the first line of stdin.
 
+    \b
     Example: discoveryctl secrets set AMAZON_LWA_CLIENT_SECRET
     """
     import keyring
@@ -72,6 +73,7 @@ def get_secret(
 ) -> None:
     """Print a stored secret, masked unless --show.
 
+    \b
     Example: discoveryctl secrets get STRIPE_API_KEY
     """
     import keyring
@@ -88,6 +90,7 @@ def get_secret(
 def delete_secret(name: str = typer.Argument(..., help="The variable name.")) -> None:
     """Remove a secret from the keyring.
 
+    \b
     Example: discoveryctl secrets delete STRIPE_API_KEY
     """
     import keyring
@@ -106,6 +109,7 @@ def delete_secret(name: str = typer.Argument(..., help="The variable name.")) ->
 def generate_key() -> None:
     """Print a new encryption key for DISCOVERY_ENCRYPTION_KEY.
 
+    \b
     Example: export DISCOVERY_ENCRYPTION_KEY=$(discoveryctl secrets generate-key)
     """
     from discoveryctl.crypto import generate_key as new_key

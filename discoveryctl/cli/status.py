@@ -28,6 +28,7 @@ def status(
 ) -> None:
     """Show the health of every integration, the unhealthy ones first.
 
+    \b
     Example: discoveryctl status amazon --status revoked
     """
     from discoveryctl.cli.application import Application

@@ -7,7 +7,7 @@ import typer
 from discoveryctl.cli import options
 
 group = typer.Typer(
-    help="Stripe customers, one per user.\n\n"
+    help="Stripe customers, one per user.\n\n\b\n"
     "Example: discoveryctl stripe ensure-customer --user u1 --email a@b.test",
     no_args_is_help=True,
 )
@@ -31,6 +31,7 @@ def ensure_customer(
     2 if the user's customer is already being created with another email, 3 if Stripe
     refused the API key.
 
+    \b
     Example: discoveryctl stripe ensure-customer --user seller-42 --email ops@acme.test
     """
     from discoveryctl.cli.application import Application

@@ -23,6 +23,7 @@ def import_integrations(
     "region","authorized_at"?} or {"user_id","provider":"stripe","email","customer_id"?}.
     Importing the same line twice changes nothing. Exit 1 if any line was rejected.
 
+    \b
     Example: discoveryctl import sellers.jsonl
     """
     from discoveryctl.cli.application import Application
@@ -89,6 +90,7 @@ def export_integrations(
 
     Refresh tokens are left out unless --include-secrets is given.
 
+    \b
     Example: discoveryctl export --include-secrets -o backup.jsonl
     """
     import json
