@@ -617,7 +617,7 @@ def test_a_reimported_authorization_clears_failures_and_resolves_the_alerts(
     assert db.rows(open_alerts) == []
     status = cli("status", "--json").json()
     assert [(s["user_id"], s["status"], s["message"]) for s in status] == [
-        ("u1", "active", "Your amazon integration is working properly")
+        ("u1", "active", "Your amazon integration has not been checked yet")  # new token
     ]
     metadata = status[0]["metadata"]
     assert "consecutive_failures" not in metadata and "last_error" not in metadata

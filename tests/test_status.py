@@ -54,7 +54,10 @@ def test_json_is_shaped_like_the_seed_api(db: Any, cli: Any, tmp_path: Path) -> 
         assert item["updated_at"].endswith("Z")
         assert isinstance(item["metadata"], dict)
     by_user = {(d["user_id"], d["provider"]): d for d in data}
-    assert by_user[("alice", "amazon")]["message"] == "Your amazon integration is working properly"
+    # Imported, never refreshed: not known to work yet.
+    assert by_user[("alice", "amazon")]["message"] == (
+        "Your amazon integration has not been checked yet"
+    )
     assert by_user[("alice", "amazon")]["lastSyncedAt"] is None
     assert by_user[("bob", "amazon")]["status"] == "revoked"
     assert "reconnect" in by_user[("bob", "amazon")]["message"]
@@ -152,3 +155,47 @@ def test_a_reader_that_stops_early_ends_the_command_quietly_with_0(
     reader.stderr.close()
     assert reader.wait(timeout=60) == 0, errors
     assert errors == b""
+
+
+def test_the_summary_as_json(db: Any, cli: Any, tmp_path: Path) -> None:
+    seed(cli, tmp_path)
+    set_status(db.url, "bob", Status.revoked)
+    summary = cli("status", "--summary", "--json")
+    assert summary.exit_code == 0
+    assert summary.json() == {
+        "total": 5,
+        "by_status": {"active": 3, "revoked": 1, "pending": 1},
+        "need_attention": 1,
+    }
+    only = cli("status", "amazon", "--summary", "--json").json()
+    assert only == {"total": 3, "by_status": {"active": 2, "revoked": 1}, "need_attention": 1}
+
+
+def test_a_very_long_user_id_is_cut_and_the_other_columns_stay(
+    db: Any, cli: Any, tmp_path: Path
+) -> None:
+    long_id = "seller-" + "x" * 248
+    lines = [amazon_line(long_id), amazon_line("short")]
+    assert cli("import", str(write_lines(tmp_path / "a.jsonl", *lines))).exit_code == 0
+    table = cli("status").stdout.splitlines()
+    row = next(line for line in table if line.startswith("seller-x"))
+    assert "…" in row and long_id not in row
+    assert "amazon" in row and "active" in row and "Your amazon integration" in row
+    assert next(line for line in table if line.startswith("short ")).split()[1:3] == [
+        "amazon",
+        "active",
+    ]
+
+
+def test_a_synced_integration_works_properly_one_never_synced_is_not_checked_yet(
+    db: Any, cli: Any, tmp_path: Path
+) -> None:
+    assert cli("import", str(write_lines(tmp_path / "a.jsonl", amazon_line("u1")))).exit_code == 0
+    assert "has not been checked yet" in cli("status").stdout
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(
+            'UPDATE integration_status SET metadata = \'{"last_synced_at": '
+            '"2026-01-01T00:00:00Z"}\''
+        )
+    (row,) = cli("status", "--json").json()
+    assert row["message"] == "Your amazon integration is working properly"

@@ -18,11 +18,15 @@ def status(
     user: str | None = typer.Option(
         None, "--user", callback=options.user_id, help="Only this user."
     ),
-    status: Status | None = typer.Option(None, "--status", help="Only this status."),
+    status: Status | None = typer.Option(
+        None, "--status", case_sensitive=False, help="Only this status."
+    ),
     check: bool = typer.Option(
         False, "--check", help="Exit 1 if any integration is revoked, expired or failing."
     ),
-    summary: bool = typer.Option(False, "--summary", help="Only the counts by status."),
+    summary: bool = typer.Option(
+        False, "--summary", help="Only the counts by status (with --json, as an object)."
+    ),
     limit: int = typer.Option(50, "--limit", min=0, help="Rows in the table (0 for all)."),
     as_json: bool = typer.Option(False, "--json", help="JSON list on stdout."),
 ) -> None:
@@ -42,7 +46,7 @@ def status(
         status=status.value if status else None,
     )
     with app.session() as session:
-        if as_json:
+        if as_json and not summary:
             rows = lifecycle.listing(session, filters)
             unhealthy = sum(1 for row in rows if is_unhealthy(row.status, row.metadata))
         else:
@@ -55,7 +59,10 @@ def status(
                 )
             )
 
-    if as_json:
+    if as_json and summary:
+        total = sum(by_status.values())
+        app.print_json({"total": total, "by_status": by_status, "need_attention": unhealthy})
+    elif as_json:
         app.print_json([api_view(*row) for row in rows])
     else:
         total = sum(by_status.values())
@@ -81,13 +88,16 @@ def _table(rows: Any) -> Any:
     from discoveryctl.integrations.health import consecutive_failures, message_for
 
     table = Table(box=None, pad_edge=False)
-    for header in ("user", "provider", "status", "last synced", "failures"):
+    # A user id may be 255 characters: it is cut, the other columns keep their room.
+    table.add_column("user", no_wrap=True, max_width=USER_COLUMN_WIDTH, overflow="ellipsis")
+    for header in ("provider", "status", "last synced", "failures"):
         table.add_column(header, no_wrap=True)
     table.add_column("message", ratio=1)
     for row in rows:
         meta: dict[str, Any] = row.metadata
         failures = consecutive_failures(meta)
-        message = _last_error(meta) or message_for(row.provider, row.status)
+        synced = meta.get("last_synced_at") is not None
+        message = _last_error(meta) or message_for(row.provider, row.status, synced)
         table.add_row(
             row.user_id,
             row.provider,
@@ -97,6 +107,9 @@ def _table(rows: Any) -> Any:
             Text(message, no_wrap=True, overflow="ellipsis"),
         )
     return table
+
+
+USER_COLUMN_WIDTH = 36
 
 
 def _last_error(meta: dict[str, Any]) -> str | None:

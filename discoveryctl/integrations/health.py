@@ -37,9 +37,12 @@ LAST_ERROR = "last_error"
 RECONNECT_ATTEMPTS = "reconnect_attempts"
 
 
-def message_for(provider: str, status: str) -> str:
-    """The seed's user-facing message for a status."""
+def message_for(provider: str, status: str, synced: bool = True) -> str:
+    """The seed's user-facing message for a status; an active integration never synced
+    (imported, not yet refreshed or checked) is not yet known to work."""
     if status == Status.active:
+        if not synced:
+            return f"Your {provider} integration has not been checked yet"
         return f"Your {provider} integration is working properly"
     if status == Status.revoked:
         return (
@@ -97,5 +100,5 @@ def api_view(
         "updated_at": isoformat(updated_at),
         "metadata": dict(meta),
         "lastSyncedAt": meta.get(LAST_SYNCED_AT),
-        "message": message_for(provider, status),
+        "message": message_for(provider, status, synced=meta.get(LAST_SYNCED_AT) is not None),
     }
