@@ -233,7 +233,7 @@ class Attempt:
 
     def detail(self) -> dict[str, Any]:
         """What an event says of this try."""
-        return {"attempt": self.number, "durationMs": round(self.seconds * 1000, 1)}
+        return {"attempt": self.number, "duration_ms": round(self.seconds * 1000, 1)}
 
 
 def with_retries(
@@ -319,7 +319,7 @@ def retried_events(
             user_id=user_id,
             provider=Provider.amazon,
             error_type=event_error_type(attempt.error.error_type),
-            httpStatus=attempt.error.status_code,
+            http_status=attempt.error.status_code,
             **attempt.detail(),
         )
         for attempt in tries[:-1]
@@ -530,8 +530,8 @@ def _refreshed_events(
             outcome=events.SUCCESS,
             user_id=user_id,
             provider=Provider.amazon,
-            expiresAt=isoformat(expires),
-            refreshTokenRotated=grant.refresh_token is not None,
+            expires_at=isoformat(expires),
+            refresh_token_rotated=grant.refresh_token is not None,
             **last_try(tries),
         ),
     ]
@@ -674,7 +674,7 @@ def record_failure(
                 user_id=user_id,
                 provider=Provider.amazon,
                 error_type=decided.error_type,
-                httpStatus=decided.status_code,
+                http_status=decided.status_code,
                 message=decided.message,
                 **last_try(tries),
             ),
@@ -774,7 +774,7 @@ def _warn_before_expiry(
         ),
         user_id=integration.user_id,
         provider=Provider.amazon,
-        detail={"reconnectUrl": url, "expiresAt": isoformat(renew_by)},
+        detail={"reconnectUrl": url, "expires_at": isoformat(renew_by)},
         key=notifications.dedupe_key(EXPIRY_WARNED, Provider.amazon, integration.user_id)
         + f":{renew_by.date().isoformat()}",  # one per authorization term
     )

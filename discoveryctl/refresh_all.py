@@ -88,10 +88,10 @@ class Summary:
             "total": self.total,
             "checks": dict(self.checks),
             "seconds": round(self.seconds, 3),
-            "perSecond": round(self.total / self.seconds, 1) if self.seconds else None,
-            "appCredentialsRejected": self.app_rejected,
+            "per_second": round(self.total / self.seconds, 1) if self.seconds else None,
+            "app_credentials_rejected": self.app_rejected,
             "interrupted": self.interrupted,
-            "deadlineReached": self.deadline_reached,
+            "deadline_reached": self.deadline_reached,
         }
 
 

@@ -189,7 +189,7 @@ def _event(session: Session, user_id: str, error: ProviderError) -> None:
         user_id=user_id,
         provider=Provider.amazon,
         error_type=error.error_type,
-        httpStatus=error.status_code,
+        http_status=error.status_code,
         message=error.message,
     )
 

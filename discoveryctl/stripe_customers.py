@@ -358,9 +358,9 @@ def _commit(
             pending,
             created.customer_id,
             "created",
-            requestId=created.request_id,
+            request_id=created.request_id,
             replayed=created.replayed,
-            keyAgeSeconds=round(age.total_seconds()),
+            key_age_seconds=round(age.total_seconds()),
         )
 
 
@@ -396,7 +396,7 @@ def _store_customer(
         outcome=events.SUCCESS,
         user_id=pending.user_id,
         provider=Provider.stripe,
-        customerId=customer_id,
+        customer_id=customer_id,
         attempt=attempt,
         **detail,
     )
@@ -425,8 +425,8 @@ def _report_duplicate(session: Session, user_id: str, kept: str, duplicate: str)
         outcome=events.FAILURE,
         user_id=user_id,
         provider=Provider.stripe,
-        customerId=kept,
-        duplicateId=duplicate,
+        customer_id=kept,
+        duplicate_id=duplicate,
     )
     notifications.notify(
         session,
@@ -439,7 +439,7 @@ def _report_duplicate(session: Session, user_id: str, kept: str, duplicate: str)
         ),
         user_id=user_id,
         provider=Provider.stripe,
-        detail={"customerId": kept, "duplicateId": duplicate},
+        detail={"customer_id": kept, "duplicate_id": duplicate},
         key=f"{DUPLICATE_CUSTOMER}:{user_id}:{duplicate}",
     )
 
@@ -470,9 +470,9 @@ def _record_attempt(
             provider=Provider.stripe,
             error_type=error.error_type,
             attempt=attempts,
-            keyAgeSeconds=round(age.total_seconds()),
-            httpStatus=error.status_code,
-            requestId=error.request_id,
+            key_age_seconds=round(age.total_seconds()),
+            http_status=error.status_code,
+            request_id=error.request_id,
         )
 
 
@@ -495,7 +495,7 @@ def _record_failure(session: Session, user_id: str, error: ProviderError, tries:
         ),
         user_id=user_id,
         provider=Provider.stripe,
-        detail={"errorType": error.error_type},
+        detail={"error_type": error.error_type},
     )
     events.record(
         session,
@@ -525,8 +525,8 @@ class PendingRun:
             "adopted": self.outcomes["adopted"],
             "existing": self.outcomes["existing"],
             "failed": self.outcomes["failed"],
-            "appCredentialsRejected": self.app_rejected,
-            "deadlineReached": self.deadline_reached,
+            "app_credentials_rejected": self.app_rejected,
+            "deadline_reached": self.deadline_reached,
         }
 
 

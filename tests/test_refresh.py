@@ -66,7 +66,7 @@ def test_a_refresh_caches_the_access_token_encrypted(
     assert result.exit_code == 0, result.stderr
     outcome = result.json()
     assert outcome["outcome"] == "refreshed"
-    assert outcome["accessTokenExpiresAt"].endswith("Z")
+    assert outcome["access_token_expires_at"].endswith("Z")
     assert events_of(db, "u1") == [("token_refreshed", None)]
     assert status_of(cli, "u1")["status"] == "active"
     assert status_of(cli, "u1")["lastSyncedAt"] is not None
@@ -159,8 +159,8 @@ def test_transient_failures_are_retried_in_the_run(
             u="u1",
         )
     ]
-    assert [(t["attempt"], t.get("httpStatus")) for t in tries] == [(1, 503), (2, 503), (3, None)]
-    assert all(t["durationMs"] >= 0 for t in tries)
+    assert [(t["attempt"], t.get("http_status")) for t in tries] == [(1, 503), (2, 503), (3, None)]
+    assert all(t["duration_ms"] >= 0 for t in tries)
 
 
 def test_failures_that_last_are_counted_then_alerted_then_resolved(

@@ -93,7 +93,7 @@ def test_the_app_s_credentials_refused_stop_the_run_and_touch_no_seller(
     amazon.state.rotate_client_secret("a-secret-we-do-not-have")
     result = cli("refresh-all", "--json")
     assert result.exit_code == 3
-    assert result.json()["appCredentialsRejected"]
+    assert result.json()["app_credentials_rejected"]
     assert "rejected the app's credentials" in result.stderr
     for row in cli("status", "--json").json():
         assert row["status"] == "active"
@@ -148,7 +148,7 @@ def test_a_deadline_stops_claiming_and_leaves_the_rest_due(
         import_sellers(cli, slow, tmp_path, 300)
         result = cli("refresh-all", "--deadline", "1s", "--concurrency", "2", "--json")
     summary = result.json()
-    assert summary["deadlineReached"] is True
+    assert summary["deadline_reached"] is True
     assert 0 < summary["total"] < 300
     assert summary["seconds"] < 30
     assert len(cli("refresh-all", "--dry-run", "--json").json()) == 300 - summary["total"]
@@ -366,7 +366,7 @@ def test_the_deadline_bounds_calls_in_flight(
     took = time.monotonic() - began
     assert result.exit_code == 1  # work is left for the next run
     assert "the deadline came before every due seller was refreshed" in result.stderr
-    assert result.json()["deadlineReached"] is True
+    assert result.json()["deadline_reached"] is True
     assert took < 8
     assert leases_held(db) == 0
 

@@ -104,7 +104,7 @@ def test_a_response_lost_after_the_customer_was_made_is_retried_under_the_same_k
     detail = created[0]["detail"]
     detail = json.loads(detail) if isinstance(detail, str) else detail
     assert detail["attempt"] == 2 and detail["replayed"] is True
-    assert detail["requestId"].startswith("req_") and detail["keyAgeSeconds"] >= 0
+    assert detail["request_id"].startswith("req_") and detail["key_age_seconds"] >= 0
 
 
 @pytest.mark.parametrize(
@@ -275,7 +275,7 @@ def test_a_customer_stripe_made_after_another_was_recorded_is_reported_as_a_dupl
     assert len(events_) == 1
     detail = events_[0]["detail"]
     detail = json.loads(detail) if isinstance(detail, str) else detail
-    assert detail == {"customerId": "cus_first", "duplicateId": duplicate}
+    assert detail == {"customer_id": "cus_first", "duplicate_id": duplicate}
     alerts = db.rows("SELECT audience, message FROM notifications")
     assert len(alerts) == 1 and alerts[0]["audience"] == "admin"
     assert "delete it" in alerts[0]["message"] and duplicate in alerts[0]["message"]
@@ -542,7 +542,7 @@ def test_refresh_all_stops_at_a_refused_api_key_and_marks_no_user(
     monkeypatch.setenv("STRIPE_API_KEY", "sk_test_not_ours_0000")
     result = cli("refresh-all", "--json")
     assert result.exit_code == 3
-    assert result.json()["stripe"]["appCredentialsRejected"].startswith("Stripe refused")
+    assert result.json()["stripe"]["app_credentials_rejected"].startswith("Stripe refused")
     inbox = db.rows("SELECT audience, kind FROM notifications")
     assert inbox == [{"audience": "admin", "kind": "app_credentials_rejected"}]
     assert {r["attempts"] for r in db.rows("SELECT attempts FROM stripe_customers")} == {0}
@@ -662,7 +662,7 @@ def test_at_the_deadline_refresh_all_stops_claiming_and_trying_and_leaves_the_re
     took = time.monotonic() - started
     assert result.exit_code == 1, result.stderr
     done = result.json()["stripe"]
-    assert done["deadlineReached"] is True
+    assert done["deadline_reached"] is True
     assert 0 < done["created"] < 60 and done["failed"] == 0
     made = db.scalar("SELECT count(*) FROM stripe_customers WHERE customer_id IS NOT NULL")
     assert made == done["created"]
@@ -686,7 +686,7 @@ def test_at_the_deadline_a_user_waiting_out_its_backoff_is_left_for_the_next_run
     result = cli("refresh-all", "--provider", "stripe", "--deadline", "1s", "--json")
     assert time.monotonic() - started < 4  # six tries would wait about 10 s
     assert result.exit_code == 1
-    assert result.json()["stripe"]["deadlineReached"] is True
+    assert result.json()["stripe"]["deadline_reached"] is True
     assert result.json()["stripe"]["failed"] == 0
     assert 1 <= posts(stripe_env) < RUN_ATTEMPTS
     assert stripe_status(db, user) == "pending"
@@ -707,3 +707,33 @@ def test_a_dry_run_lists_the_pending_customers_and_calls_nothing(
     assert text.stdout.splitlines() == [f"{u} stripe" for u in users]
     assert stripe_env.state.stats()["requests"] == {}
     assert db.scalar("SELECT count(*) FROM stripe_customers WHERE lease_owner IS NOT NULL") == 0
+
+
+def _keys(value: Any, path: str = "") -> list[tuple[str, str]]:
+    """Every object key in a JSON value, with where it sits."""
+    if isinstance(value, dict):
+        return [(path, key) for key in value] + [
+            found for key, inner in value.items() for found in _keys(inner, f"{path}.{key}")
+        ]
+    if isinstance(value, list):
+        return [found for inner in value for found in _keys(inner, path)]
+    return []
+
+
+def test_json_field_names_are_snake_case_but_the_two_the_seed_api_fixes(
+    db: Any, cli: Any, stripe_env: Sandbox, tmp_path: Path
+) -> None:
+    import_pending(cli, tmp_path, 2)
+    stripe_env.state.set_behaviour("stripe", "stripe_5xx", status=502, times=2)
+    outputs = [
+        cli("refresh-all", "--provider", "stripe", "--json").json(),
+        cli("status", "--json").json(),
+        cli("status", "--summary", "--json").json(),
+        cli("events", "--json").json(),
+        cli("notifications", "--json").json(),
+        ensure(cli, "s0", "s0@example.com").json(),
+        cli("refresh-all", "--dry-run", "--json").json(),
+    ]
+    names = {key for output in outputs for _, key in _keys(output)}
+    assert {"http_status", "request_id", "key_age_seconds", "customer_id"} <= names
+    assert {n for n in names if n != n.lower()} <= {"lastSyncedAt", "reconnectUrl"}

@@ -57,7 +57,7 @@ def test_repeated_transient_failures_alert_the_admin_once(
     admin = cli("notifications", "--admin", "--json").json()
     assert len(admin) == 1
     assert admin[0]["kind"] == "repeated_failures"
-    assert admin[0]["detail"] == {"consecutiveFailures": 3, "errorType": "lwa_timeout"}
+    assert admin[0]["detail"] == {"consecutive_failures": 3, "error_type": "lwa_timeout"}
     status = cli("status", "--user", "bob", "--json").json()[0]
     assert status["status"] == "active"  # transient failures never change the status
     assert status["metadata"]["consecutive_failures"] == 5

@@ -49,8 +49,8 @@ def refresh(
                 "user_id": done.user_id,
                 "provider": "amazon",
                 "outcome": str(done.outcome),
-                "accessTokenExpiresAt": isoformat(expires) if expires else None,
-                "errorType": done.error_type,
+                "access_token_expires_at": isoformat(expires) if expires else None,
+                "error_type": done.error_type,
                 "message": done.message,
                 "reconnectUrl": done.reconnect_url if done.error_type else None,
             }

@@ -252,7 +252,7 @@ def record_transient_failure(
             ),
             user_id=integration.user_id,
             provider=integration.provider,
-            detail={"consecutiveFailures": failures, "errorType": error_type},
+            detail={"consecutive_failures": failures, "error_type": error_type},
         )
     return failures
 
