@@ -105,8 +105,27 @@ LONG = "u" * 300
         ("events", "--user", LONG),
         ("notifications", "--user", LONG),
         ("connect", "amazon", "--user", "bob\u202e", "--no-browser", "--timeout", "1"),
+        ("stripe", "ensure-customer", "--user", LONG, "--email", "a@example.com"),
+        ("stripe", "ensure-customer", "--user", "a\u200bb", "--email", "a@example.com"),
+        ("stripe", "ensure-customer", "--user", "  ", "--email", "a@example.com"),
+        ("refresh", "amazon", "--user", LONG),
+        ("access-token", "amazon", "--user", "x\x07"),
+        ("check", "amazon", "--user", LONG),
     ],
-    ids=["connect", "reconnect", "status", "events", "notifications", "connect-bidi"],
+    ids=[
+        "connect",
+        "reconnect",
+        "status",
+        "events",
+        "notifications",
+        "connect-bidi",
+        "ensure-customer",
+        "ensure-customer-zero-width",
+        "ensure-customer-blank",
+        "refresh",
+        "access-token-control",
+        "check",
+    ],
 )
 def test_every_command_refuses_a_bad_id_alike_on_every_backend(
     db: Any, cli: Any, args: tuple[str, ...]
@@ -116,7 +135,8 @@ def test_every_command_refuses_a_bad_id_alike_on_every_backend(
     assert result.stderr.startswith("error: user id ")
     assert len(result.stderr.splitlines()) == 1
     assert result.stdout == ""
-    for table in ("oauth_states", "events", "integration_status", "notifications"):
+    tables = ("oauth_states", "events", "integration_status", "notifications", "stripe_customers")
+    for table in tables:
         assert db.scalar(f"SELECT count(*) FROM {table}") == 0, table
 
 
