@@ -88,6 +88,7 @@ class Connected:
     region: str
     selling_partner_id: str
     reconnected: bool
+    previous_seller: str | None = None  # set when the user is now another seller's account
 
 
 def begin(
@@ -366,6 +367,10 @@ def _store(
         credential = None
     else:
         credential = credentials.for_integration(session, integration)
+    previous = credential.selling_partner_id if credential is not None else None
+    switched = previous if previous not in (None, selling_partner_id) else None
+    if switched is not None:
+        _record_seller_switch(session, claims.user_id, switched, selling_partner_id)
     credentials.store_authorization(
         session,
         integration,
@@ -407,6 +412,38 @@ def _store(
         region=claims.region,
         selling_partner_id=selling_partner_id,
         reconnected=reconnected,
+        previous_seller=switched,
+    )
+
+
+SELLER_SWITCHED = "seller_switched"
+
+
+def _record_seller_switch(session: Session, user_id: str, previous: str, now: str) -> None:
+    """The user reconnected with another Seller Central account than before: allowed (the
+    seller may have meant it), but never silent. Recorded, and the admins told."""
+    events.record(
+        session,
+        SELLER_SWITCHED,
+        outcome=events.FAILURE,
+        user_id=user_id,
+        provider=Provider.amazon,
+        previous_selling_partner_id=previous,
+        selling_partner_id=now,
+    )
+    notifications.notify(
+        session,
+        audience=notifications.ADMIN,
+        kind=SELLER_SWITCHED,
+        title="A user reconnected another Amazon seller account",
+        message=(
+            f"User {user_id} was seller {previous} and is now seller {now}: check that the "
+            "seller meant to switch accounts"
+        ),
+        user_id=user_id,
+        provider=Provider.amazon,
+        detail={"previous_selling_partner_id": previous, "selling_partner_id": now},
+        key=f"{SELLER_SWITCHED}:{user_id}:{now}",
     )
 
 

@@ -29,8 +29,11 @@ def free_port() -> int:
         return port
 
 
-def step(title: str) -> None:
+def step(title: str, *why: str) -> None:
+    """A step's title, then in a few plain lines what it does and what to look for."""
     print(f"\n== {title}", flush=True)
+    for line in why:
+        print(f"   {line}")
 
 
 def discoveryctl(env: dict[str, str], *args: str, expect: tuple[int, ...] = (0,)) -> str:
@@ -88,8 +91,9 @@ def start_sandbox(
     return process, exports
 
 
-def connect_in_browser(env: dict[str, str], user: str) -> None:
-    """`connect amazon` as a seller would live it: the consent page, then the redirect back."""
+def connect_in_browser(env: dict[str, str], user: str, seller: str | None = None) -> None:
+    """`connect amazon` as a seller would live it: the consent page, then the redirect back.
+    ``seller``: the Seller Central account that consents (else the sandbox makes one)."""
     args = ["connect", "amazon", "--user", user, "--no-browser", "--timeout", "30"]
     print(f"$ discoveryctl {shlex.join(args)}", flush=True)
     process = subprocess.Popen(
@@ -103,7 +107,8 @@ def connect_in_browser(env: dict[str, str], user: str) -> None:
     url = process.stdout.readline().strip()
     print(f"  consent URL: {url[:80]}…")
     with httpx.Client(follow_redirects=True, timeout=10) as browser:
-        page = browser.get(url)  # Seller Central approves and sends the browser back
+        # Seller Central approves and sends the browser back
+        page = browser.get(f"{url}&selling_partner_id={seller}" if seller else url)
     print(f"  the browser shows: {page.status_code} {page.text.split('<h1>')[1].split('<')[0]}")
     _, stderr = process.communicate(timeout=30)
     for line in stderr.splitlines():
@@ -120,21 +125,40 @@ def main() -> int:
             for key, value in os.environ.items()
             if key != "DATABASE_URL" and not key.startswith(("AMAZON_", "STRIPE_", "DISCOVERY_"))
         }
-        env.update({"XDG_DATA_HOME": home, "LOG_FORMAT": "console", "NO_COLOR": "1"})
+        env.update(
+            {"XDG_DATA_HOME": home, "LOG_FORMAT": "console", "NO_COLOR": "1", "COLUMNS": "120"}
+        )
         seed_file = Path(home) / "sellers.jsonl"
 
-        step("Start the sandbox (Seller Central, LWA, SP-API and Stripe on 127.0.0.1)")
+        step(
+            "Start the sandbox (Seller Central, LWA, SP-API and Stripe on 127.0.0.1)",
+            "Amazon and Stripe are not reached from here: the sandbox stands in for both, with",
+            f"their rules, and knows {SELLERS} sellers whose tokens it writes to a file.",
+        )
         sandbox, exports = start_sandbox(env, seed_file)
         env.update(exports)
         try:
-            step("Is this installation ready?")
+            step(
+                "Is this installation ready?",
+                "doctor checks the database (and its integrity), the encryption key, and each",
+                "setting. The LWA secret's age is unknown here: a warning, not a failure.",
+            )
             discoveryctl(env, "doctor", expect=(0, 1))
 
-            step("Two sellers connect their Amazon accounts through Seller Central consent")
+            step(
+                "Two sellers connect their Amazon accounts through Seller Central consent",
+                "connect prints the consent URL, listens on 127.0.0.1 for Amazon's redirect,",
+                "trades the code for tokens and stores the refresh token encrypted.",
+            )
             connect_in_browser(env, "acme-outdoor")
             connect_in_browser(env, "blue-kettle")
 
-            step("Import the sandbox's other sellers, and their Stripe customers to be")
+            step(
+                "Import the sandbox's other sellers, and their Stripe customers to be",
+                "One JSON object a line. The last line is broken on purpose (an Amazon line with",
+                "no token, seller or region): it is reported by its number, the others are",
+                "stored, and the command exits 1 so a script notices.",
+            )
             sellers = [json.loads(line) for line in seed_file.read_text().splitlines()]
             with seed_file.open("a") as handle:
                 for seller in sellers:
@@ -147,10 +171,16 @@ def main() -> int:
                     )
                 handle.write('{"user_id": "broken", "provider": "amazon"}\n')
             discoveryctl(env, "import", str(seed_file), expect=(1,))
-            step("Importing the same file again changes nothing")
+            step(
+                "Importing the same file again changes nothing",
+                "Every good line is now 'unchanged'; the broken one is reported again.",
+            )
             discoveryctl(env, "import", str(seed_file), "--json", expect=(1,))
 
-            step("A seller revokes access in Seller Central")
+            step(
+                "A seller revokes access in Seller Central",
+                "From now on Amazon answers invalid_grant for that seller's refresh token.",
+            )
             revoked = sellers[0]
             print(
                 f"$ curl -X POST $AMAZON_SELLER_CENTRAL_URL/_sandbox/sellers/"
@@ -164,11 +194,17 @@ def main() -> int:
 
             step(
                 "The cron job refreshes every due token, catches the revoked seller, and "
-                "creates the pending Stripe customers"
+                "creates the pending Stripe customers",
+                "refresh-all tells the revoked seller (invalid_grant: revoked, the seller is",
+                "told how to reconnect) from a passing failure; exit 1 says a seller needs",
+                "attention. Each pending Stripe customer is made under a stored key.",
             )
             discoveryctl(env, "refresh-all", expect=(1,))
             discoveryctl(env, "status", "stripe")
-            step("A user signs up: their Stripe customer, exactly once however often asked")
+            step(
+                "A user signs up: their Stripe customer, exactly once however often asked",
+                "The first call creates it; the second answers from the database, no call.",
+            )
             for _ in range(2):
                 discoveryctl(
                     env,
@@ -179,21 +215,38 @@ def main() -> int:
                     "--email",
                     "new-user@example.com",
                 )
-            step("A second run right after finds nothing due")
+            step(
+                "A second run right after finds nothing due",
+                "Tokens are refreshed when they near expiry, not every run.",
+            )
             discoveryctl(env, "refresh-all", "--json")
 
-            step("Integration health")
+            step(
+                "Integration health",
+                "Unhealthy first. --check exits 1 while anything needs attention, for alerts.",
+            )
             discoveryctl(env, "status")
             discoveryctl(env, "status", "--check", expect=(1,))
 
-            step("Send a seller back through consent")
+            step(
+                "Send a seller back through consent",
+                "reconnect prints the URL the seller follows and, with --notify, puts it in",
+                "their notifications.",
+            )
             discoveryctl(env, "reconnect", "amazon", "--user", revoked["user_id"], "--notify")
             discoveryctl(env, "notifications", "--user", revoked["user_id"])
-            step("The seller consents again: active, and the alerts are resolved")
-            connect_in_browser(env, revoked["user_id"])
+            step(
+                "The seller consents again: active, and the alerts are resolved",
+                "The same Seller Central account consents (another one would be warned about).",
+            )
+            connect_in_browser(env, revoked["user_id"], revoked["selling_partner_id"])
             discoveryctl(env, "status", "--user", revoked["user_id"])
 
-            step("The audit history and an export without secrets")
+            step(
+                "The audit history and an export without secrets",
+                "Every attempt, outcome and transition is an event; export leaves tokens out",
+                "unless asked (--include-secrets).",
+            )
             discoveryctl(env, "events", "--user", revoked["user_id"])
             discoveryctl(env, "export")
         finally:

@@ -281,11 +281,12 @@ def test_reconnect_replaces_the_token_and_resets_failures(amazon: Amazon, cli: A
 
     from helpers import fail_transiently, set_status
 
-    def connect_dave() -> dict[str, Any]:
+    def connect_dave(seller: str | None = None) -> dict[str, Any]:
         run = Run("--user", "dave", "--paste", "--json")
-        run.paste(approve(run.consent_url()))
+        run.paste(approve(with_params(run.consent_url(), selling_partner_id=seller)))
         code, stdout, stderr = run.finish()
         assert code == 0, stderr
+        assert "warning" not in stderr  # the same seller: nothing to warn about
         result: dict[str, Any] = json.loads(stdout)
         return result
 
@@ -301,7 +302,7 @@ def test_reconnect_replaces_the_token_and_resets_failures(amazon: Amazon, cli: A
     set_status(amazon.db.url, "dave", Status.revoked)
     assert len(cli("notifications", "--user", "dave", "--unread", "--json").json()) == 1
 
-    assert connect_dave()["reconnected"] is True
+    assert connect_dave(seller)["reconnected"] is True
     assert len(amazon.credentials()) == 1
     assert exported_token() != first_token
     status = cli("status", "--user", "dave", "--json").json()[0]
@@ -313,6 +314,32 @@ def test_reconnect_replaces_the_token_and_resets_failures(amazon: Amazon, cli: A
     assert [n["kind"] for n in admin] == ["repeated_failures"]
     assert admin[0]["resolved_at"] is not None
     assert amazon.sandbox.state.stats()["grants"]["authorization_code"] == 2
+
+
+def test_reconnecting_another_sellers_account_is_recorded_and_the_admins_told(
+    amazon: Amazon, cli: Any
+) -> None:
+    def connect_erin() -> tuple[dict[str, Any], str]:
+        run = Run("--user", "erin", "--paste", "--json")
+        run.paste(approve(run.consent_url()))  # the sandbox: a new seller each time
+        code, stdout, stderr = run.finish()
+        assert code == 0, stderr
+        return json.loads(stdout), stderr
+
+    first, _ = connect_erin()
+    assert first["previous_selling_partner_id"] is None
+    second, warned = connect_erin()
+    before, after = first["selling_partner_id"], second["selling_partner_id"]
+    assert before != after
+    assert second["previous_selling_partner_id"] == before
+    assert f"warning: erin was seller {before} and is now seller {after}" in warned
+    events = cli("events", "--user", "erin", "--json").json()
+    (switch,) = [event for event in events if event["kind"] == "seller_switched"]
+    assert switch["detail"]["previous_selling_partner_id"] == before
+    admin = cli("notifications", "--admin", "--json").json()
+    assert [n["kind"] for n in admin] == ["seller_switched"]
+    assert before in admin[0]["message"] and after in admin[0]["message"]
+    assert [c["selling_partner_id"] for c in amazon.credentials()] == [after]
 
 
 def test_https_redirect_with_a_test_certificate(

@@ -75,12 +75,24 @@ def test_reimport_creates_no_duplicates(db: Any, cli: Any, tmp_path: Path) -> No
     )
     first = cli("import", str(source), "--json")
     assert first.exit_code == 0
-    assert first.json() == {"created": 2, "updated": 0, "unchanged": 1, "rejected": []}
+    assert first.json() == {
+        "created": 2,
+        "updated": 0,
+        "unchanged": 1,
+        "rejected": [],
+        "switched": [],
+    }
     events_after_first = db.scalar("SELECT count(*) FROM events")
 
     second = cli("import", str(source), "--json")
     assert second.exit_code == 0
-    assert second.json() == {"created": 0, "updated": 0, "unchanged": 3, "rejected": []}
+    assert second.json() == {
+        "created": 0,
+        "updated": 0,
+        "unchanged": 3,
+        "rejected": [],
+        "switched": [],
+    }
     assert db.scalar("SELECT count(*) FROM integration_status") == 2
     assert db.scalar("SELECT count(*) FROM credentials") == 1
     assert db.scalar("SELECT count(*) FROM stripe_customers") == 1
@@ -173,7 +185,13 @@ def test_export_with_secrets_round_trips_through_import(db: Any, cli: Any, tmp_p
     cli("export", "--include-secrets", "-o", str(out))
     again = cli("import", str(out), "--json")
     assert again.exit_code == 0
-    assert again.json() == {"created": 0, "updated": 0, "unchanged": 2, "rejected": []}
+    assert again.json() == {
+        "created": 0,
+        "updated": 0,
+        "unchanged": 2,
+        "rejected": [],
+        "switched": [],
+    }
 
 
 def test_import_reads_stdin(db: Any, cli: Any) -> None:
@@ -328,7 +346,13 @@ def test_an_import_waits_for_another_import_to_commit_before_it_reads(
             first, db, write_lines(tmp_path / "one.jsonl", line)
         )
     assert code == 0, stderr
-    assert json.loads(stdout) == {"created": 0, "updated": 0, "unchanged": 1, "rejected": []}
+    assert json.loads(stdout) == {
+        "created": 0,
+        "updated": 0,
+        "unchanged": 1,
+        "rejected": [],
+        "switched": [],
+    }
     assert retries_logged(stderr) == []
     assert db.scalar("SELECT count(*) FROM integration_status") == 1
     assert db.scalar("SELECT count(*) FROM stripe_customers") == 1
@@ -348,7 +372,13 @@ def test_a_conflict_with_a_writer_outside_the_import_lock_is_retried(
             writer, db, write_lines(tmp_path / "one.jsonl", stripe_line("u1"))
         )
     assert code == 0, stderr
-    assert json.loads(stdout) == {"created": 0, "updated": 0, "unchanged": 1, "rejected": []}
+    assert json.loads(stdout) == {
+        "created": 0,
+        "updated": 0,
+        "unchanged": 1,
+        "rejected": [],
+        "switched": [],
+    }
     retried = retries_logged(stderr)
     if db.kind == "postgres":
         assert [(r["first_line"], r["last_line"], r["attempt"]) for r in retried] == [(1, 1, 1)]
@@ -478,7 +508,13 @@ def test_every_line_of_a_large_import_is_stored_with_its_events(
     source = write_lines(tmp_path / "many.jsonl", *lines)
     result = cli("import", str(source), "--json")
     assert result.exit_code == 0, result.stderr
-    assert result.json() == {"created": 1200, "updated": 0, "unchanged": 0, "rejected": []}
+    assert result.json() == {
+        "created": 1200,
+        "updated": 0,
+        "unchanged": 0,
+        "rejected": [],
+        "switched": [],
+    }
     assert db.rows(
         "SELECT provider, status, count(*) AS n FROM integration_status "
         "GROUP BY provider, status ORDER BY provider, status"
@@ -537,6 +573,7 @@ def test_lines_for_the_same_user_in_one_batch_build_on_each_other(
         "updated": 2,
         "unchanged": 1,
         "rejected": [{"line": 5, "reason": "Stripe customer cus_One belongs to user u1"}],
+        "switched": [],
     }
     assert db.rows("SELECT user_id, provider, status FROM integration_status ORDER BY user_id") == [
         {"user_id": "u1", "provider": "stripe", "status": "active"},
@@ -584,7 +621,13 @@ def test_a_new_authorization_starts_a_new_term_and_keeps_the_refresh_lease(
         ),
         "--json",
     )
-    assert result.json() == {"created": 0, "updated": 1, "unchanged": 0, "rejected": []}
+    assert result.json() == {
+        "created": 0,
+        "updated": 1,
+        "unchanged": 0,
+        "rejected": [],
+        "switched": [],
+    }
     with db.engine.connect() as connection:
         row = connection.execute(sa.select(table_of(Credential))).one()
     assert (row.access_token, row.access_token_expires_at, row.refreshed_at) == (None,) * 3
@@ -639,3 +682,24 @@ def test_a_large_import_refreshes_the_planners_statistics(
         " AND relnamespace = current_schema()::regnamespace"
     )
     assert counted == ANALYZE_AFTER
+
+
+def test_an_import_that_gives_a_user_another_sellers_account_says_so(
+    db: Any, cli: Any, tmp_path: Path
+) -> None:
+    first = amazon_line("u1")
+    assert cli("import", str(write_lines(tmp_path / "a.jsonl", first))).exit_code == 0
+    other = amazon_line("u1", "Atzr|other", selling_partner_id="AOTHERSELLER01")
+    same = amazon_line("u2")
+    result = cli("import", str(write_lines(tmp_path / "b.jsonl", same, other)))
+    assert result.exit_code == 0
+    before = first["selling_partner_id"]
+    assert f"line 2: warning: u1 was seller {before} and is now seller AOTHERSELLER01" in (
+        result.stderr
+    )
+    again = cli("import", str(write_lines(tmp_path / "b.jsonl", same, other)), "--json")
+    assert again.json()["switched"] == []  # nothing switched this time
+    switched = event_rows(db, "seller_switched")
+    assert [(e["user_id"], e["detail"]["previous_selling_partner_id"]) for e in switched] == [
+        ("u1", before)
+    ]

@@ -101,6 +101,7 @@ def connect(
                 "selling_partner_id": connected.selling_partner_id,
                 "region": connected.region,
                 "reconnected": connected.reconnected,
+                "previous_selling_partner_id": connected.previous_seller,
             }
         )
     else:
@@ -108,4 +109,10 @@ def connect(
         app.err.print(
             f"{verb} {connected.user_id}: seller {connected.selling_partner_id} "
             f"({connected.region})"
+        )
+    if connected.previous_seller is not None:
+        app.err.print(
+            f"warning: {connected.user_id} was seller {connected.previous_seller} and is now "
+            f"seller {connected.selling_partner_id} (another Seller Central account); the "
+            "admins were told"
         )

@@ -53,6 +53,10 @@ def import_integrations(
     else:
         for number, reason in result.rejected:
             app.err.print(f"line {number}: {reason}")
+        for number, user, before, now in result.switched:
+            app.err.print(
+                f"line {number}: warning: {user} was seller {before} and is now seller {now}"
+            )
         app.out.print(
             f"imported {result.accepted} line{'s' if result.accepted != 1 else ''}: "
             f"{result.created} created, {result.updated} updated, "

@@ -87,6 +87,9 @@ class ImportReport:
     unchanged: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)
     lines_read: int = 0  # blank and rejected ones included
+    # (line, user, seller before, seller now): a user's authorization replaced by another
+    # seller's account. Stored as asked, but said, never silent.
+    switched: list[tuple[int, str, str, str]] = field(default_factory=list)
 
     @property
     def accepted(self) -> int:
@@ -97,6 +100,7 @@ class ImportReport:
         self.updated += other.updated
         self.unchanged += other.unchanged
         self.rejected.extend(other.rejected)
+        self.switched.extend(other.switched)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +108,15 @@ class ImportReport:
             "updated": self.updated,
             "unchanged": self.unchanged,
             "rejected": [{"line": n, "reason": reason} for n, reason in self.rejected],
+            "switched": [
+                {
+                    "line": n,
+                    "user_id": user,
+                    "previous_selling_partner_id": before,
+                    "selling_partner_id": now,
+                }
+                for n, user, before, now in self.switched
+            ],
         }
 
 
@@ -332,7 +345,21 @@ def _store(
     stored = _Batch.read(session, batch)
     for number, line in batch:
         if isinstance(line, AmazonLine):
+            previous = _seller_before(stored, line)
             outcome = _store_amazon(session, line, stored, vault, frontend_url)
+            if previous is not None and previous != line.selling_partner_id:
+                report.switched.append((number, line.user_id, previous, line.selling_partner_id))
+                stored.events.append(
+                    events.entry(
+                        "seller_switched",
+                        outcome=events.FAILURE,
+                        user_id=line.user_id,
+                        provider=Provider.amazon.value,
+                        previous_selling_partner_id=previous,
+                        selling_partner_id=line.selling_partner_id,
+                        source="import",
+                    )
+                )
         else:
             try:
                 outcome = _store_stripe(session, line, stored, frontend_url)
@@ -341,6 +368,13 @@ def _store(
                 continue
         setattr(report, outcome, getattr(report, outcome) + 1)
     stored.write(session)
+
+
+def _seller_before(stored: _Batch, line: AmazonLine) -> str | None:
+    """The seller whose authorization the user has now, if any."""
+    integration = stored.integrations.get((line.user_id, Provider.amazon.value))
+    credential = None if integration is None else stored.credentials.get(integration.id)
+    return None if credential is None else credential.selling_partner_id
 
 
 @dataclass(slots=True)
