@@ -36,6 +36,7 @@ def test_reconnect_one_user_prints_the_url_and_counts_attempts(
             "?reconnect=true&userId=c%20d%26e",
             "attempts": 1,
             "notified": False,
+            "already_notified_at": None,
         }
     ]
     second = cli("reconnect", "amazon", "--user", "c d&e")
@@ -53,11 +54,15 @@ def test_without_user_every_revoked_or_expired_integration(sellers: Any, cli: An
     assert cli("reconnect", "amazon", "--json").json() == []
     set_status(sellers.url, "alice", Status.revoked)
     set_status(sellers.url, "bob", Status.expired)
-    result = cli("reconnect", "amazon", "--json")
-    assert [(r["user_id"], r["status"]) for r in result.json()] == [
-        ("alice", "revoked"),
-        ("bob", "expired"),
-    ]
+    for _ in range(2):  # listing is not handing a URL to a seller: nothing is counted
+        result = cli("reconnect", "amazon", "--json")
+        assert [(r["user_id"], r["status"], r["attempts"]) for r in result.json()] == [
+            ("alice", "revoked", 0),
+            ("bob", "expired", 0),
+        ]
+    assert sellers.scalar("SELECT count(*) FROM events WHERE kind = 'reconnect_requested'") == 0
+    notified = cli("reconnect", "amazon", "--notify", "--json").json()  # sent: counted
+    assert [(r["attempts"], r["notified"]) for r in notified] == [(1, True), (1, True)]
 
 
 def test_notify_creates_one_notification_with_the_url(sellers: Any, cli: Any) -> None:
@@ -66,6 +71,10 @@ def test_notify_creates_one_notification_with_the_url(sellers: Any, cli: Any) ->
         result = cli("reconnect", "amazon", "--user", "alice", "--notify", "--json")
         assert result.exit_code == 0
     assert result.json()[0]["notified"] is False  # the second one was deduplicated
+    sent_at = result.json()[0]["already_notified_at"]
+    assert sent_at.endswith("Z")
+    text = cli("reconnect", "amazon", "--user", "alice", "--notify")
+    assert f"(not notified again: the notification sent {sent_at} is still open)" in text.stdout
     inbox = cli("notifications", "--user", "alice", "--json").json()
     assert len(inbox) == 1
     assert inbox[0]["kind"] == "reconnect_requested"

@@ -32,9 +32,12 @@ def reconnect(
     ),
     as_json: bool = typer.Option(False, "--json", help="JSON list on stdout."),
 ) -> None:
-    """Print reconnect URLs and count the attempt; --notify tells the seller too.
+    """Print reconnect URLs; --notify tells the seller too.
 
-    With --local --user U, run the consent flow on this machine instead (as `connect`).
+    An attempt is counted when a URL goes to a seller: with --user (for you to hand over) or
+    --notify. Without either, the revoked and expired are only listed. A seller whose
+    reconnect notification is still open is not sent another; the output says since when. With
+    --local --user U, run the consent flow on this machine instead (as `connect`).
 
     \b
     Example: discoveryctl reconnect amazon --user seller-42 --notify
@@ -70,8 +73,11 @@ def reconnect(
             targets = [reconnects.for_user(session, provider.value, user)]
         else:
             targets = list(reconnects.needing_reconnect(session, provider.value))
+        count = user is not None or notify
         results = [
-            reconnects.request(session, target, frontend_url=frontend_url, notify=notify)
+            reconnects.request(
+                session, target, frontend_url=frontend_url, notify=notify, count=count
+            )
             for target in targets
         ]
 
@@ -83,6 +89,9 @@ def reconnect(
         return
     for result in results:
         note = "  (notified)" if result["notified"] else ""
+        if result["already_notified_at"]:
+            since = result["already_notified_at"]
+            note = f"  (not notified again: the notification sent {since} is still open)"
         app.out.print(
             f"{result['user_id']}  {result['status']}  attempt {result['attempts']}  "
             f"{result['reconnectUrl']}{note}",

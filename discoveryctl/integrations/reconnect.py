@@ -49,25 +49,30 @@ def request(
     *,
     frontend_url: str,
     notify: bool = False,
+    count: bool = True,
 ) -> dict[str, Any]:
-    """Count a reconnect attempt and return the URL (and notify the seller if asked)."""
+    """The reconnect URL; with ``count`` (the URL is handed to the seller) the attempt is
+    counted and recorded, and with ``notify`` the seller is sent it, unless the notification
+    sent before is still open (``already_notified_at`` then says when it was sent)."""
     url = reconnect_url(frontend_url, integration.provider, integration.user_id)
-    attempts = int(integration.meta.get(RECONNECT_ATTEMPTS, 0) or 0) + 1
-    lifecycle.update_meta(
-        integration,
-        **{RECONNECT_ATTEMPTS: attempts, "last_reconnect_requested_at": isoformat(utcnow())},
-    )
-    events.record(
-        session,
-        RECONNECT_REQUESTED,
-        user_id=integration.user_id,
-        provider=integration.provider,
-        attempt=attempts,
-        notify=notify,
-    )
-    notified = False
+    attempts = int(integration.meta.get(RECONNECT_ATTEMPTS, 0) or 0)
+    if count:
+        attempts += 1
+        lifecycle.update_meta(
+            integration,
+            **{RECONNECT_ATTEMPTS: attempts, "last_reconnect_requested_at": isoformat(utcnow())},
+        )
+        events.record(
+            session,
+            RECONNECT_REQUESTED,
+            user_id=integration.user_id,
+            provider=integration.provider,
+            attempt=attempts,
+            notify=notify,
+        )
+    notified, already = False, None
     if notify:
-        _, notified = notifications.notify(
+        sent, notified = notifications.notify(
             session,
             audience=notifications.USER,
             kind=RECONNECT_REQUESTED,
@@ -77,6 +82,8 @@ def request(
             provider=integration.provider,
             detail={"reconnectUrl": url},
         )
+        if not notified:
+            already = isoformat(sent.created_at)
     return {
         "user_id": integration.user_id,
         "provider": integration.provider,
@@ -84,4 +91,5 @@ def request(
         "reconnectUrl": url,
         "attempts": attempts,
         "notified": notified,
+        "already_notified_at": already,
     }
