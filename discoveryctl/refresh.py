@@ -380,7 +380,7 @@ def access_token(
             if integration.status in (Status.revoked, Status.expired):
                 url = reconnect_url(frontend_url, Provider.amazon, user_id)
                 raise SellerAuthorizationRevoked(
-                    f"{shown(user_id)}'s Amazon authorization is {integration.status}: "
+                    f"the Amazon authorization of {shown(user_id)} is {integration.status}: "
                     f"reconnect at {url}",
                     error_type=f"oauth_token_{integration.status}",
                 )
@@ -396,7 +396,7 @@ def access_token(
             return done.access_token, done.access_token_expires_at
         if time.monotonic() > deadline:
             raise TransientProviderError(
-                f"another process has been refreshing {shown(user_id)}'s token for over "
+                f"another process has been refreshing the token of {shown(user_id)} for over "
                 f"{LEASE.total_seconds():g} s",
                 error_type="refresh_in_progress",
             )
@@ -443,7 +443,7 @@ def raise_for(done: Refresh) -> None:
     """Nothing for a refresh that worked; the error of its kind for one that did not."""
     if done.outcome in (Outcome.revoked, Outcome.expired):
         raise SellerAuthorizationRevoked(
-            f"{shown(done.user_id)}'s Amazon authorization is {done.outcome}: "
+            f"the Amazon authorization of {shown(done.user_id)} is {done.outcome}: "
             f"reconnect at {done.reconnect_url}",
             error_type=done.error_type or "oauth_token_revoked",
         )
@@ -451,7 +451,7 @@ def raise_for(done: Refresh) -> None:
         raise AppCredentialsRejected(done.message or "LWA rejected the app's credentials")
     if done.outcome == Outcome.failed:
         raise TransientProviderError(
-            f"could not refresh {shown(done.user_id)}'s token: {done.message}",
+            f"could not refresh the token of {shown(done.user_id)}: {done.message}",
             error_type=done.error_type or "provider_error",
         )
 
@@ -474,7 +474,7 @@ def _take_lease(session_scope: SessionScope, user_id: str, owner: str, wait: flo
                 return credential.id
         if time.monotonic() >= deadline:
             raise TransientProviderError(
-                f"another process is refreshing {shown(user_id)}'s token right now: try again",
+                f"another process is refreshing the token of {shown(user_id)} right now: try again",
                 error_type="refresh_in_progress",
             )
         time.sleep(0.1)

@@ -109,7 +109,7 @@ def test_a_revoked_seller_is_revoked_and_told_how_to_reconnect(
     assert note["detail"]["reconnectUrl"].endswith("reconnect=true&userId=u1")
     refused = cli("access-token", "amazon", "--user", "u1")
     assert refused.exit_code == 1
-    assert "is revoked: reconnect at" in refused.stderr
+    assert "the Amazon authorization of 'u1' is revoked: reconnect at" in refused.stderr
 
 
 def test_past_the_re_authorization_date_it_is_expired(
