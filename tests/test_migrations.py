@@ -156,6 +156,8 @@ def test_commands_started_together_on_a_fresh_default_database_take_turns_migrat
         for code, stderr in outcomes:
             assert code == 0, stderr
             assert "Traceback" not in stderr
+        # One of them migrated, and only that one says so.
+        assert sum(stderr.count("database_upgraded") for _, stderr in outcomes) == 1
 
 
 def test_two_upgrades_started_together_both_succeed(empty_db: Any) -> None:

@@ -214,7 +214,7 @@ class Database:
 
     def ensure_head(self, *, may_upgrade: bool) -> bool:
         """Make sure the schema is the newest: upgrade it when allowed (the SQLite default,
-        on first use), else stop with the hint. Returns True when it upgraded."""
+        on first use), else stop with the hint. Returns True when this process upgraded it."""
         revision = self.current_revision()
         if revision == HEAD_REVISION:
             return False
@@ -226,8 +226,7 @@ class Database:
             )
         from discoveryctl.db.migrations import upgrade  # alembic: only when needed
 
-        upgrade(self)
-        return True
+        return upgrade(self)  # False when another process upgraded it meanwhile
 
     def integrity_problems(self, tables: list[sa.Table], most: int = 5) -> list[str]:
         """What is wrong inside the database, empty when nothing is: SQLite's own check of

@@ -36,21 +36,27 @@ def head_revision() -> str:
     return head
 
 
-def upgrade(database: Database, revision: str = "head") -> None:
-    """Migrate to ``revision`` in one transaction, holding the migration lock.
+def upgrade(database: Database, revision: str = "head") -> bool:
+    """Migrate to ``revision`` in one transaction, holding the migration lock; True when
+    this process changed the schema.
 
     Processes that start at once on a fresh database (the SQLite default's first use, two
     cron jobs) take turns: the first migrates, the others then find the schema at head and
     do nothing. A database failure is reported by kind, like any other.
     """
+    from alembic.runtime.migration import MigrationContext
+
     config = alembic_config(database.url.render_as_string(hide_password=False))
     try:
         with database.engine.begin() as connection:
             lock_connection(connection, "migrations")
+            before = MigrationContext.configure(connection).get_current_revision()
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
+            after = MigrationContext.configure(connection).get_current_revision()
     except exc.DBAPIError as error:
         raise database.unreachable(error) from None
+    return before != after
 
 
 def offline_sql(url: str, stdout: TextIO) -> None:
