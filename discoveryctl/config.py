@@ -95,7 +95,18 @@ def keyring_lookup(name: str) -> str | None:
         value: str | None = keyring.get_password(KEYRING_SERVICE, name)
     except KeyringError:
         return None
+    except Exception as error:  # a PYTHON_KEYRING_BACKEND keyring cannot load
+        raise keyring_backend_error(error) from None
     return value
+
+
+def keyring_backend_error(error: Exception) -> ConfigurationError:
+    """The keyring backend named by PYTHON_KEYRING_BACKEND (or found) failed to load."""
+    named = os.environ.get("PYTHON_KEYRING_BACKEND")
+    what = f"PYTHON_KEYRING_BACKEND={named!r}" if named else "the OS keyring"
+    return ConfigurationError(
+        f"{what} cannot be used ({type(error).__name__}: {error}): fix or unset it"
+    )
 
 
 class Config:
@@ -109,6 +120,7 @@ class Config:
         self._environ = os.environ if environ is None else environ
         self._keyring = keyring
         self._cache: dict[str, str | None] = {}
+        self._from_keyring: set[str] = set()
 
     # -- raw lookup -------------------------------------------------------------------------
 
@@ -120,8 +132,15 @@ class Config:
                 value = None
             if value is None and self._keyring is not None and SETTINGS[name].secret:
                 value = self._keyring(name)
+                if value is not None:
+                    self._from_keyring.add(name)
             self._cache[name] = value.strip() if value is not None else None
         return self._cache[name]
+
+    def named(self, name: str) -> str:
+        """The setting's name for a message, saying where a keyring value came from."""
+        self.get(name)
+        return f"{name} (from the keyring)" if name in self._from_keyring else name
 
     def require(self, name: str) -> str:
         value = self.get(name)
@@ -209,7 +228,7 @@ class Config:
         """
         value = self.get("DISCOVERY_ENCRYPTION_KEY")
         if value is not None:
-            return split_keys(value), None
+            return split_keys(value, self.named("DISCOVERY_ENCRYPTION_KEY")), None
         if not self.uses_default_database:
             raise ConfigurationError(
                 "DISCOVERY_ENCRYPTION_KEY is not set (required for any database but the "
@@ -226,7 +245,9 @@ class Config:
         value = self.get("JWT_SECRET")
         if value is not None:
             if len(value) < 32:
-                raise ConfigurationError("JWT_SECRET is too short: use at least 32 characters")
+                raise ConfigurationError(
+                    f"{self.named('JWT_SECRET')} is too short: use at least 32 characters"
+                )
             return value
         if not self.uses_default_database:
             raise ConfigurationError(f"JWT_SECRET is not set: {how_to_set('JWT_SECRET')}")
@@ -280,11 +301,51 @@ class Config:
         return value
 
 
-def split_keys(value: str) -> list[str]:
+def split_keys(value: str, name: str = "DISCOVERY_ENCRYPTION_KEY") -> list[str]:
     keys = [k.strip() for k in value.split(",") if k.strip()]
     if not keys:
-        raise ConfigurationError("DISCOVERY_ENCRYPTION_KEY is empty")
+        raise ConfigurationError(f"{name} is empty")
     return keys
+
+
+def check_secret(name: str, value: str) -> None:
+    """Refuse a value ``secrets set`` would store for ``name`` that no command could use,
+    with the reason (the same rules the commands apply when they read it)."""
+    from datetime import UTC, date, datetime
+
+    if name == "DISCOVERY_ENCRYPTION_KEY":
+        from cryptography.fernet import Fernet
+
+        for position, key in enumerate(split_keys(value), start=1):
+            try:
+                Fernet(key.encode())
+            except (ValueError, TypeError):
+                raise ConfigurationError(
+                    f"key #{position} is not a Fernet key (32 url-safe base64-encoded bytes): "
+                    "make one with `discoveryctl secrets generate-key`"
+                ) from None
+    elif name == "JWT_SECRET":
+        Config({name: value}, keyring=None).jwt_secret()
+    elif name == "AMAZON_LWA_CLIENT_SECRET_ROTATED_AT":
+        try:
+            rotated = date.fromisoformat(value)
+        except ValueError:
+            raise ConfigurationError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+        if rotated > datetime.now(UTC).date():
+            raise ConfigurationError(f"{value} is in the future")
+    elif name == "DATABASE_URL":
+        from sqlalchemy.engine import make_url
+
+        try:
+            make_url(normalise_database_url(value))
+        except Exception:
+            raise ConfigurationError(
+                "not a database URL: expected e.g. postgresql://user:pass@host:5432/db"
+            ) from None
+    elif name == "STRIPE_API_KEY" and not value.startswith(("sk_", "rk_")):
+        # Stripe's secret keys start sk_ (sk_test_, sk_live_), restricted keys rk_
+        # ("API keys", https://docs.stripe.com/keys); a pk_ key is the publishable one.
+        raise ConfigurationError("a Stripe secret key starts with sk_ (or rk_, restricted)")
 
 
 def normalise_database_url(raw: str) -> str:

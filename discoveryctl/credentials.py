@@ -24,7 +24,7 @@ def open_vault(config: Config, session: Session) -> Vault:
     leaving tokens encrypted under two unrelated keys.
     """
     keys, path = config.encryption_keys()
-    vault = Vault(keys, source=str(path) if path else "DISCOVERY_ENCRYPTION_KEY")
+    vault = Vault(keys, source=str(path) if path else config.named("DISCOVERY_ENCRYPTION_KEY"))
     newest = session.execute(
         sa.select(Credential.refresh_token).order_by(Credential.id.desc()).limit(1)
     ).scalar()
@@ -142,7 +142,9 @@ def rotate_keys(
     if from_file is not None and generated:
         keys = [new_fernet_key(), *keys]
         replace_secret_file(from_file, ",".join(keys))
-    vault = Vault(keys, source=str(from_file) if from_file else "DISCOVERY_ENCRYPTION_KEY")
+    vault = Vault(
+        keys, source=str(from_file) if from_file else config.named("DISCOVERY_ENCRYPTION_KEY")
+    )
     with session_scope() as session:
         rotated = rotate_all(session, vault, progress=progress)
     key_file = from_file

@@ -201,3 +201,75 @@ def test_a_wrong_key_file_is_refused_before_it_is_changed(cli: Any, tmp_path: Pa
     assert result.exit_code == 2
     assert "cannot be decrypted" in result.stderr
     assert key_file.read_text().strip() == stranger
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("DISCOVERY_ENCRYPTION_KEY", "not-a-key", "key #1 is not a Fernet key"),
+        ("JWT_SECRET", "short", "too short"),
+        ("AMAZON_LWA_CLIENT_SECRET_ROTATED_AT", "last tuesday", "is not a date"),
+        ("AMAZON_LWA_CLIENT_SECRET_ROTATED_AT", "2999-01-01", "is in the future"),
+        ("STRIPE_API_KEY", "pk_test_publishable", "starts with sk_"),
+        ("DATABASE_URL", "not a url", "not a database URL"),
+    ],
+)
+def test_secrets_set_refuses_a_value_no_command_could_use(
+    cli: Any, isolation: Any, name: str, value: str, reason: str
+) -> None:
+    result = cli("secrets", "set", name, input=value + "\n")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {name} not stored: ") and reason in result.stderr
+    assert isolation.store == {}
+
+
+def test_secrets_set_says_when_the_keyring_kept_nothing(cli: Any) -> None:
+    import keyring
+    from keyring.backend import KeyringBackend
+
+    class Forgetful(KeyringBackend):
+        priority = 1  # type: ignore[assignment]
+
+        def get_password(self, service: str, username: str) -> str | None:
+            return None
+
+        def set_password(self, service: str, username: str, password: str) -> None:
+            pass
+
+        def delete_password(self, service: str, username: str) -> None:
+            pass
+
+    keyring.set_keyring(Forgetful())
+    result = cli("secrets", "set", "STRIPE_API_KEY", input="sk_test_abcdefghijkl\n")
+    assert result.exit_code == 2
+    assert "the Forgetful keyring stored nothing for STRIPE_API_KEY" in result.stderr
+
+
+def test_a_bad_value_from_the_keyring_says_it_came_from_the_keyring(
+    db: Any, cli: Any, isolation: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DISCOVERY_ENCRYPTION_KEY")
+    isolation.store[("discoveryctl", "DISCOVERY_ENCRYPTION_KEY")] = "broken"
+    result = cli("export", "--include-secrets")
+    assert result.exit_code == 2
+    assert "DISCOVERY_ENCRYPTION_KEY (from the keyring) key #1 is malformed" in result.stderr
+
+
+def test_a_mistyped_keyring_backend_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "PYTHON_KEYRING_BACKEND": "keyring.backends.nosuch.Keyring",
+        "XDG_DATA_HOME": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "discoveryctl", "status"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(
+        "error: PYTHON_KEYRING_BACKEND='keyring.backends.nosuch.Keyring' cannot be used"
+    )
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr

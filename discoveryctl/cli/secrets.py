@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import typer
 
-from discoveryctl.config import KEYRING_SERVICE, SETTINGS
+from discoveryctl.config import KEYRING_SERVICE, SETTINGS, check_secret
 from discoveryctl.errors import ConfigurationError, InvalidInput, NotFound
 
 group = typer.Typer(
@@ -32,7 +32,12 @@ def _keyring() -> object:
     import keyring
     from keyring.backends.fail import Keyring as NoKeyring
 
-    backend = keyring.get_keyring()
+    from discoveryctl.config import keyring_backend_error
+
+    try:
+        backend = keyring.get_keyring()
+    except Exception as error:  # a PYTHON_KEYRING_BACKEND that cannot load
+        raise keyring_backend_error(error) from None
     if isinstance(backend, NoKeyring):
         raise ConfigurationError(
             "no OS keyring is available on this machine: set the variable in the "
@@ -50,7 +55,6 @@ def set_secret(
     \b
     Example: discoveryctl secrets set AMAZON_LWA_CLIENT_SECRET
     """
-    import keyring
 
     name = _secret_name(name)
     backend = _keyring()
@@ -60,10 +64,26 @@ def set_secret(
         value = sys.stdin.readline().strip()
     if not value:
         raise InvalidInput(f"no value given for {name}")
-    keyring.set_password(KEYRING_SERVICE, name, value)
+    try:
+        check_secret(name, value)
+    except ConfigurationError as error:
+        raise InvalidInput(f"{name} not stored: {error.message}") from None
+    _store(backend, name, value)
     if name == "AMAZON_LWA_CLIENT_SECRET":
-        keyring.set_password(KEYRING_SERVICE, ROTATED_AT, datetime.now(UTC).date().isoformat())
+        _store(backend, ROTATED_AT, datetime.now(UTC).date().isoformat())
     typer.echo(f"stored {name} in the {type(backend).__name__} keyring", err=True)
+
+
+def _store(backend: object, name: str, value: str) -> None:
+    """Store, then read back: some backends accept a value and keep nothing."""
+    import keyring
+
+    keyring.set_password(KEYRING_SERVICE, name, value)
+    if keyring.get_password(KEYRING_SERVICE, name) != value:
+        raise ConfigurationError(
+            f"the {type(backend).__name__} keyring stored nothing for {name}: use a keyring "
+            "that keeps secrets, or set the variable in the environment"
+        )
 
 
 @group.command("get")
