@@ -100,6 +100,11 @@ class Application:
         sys.stdout.write(json.dumps(data, indent=indent, ensure_ascii=False, default=str) + "\n")
         sys.stdout.flush()
 
+    def print_text(self, text: str) -> None:
+        """Plain text on stdout as it is: no markup, no wrapping."""
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
     def print_json_line(self, data: Any) -> None:
         sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
 

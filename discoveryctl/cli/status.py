@@ -67,7 +67,7 @@ def status(
     else:
         total = sum(by_status.values())
         if shown:
-            app.out.print(_table(shown))
+            app.print_text(_table(shown, app.out.width))
         if not summary and len(shown) < total:
             app.out.print(f"… {total - len(shown)} more not shown (--limit 0 for all, or --json)")
         app.out.print(_summary_line(by_status, unhealthy))
@@ -80,33 +80,55 @@ def status(
         )
 
 
-def _table(rows: Any) -> Any:
-    from rich.table import Table
-    from rich.text import Text
+HEADERS = ("user", "provider", "status", "last synced", "failures", "message")
+
+
+def _table(rows: Any, width: int) -> str:
+    """The table as text, ``width`` cells wide: every column as wide as its widest cell (a
+    user id cut at USER_COLUMN_WIDTH), the message filling the rest and cut to fit. Plain
+    text, not a rich Table: 10,000 rows in a fraction of a second instead of seconds."""
+    from rich.cells import cell_len, set_cell_size
 
     from discoveryctl.cli.application import relative_time
     from discoveryctl.integrations.health import consecutive_failures, message_for
 
-    table = Table(box=None, pad_edge=False)
-    # A user id may be 255 characters: it is cut, the other columns keep their room.
-    table.add_column("user", no_wrap=True, max_width=USER_COLUMN_WIDTH, overflow="ellipsis")
-    for header in ("provider", "status", "last synced", "failures"):
-        table.add_column(header, no_wrap=True)
-    table.add_column("message", ratio=1)
+    cells: list[tuple[str, ...]] = []
     for row in rows:
         meta: dict[str, Any] = row.metadata
         failures = consecutive_failures(meta)
         synced = meta.get("last_synced_at") is not None
         message = _last_error(meta) or message_for(row.provider, row.status, synced)
-        table.add_row(
-            row.user_id,
-            row.provider,
-            row.status,
-            relative_time(meta.get("last_synced_at")),
-            str(failures) if failures else "",
-            Text(message, no_wrap=True, overflow="ellipsis"),
+        cells.append(
+            (
+                _cut(row.user_id, USER_COLUMN_WIDTH),
+                row.provider,
+                row.status,
+                relative_time(meta.get("last_synced_at")),
+                str(failures) if failures else "",
+                message,
+            )
         )
-    return table
+    widths = [
+        max([cell_len(header)] + [cell_len(line[column]) for line in cells])
+        for column, header in enumerate(HEADERS[:-1])
+    ]
+    room = max(width - sum(widths) - 2 * len(widths), len(HEADERS[-1]))
+    lines = []
+    for line in (HEADERS, *cells):
+        fixed = "  ".join(
+            set_cell_size(cell, size) for cell, size in zip(line[:-1], widths, strict=True)
+        )
+        lines.append(f"{fixed}  {_cut(line[-1], room)}".rstrip())
+    return "\n".join(lines)
+
+
+def _cut(text: str, cells: int) -> str:
+    """``text`` in at most ``cells`` cells, an ellipsis marking a cut."""
+    from rich.cells import cell_len, set_cell_size
+
+    if cell_len(text) <= cells:
+        return text
+    return set_cell_size(text, cells - 1) + "…"
 
 
 USER_COLUMN_WIDTH = 36
