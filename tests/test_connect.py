@@ -691,7 +691,7 @@ def test_a_wrong_key_stops_connect_before_the_code_is_spent(
         (("--timeout", "0"), "--timeout must be from 1 to 600 seconds, not 0"),
         (("--timeout", "nan"), "--timeout nan is not a number of seconds"),
         (("--timeout", "inf"), "--timeout must be from 1 to 600 seconds, not inf"),
-        (("--timeout", "soon"), "invalid value for '--timeout': not a number"),
+        (("--timeout", "soon"), "invalid value for '--timeout': 'soon' is not a number"),
         (("--tls-cert", "c.pem"), "--tls-cert and --tls-key go together"),
     ],
 )

@@ -62,8 +62,8 @@ def test_providers_are_named_in_any_case(cli: Any) -> None:
     ("args", "message"),
     [
         (("status", "foo"), "error: invalid value for 'provider': 'foo' is not one of"),
-        (("status", "--limit", "x"), "error: invalid value for '--limit': not a whole number"),
-        (("refresh-all", "--concurrency", "0"), "'--concurrency': must be at least 1"),
+        (("status", "--limit", "x"), "invalid value for '--limit': 'x' is not a whole number"),
+        (("refresh-all", "--concurrency", "0"), "'--concurrency': 0 must be from 1 to 512"),
         (("export", "--nope"), "error: no such option: --nope (see discoveryctl export --help)"),
         (("nosuch",), "error: no such command 'nosuch' (see discoveryctl --help)"),
     ],

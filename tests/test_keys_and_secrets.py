@@ -211,7 +211,6 @@ def test_a_wrong_key_file_is_refused_before_it_is_changed(cli: Any, tmp_path: Pa
         ("AMAZON_LWA_CLIENT_SECRET_ROTATED_AT", "last tuesday", "is not a date"),
         ("AMAZON_LWA_CLIENT_SECRET_ROTATED_AT", "2999-01-01", "is in the future"),
         ("STRIPE_API_KEY", "pk_test_publishable", "starts with sk_"),
-        ("DATABASE_URL", "not a url", "not a database URL"),
     ],
 )
 def test_secrets_set_refuses_a_value_no_command_could_use(
@@ -265,11 +264,28 @@ def test_a_mistyped_keyring_backend_is_one_line_and_exit_2(tmp_path: Path) -> No
         "PYTHON_KEYRING_BACKEND": "keyring.backends.nosuch.Keyring",
         "XDG_DATA_HOME": str(tmp_path),
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "discoveryctl", "status"], env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 2
-    assert done.stderr.startswith(
-        "error: PYTHON_KEYRING_BACKEND='keyring.backends.nosuch.Keyring' cannot be used"
-    )
-    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+    for command in (["import", "-"], ["secrets", "get", "STRIPE_API_KEY"]):  # both read it
+        done = subprocess.run(
+            [sys.executable, "-m", "discoveryctl", *command],
+            env=env,
+            capture_output=True,
+            text=True,
+            input="",
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines()[-1].startswith(
+            "error: PYTHON_KEYRING_BACKEND='keyring.backends.nosuch.Keyring' cannot be used"
+        )
+        assert "Traceback" not in done.stderr
+
+
+def test_the_database_url_is_read_from_the_environment_alone(
+    cli: Any, isolation: Any, tmp_path: Path
+) -> None:
+    """Every command needs it: the keyring is not asked (nor can it be told)."""
+    isolation.store[("discoveryctl", "DATABASE_URL")] = f"sqlite:///{tmp_path}/elsewhere.db"
+    assert cli("status").exit_code == 0
+    assert not (tmp_path / "elsewhere.db").exists()
+    assert (tmp_path / "data" / "discoveryctl" / "discoveryctl.db").exists()
+    refused = cli("secrets", "set", "DATABASE_URL", input="sqlite:///x.db\n")
+    assert refused.exit_code == 2 and "is not a secret discoveryctl reads" in refused.stderr

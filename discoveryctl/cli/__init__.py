@@ -65,21 +65,31 @@ _NOT_AN_ERROR = frozenset({ErrorKind.attention, ErrorKind.interrupted})
 
 
 _PLAIN_WORDS = (
-    ("Value error, ", ""),
-    ("Input should be a valid integer, unable to parse string as an integer", "not a whole number"),
-    ("Input should be a valid number, unable to parse string as a number", "not a number"),
-    ("Input should be less than or equal to", "must be at most"),
-    ("Input should be greater than or equal to", "must be at least"),
+    (r"Value error, ", ""),
+    (
+        r"Input should be a valid integer, unable to parse string as an integer",
+        "not a whole number",
+    ),
+    (r"Input should be a valid number, unable to parse string as a number", "not a number"),
+    (r"Input should be less than or equal to", "must be at most"),
+    (r"Input should be greater than or equal to", "must be at least"),
+    (r"is not a valid (int range|integer)", "is not a whole number"),
+    (r"is not a valid float( range)?", "is not a number"),
+    (r"is not in the range (\S+)<=x<=(\S+)", r"must be from \1 to \2"),
+    (r"is not in the range x<=(\S+)", r"must be at most \1"),
+    (r"is not in the range x>=(\S+)", r"must be at least \1"),
 )
-"""The validation library's phrases, in the tool's words."""
+"""The argument parser's phrases (typer's, pydantic's in typer 0.29), in the tool's words."""
 
 
 def _usage_message(error: UsageError) -> str:
     """Click's message, in the tool's voice: lower case, plain words, and where to read
     more."""
     message = error.format_message().rstrip(".")
+    import re
+
     for phrase, plain in _PLAIN_WORDS:
-        message = message.replace(phrase, plain)
+        message = re.sub(phrase, plain, message)
     message = message[:1].lower() + message[1:]
     if error.ctx is not None:
         message += f" (see {error.ctx.command_path} --help)"

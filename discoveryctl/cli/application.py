@@ -100,6 +100,14 @@ class Application:
         sys.stdout.write(json.dumps(data, indent=indent, ensure_ascii=False, default=str) + "\n")
         sys.stdout.flush()
 
+    @property
+    def width(self) -> int:
+        """stdout's width in cells, as rich would take it: COLUMNS, else the terminal's, else
+        80 (without loading rich)."""
+        import shutil
+
+        return shutil.get_terminal_size((80, 24)).columns
+
     def print_text(self, text: str) -> None:
         """Plain text on stdout as it is: no markup, no wrapping."""
         sys.stdout.write(text + "\n")

@@ -67,10 +67,10 @@ def status(
     else:
         total = sum(by_status.values())
         if shown:
-            app.print_text(_table(shown, app.out.width))
+            app.print_text(_table(shown, app.width))
         if not summary and len(shown) < total:
-            app.out.print(f"… {total - len(shown)} more not shown (--limit 0 for all, or --json)")
-        app.out.print(_summary_line(by_status, unhealthy))
+            app.print_text(f"… {total - len(shown)} more not shown (--limit 0 for all, or --json)")
+        app.print_text(_summary_line(by_status, unhealthy))
 
     if check and unhealthy:
         from discoveryctl.errors import NeedsAttention

@@ -79,6 +79,10 @@ def create_engine(raw_url: str, create: Creation = "never") -> Engine:
         ) from None
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    elif url.get_backend_name() == "postgresql":
+        from discoveryctl.db.models import for_postgresql
+
+        for_postgresql()
     return engine
 
 

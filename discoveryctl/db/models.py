@@ -184,7 +184,7 @@ class Notification(Base):
             "dedupe_key",
             unique=True,
             sqlite_where=sa.text("resolved_at IS NULL"),
-            postgresql_where=sa.text("resolved_at IS NULL"),
+            # postgresql_where: added by for_postgresql(), when PostgreSQL is used
         ),
         sa.Index(None, "audience", "user_id"),
     )
@@ -222,3 +222,11 @@ class StripeCustomer(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+def for_postgresql() -> None:
+    """The PostgreSQL options of the models, set when a PostgreSQL engine is made: naming
+    them in the model would load PostgreSQL's dialect into every command (19 ms)."""
+    for index in table_of(Notification).indexes:
+        if index.name == "uq_notifications_open_dedupe_key":
+            index.dialect_kwargs["postgresql_where"] = sa.text("resolved_at IS NULL")
