@@ -29,9 +29,7 @@ def test_the_demo_explains_every_step_and_catches_the_revoked_seller() -> None:
 
 
 def test_without_postgresql_the_suite_says_so_once_not_per_test() -> None:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("DISCOVERY_TEST_POSTGRES_URL", "CI")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in ("DISCOVERY_TEST_POSTGRES_URL", "CI")}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_doctor.py"],
         cwd=Path(__file__).parent.parent,
