@@ -84,7 +84,16 @@ def run_checks(config: Config, today: date | None = None) -> list[Check]:
                 count += 1
         return Check("encryption key", OK, f"decrypts all {count} stored credentials")
 
+    def history() -> Check:
+        from discoveryctl import retention
+
+        assert database is not None
+        with database.session() as session:
+            count, oldest = retention.size(session)
+        return history_check(count, oldest, retention.MANY_EVENTS)
+
     if at_head:
+        attempt("event history", history)
         attempt("encryption key", encryption)
     if database is not None:
         database.dispose()
@@ -101,6 +110,18 @@ def run_checks(config: Config, today: date | None = None) -> list[Check]:
     attempt("JWT_SECRET", lambda: Check("JWT_SECRET", OK, _jwt_source(config)))
     checks.append(_lwa_secret_age(config, today or datetime.now(UTC).date()))
     return checks
+
+
+def history_check(count: int, oldest: datetime | None, many: int) -> Check:
+    """The events table's size: past ``many`` rows, a warning with how to prune."""
+    since = f", the oldest from {oldest.date().isoformat()}" if oldest is not None else ""
+    if count > many:
+        return Check(
+            "event history",
+            WARN,
+            f"{count:,} events{since}: prune with `discoveryctl events prune --older-than 90d`",
+        )
+    return Check("event history", OK, f"{count:,} events{since}")
 
 
 def _jwt_source(config: Config) -> str:

@@ -166,7 +166,12 @@ app.command("access-token")(refresh.access_token)
 app.command("refresh-all")(refresh_all.refresh_all)
 app.command("check")(check.check)
 app.add_typer(notifications.group, name="notifications")
-app.command("events")(events.events)
+events_group = typer.Typer(
+    invoke_without_command=True, no_args_is_help=False, rich_markup_mode=None
+)
+events_group.callback(invoke_without_command=True)(events.events)
+events_group.command("prune")(events.prune)
+app.add_typer(events_group, name="events")
 app.command("import")(transfer.import_integrations)
 app.command("export")(transfer.export_integrations)
 app.command("doctor")(doctor.doctor)

@@ -51,9 +51,13 @@ def events(
 ) -> None:
     """Show the audit history: every attempt, outcome and transition.
 
+    `events prune` deletes old history.
+
     \b
     Example: discoveryctl events --user seller-42 --since 7d
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from discoveryctl import events as history
     from discoveryctl.cli.application import Application
     from discoveryctl.integrations.health import isoformat
@@ -97,3 +101,46 @@ def events(
             f"{view['kind']}  {outcome}  {detail}".rstrip(),
             soft_wrap=True,
         )
+
+
+def prune(
+    ctx: typer.Context,
+    older_than: str = typer.Option(
+        "90d", "--older-than", help="Delete the events older than this: 90d, 12w, 2160h."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="The counts as JSON on stdout."),
+) -> None:
+    """Delete events older than a window, and OAuth consent states past their expiry.
+
+    A few thousand rows a transaction, so other commands are not held up for long; safe
+    to run from cron while the rest works.
+
+    \b
+    Example: discoveryctl events prune --older-than 90d
+    """
+    from discoveryctl import retention
+    from discoveryctl.cli.application import Application
+    from discoveryctl.integrations.health import isoformat
+
+    app: Application = ctx.obj
+    match = _DURATION.match(older_than.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise InvalidInput(f"--older-than {older_than!r} is not a duration like 90d or 12w")
+    window = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    database = app.open_database()
+    with app.progress("prune", None) as show:
+        pruned = retention.prune(database.session, window, progress=show)
+    if as_json:
+        app.print_json(
+            {
+                "events": pruned.events,
+                "oauth_states": pruned.oauth_states,
+                "before": isoformat(pruned.before),
+            }
+        )
+        return
+    app.err.print(
+        f"deleted {pruned.events} event{'s' if pruned.events != 1 else ''} from before "
+        f"{isoformat(pruned.before)} and {pruned.oauth_states} expired OAuth "
+        f"state{'s' if pruned.oauth_states != 1 else ''}"
+    )
