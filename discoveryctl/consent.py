@@ -50,8 +50,8 @@ from discoveryctl.user_ids import valid_user_id
 
 STATE_LIFETIME = timedelta(minutes=10)
 STATE_AUDIENCE = "discoveryctl:amazon-consent"
-CALLBACK_FAILED = "oauth_callback_failed"
-CALLBACK_SUCCEEDED = "oauth_callback_succeeded"
+CALLBACK_FAILED = events.Kind.oauth_callback_failed
+CALLBACK_SUCCEEDED = events.Kind.oauth_callback_succeeded
 
 
 class Reason(StrEnum):
@@ -131,7 +131,7 @@ def begin(
     )
     events.record(
         session,
-        "oauth_consent_started",
+        events.Kind.oauth_consent_started,
         user_id=user_id,
         provider=Provider.amazon,
         region=region,
@@ -416,7 +416,7 @@ def _store(
     )
 
 
-SELLER_SWITCHED = "seller_switched"
+SELLER_SWITCHED = events.Kind.seller_switched
 
 
 def _record_seller_switch(session: Session, user_id: str, previous: str, now: str) -> None:

@@ -111,7 +111,7 @@ def rotate_all(
         last_id = rows[-1].id
         if progress is not None:
             progress(len(rows))
-    events.record(session, "keys_rotated", outcome=events.SUCCESS, credentials=done)
+    events.record(session, events.Kind.keys_rotated, outcome=events.SUCCESS, credentials=done)
     return done
 
 

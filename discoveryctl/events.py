@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,9 +18,77 @@ FAILURE = "failure"
 INFO = "info"
 
 
+class Kind(StrEnum):
+    """Every kind of event. Rates are counted from these names, so a kind is never spelled
+    out by hand: a typo would read as a 0 % rate, not as an error."""
+
+    # integrations
+    integration_created = "integration_created"
+    status_changed = "status_changed"
+    credentials_imported = "credentials_imported"
+    seller_switched = "seller_switched"
+    reconnect_requested = "reconnect_requested"
+    notification_created = "notification_created"
+    # Amazon: consent, refreshes, checks
+    oauth_consent_started = "oauth_consent_started"
+    oauth_callback_succeeded = "oauth_callback_succeeded"
+    oauth_callback_failed = "oauth_callback_failed"
+    token_refreshed = "token_refreshed"
+    token_refresh_failed = "token_refresh_failed"
+    token_refresh_retried = "token_refresh_retried"
+    seller_checked = "seller_checked"
+    seller_check_failed = "seller_check_failed"
+    # Stripe
+    stripe_customer_pending = "stripe_customer_pending"
+    stripe_customer_attempt = "stripe_customer_attempt"
+    stripe_customer_created = "stripe_customer_created"
+    stripe_customer_adopted = "stripe_customer_adopted"
+    stripe_customer_failed = "stripe_customer_failed"
+    stripe_idempotency_key_replaced = "stripe_idempotency_key_replaced"
+    stripe_duplicate_customer = "stripe_duplicate_customer"
+    # housekeeping
+    keys_rotated = "keys_rotated"
+    events_pruned = "events_pruned"
+
+
+_ATTEMPT = frozenset({SUCCESS, FAILURE})
+OUTCOMES: dict[Kind, frozenset[str]] = {
+    **{kind: frozenset({INFO}) for kind in Kind},
+    Kind.status_changed: frozenset({INFO, FAILURE}),  # failure: revoked or expired
+    Kind.seller_switched: frozenset({FAILURE}),
+    **{
+        kind: frozenset({SUCCESS})
+        for kind in (
+            Kind.credentials_imported,
+            Kind.oauth_callback_succeeded,
+            Kind.token_refreshed,
+            Kind.seller_checked,
+            Kind.stripe_customer_created,
+            Kind.stripe_customer_adopted,
+            Kind.keys_rotated,
+            Kind.events_pruned,
+        )
+    },
+    **{
+        kind: frozenset({FAILURE})
+        for kind in (
+            Kind.oauth_callback_failed,
+            Kind.token_refresh_failed,
+            Kind.token_refresh_retried,
+            Kind.seller_check_failed,
+            Kind.stripe_customer_attempt,
+            Kind.stripe_customer_failed,
+            Kind.stripe_duplicate_customer,
+        )
+    },
+}
+"""The outcomes each kind is recorded with: an attempt is a success or a failure, never
+"info", so every rate counts it."""
+
+
 def record(
     session: Session,
-    kind: str,
+    kind: Kind,
     *,
     outcome: str = INFO,
     user_id: str | None = None,
@@ -43,7 +112,7 @@ def record(
 
 
 def entry(
-    kind: str,
+    kind: Kind,
     *,
     outcome: str = INFO,
     user_id: str | None = None,
@@ -52,6 +121,8 @@ def entry(
     **detail: Any,
 ) -> dict[str, Any]:
     """One event as a row for ``record_all`` (the same row ``record`` stores), timed now."""
+    if outcome not in OUTCOMES[kind]:
+        raise ValueError(f"a {kind} event is never recorded as {outcome!r}")
     return {
         "occurred_at": utcnow(),
         "kind": kind,

@@ -84,7 +84,7 @@ def notify(
 def _record_created(session: Session, notification: Notification) -> None:
     events.record(
         session,
-        "notification_created",
+        events.Kind.notification_created,
         user_id=notification.user_id,
         provider=notification.provider,
         audience=notification.audience,

@@ -75,8 +75,8 @@ IN_RUN_ATTEMPTS = 3
 LONGEST_IN_RUN_WAIT = 10.0
 
 EXPIRY_WARNED = "authorization_expiring"
-REFRESHED = "token_refreshed"
-REFRESH_FAILED = "token_refresh_failed"
+REFRESHED = events.Kind.token_refreshed
+REFRESH_FAILED = events.Kind.token_refresh_failed
 
 
 class Outcome(StrEnum):
@@ -97,7 +97,7 @@ class Verdict:
     status_code: int | None = None
 
 
-REFRESH_RETRIED = "token_refresh_retried"
+REFRESH_RETRIED = events.Kind.token_refresh_retried
 
 # A transient failure's name as the events and the health metrics call it (SPEC §7), the
 # same for LWA (``lwa_…``) and the SP-API (``spapi_…``).
@@ -308,7 +308,7 @@ def last_try(tries: Sequence[Attempt]) -> dict[str, Any]:
 
 
 def retried_events(
-    user_id: str, tries: Sequence[Attempt], kind: str = REFRESH_RETRIED
+    user_id: str, tries: Sequence[Attempt], kind: events.Kind = REFRESH_RETRIED
 ) -> list[dict[str, Any]]:
     """An event for each try that failed and was tried again (the last try is the outcome's
     own event): its number, duration, HTTP status and error type."""

@@ -63,7 +63,7 @@ def prune(
         expired = cast("sa.CursorResult[Any]", done).rowcount
         events.record(
             session,
-            "events_pruned",
+            events.Kind.events_pruned,
             outcome=events.SUCCESS,
             events=removed,
             oauth_states=expired,

@@ -39,8 +39,8 @@ from discoveryctl.refresh import (
     with_retries,
 )
 
-CHECKED = "seller_checked"
-CHECK_FAILED = "seller_check_failed"
+CHECKED = events.Kind.seller_checked
+CHECK_FAILED = events.Kind.seller_check_failed
 
 # getMarketplaceParticipations' usage plan: 0.016 requests a second with a burst of 15, per
 # selling partner and application (sellers.json in amzn/selling-partner-api-models; SP-API

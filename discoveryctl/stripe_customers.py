@@ -149,7 +149,7 @@ def _pending(
         if _changed(inserted):
             events.record(
                 session,
-                "stripe_customer_pending",
+                events.Kind.stripe_customer_pending,
                 user_id=user_id,
                 provider=Provider.stripe,
             )
@@ -341,7 +341,7 @@ def _adopt_or_rekey(
         if _changed(replaced):
             events.record(
                 session,
-                "stripe_idempotency_key_replaced",
+                events.Kind.stripe_idempotency_key_replaced,
                 user_id=pending.user_id,
                 provider=Provider.stripe,
                 reason=reason,
@@ -392,7 +392,9 @@ def _store_customer(
         return Onboarded(pending.user_id, current.customer_id, "existing", current.email)
     events.record(
         session,
-        "stripe_customer_created" if how == "created" else "stripe_customer_adopted",
+        events.Kind.stripe_customer_created
+        if how == "created"
+        else events.Kind.stripe_customer_adopted,
         outcome=events.SUCCESS,
         user_id=pending.user_id,
         provider=Provider.stripe,
@@ -412,7 +414,7 @@ def _store_customer(
     return Onboarded(pending.user_id, customer_id, how, pending.email)
 
 
-DUPLICATE_CUSTOMER = "stripe_duplicate_customer"
+DUPLICATE_CUSTOMER = events.Kind.stripe_duplicate_customer
 
 
 def _report_duplicate(session: Session, user_id: str, kept: str, duplicate: str) -> None:
@@ -464,7 +466,7 @@ def _record_attempt(
         ).scalar_one()
         events.record(
             session,
-            "stripe_customer_attempt",
+            events.Kind.stripe_customer_attempt,
             outcome=events.FAILURE,
             user_id=pending.user_id,
             provider=Provider.stripe,
@@ -499,7 +501,7 @@ def _record_failure(session: Session, user_id: str, error: ProviderError, tries:
     )
     events.record(
         session,
-        "stripe_customer_failed",
+        events.Kind.stripe_customer_failed,
         outcome=events.FAILURE,
         user_id=user_id,
         provider=Provider.stripe,

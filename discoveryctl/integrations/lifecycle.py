@@ -27,7 +27,7 @@ from discoveryctl.integrations.health import (
 
 CONNECTION_LOST = "connection_lost"
 REPEATED_FAILURES = "repeated_failures"
-RECONNECT_REQUESTED = "reconnect_requested"
+RECONNECT_REQUESTED = events.Kind.reconnect_requested
 DEFAULT_FAILURE_THRESHOLD = 3
 
 
@@ -153,7 +153,11 @@ def create(
     )
     session.add(integration)
     events.record(
-        session, "integration_created", user_id=user_id, provider=provider, status=str(status)
+        session,
+        events.Kind.integration_created,
+        user_id=user_id,
+        provider=provider,
+        status=str(status),
     )
     return integration
 
@@ -187,7 +191,7 @@ def change_status(
     user_id, provider = integration.user_id, integration.provider
     events.record(
         session,
-        "status_changed",
+        events.Kind.status_changed,
         outcome=events.FAILURE if needs_reconnect(status) else events.INFO,
         user_id=user_id,
         provider=provider,

@@ -351,7 +351,7 @@ def _store(
                 report.switched.append((number, line.user_id, previous, line.selling_partner_id))
                 stored.events.append(
                     events.entry(
-                        "seller_switched",
+                        events.Kind.seller_switched,
                         outcome=events.FAILURE,
                         user_id=line.user_id,
                         provider=Provider.amazon.value,
@@ -545,7 +545,7 @@ class _Batch:
         self.integrations[(user_id, provider.value)] = integration
         self.events.append(
             events.entry(
-                "integration_created",
+                events.Kind.integration_created,
                 user_id=user_id,
                 provider=provider.value,
                 status=status.value,
@@ -704,7 +704,7 @@ def _store_amazon(
     integration.change_status(session, Status.active, frontend_url)
     stored.events.append(
         events.entry(
-            "credentials_imported",
+            events.Kind.credentials_imported,
             outcome=events.SUCCESS,
             user_id=line.user_id,
             provider=Provider.amazon.value,
