@@ -51,36 +51,35 @@ class Kind(StrEnum):
     events_pruned = "events_pruned"
 
 
-_ATTEMPT = frozenset({SUCCESS, FAILURE})
+def _recorded_as(outcome: str, *kinds: Kind) -> dict[Kind, frozenset[str]]:
+    return {kind: frozenset({outcome}) for kind in kinds}
+
+
 OUTCOMES: dict[Kind, frozenset[str]] = {
-    **{kind: frozenset({INFO}) for kind in Kind},
+    **_recorded_as(INFO, *Kind),
     Kind.status_changed: frozenset({INFO, FAILURE}),  # failure: revoked or expired
-    Kind.seller_switched: frozenset({FAILURE}),
-    **{
-        kind: frozenset({SUCCESS})
-        for kind in (
-            Kind.credentials_imported,
-            Kind.oauth_callback_succeeded,
-            Kind.token_refreshed,
-            Kind.seller_checked,
-            Kind.stripe_customer_created,
-            Kind.stripe_customer_adopted,
-            Kind.keys_rotated,
-            Kind.events_pruned,
-        )
-    },
-    **{
-        kind: frozenset({FAILURE})
-        for kind in (
-            Kind.oauth_callback_failed,
-            Kind.token_refresh_failed,
-            Kind.token_refresh_retried,
-            Kind.seller_check_failed,
-            Kind.stripe_customer_attempt,
-            Kind.stripe_customer_failed,
-            Kind.stripe_duplicate_customer,
-        )
-    },
+    **_recorded_as(
+        SUCCESS,
+        Kind.credentials_imported,
+        Kind.oauth_callback_succeeded,
+        Kind.token_refreshed,
+        Kind.seller_checked,
+        Kind.stripe_customer_created,
+        Kind.stripe_customer_adopted,
+        Kind.keys_rotated,
+        Kind.events_pruned,
+    ),
+    **_recorded_as(
+        FAILURE,
+        Kind.seller_switched,
+        Kind.oauth_callback_failed,
+        Kind.token_refresh_failed,
+        Kind.token_refresh_retried,
+        Kind.seller_check_failed,
+        Kind.stripe_customer_attempt,
+        Kind.stripe_customer_failed,
+        Kind.stripe_duplicate_customer,
+    ),
 }
 """The outcomes each kind is recorded with: an attempt is a success or a failure, never
 "info", so every rate counts it."""
