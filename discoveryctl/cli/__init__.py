@@ -146,6 +146,7 @@ from discoveryctl.cli import (  # noqa: E402  (command modules import only typer
     database,
     doctor,
     events,
+    health,
     keys,
     notifications,
     reconnect,
@@ -175,6 +176,7 @@ app.add_typer(events_group, name="events")
 app.command("import")(transfer.import_integrations)
 app.command("export")(transfer.export_integrations)
 app.command("doctor")(doctor.doctor)
+app.command("health")(health.health)
 app.add_typer(database.group, name="db")
 app.add_typer(secrets.group, name="secrets")
 app.add_typer(keys.group, name="keys")

@@ -1,0 +1,107 @@
+"""`discoveryctl health`: rates and the seed's alerts over a window."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+
+def health(
+    ctx: typer.Context,
+    window: str = typer.Option("1h", "--window", help="How far back: 30m, 1h, 24h, 7d."),
+    max_revoked: float = typer.Option(
+        0.05, "--max-revoked", help="Alert above this share of active sellers revoked per hour."
+    ),
+    max_stripe_failures: float = typer.Option(
+        0.10, "--max-stripe-failures", help="Alert above this share of failed Stripe creations."
+    ),
+    max_callback_failures: float = typer.Option(
+        0.15, "--max-callback-failures", help="Alert above this share of failed OAuth callbacks."
+    ),
+    max_api_errors: float = typer.Option(
+        0.01, "--max-api-errors", help="Alert above this share of provider-side call failures."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="The figures and alerts as JSON."),
+) -> None:
+    """Integration health over a window: statuses, success rates, errors, and alerts.
+
+    Exit 1 while any alert fires (for cron or a monitor).
+
+    \b
+    Example: discoveryctl health --window 24h
+    """
+    from datetime import timedelta
+
+    from discoveryctl.cli.application import Application
+    from discoveryctl.cli.events import _DURATION, _UNITS
+    from discoveryctl.errors import InvalidInput, NeedsAttention
+    from discoveryctl.metrics import Thresholds, compute
+
+    app: Application = ctx.obj
+    match = _DURATION.match(window.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise InvalidInput(f"--window {window!r} is not a duration like 1h or 24h")
+    for name, value in (
+        ("--max-revoked", max_revoked),
+        ("--max-stripe-failures", max_stripe_failures),
+        ("--max-callback-failures", max_callback_failures),
+        ("--max-api-errors", max_api_errors),
+    ):
+        if not 0 <= value <= 1:
+            raise InvalidInput(f"{name} is a share from 0 to 1, not {value:g}")
+    thresholds = Thresholds(max_revoked, max_stripe_failures, max_callback_failures, max_api_errors)
+    span = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    with app.session() as session:
+        found = compute(session, span, thresholds)
+    if as_json:
+        app.print_json(found.as_dict())
+    else:
+        app.print_text(_report(found.as_dict(), window))
+    if found.firing:
+        names = ", ".join(alert.name for alert in found.firing)
+        raise NeedsAttention(f"alert{'s' if len(found.firing) > 1 else ''} firing: {names}")
+
+
+def _report(figures: dict[str, Any], window: str) -> str:
+    def share(value: float | None) -> str:
+        return "—" if value is None else f"{value:.1%}"
+
+    lines = [f"health over the last {window}", ""]
+    lines.append(
+        f"{'provider':10}"
+        + "".join(f"{s:>10}" for s in ("active", "revoked", "expired", "pending"))
+    )
+    for provider, counts in figures["statuses"].items():
+        lines.append(
+            f"{provider:10}"
+            + "".join(
+                f"{counts.get(s, 0):>10}" for s in ("active", "revoked", "expired", "pending")
+            )
+        )
+    lines.append("")
+    for label, key in (
+        ("OAuth callbacks", "oauth_callbacks"),
+        ("token refreshes", "token_refreshes"),
+        ("Stripe customers", "stripe_customers"),
+    ):
+        rate = figures[key]
+        lines.append(
+            f"{label:18} {share(rate['success_rate']):>7} succeeded "
+            f"({rate['succeeded']} ok, {rate['failed']} failed)"
+        )
+    attempts = figures["stripe_customers"]["average_attempts"]
+    lines.append(f"{'Stripe attempts':18} {'—' if attempts is None else attempts:>7} a customer")
+    lines.append(
+        f"{'provider calls':18} {figures['calls']:>7}: {share(figures['api_error_rate'])} "
+        f"provider errors, {share(figures['auth_error_rate'])} 401/403, "
+        f"{share(figures['timeout_rate'])} timeouts; {figures['retries']} retries"
+    )
+    lines.append("")
+    for alert in figures["alerts"]:
+        state = "FIRING" if alert["firing"] else "ok"
+        lines.append(
+            f"{state:7} {alert['name']:24} {share(alert['value']):>7} "
+            f"(threshold {alert['threshold']:.0%}): {alert['detail']}"
+        )
+    return "\n".join(lines)

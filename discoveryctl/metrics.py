@@ -1,0 +1,246 @@
+"""Integration health over a window, from ``events`` and the status table (SPEC §7): rates,
+counts and the seed's alerts.
+
+Every figure is counted from event kinds (``events.Kind``) and outcomes, on the database's
+clock, in one grouped read of the window's events.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from discoveryctl.db.engine import database_now
+from discoveryctl.db.models import Event, IntegrationStatus, table_of
+from discoveryctl.events import FAILURE, Kind
+from discoveryctl.integrations.health import Provider, Status
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The seed's alerts: above these shares, an alert fires."""
+
+    revoked_per_hour: float = 0.05  # of active Amazon integrations, per hour of the window
+    stripe_failures: float = 0.10  # of Stripe customer creations
+    callback_failures: float = 0.15  # of OAuth callbacks
+    api_errors: float = 0.01  # of calls to LWA, SP-API and Stripe
+
+
+@dataclass(frozen=True)
+class Rate:
+    """How many of something succeeded and failed."""
+
+    succeeded: int = 0
+    failed: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.succeeded + self.failed
+
+    @property
+    def failure_rate(self) -> float | None:
+        return self.failed / self.total if self.total else None
+
+    def as_dict(self) -> dict[str, Any]:
+        share = self.failure_rate
+        return {
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "success_rate": None if share is None else round(1 - share, 4),
+        }
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    value: float | None
+    threshold: float
+    detail: str
+
+    @property
+    def firing(self) -> bool:
+        return self.value is not None and self.value > self.threshold
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "firing": self.firing,
+            "value": None if self.value is None else round(self.value, 4),
+            "threshold": self.threshold,
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class Health:
+    """What ``compute`` found over the window ending ``now``."""
+
+    window: timedelta
+    now: datetime
+    statuses: dict[str, dict[str, int]]
+    callbacks: Rate
+    refreshes: Rate
+    stripe: Rate
+    stripe_attempts: int  # every create sent, failed or not
+    calls: Rate  # every call to a provider whose outcome was recorded
+    api_errors: int  # calls that failed on the provider's side: 5xx, timeouts, connections
+    auth_errors: int  # answers 401 or 403
+    timeouts: int
+    retries: int
+    revoked: int  # integrations that became revoked in the window
+    alerts: list[Alert] = field(default_factory=list)
+
+    @property
+    def firing(self) -> list[Alert]:
+        return [alert for alert in self.alerts if alert.firing]
+
+    def as_dict(self) -> dict[str, Any]:
+        calls = self.calls.total
+        return {
+            "window_seconds": int(self.window.total_seconds()),
+            "until": self.now.isoformat(),
+            "statuses": self.statuses,
+            "oauth_callbacks": self.callbacks.as_dict(),
+            "token_refreshes": self.refreshes.as_dict(),
+            "stripe_customers": {
+                **self.stripe.as_dict(),
+                "average_attempts": (
+                    round(self.stripe_attempts / self.stripe.succeeded, 2)
+                    if self.stripe.succeeded
+                    else None
+                ),
+            },
+            "calls": calls,
+            "api_error_rate": round(self.api_errors / calls, 4) if calls else None,
+            "auth_error_rate": round(self.auth_errors / calls, 4) if calls else None,
+            "timeout_rate": round(self.timeouts / calls, 4) if calls else None,
+            "retries": self.retries,
+            "revoked": self.revoked,
+            "alerts": [alert.as_dict() for alert in self.alerts],
+        }
+
+
+_CALLS_SUCCEEDED = (
+    Kind.oauth_callback_succeeded,
+    Kind.token_refreshed,
+    Kind.seller_checked,
+    Kind.stripe_customer_created,
+)
+_CALLS_FAILED = (
+    Kind.oauth_callback_failed,
+    Kind.token_refresh_failed,
+    Kind.token_refresh_retried,
+    Kind.seller_check_failed,
+    Kind.stripe_customer_attempt,
+)
+_PROVIDER_SIDE = ("server_error", "timeout", "connection_error", "bad_response", "outcome_unknown")
+"""Error types that are the provider's failing, not the seller's or ours."""
+
+
+def compute(session: Session, window: timedelta, thresholds: Thresholds = Thresholds()) -> Health:
+    """Health over the ``window`` that ends now, by the database's clock."""
+    now = database_now(session)
+    since = now - window
+    event = table_of(Event)
+    status = event.c.detail["http_status"].as_string()
+    moved_to = event.c.detail["to"].as_string()
+    rows = session.execute(
+        sa.select(
+            event.c.kind,
+            event.c.outcome,
+            event.c.error_type,
+            status,
+            moved_to,
+            sa.func.count(),
+        )
+        .where(event.c.occurred_at >= since, event.c.occurred_at <= now)
+        .group_by(event.c.kind, event.c.outcome, event.c.error_type, status, moved_to)
+    ).all()
+    kinds: Counter[str] = Counter()
+    api_errors = auth_errors = timeouts = revoked = 0
+    for kind, outcome, error_type, http_status, to, count in rows:
+        kinds[kind] += count
+        if kind in _CALLS_FAILED and outcome == FAILURE:
+            kind_of_error = error_type or ""
+            if kind_of_error.endswith(_PROVIDER_SIDE):
+                api_errors += count
+            if kind_of_error.endswith("timeout"):
+                timeouts += count
+            if http_status in ("401", "403"):
+                auth_errors += count
+        if kind == Kind.status_changed and to == Status.revoked:
+            revoked += count
+    succeeded = sum(kinds[k] for k in _CALLS_SUCCEEDED)
+    failed = sum(kinds[k] for k in _CALLS_FAILED)
+    health = Health(
+        window=window,
+        now=now,
+        statuses=_statuses(session),
+        callbacks=Rate(kinds[Kind.oauth_callback_succeeded], kinds[Kind.oauth_callback_failed]),
+        refreshes=Rate(kinds[Kind.token_refreshed], kinds[Kind.token_refresh_failed]),
+        stripe=Rate(
+            kinds[Kind.stripe_customer_created] + kinds[Kind.stripe_customer_adopted],
+            kinds[Kind.stripe_customer_failed],
+        ),
+        stripe_attempts=kinds[Kind.stripe_customer_created] + kinds[Kind.stripe_customer_attempt],
+        calls=Rate(succeeded, failed),
+        api_errors=api_errors,
+        auth_errors=auth_errors,
+        timeouts=timeouts,
+        retries=kinds[Kind.token_refresh_retried] + kinds[Kind.stripe_customer_attempt],
+        revoked=revoked,
+    )
+    health.alerts = _alerts(health, thresholds)
+    return health
+
+
+def _statuses(session: Session) -> dict[str, dict[str, int]]:
+    table = table_of(IntegrationStatus)
+    found: dict[str, dict[str, int]] = {p.value: {s.value: 0 for s in Status} for p in Provider}
+    rows = session.execute(
+        sa.select(table.c.provider, table.c.status, sa.func.count()).group_by(
+            table.c.provider, table.c.status
+        )
+    )
+    for provider, status, count in rows:
+        found.setdefault(provider, {})[status] = count
+    return found
+
+
+def _alerts(health: Health, thresholds: Thresholds) -> list[Alert]:
+    hours = max(health.window.total_seconds() / 3600, 1e-9)
+    active = health.statuses.get(Provider.amazon, {}).get(Status.active, 0)
+    base = active + health.revoked  # those that could have been revoked in the window
+    revoked_share = health.revoked / base / hours if base else None
+    calls = health.calls.total
+    return [
+        Alert(
+            "revoked_integrations",
+            revoked_share,
+            thresholds.revoked_per_hour,
+            f"{health.revoked} revoked of {base} active Amazon integrations, per hour",
+        ),
+        Alert(
+            "stripe_failures",
+            health.stripe.failure_rate,
+            thresholds.stripe_failures,
+            f"{health.stripe.failed} of {health.stripe.total} Stripe customer creations failed",
+        ),
+        Alert(
+            "oauth_callback_failures",
+            health.callbacks.failure_rate,
+            thresholds.callback_failures,
+            f"{health.callbacks.failed} of {health.callbacks.total} OAuth callbacks failed",
+        ),
+        Alert(
+            "api_errors",
+            health.api_errors / calls if calls else None,
+            thresholds.api_errors,
+            f"{health.api_errors} of {calls} provider calls failed on the provider's side",
+        ),
+    ]

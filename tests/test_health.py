@@ -1,0 +1,121 @@
+"""`health`: rates and the seed's alerts, from event histories just under and just over each
+threshold, on both backends."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from discoveryctl.db.models import Event, table_of
+
+from helpers import amazon_line, write_lines
+
+
+def _events(
+    db: Any,
+    kind: str,
+    outcome: str,
+    count: int,
+    *,
+    error_type: str | None = None,
+    minutes_ago: float = 5,
+    **detail: Any,
+) -> None:
+    at = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    row = {"occurred_at": at, "kind": kind, "outcome": outcome, "error_type": error_type}
+    with db.engine.begin() as connection:
+        connection.execute(sa.insert(table_of(Event)), [{**row, "detail": detail}] * count)
+
+
+def _alerts(result: Any) -> dict[str, bool]:
+    return {alert["name"]: alert["firing"] for alert in result.json()["alerts"]}
+
+
+@pytest.mark.parametrize(("failed", "fires"), [(9, False), (10, False), (11, True)])
+def test_stripe_failures_alert_above_ten_percent(
+    db: Any, cli: Any, failed: int, fires: bool
+) -> None:
+    _events(db, "stripe_customer_created", "success", 100 - failed)
+    _events(db, "stripe_customer_failed", "failure", failed)
+    result = cli("health", "--json")
+    assert result.exit_code == (1 if fires else 0), result.stderr
+    assert _alerts(result)["stripe_failures"] is fires
+    assert result.json()["stripe_customers"]["failed"] == failed
+    if fires:
+        assert "alert firing: stripe_failures" in result.stderr
+
+
+@pytest.mark.parametrize(("failed", "fires"), [(15, False), (16, True)])
+def test_oauth_callback_failures_alert_above_fifteen_percent(
+    db: Any, cli: Any, failed: int, fires: bool
+) -> None:
+    _events(db, "oauth_callback_succeeded", "success", 100 - failed)
+    _events(db, "oauth_callback_failed", "failure", failed, error_type="invalid_state")
+    result = cli("health", "--json")
+    assert _alerts(result)["oauth_callback_failures"] is fires
+    assert result.exit_code == (1 if fires else 0)
+    assert result.json()["oauth_callbacks"]["success_rate"] == (100 - failed) / 100
+
+
+@pytest.mark.parametrize(("errors", "fires"), [(1, False), (2, True)])
+def test_provider_side_errors_alert_above_one_percent(
+    db: Any, cli: Any, errors: int, fires: bool
+) -> None:
+    _events(db, "token_refreshed", "success", 100 - errors - 1)
+    _events(db, "token_refresh_failed", "failure", errors, error_type="provider_server_error")
+    _events(db, "token_refresh_failed", "failure", 1, error_type="oauth_token_revoked")  # seller
+    result = cli("health", "--json")
+    assert _alerts(result)["api_errors"] is fires
+    assert result.json()["calls"] == 100
+
+
+@pytest.mark.parametrize(("revoked", "fires"), [(5, False), (6, True)])
+def test_revoked_sellers_alert_above_five_percent_an_hour(
+    db: Any, cli: Any, tmp_path: Path, revoked: int, fires: bool
+) -> None:
+    lines = [amazon_line(f"seller-{n}") for n in range(100 - revoked)]
+    assert cli("import", str(write_lines(tmp_path / "a.jsonl", *lines))).exit_code == 0
+    _events(db, "status_changed", "failure", revoked, to="revoked", **{"from": "active"})
+    _events(db, "status_changed", "failure", 9, to="expired", **{"from": "active"})  # not revoked
+    result = cli("health", "--json")
+    assert result.json()["revoked"] == revoked
+    assert _alerts(result)["revoked_integrations"] is fires
+    longer = cli("health", "--window", "2h", "--json")  # the same, spread over two hours
+    assert _alerts(longer)["revoked_integrations"] is False
+
+
+def test_rates_count_only_the_window_and_name_auth_errors_and_timeouts(db: Any, cli: Any) -> None:
+    _events(db, "token_refreshed", "success", 6)
+    _events(
+        db,
+        "token_refresh_failed",
+        "failure",
+        1,
+        error_type="lwa_app_credentials_rejected",
+        http_status=401,
+    )
+    _events(db, "token_refresh_retried", "failure", 3, error_type="provider_timeout")
+    _events(db, "stripe_customer_failed", "failure", 50, minutes_ago=90)  # before the window
+    figures = cli("health", "--json").json()
+    assert figures["calls"] == 10 and figures["retries"] == 3
+    assert figures["auth_error_rate"] == 0.1 and figures["timeout_rate"] == 0.3
+    assert figures["token_refreshes"] == {"succeeded": 6, "failed": 1, "success_rate": 0.8571}
+    assert figures["stripe_customers"]["failed"] == 0
+    day = cli("health", "--window", "24h", "--json")
+    assert day.json()["stripe_customers"]["failed"] == 50 and day.exit_code == 1
+
+
+def test_thresholds_are_options_and_the_table_names_each_alert(db: Any, cli: Any) -> None:
+    _events(db, "stripe_customer_created", "success", 80)
+    _events(db, "stripe_customer_failed", "failure", 20)
+    assert cli("health", "--max-stripe-failures", "0.25").exit_code == 0
+    table = cli("health")
+    assert table.exit_code == 1
+    assert "FIRING  stripe_failures" in table.stdout and "20 of 100" in table.stdout
+    bad = cli("health", "--max-api-errors", "5")
+    assert bad.exit_code == 2 and "is a share from 0 to 1" in bad.stderr
+    assert cli("health", "--window", "soon").exit_code == 2
