@@ -244,3 +244,72 @@ def _alerts(health: Health, thresholds: Thresholds) -> list[Alert]:
             f"{health.api_errors} of {calls} provider calls failed on the provider's side",
         ),
     ]
+
+
+def prometheus_registry(health: Health) -> Any:
+    """The figures as Prometheus metrics (``prometheus_client``), for the text format that
+    node_exporter's textfile collector reads."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    integrations = Gauge(
+        "discoveryctl_integrations",
+        "Integrations by provider and status.",
+        ["provider", "status"],
+        registry=registry,
+    )
+    for provider, counts in health.statuses.items():
+        for status, count in counts.items():
+            integrations.labels(provider, status).set(count)
+    window = int(health.window.total_seconds())
+    outcomes = Gauge(
+        "discoveryctl_window_outcomes",
+        "Outcomes over the window, by flow and outcome.",
+        ["flow", "outcome", "window_seconds"],
+        registry=registry,
+    )
+    for flow, rate in (
+        ("oauth_callback", health.callbacks),
+        ("token_refresh", health.refreshes),
+        ("stripe_customer", health.stripe),
+        ("provider_call", health.calls),
+    ):
+        outcomes.labels(flow, "success", str(window)).set(rate.succeeded)
+        outcomes.labels(flow, "failure", str(window)).set(rate.failed)
+    errors = Gauge(
+        "discoveryctl_window_call_errors",
+        "Failed provider calls over the window, by cause.",
+        ["cause", "window_seconds"],
+        registry=registry,
+    )
+    for cause, count in (
+        ("provider_side", health.api_errors),
+        ("auth_401_403", health.auth_errors),
+        ("timeout", health.timeouts),
+        ("retry", health.retries),
+    ):
+        errors.labels(cause, str(window)).set(count)
+    firing = Gauge(
+        "discoveryctl_alert_firing",
+        "1 while the alert fires, else 0.",
+        ["alert"],
+        registry=registry,
+    )
+    value = Gauge(
+        "discoveryctl_alert_value",
+        "The share the alert compares with its threshold (absent without data).",
+        ["alert"],
+        registry=registry,
+    )
+    threshold = Gauge(
+        "discoveryctl_alert_threshold",
+        "The share above which the alert fires.",
+        ["alert"],
+        registry=registry,
+    )
+    for alert in health.alerts:
+        firing.labels(alert.name).set(1 if alert.firing else 0)
+        threshold.labels(alert.name).set(alert.threshold)
+        if alert.value is not None:
+            value.labels(alert.name).set(alert.value)
+    return registry

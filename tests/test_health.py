@@ -119,3 +119,52 @@ def test_thresholds_are_options_and_the_table_names_each_alert(db: Any, cli: Any
     bad = cli("health", "--max-api-errors", "5")
     assert bad.exit_code == 2 and "is a share from 0 to 1" in bad.stderr
     assert cli("health", "--window", "soon").exit_code == 2
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_prometheus_output_parses_back_with_the_same_figures(db: Any, cli: Any) -> None:
+    _events(db, "stripe_customer_created", "success", 88)
+    _events(db, "stripe_customer_failed", "failure", 12)
+    _events(db, "token_refresh_retried", "failure", 4, error_type="provider_timeout")
+    result = cli("health", "--prometheus")
+    assert result.exit_code == 1  # the Stripe alert fires, whatever the format
+    assert "# HELP discoveryctl_alert_firing" in result.stdout
+    assert "# TYPE discoveryctl_alert_firing gauge" in result.stdout
+    found = _samples(result.stdout)
+    window = ("window_seconds", "3600")
+    assert found[("discoveryctl_alert_firing", (("alert", "stripe_failures"),))] == 1
+    assert found[("discoveryctl_alert_firing", (("alert", "api_errors"),))] == 1
+    assert found[("discoveryctl_alert_value", (("alert", "stripe_failures"),))] == 0.12
+    assert found[("discoveryctl_alert_threshold", (("alert", "stripe_failures"),))] == 0.1
+    outcomes = (("flow", "stripe_customer"), ("outcome", "failure"), window)
+    assert found[("discoveryctl_window_outcomes", outcomes)] == 12
+    causes = (("cause", "timeout"), window)
+    assert found[("discoveryctl_window_call_errors", causes)] == 4
+    # no data: no value, the alert not firing
+    assert ("discoveryctl_alert_value", (("alert", "oauth_callback_failures"),)) not in found
+    assert found[("discoveryctl_alert_firing", (("alert", "oauth_callback_failures"),))] == 0
+
+
+def test_prometheus_output_to_a_file_is_written_whole(db: Any, cli: Any, tmp_path: Path) -> None:
+    (tmp_path / "textfiles").mkdir()
+    target = tmp_path / "textfiles" / "discoveryctl.prom"
+    target.write_text("old\n")
+    result = cli("health", "--prometheus", "--output", str(target))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""
+    assert ("discoveryctl_integrations", (("provider", "amazon"), ("status", "active"))) in (
+        _samples(target.read_text())
+    )
+    assert [p.name for p in target.parent.iterdir()] == ["discoveryctl.prom"]  # nothing left
+    assert cli("health", "--output", str(target)).exit_code == 2  # only with --prometheus
+    missing = cli("health", "--prometheus", "--output", str(tmp_path / "no" / "x.prom"))
+    assert missing.exit_code == 2 and "cannot write" in missing.stderr

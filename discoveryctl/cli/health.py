@@ -23,10 +23,18 @@ def health(
         0.01, "--max-api-errors", help="Alert above this share of provider-side call failures."
     ),
     as_json: bool = typer.Option(False, "--json", help="The figures and alerts as JSON."),
+    prometheus: bool = typer.Option(
+        False, "--prometheus", help="Prometheus text format (node_exporter's textfile collector)."
+    ),
+    output: str | None = typer.Option(
+        None, "--output", help="With --prometheus: write this .prom file, atomically."
+    ),
 ) -> None:
     """Integration health over a window: statuses, success rates, errors, and alerts.
 
-    Exit 1 while any alert fires (for cron or a monitor).
+    Exit 1 while any alert fires (for cron or a monitor). --prometheus writes the same
+    figures in Prometheus's text format; --output FILE.prom for node_exporter's textfile
+    collector (written to a temporary file and renamed, never read half-written).
 
     \b
     Example: discoveryctl health --window 24h
@@ -54,13 +62,34 @@ def health(
     span = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
     with app.session() as session:
         found = compute(session, span, thresholds)
-    if as_json:
+    if output is not None and not prometheus:
+        raise InvalidInput("--output goes with --prometheus")
+    if prometheus:
+        _prometheus(app, found, output)
+    elif as_json:
         app.print_json(found.as_dict())
     else:
         app.print_text(_report(found.as_dict(), window))
     if found.firing:
         names = ", ".join(alert.name for alert in found.firing)
         raise NeedsAttention(f"alert{'s' if len(found.firing) > 1 else ''} firing: {names}")
+
+
+def _prometheus(app: Any, found: Any, output: str | None) -> None:
+    from prometheus_client import generate_latest, write_to_textfile
+
+    from discoveryctl.errors import InvalidInput
+    from discoveryctl.metrics import prometheus_registry
+
+    registry = prometheus_registry(found)
+    if output is None:
+        app.print_text(generate_latest(registry).decode().rstrip("\n"))
+        return
+    try:  # a temporary file beside it, renamed into place: never read half-written
+        write_to_textfile(output, registry)
+    except OSError as error:
+        raise InvalidInput(f"cannot write {output}: {error.strerror}") from None
+    app.err.print(f"wrote {output}")
 
 
 def _report(figures: dict[str, Any], window: str) -> str:
