@@ -7,6 +7,7 @@ clock, in one grouped read of the window's events.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -94,6 +95,7 @@ class Health:
     retries: int
     revoked: int  # integrations that became revoked in the window
     alerts: list[Alert] = field(default_factory=list)
+    failures_by_period: list[int] = field(default_factory=list)  # oldest first, equal periods
 
     @property
     def firing(self) -> list[Alert]:
@@ -109,9 +111,10 @@ class Health:
             "token_refreshes": self.refreshes.as_dict(),
             "stripe_customers": {
                 **self.stripe.as_dict(),
+                # per customer finished in the window: created, adopted or given up on
                 "average_attempts": (
-                    round(self.stripe_attempts / self.stripe.succeeded, 2)
-                    if self.stripe.succeeded
+                    round(self.stripe_attempts / self.stripe.total, 2)
+                    if self.stripe.total
                     else None
                 ),
             },
@@ -122,6 +125,10 @@ class Health:
             "retries": self.retries,
             "revoked": self.revoked,
             "alerts": [alert.as_dict() for alert in self.alerts],
+            "failures_by_period": {
+                "period_seconds": 3600 * hours_per_period(self.window),
+                "counts": self.failures_by_period,
+            },
         }
 
 
@@ -147,8 +154,12 @@ def compute(session: Session, window: timedelta, thresholds: Thresholds = Thresh
     now = database_now(session)
     since = now - window
     event = table_of(Event)
-    status = event.c.detail["http_status"].as_string()
-    moved_to = event.c.detail["to"].as_string()
+    is_failure = event.c.outcome == FAILURE
+    # Read from the JSON detail, and placed in an hour, only where it counts: a failure's
+    # HTTP status and hour, a transition's new status (half the time over a million events).
+    status = sa.case((is_failure, event.c.detail["http_status"].as_string()))
+    moved_to = sa.case((event.c.kind == Kind.status_changed, event.c.detail["to"].as_string()))
+    bucket = sa.case((is_failure, _hour(session)))
     rows = session.execute(
         sa.select(
             event.c.kind,
@@ -156,15 +167,19 @@ def compute(session: Session, window: timedelta, thresholds: Thresholds = Thresh
             event.c.error_type,
             status,
             moved_to,
+            bucket,
             sa.func.count(),
         )
         .where(event.c.occurred_at >= since, event.c.occurred_at <= now)
-        .group_by(event.c.kind, event.c.outcome, event.c.error_type, status, moved_to)
+        .group_by(event.c.kind, event.c.outcome, event.c.error_type, status, moved_to, bucket)
     ).all()
     kinds: Counter[str] = Counter()
+    failures_by_hour: Counter[str] = Counter()
     api_errors = auth_errors = timeouts = revoked = 0
-    for kind, outcome, error_type, http_status, to, count in rows:
+    for kind, outcome, error_type, http_status, to, hour, count in rows:
         kinds[kind] += count
+        if hour is not None:
+            failures_by_hour[hour] += count
         if kind in _CALLS_FAILED and outcome == FAILURE:
             kind_of_error = error_type or ""
             if kind_of_error.endswith(_PROVIDER_SIDE):
@@ -192,11 +207,45 @@ def compute(session: Session, window: timedelta, thresholds: Thresholds = Thresh
         api_errors=api_errors,
         auth_errors=auth_errors,
         timeouts=timeouts,
-        retries=kinds[Kind.token_refresh_retried] + kinds[Kind.stripe_customer_attempt],
+        # A Stripe user's failed tries, less the last one of a user given up on (recorded
+        # as an attempt too, but not retried); LWA's retries are recorded as such.
+        retries=kinds[Kind.token_refresh_retried]
+        + max(kinds[Kind.stripe_customer_attempt] - kinds[Kind.stripe_customer_failed], 0),
         revoked=revoked,
     )
     health.alerts = _alerts(health, thresholds)
+    health.failures_by_period = _by_period(failures_by_hour, now, window)
     return health
+
+
+def hours_per_period(window: timedelta) -> int:
+    """A period is a clock hour, or several for a window over 48 hours (48 periods at most)."""
+    return max(1, math.ceil(window.total_seconds() / 3600 / 48))
+
+
+def _hour(session: Session) -> sa.ColumnElement[Any]:
+    """The UTC clock hour an event happened in, as ``YYYY-MM-DD HH``. SQLite keeps the time
+    as that text already (``UTCDateTime``): its first 13 characters, no date arithmetic."""
+    event = table_of(Event)
+    if session.get_bind().dialect.name == "postgresql":
+        return sa.func.to_char(
+            sa.func.timezone("UTC", event.c.occurred_at), sa.literal("YYYY-MM-DD HH24")
+        )
+    return sa.func.substr(event.c.occurred_at, 1, 13)
+
+
+def _by_period(by_hour: Counter[str], now: datetime, window: timedelta) -> list[int]:
+    """Counts by clock hour gathered into the window's periods, oldest first: the last one
+    ends with the current hour, the first takes whatever of the window comes before."""
+    per = hours_per_period(window)
+    periods = max(1, math.ceil(window.total_seconds() / 3600 / per))
+    current = now.replace(minute=0, second=0, microsecond=0, tzinfo=None)
+    counts = [0] * periods
+    for hour, count in by_hour.items():
+        started = datetime.strptime(hour, "%Y-%m-%d %H")
+        back = int((current - started).total_seconds() // 3600) // per
+        counts[max(0, periods - 1 - back)] += count
+    return counts
 
 
 def _statuses(session: Session) -> dict[str, dict[str, int]]:
@@ -213,7 +262,9 @@ def _statuses(session: Session) -> dict[str, dict[str, int]]:
 
 
 def _alerts(health: Health, thresholds: Thresholds) -> list[Alert]:
-    hours = max(health.window.total_seconds() / 3600, 1e-9)
+    # Per hour of the window; a window under an hour counts as one, so that a single
+    # revocation in the last five minutes is not read as twelve an hour.
+    hours = max(health.window.total_seconds() / 3600, 1.0)
     active = health.statuses.get(Provider.amazon, {}).get(Status.active, 0)
     base = active + health.revoked  # those that could have been revoked in the window
     revoked_share = health.revoked / base / hours if base else None

@@ -8,7 +8,7 @@ from discoveryctl import events
 
 
 def test_every_kind_has_its_outcomes_and_every_attempt_succeeds_or_fails() -> None:
-    assert set(events.OUTCOMES) == set(events.Kind)
+    assert all(events.OUTCOMES[kind] for kind in events.Kind)
     attempts = [k for k in events.Kind if k.name.startswith(("token_refresh", "oauth_callback"))]
     attempts += [events.Kind.stripe_customer_attempt, events.Kind.stripe_customer_created]
     for kind in attempts:

@@ -23,9 +23,10 @@ def _events(
     *,
     error_type: str | None = None,
     minutes_ago: float = 5,
+    at: datetime | None = None,
     **detail: Any,
 ) -> None:
-    at = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    at = at or datetime.now(UTC) - timedelta(minutes=minutes_ago)
     row = {"occurred_at": at, "kind": kind, "outcome": outcome, "error_type": error_type}
     with db.engine.begin() as connection:
         connection.execute(sa.insert(table_of(Event)), [{**row, "detail": detail}] * count)
@@ -168,3 +169,30 @@ def test_prometheus_output_to_a_file_is_written_whole(db: Any, cli: Any, tmp_pat
     assert cli("health", "--output", str(target)).exit_code == 2  # only with --prometheus
     missing = cli("health", "--prometheus", "--output", str(tmp_path / "no" / "x.prom"))
     assert missing.exit_code == 2 and "cannot write" in missing.stderr
+
+
+def test_failures_per_clock_hour_of_the_window_oldest_first(db: Any, cli: Any) -> None:
+    this_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    early = this_hour - timedelta(hours=3) + timedelta(minutes=1)  # in the window's first hour
+    _events(db, "token_refresh_failed", "failure", 8, error_type="provider_timeout", at=early)
+    _events(db, "stripe_customer_failed", "failure", 2, at=this_hour)
+    _events(db, "token_refreshed", "success", 50, at=this_hour)  # not a failure
+    _events(db, "stripe_customer_failed", "failure", 5, minutes_ago=300)  # before the window
+    figures = cli("health", "--window", "4h", "--json").json()
+    assert figures["failures_by_period"] == {"period_seconds": 3600, "counts": [8, 0, 0, 2]}
+    table = cli("health", "--window", "4h").stdout
+    assert "█··▂  (one mark an hour, oldest first; at most 8)" in table
+
+
+def test_retries_and_attempts_count_tries_not_users(db: Any, cli: Any, tmp_path: Path) -> None:
+    _events(db, "stripe_customer_created", "success", 3)  # 3 users made at their first try
+    _events(db, "stripe_customer_attempt", "failure", 6, error_type="stripe_server_error")
+    _events(db, "stripe_customer_failed", "failure", 1)  # one user given up on after 6
+    figures = cli("health", "--json").json()
+    assert figures["retries"] == 5  # the sixth try was not retried
+    assert figures["stripe_customers"]["average_attempts"] == 2.25  # 9 tries, 4 users
+    lines = [amazon_line(f"seller-{n}") for n in range(99)]
+    assert cli("import", str(write_lines(tmp_path / "a.jsonl", *lines))).exit_code == 0
+    _events(db, "status_changed", "failure", 1, minutes_ago=1, to="revoked", **{"from": "active"})
+    short = cli("health", "--window", "5m", "--json").json()  # counted as an hour
+    assert {a["name"]: a["value"] for a in short["alerts"]}["revoked_integrations"] == 0.01

@@ -126,6 +126,14 @@ def _report(figures: dict[str, Any], window: str) -> str:
         f"provider errors, {share(figures['auth_error_rate'])} 401/403, "
         f"{share(figures['timeout_rate'])} timeouts; {figures['retries']} retries"
     )
+    periods = figures["failures_by_period"]
+    counts = periods["counts"]
+    hours = periods["period_seconds"] // 3600
+    every = "an hour" if hours == 1 else f"every {hours} hours"
+    lines.append(
+        f"{'failures':18} {_sparkline(counts)}  (one mark {every}, oldest first; "
+        f"at most {max(counts, default=0)})"
+    )
     lines.append("")
     for alert in figures["alerts"]:
         state = "FIRING" if alert["firing"] else "ok"
@@ -134,3 +142,12 @@ def _report(figures: dict[str, Any], window: str) -> str:
             f"(threshold {alert['threshold']:.0%}): {alert['detail']}"
         )
     return "\n".join(lines)
+
+
+def _sparkline(counts: list[int]) -> str:
+    """One mark per period, as tall as its share of the busiest one; a dot for none."""
+    marks = "▁▂▃▄▅▆▇█"
+    top = max(counts, default=0)
+    return "".join(
+        marks[min(7, max(0, round(count / top * 8) - 1))] if count else "·" for count in counts
+    )
