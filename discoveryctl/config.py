@@ -173,6 +173,18 @@ class Config:
     def uses_default_database(self) -> bool:
         return self.get("DATABASE_URL") is None
 
+    def check_default_database(self) -> None:
+        """Before the SQLite default is first made: refuse when DATABASE_URL sits in the
+        keyring, where earlier versions read it and this one does not. Running on a new empty
+        database instead of the real one would look healthy and do nothing."""
+        if self.default_database_path.exists() or self._keyring is None:
+            return
+        if self._keyring("DATABASE_URL") is not None:
+            raise ConfigurationError(
+                "DATABASE_URL is in the keyring, which discoveryctl no longer reads: export it "
+                "in the environment, then `discoveryctl secrets delete DATABASE_URL`"
+            )
+
     def sqlite_creation(self, asked: bool = False) -> Creation:
         """What opening the database may create (see ``db.engine.Creation``)."""
         if self.uses_default_database:
@@ -370,15 +382,25 @@ def _publish(path: Path, text: str, *, replace: bool = False) -> bool:
             os.fsync(handle.fileno())
         if replace:
             os.replace(temporary, path)
-            return True
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            return False
+        else:
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                return False
+        _sync_folder(path.parent)
         return True
     finally:
         if os.path.lexists(temporary):
             os.unlink(temporary)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a new name in ``folder`` survive a power cut (the file's own data is synced)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def replace_secret_file(path: Path, value: str) -> None:

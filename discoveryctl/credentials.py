@@ -146,6 +146,11 @@ def rotate_keys(
         keys, source=str(from_file) if from_file else config.named("DISCOVERY_ENCRYPTION_KEY")
     )
     with session_scope() as session:
+        if session.get_bind().dialect.name == "sqlite":
+            # Durable at commit, before the old key goes: in WAL mode with synchronous=NORMAL
+            # a power cut can undo the last commits, which would leave the tokens under a key
+            # the file no longer holds.
+            session.execute(sa.text("PRAGMA synchronous=FULL"))
         rotated = rotate_all(session, vault, progress=progress)
     key_file = from_file
     if key_file is None and config.uses_default_database and config.key_file.exists():

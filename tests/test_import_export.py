@@ -703,3 +703,24 @@ def test_an_import_that_gives_a_user_another_sellers_account_says_so(
     assert [(e["user_id"], e["detail"]["previous_selling_partner_id"]) for e in switched] == [
         ("u1", before)
     ]
+
+
+def test_an_import_from_a_pipe_path_reads_it_once(db: Any, cli: Any, tmp_path: Path) -> None:
+    """`import <(zcat sellers.jsonl.gz)`: a named pipe cannot be counted first, only read."""
+    import os
+    import threading
+
+    fifo = tmp_path / "lines.fifo"
+    os.mkfifo(fifo)
+    payload = "".join(json.dumps(stripe_line(f"u{n}")) + "\n" for n in range(3))
+
+    def feed() -> None:
+        with fifo.open("w") as writer:
+            writer.write(payload)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    result = cli("import", str(fifo), "--json")
+    feeder.join(timeout=10)
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["created"] == 3

@@ -282,10 +282,17 @@ def test_a_mistyped_keyring_backend_is_one_line_and_exit_2(tmp_path: Path) -> No
 def test_the_database_url_is_read_from_the_environment_alone(
     cli: Any, isolation: Any, tmp_path: Path
 ) -> None:
-    """Every command needs it: the keyring is not asked (nor can it be told)."""
+    """Every command needs it, so the keyring is not asked for it. One left there by an
+    earlier version stops the first use of the SQLite default, which would otherwise run,
+    healthy and empty, instead of the real database."""
     isolation.store[("discoveryctl", "DATABASE_URL")] = f"sqlite:///{tmp_path}/elsewhere.db"
+    refused = cli("status")
+    assert refused.exit_code == 2
+    assert "DATABASE_URL is in the keyring, which discoveryctl no longer reads" in refused.stderr
+    assert not (tmp_path / "data" / "discoveryctl" / "discoveryctl.db").exists()
+    assert cli("secrets", "get", "DATABASE_URL", "--show").stdout.startswith("sqlite:///")
+    assert cli("secrets", "delete", "DATABASE_URL").exit_code == 0
     assert cli("status").exit_code == 0
     assert not (tmp_path / "elsewhere.db").exists()
-    assert (tmp_path / "data" / "discoveryctl" / "discoveryctl.db").exists()
     refused = cli("secrets", "set", "DATABASE_URL", input="sqlite:///x.db\n")
     assert refused.exit_code == 2 and "is not a secret discoveryctl reads" in refused.stderr

@@ -50,8 +50,10 @@ class DiscoveryGroup(TyperGroup):
             except KeyboardInterrupt:
                 raise Interrupted("interrupted") from None
             except BrokenPipeError:
-                from discoveryctl.cli.application import stdout_closed
+                from discoveryctl.cli.application import stdout_closed, stdout_gone
 
+                if not stdout_gone():
+                    raise  # another pipe than stdout's reader: not the quiet case
                 stdout_closed()
             except UsageError as error:  # a bad option or value: one line, like the rest
                 raise InvalidInput(_usage_message(error)) from None

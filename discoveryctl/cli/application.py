@@ -43,6 +43,8 @@ class Application:
         if self._database is None:
             from discoveryctl.db.engine import Database
 
+            if self.config.uses_default_database:
+                self.config.check_default_database()
             self._database = Database(self.config.database_url, self.config.sqlite_creation(create))
             if at_head:
                 self._ensure_head(self._database)
@@ -146,9 +148,21 @@ class Application:
         yield report
 
 
+def stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def stdout_closed() -> NoReturn:
-    """The reader of stdout went away (``status | head -1``): stop quietly with 0, as git
-    does, and send whatever is still buffered nowhere."""
+    """The reader of stdout went away (``status | head -1``): stop quietly with 0, and
+    send whatever is still buffered nowhere."""
     import os
 
     devnull = os.open(os.devnull, os.O_WRONLY)

@@ -106,7 +106,9 @@ def events(
 def prune(
     ctx: typer.Context,
     older_than: str = typer.Option(
-        "90d", "--older-than", help="Delete the events older than this: 90d, 12w, 2160h."
+        "90d",
+        "--older-than",
+        help="Delete the events older than this: 90d, 12w, 48h (1h at least).",
     ),
     as_json: bool = typer.Option(False, "--json", help="The counts as JSON on stdout."),
 ) -> None:
@@ -124,8 +126,12 @@ def prune(
 
     app: Application = ctx.obj
     match = _DURATION.match(older_than.strip())
-    if match is None or int(match.group(1)) == 0:
-        raise InvalidInput(f"--older-than {older_than!r} is not a duration like 90d or 12w")
+    if match is None or int(match.group(1)) == 0 or match.group(2) in ("s", "m"):
+        # Minutes and seconds are refused: "90m" read as ninety months would empty the history.
+        raise InvalidInput(
+            f"--older-than {older_than!r} is not a duration like 90d or 12w "
+            "(hours, days or weeks, at least 1h)"
+        )
     window = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
     database = app.open_database()
     with app.progress("prune", None) as show:

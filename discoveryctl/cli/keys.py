@@ -52,4 +52,7 @@ def rotate(
         + (" with a new key" if rotation.generated else "")
     )
     if key_file is not None:
-        app.err.print(f"{key_file} now holds the new key alone: back it up")
+        app.err.print(
+            f"{key_file} now holds the new key alone: back it up (a database backup from "
+            "before the rotation needs the old key)"
+        )

@@ -19,9 +19,16 @@ group = typer.Typer(
 ROTATED_AT = "AMAZON_LWA_CLIENT_SECRET_ROTATED_AT"
 
 
-def _secret_name(name: str) -> str:
+RETIRED = frozenset({"DATABASE_URL"})
+"""Names earlier versions kept in the keyring and this one does not read: they can still be
+shown and deleted."""
+
+
+def _secret_name(name: str, retired: bool = False) -> str:
     name = name.upper()
     setting = SETTINGS.get(name)
+    if retired and name in RETIRED:
+        return name
     if setting is None or not setting.secret:
         known = ", ".join(sorted(n for n, s in SETTINGS.items() if s.secret))
         raise InvalidInput(f"{name} is not a secret discoveryctl reads; one of: {known}")
@@ -98,7 +105,7 @@ def get_secret(
     """
     import keyring
 
-    name = _secret_name(name)
+    name = _secret_name(name, retired=True)
     _keyring()
     value = keyring.get_password(KEYRING_SERVICE, name)
     if value is None:
@@ -116,7 +123,7 @@ def delete_secret(name: str = typer.Argument(..., help="The variable name.")) ->
     import keyring
     from keyring.errors import PasswordDeleteError
 
-    name = _secret_name(name)
+    name = _secret_name(name, retired=True)
     _keyring()
     try:
         keyring.delete_password(KEYRING_SERVICE, name)

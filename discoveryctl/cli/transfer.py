@@ -35,7 +35,8 @@ def import_integrations(
         vault = app.vault(session)
     stream = _open_source(source)
     try:
-        total = None if stream is sys.stdin.buffer else count_lines(stream)
+        # A pipe (stdin, or a path like <(zcat x.gz)) is read once: no count beforehand.
+        total = count_lines(stream) if stream.seekable() else None
         with app.progress("import", total) as show:
             result = import_lines(
                 read_lines(stream),
