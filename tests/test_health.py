@@ -196,3 +196,12 @@ def test_retries_and_attempts_count_tries_not_users(db: Any, cli: Any, tmp_path:
     _events(db, "status_changed", "failure", 1, minutes_ago=1, to="revoked", **{"from": "active"})
     short = cli("health", "--window", "5m", "--json").json()  # counted as an hour
     assert {a["name"]: a["value"] for a in short["alerts"]}["revoked_integrations"] == 0.01
+
+
+def test_a_window_reaching_before_year_one_is_refused(db: Any, cli: Any) -> None:
+    for args in (
+        ("health", "--window", "3000000d"),
+        ("events", "prune", "--older-than", "99999999w"),
+    ):
+        result = cli(*args)
+        assert result.exit_code == 2 and "reaches back before year 1" in result.stderr

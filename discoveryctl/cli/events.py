@@ -35,6 +35,16 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def span(match: re.Match[str], option: str) -> timedelta:
+    """A matched duration as a timedelta; one too long for a date is refused."""
+    try:
+        length = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        datetime.now(UTC) - length  # must reach back no further than year 1
+    except (OverflowError, ValueError):
+        raise InvalidInput(f"{option} {match.group(0)} reaches back before year 1") from None
+    return length
+
+
 def events(
     ctx: typer.Context,
     user: str | None = typer.Option(
@@ -132,7 +142,7 @@ def prune(
             f"--older-than {older_than!r} is not a duration like 90d or 12w "
             "(hours, days or weeks, at least 1h)"
         )
-    window = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    window = span(match, "--older-than")
     database = app.open_database()
     with app.progress("prune", None) as show:
         pruned = retention.prune(database.session, window, progress=show)

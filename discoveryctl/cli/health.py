@@ -39,10 +39,8 @@ def health(
     \b
     Example: discoveryctl health --window 24h
     """
-    from datetime import timedelta
-
     from discoveryctl.cli.application import Application
-    from discoveryctl.cli.events import _DURATION, _UNITS
+    from discoveryctl.cli.events import _DURATION, span
     from discoveryctl.errors import InvalidInput, NeedsAttention
     from discoveryctl.metrics import Thresholds, compute
 
@@ -59,9 +57,9 @@ def health(
         if not 0 <= value <= 1:
             raise InvalidInput(f"{name} is a share from 0 to 1, not {value:g}")
     thresholds = Thresholds(max_revoked, max_stripe_failures, max_callback_failures, max_api_errors)
-    span = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    length = span(match, "--window")
     with app.session() as session:
-        found = compute(session, span, thresholds)
+        found = compute(session, length, thresholds)
     if output is not None and not prometheus:
         raise InvalidInput("--output goes with --prometheus")
     if prometheus:
