@@ -227,6 +227,12 @@ def main() -> int:
             )
             discoveryctl(env, "status")
             discoveryctl(env, "status", "--check", expect=(1,))
+            step(
+                "The last hour's rates and the seed's alerts",
+                "From the events: success rates, errors, a mark per hour of failures, and the",
+                "alerts; one revoked seller of a handful is over the 5 % an hour, so exit 1.",
+            )
+            discoveryctl(env, "health", expect=(0, 1))
 
             step(
                 "Send a seller back through consent",
