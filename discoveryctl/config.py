@@ -173,13 +173,22 @@ class Config:
     def uses_default_database(self) -> bool:
         return self.get("DATABASE_URL") is None
 
+    def stale_database_url(self) -> bool:
+        """Whether DATABASE_URL sits in the keyring (where earlier versions read it) while the
+        environment does not set it: this version runs on the SQLite default instead."""
+        return (
+            self.uses_default_database
+            and self._keyring is not None
+            and self._keyring("DATABASE_URL") is not None
+        )
+
     def check_default_database(self) -> None:
         """Before the SQLite default is first made: refuse when DATABASE_URL sits in the
         keyring, where earlier versions read it and this one does not. Running on a new empty
         database instead of the real one would look healthy and do nothing."""
-        if self.default_database_path.exists() or self._keyring is None:
+        if self.default_database_path.exists():
             return
-        if self._keyring("DATABASE_URL") is not None:
+        if self.stale_database_url():
             raise ConfigurationError(
                 "DATABASE_URL is in the keyring, which discoveryctl no longer reads: export it "
                 "in the environment, then `discoveryctl secrets delete DATABASE_URL`"

@@ -108,6 +108,20 @@ def run_checks(config: Config, today: date | None = None) -> list[Check]:
             )
         )
     attempt("JWT_SECRET", lambda: Check("JWT_SECRET", OK, _jwt_source(config)))
+    try:
+        stale = config.stale_database_url()
+    except DiscoveryError as error:  # the keyring itself cannot be used
+        checks.append(Check("keyring", FAIL, error.message))
+        stale = False
+    if stale:
+        checks.append(
+            Check(
+                "DATABASE_URL",
+                WARN,
+                "in the keyring, which discoveryctl no longer reads: this runs on the SQLite "
+                "default; export it, then `discoveryctl secrets delete DATABASE_URL`",
+            )
+        )
     checks.append(_lwa_secret_age(config, today or datetime.now(UTC).date()))
     return checks
 

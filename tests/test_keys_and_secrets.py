@@ -291,7 +291,14 @@ def test_the_database_url_is_read_from_the_environment_alone(
     assert "DATABASE_URL is in the keyring, which discoveryctl no longer reads" in refused.stderr
     assert not (tmp_path / "data" / "discoveryctl" / "discoveryctl.db").exists()
     assert cli("secrets", "get", "DATABASE_URL", "--show").stdout.startswith("sqlite:///")
+    del isolation.store[("discoveryctl", "DATABASE_URL")]
+    assert cli("status").exit_code == 0  # the default exists now
+    isolation.store[("discoveryctl", "DATABASE_URL")] = f"sqlite:///{tmp_path}/elsewhere.db"
+    checks = {c["check"]: c for c in cli("doctor", "--json").json()}
+    assert checks["DATABASE_URL"]["state"] == "warn"  # said, even once the default exists
+    assert "no longer reads" in checks["DATABASE_URL"]["detail"]
     assert cli("secrets", "delete", "DATABASE_URL").exit_code == 0
+    assert "DATABASE_URL" not in {c["check"] for c in cli("doctor", "--json").json()}
     assert cli("status").exit_code == 0
     assert not (tmp_path / "elsewhere.db").exists()
     refused = cli("secrets", "set", "DATABASE_URL", input="sqlite:///x.db\n")
