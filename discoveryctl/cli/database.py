@@ -21,18 +21,13 @@ def upgrade(ctx: typer.Context) -> None:
     \b
     Example: DATABASE_URL=postgresql://… discoveryctl db upgrade
     """
-    from pathlib import Path
-
     from discoveryctl.cli.application import Application
-    from discoveryctl.db.engine import describe, parse_url
+    from discoveryctl.db.engine import describe, parse_url, sqlite_file
     from discoveryctl.db.migrations import upgrade as run_upgrade
 
     app: Application = ctx.obj
-    url = parse_url(app.config.database_url)
-    sqlite_file = url.database if url.get_backend_name() == "sqlite" else None
-    new_file = None
-    if sqlite_file and sqlite_file != ":memory:" and not Path(sqlite_file).exists():
-        new_file = Path(sqlite_file).resolve()
+    path = sqlite_file(parse_url(app.config.database_url))
+    new_file = path.resolve() if path is not None and not path.exists() else None
     database = app.open_database(at_head=False, create=True)
     if new_file is not None:
         app.err.print(f"created a new SQLite database at {new_file}")

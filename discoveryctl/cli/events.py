@@ -35,8 +35,14 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def span(match: re.Match[str], option: str) -> timedelta:
-    """A matched duration as a timedelta; one too long for a date is refused."""
+def window_option(value: str, option: str, units: str = "smhdw") -> timedelta:
+    """``--window 24h``, ``--older-than 90d``: a positive duration in one of ``units``,
+    reaching back no further than year 1."""
+    match = _DURATION.match(value.strip())
+    if match is None or int(match.group(1)) == 0 or match.group(2) not in units:
+        names = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+        allowed = ", ".join(names[unit] for unit in units)
+        raise InvalidInput(f"{option} {value!r} is not a duration like 90d or 12w ({allowed})")
     try:
         length = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
         datetime.now(UTC) - length  # must reach back no further than year 1
@@ -135,14 +141,8 @@ def prune(
     from discoveryctl.integrations.health import isoformat
 
     app: Application = ctx.obj
-    match = _DURATION.match(older_than.strip())
-    if match is None or int(match.group(1)) == 0 or match.group(2) in ("s", "m"):
-        # Minutes and seconds are refused: "90m" read as ninety months would empty the history.
-        raise InvalidInput(
-            f"--older-than {older_than!r} is not a duration like 90d or 12w "
-            "(hours, days or weeks, at least 1h)"
-        )
-    window = span(match, "--older-than")
+    # Minutes and seconds are refused: "90m" read as ninety months would empty the history.
+    window = window_option(older_than, "--older-than", units="hdw")
     database = app.open_database()
     with app.progress("prune", None) as show:
         pruned = retention.prune(database.session, window, progress=show)

@@ -40,14 +40,11 @@ def health(
     Example: discoveryctl health --window 24h
     """
     from discoveryctl.cli.application import Application
-    from discoveryctl.cli.events import _DURATION, span
+    from discoveryctl.cli.events import window_option
     from discoveryctl.errors import InvalidInput, NeedsAttention
     from discoveryctl.metrics import Thresholds, compute
 
     app: Application = ctx.obj
-    match = _DURATION.match(window.strip())
-    if match is None or int(match.group(1)) == 0:
-        raise InvalidInput(f"--window {window!r} is not a duration like 1h or 24h")
     for name, value in (
         ("--max-revoked", max_revoked),
         ("--max-stripe-failures", max_stripe_failures),
@@ -57,7 +54,7 @@ def health(
         if not 0 <= value <= 1:
             raise InvalidInput(f"{name} is a share from 0 to 1, not {value:g}")
     thresholds = Thresholds(max_revoked, max_stripe_failures, max_callback_failures, max_api_errors)
-    length = span(match, "--window")
+    length = window_option(window, "--window")
     with app.session() as session:
         found = compute(session, length, thresholds)
     if output is not None and not prometheus:

@@ -51,12 +51,22 @@ is an error), the file (``db upgrade``, in a folder that exists), or the folders
 SQLite default, in the data directory)."""
 
 
+def sqlite_file(url: URL) -> Path | None:
+    """The file a SQLite URL names (not an in-memory database or a ``file:`` URI)."""
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return None
+    if url.database == ":memory:" or url.database.startswith("file:"):
+        return None
+    return Path(url.database)
+
+
 def create_engine(raw_url: str, create: Creation = "never") -> Engine:
     url = parse_url(raw_url)
     kwargs: dict[str, Any] = {}
     if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
-            _sqlite_file(Path(url.database), create)
+        path = sqlite_file(url)
+        if path is not None:
+            _sqlite_file(path, create)
         if "timeout" not in url.query:  # how long to wait for another writer's lock
             kwargs["connect_args"] = {"timeout": 30}
     else:
