@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from discoveryctl.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from discoveryctl.alert_webhook import AdminWebhook
     from discoveryctl.db.engine import Creation
     from discoveryctl.providers.amazon import AmazonApp
     from discoveryctl.providers.stripe import StripeAccount
@@ -62,7 +63,11 @@ SETTINGS: dict[str, Setting] = {
         Setting("AMAZON_SPAPI_URL", "overrides the SP-API endpoint"),
         Setting("STRIPE_API_KEY", "Stripe secret key", secret=True),
         Setting("STRIPE_API_BASE", "Stripe API base"),
-        Setting("DISCOVERY_ADMIN_WEBHOOK_URL", "where admin alerts are POSTed"),
+        Setting(
+            "DISCOVERY_ADMIN_WEBHOOK_URL",
+            "where admin alerts are POSTed (a Slack webhook URL holds a token)",
+            secret=True,
+        ),
         Setting("DISCOVERY_ADMIN_WEBHOOK_SECRET", "signs admin alerts (HMAC-SHA256)", secret=True),
     )
 }
@@ -312,15 +317,29 @@ class Config:
             api_base=self._http_url("STRIPE_API_BASE", STRIPE_API_BASE),
         )
 
-    def _http_url(self, name: str, default: str) -> str:
+    def admin_webhook(self) -> AdminWebhook | None:
+        """Where admin alerts are posted, and the secret that signs them; None when unset."""
+        from discoveryctl.alert_webhook import AdminWebhook
+
+        if not self.get("DISCOVERY_ADMIN_WEBHOOK_URL"):
+            return None
+        url = self._http_url("DISCOVERY_ADMIN_WEBHOOK_URL", "", shown=False)
+        return AdminWebhook(url, self.get("DISCOVERY_ADMIN_WEBHOOK_SECRET") or None)
+
+    def _http_url(self, name: str, default: str, *, shown: bool = True) -> str:
         value = self.get(name) or default
         parts = urlsplit(value)
+        named = self.named(name)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigurationError(f"{name} must be an http(s) URL, not {value!r}")
+            raise ConfigurationError(
+                f"{named} must be an http(s) URL" + (f", not {value!r}" if shown else "")
+            )
         try:
             parts.port  # noqa: B018 (validates the port)
         except ValueError:
-            raise ConfigurationError(f"{name} has an invalid port: {value!r}") from None
+            raise ConfigurationError(
+                f"{named} has an invalid port" + (f": {value!r}" if shown else "")
+            ) from None
         return value
 
 
@@ -356,6 +375,8 @@ def check_secret(name: str, value: str) -> None:
             raise ConfigurationError(f"{value!r} is not a date (YYYY-MM-DD)") from None
         if rotated > datetime.now(UTC).date():
             raise ConfigurationError(f"{value} is in the future")
+    elif name == "DISCOVERY_ADMIN_WEBHOOK_URL":
+        Config({name: value}, keyring=None).admin_webhook()
     elif name == "STRIPE_API_KEY" and not value.startswith(("sk_", "rk_")):
         # Stripe's secret keys start sk_ (sk_test_, sk_live_), restricted keys rk_
         # ("API keys", https://docs.stripe.com/keys); a pk_ key is the publishable one.

@@ -92,9 +92,17 @@ def run_checks(config: Config, today: date | None = None) -> list[Check]:
             count, oldest = retention.size(session)
         return history_check(count, oldest, retention.MANY_EVENTS)
 
+    def outbox() -> Check:
+        from discoveryctl import alert_webhook
+
+        assert database is not None
+        with database.session() as session:
+            return outbox_check(*alert_webhook.backlog(session))
+
     if at_head:
         attempt("event history", history)
         attempt("encryption key", encryption)
+        attempt("alert deliveries", outbox)
     if database is not None:
         database.dispose()
 
@@ -123,7 +131,55 @@ def run_checks(config: Config, today: date | None = None) -> list[Check]:
             )
         )
     checks.append(_lwa_secret_age(config, today or datetime.now(UTC).date()))
+    attempt("admin webhook", lambda: webhook_check(config))
     return checks
+
+
+def webhook_check(config: Config) -> Check:
+    """Whether the admin webhook answers: a HEAD request, which posts nothing (any HTTP answer
+    will do; a webhook only takes POSTs)."""
+    import httpx
+
+    from discoveryctl.alert_webhook import TIMEOUT
+
+    name = "admin webhook"
+    webhook = config.admin_webhook()
+    if webhook is None:
+        return Check(
+            name,
+            WARN,
+            "DISCOVERY_ADMIN_WEBHOOK_URL not set: admin alerts are only in "
+            "`discoveryctl notifications --admin`",
+        )
+    try:
+        with httpx.Client(timeout=TIMEOUT) as client:
+            answer = client.head(webhook.url)
+    except httpx.TimeoutException:
+        return Check(name, FAIL, f"{webhook.where} did not answer within {TIMEOUT:g} s")
+    except httpx.HTTPError as error:
+        return Check(name, FAIL, f"{webhook.where} unreachable ({type(error).__name__})")
+    reached = f"{webhook.where} answers (HTTP {answer.status_code} to HEAD)"
+    if webhook.secret is None:
+        return Check(name, WARN, f"{reached}; DISCOVERY_ADMIN_WEBHOOK_SECRET not set: unsigned")
+    return Check(name, OK, f"{reached}; signed")
+
+
+def outbox_check(waiting: int, last_error: str | None, given_up: int) -> Check:
+    """Admin alerts not yet delivered, and those given up on in the last day."""
+    name = "alert deliveries"
+    if not waiting and not given_up:
+        return Check(name, OK, "none waiting")
+    parts = []
+    if waiting:
+        parts.append(f"{waiting} waiting" + (f" (last error: {last_error})" if last_error else ""))
+    if given_up:
+        parts.append(f"{given_up} given up in the last day")
+    return Check(
+        name,
+        WARN,
+        "; ".join(parts) + ": see `discoveryctl notifications --admin`, then "
+        "`discoveryctl notifications deliver`",
+    )
 
 
 def history_check(count: int, oldest: datetime | None, many: int) -> Check:

@@ -29,6 +29,8 @@ class Kind(StrEnum):
     seller_switched = "seller_switched"
     reconnect_requested = "reconnect_requested"
     notification_created = "notification_created"
+    alert_delivered = "alert_delivered"
+    alert_delivery_failed = "alert_delivery_failed"
     # Amazon: consent, refreshes, checks
     oauth_consent_started = "oauth_consent_started"
     oauth_callback_succeeded = "oauth_callback_succeeded"
@@ -68,6 +70,7 @@ OUTCOMES: dict[Kind, frozenset[str]] = {
         Kind.stripe_customer_adopted,
         Kind.keys_rotated,
         Kind.events_pruned,
+        Kind.alert_delivered,
     ),
     **_recorded_as(
         FAILURE,
@@ -79,6 +82,7 @@ OUTCOMES: dict[Kind, frozenset[str]] = {
         Kind.stripe_customer_attempt,
         Kind.stripe_customer_failed,
         Kind.stripe_duplicate_customer,
+        Kind.alert_delivery_failed,
     ),
 }
 """The outcomes each kind is recorded with: an attempt is a success or a failure, never

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
-from discoveryctl import events
+from discoveryctl import alert_webhook, events
 from discoveryctl.db.models import Notification, utcnow
 from discoveryctl.errors import NotFound
 
@@ -82,6 +82,10 @@ def notify(
 
 
 def _record_created(session: Session, notification: Notification) -> None:
+    if notification.audience == ADMIN:
+        alert_webhook.enqueue(session, notification.id, alert_webhook.OPEN)
+        if notification.resolved_at is not None:  # opened and resolved in one batch
+            alert_webhook.enqueue(session, notification.id, alert_webhook.RESOLVED)
     events.record(
         session,
         events.Kind.notification_created,
@@ -171,12 +175,16 @@ def resolve(session: Session, key: str) -> int:
         if opened is not None and opened in batch.new:  # opened in this batch, not yet written
             opened.resolved_at = utcnow()
             return 1
-    result = session.execute(
+    resolved = session.execute(
         sa.update(Notification)
         .where(Notification.dedupe_key == key, Notification.resolved_at.is_(None))
         .values(resolved_at=utcnow())
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
+        .returning(Notification.id, Notification.audience)
+    ).all()
+    for notification_id, audience in resolved:
+        if audience == ADMIN:  # the admin webhook hears of it too
+            alert_webhook.enqueue(session, notification_id, alert_webhook.RESOLVED)
+    return len(resolved)
 
 
 def _open(session: Session, key: str) -> Notification | None:
@@ -237,3 +245,8 @@ def alert_app_credentials(session: Session, provider: str, message: str) -> bool
         provider=provider,
     )
     return created
+
+
+def app_credentials_accepted(session: Session, provider: str) -> bool:
+    """Resolve the app-credentials alert: the provider took them again."""
+    return resolve(session, dedupe_key(APP_CREDENTIALS_REJECTED, provider, None)) > 0

@@ -511,6 +511,7 @@ def record_refresh(
         )
     events.record_all(session, _refreshed_events(user_id, grant, expires, tries))
     _warn_before_expiry(session, integration, credential, now, frontend_url)
+    notifications.app_credentials_accepted(session, Provider.amazon)  # LWA took them
     return Refresh(
         user_id,
         Outcome.refreshed,
@@ -644,6 +645,7 @@ def record_refreshes(
             integration_rows,
         )
         events.record_all(session, event_rows)
+        notifications.app_credentials_accepted(session, Provider.amazon)  # LWA took them
     for user_id, grant, tries in one_by_one:
         done.append(
             record_refresh(session, vault, user_id, grant, frontend_url=frontend_url, tries=tries)

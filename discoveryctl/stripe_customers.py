@@ -411,6 +411,7 @@ def _store_customer(
     notifications.resolve(
         session, notifications.dedupe_key(ONBOARDING_FAILED, Provider.stripe, pending.user_id)
     )
+    notifications.app_credentials_accepted(session, Provider.stripe)
     return Onboarded(pending.user_id, customer_id, how, pending.email)
 
 

@@ -32,6 +32,20 @@ def amazon_line(user_id: str, token: str | None = None, **extra: Any) -> dict[st
     }
 
 
+def import_sellers(
+    cli: Any, sandbox: Any, tmp_path: Path, count: int, prefix: str = "u"
+) -> list[Any]:
+    known = [sandbox.state.add_seller() for _ in range(count)]
+    lines = []
+    for number, seller in enumerate(known):
+        line = amazon_line(f"{prefix}{number}", seller.refresh_token)
+        line["selling_partner_id"] = seller.selling_partner_id
+        lines.append(line)
+    result = cli("import", str(write_lines(tmp_path / f"{prefix}.jsonl", *lines)))
+    assert result.exit_code == 0, result.stderr
+    return known
+
+
 def stripe_line(user_id: str, **extra: Any) -> dict[str, Any]:
     return {"user_id": user_id, "provider": "stripe", "email": f"{user_id}@example.com", **extra}
 

@@ -17,7 +17,7 @@ import pytest
 from discoveryctl.pacing import HEADROOM
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
 
-from helpers import amazon_line, write_lines
+from helpers import import_sellers
 
 
 def start(*args: str) -> subprocess.Popen[str]:
@@ -28,20 +28,6 @@ def start(*args: str) -> subprocess.Popen[str]:
         text=True,
         env=dict(os.environ),
     )
-
-
-def import_sellers(
-    cli: Any, sandbox: Sandbox, tmp_path: Path, count: int, prefix: str = "u"
-) -> list[Any]:
-    known = [sandbox.state.add_seller() for _ in range(count)]
-    lines = []
-    for number, seller in enumerate(known):
-        line = amazon_line(f"{prefix}{number}", seller.refresh_token)
-        line["selling_partner_id"] = seller.selling_partner_id
-        lines.append(line)
-    result = cli("import", str(write_lines(tmp_path / f"{prefix}.jsonl", *lines)))
-    assert result.exit_code == 0, result.stderr
-    return known
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ class Application:
             colors=sys.stderr.isatty() and "NO_COLOR" not in os.environ,
         )
         self._database: Database | None = None
+        self._delivers_alerts = False
 
     # -- database ---------------------------------------------------------------------------
 
@@ -69,9 +70,42 @@ class Application:
 
         return open_vault(self.config, session)
 
+    def deliver_alerts_on_close(self) -> None:
+        """This command may raise or resolve admin alerts: post them to the admin webhook as
+        it ends (whatever its exit), within ``CLOSING_BUDGET``."""
+        self._delivers_alerts = True
+
     def close(self) -> None:
         if self._database is not None:
+            if self._delivers_alerts:
+                self._deliver_alerts(self._database)
             self._database.dispose()
+
+    def _deliver_alerts(self, database: Database) -> None:
+        """Drain the admin webhook's outbox. Never fails the command: what cannot be posted
+        now is logged and left for the next drain."""
+        from discoveryctl.logging import get_logger
+
+        log = get_logger()
+        try:
+            webhook = self.config.admin_webhook()
+            if webhook is None:
+                return
+            from discoveryctl.alert_webhook import CLOSING_BUDGET, deliver
+
+            drained = deliver(database.session, webhook, budget=CLOSING_BUDGET)
+        except Exception as error:  # a bad setting, the database gone: the command's result stands
+            from sqlalchemy.exc import DBAPIError
+
+            from discoveryctl.errors import DiscoveryError
+
+            if isinstance(error, DBAPIError):
+                error = database.unreachable(error)
+            why = error.message if isinstance(error, DiscoveryError) else type(error).__name__
+            log.warning("alert_delivery_failed", error=why)
+            return
+        if drained.delivered or drained.given_up or drained.later:
+            log.info("alerts_delivered", webhook=webhook.where, **drained.as_dict())
 
     # -- output -----------------------------------------------------------------------------
 

@@ -92,3 +92,53 @@ def acknowledge(
     with app.session() as session:
         done = inbox.acknowledge(session, ids)
     app.err.print(f"acknowledged {len(done)} notification{'s' if len(done) != 1 else ''}")
+
+
+@group.command("deliver")
+def deliver(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="The outcome as JSON on stdout."),
+) -> None:
+    """Post the admin alerts waiting in the outbox to DISCOVERY_ADMIN_WEBHOOK_URL.
+
+    Each admin notification is posted when it opens and again when it resolves, once each,
+    signed with DISCOVERY_ADMIN_WEBHOOK_SECRET. The commands that raise alerts post them as
+    they end, for a few seconds at most; this posts whatever they left (a webhook that was
+    down). A post that fails on a 5xx or the network is tried again later, for a day. Exit 0
+    nothing is left waiting; 1 a post failed (to be tried again, or refused for good).
+
+    \b
+    Example: */5 * * * * discoveryctl notifications deliver
+    """
+    from discoveryctl import alert_webhook
+    from discoveryctl.cli.application import Application
+    from discoveryctl.config import how_to_set
+    from discoveryctl.errors import ConfigurationError, NeedsAttention
+
+    app: Application = ctx.obj
+    webhook = app.config.admin_webhook()
+    if webhook is None:
+        raise ConfigurationError(
+            "DISCOVERY_ADMIN_WEBHOOK_URL is not set: " + how_to_set("DISCOVERY_ADMIN_WEBHOOK_URL")
+        )
+    database = app.open_database()
+    drained = alert_webhook.deliver(database.session, webhook)
+    with database.session() as session:
+        left = alert_webhook.waiting(session)
+    for line in drained.errors:
+        app.err.print(line, soft_wrap=True)
+    if as_json:
+        app.print_json({**drained.as_dict(), "waiting": left, "webhook": webhook.where})
+    else:
+        app.err.print(
+            f"delivered {drained.delivered} alert{'s' if drained.delivered != 1 else ''} "
+            f"to {webhook.where}"
+            + (f", {drained.given_up} given up" if drained.given_up else "")
+            + (f", {left} waiting" if left else ""),
+            soft_wrap=True,
+        )
+    if drained.given_up or drained.later:
+        raise NeedsAttention(
+            f"{drained.given_up + drained.later} alert deliveries failed"
+            + (": the next drain tries again" if drained.later else "")
+        )

@@ -35,6 +35,7 @@ def refresh(
     from discoveryctl.refresh import raise_for, refresh_seller
 
     app: Application = ctx.obj
+    app.deliver_alerts_on_close()
     amazon = app.config.amazon_app()
     database = app.open_database()
     vault = app.open_vault()
@@ -80,6 +81,7 @@ def access_token(
     from discoveryctl.refresh import access_token as usable_token
 
     app: Application = ctx.obj
+    app.deliver_alerts_on_close()
     amazon = app.config.amazon_app()
     database = app.open_database()
     vault = app.open_vault()

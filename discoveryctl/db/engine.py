@@ -19,7 +19,7 @@ from discoveryctl.db.failures import classify
 from discoveryctl.errors import DatabaseError, DiscoveryError
 
 # The newest migration in migrations/versions; a test keeps the two in step.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 UPGRADE_HINT = "run `discoveryctl db upgrade`"
 

@@ -203,6 +203,31 @@ class Notification(Base):
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class AlertDelivery(Base):
+    """The admin webhook's outbox: one row for each state (open, resolved) of an admin
+    notification, written in the transaction that opened or resolved it, and posted by
+    whichever process drains the outbox first (under a lease, so by one only)."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint("notification_id", "state"),
+        sa.Index(None, "outcome", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(sa.String(36), unique=True)
+    notification_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("notifications.id"))
+    state: Mapped[str] = mapped_column(sa.String(8))  # open, resolved
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    outcome: Mapped[str | None] = mapped_column(sa.String(16))  # None while pending
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class StripeCustomer(Base):
     """A user's Stripe customer: created exactly once, with a persisted idempotency key."""
 

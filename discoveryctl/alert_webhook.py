@@ -1,0 +1,435 @@
+"""Admin alerts leave the database: each admin notification is POSTed to the admin webhook when
+it opens and again when it resolves, signed, each state once (SPEC §2, §7).
+
+The outbox (``alert_deliveries``) gets its row in the transaction that opens or resolves the
+notification, so no crash falls between the two; any process may drain it (the commands that
+raise alerts, as they end, and ``notifications deliver``), and each row is posted under a lease
+taken one writer at a time, so by one process only. A post that meets a 5xx, a 408 or 429, a
+timeout or a connection error is tried again at once a few times, then at later drains after a
+growing wait, for a day at most; any other answer is final. A resolved state is never posted
+before its open one.
+
+The body is Slack's incoming-webhook message, ``{"text": …}`` (Slack reads ``text`` and ignores
+what it does not know), with the alert's fields beside it for other receivers. The signature
+follows Stripe's webhook scheme ("Verify webhook signatures manually", Stripe docs): a header
+``Discovery-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">`` keyed with
+DISCOVERY_ADMIN_WEBHOOK_SECRET; ``verify`` is the receiver's side. The body carries the delivery
+id (also in the ``Discovery-Delivery`` header), the same on every try, for a receiver to drop a
+repeat: a process killed between a post and its record leaves the row to be posted again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, aliased
+
+from discoveryctl import events
+from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
+from discoveryctl.db.models import AlertDelivery, Notification, utcnow
+
+if TYPE_CHECKING:
+    import httpx
+
+OPEN = "open"
+RESOLVED = "resolved"
+
+DELIVERED = "delivered"
+REFUSED = "refused"  # the receiver answered with a final 4xx (or a redirect)
+EXPIRED = "expired"  # still undelivered a day after it was raised
+
+SIGNATURE_HEADER = "Discovery-Signature"
+DELIVERY_HEADER = "Discovery-Delivery"
+TOLERANCE = 300
+"""Seconds either side of its timestamp a receiver should accept a signature for (Stripe's
+default tolerance), so a captured request cannot be replayed later."""
+
+TRIES = 3  # posts of one delivery in one drain
+TIMEOUT = 5.0  # seconds for one post
+LEASE = timedelta(seconds=60)  # more than TRIES posts and their waits
+MAX_AGE = timedelta(days=1)
+LATER = (timedelta(minutes=1), timedelta(hours=1))  # first and longest wait between drains
+CLAIM_LOCK = "alert-delivery"
+CLOSING_BUDGET = 10.0
+"""Seconds a command that raised an alert spends delivering it as it ends: at most this long
+late, never failed by it; what is left waits for the next drain."""
+
+
+@dataclass(frozen=True)
+class AdminWebhook:
+    url: str
+    secret: str | None
+
+    @property
+    def where(self) -> str:
+        """The receiver, for messages: scheme and host only (a Slack webhook's path is its
+        token)."""
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+    def __repr__(self) -> str:
+        return f"AdminWebhook({self.where}, signed={self.secret is not None})"
+
+
+# -- the outbox ---------------------------------------------------------------------------------
+
+
+def enqueue(session: Session, notification_id: int, state: str) -> None:
+    """Put an admin notification's new state in the outbox, in the caller's transaction."""
+    now = utcnow()
+    session.add(
+        AlertDelivery(
+            delivery_id=str(uuid.uuid4()),
+            notification_id=notification_id,
+            state=state,
+            created_at=now,
+            next_attempt_at=now,
+            attempts=0,
+        )
+    )
+
+
+def waiting(session: Session) -> int:
+    """Deliveries not yet delivered nor given up."""
+    return backlog(session)[0]
+
+
+def backlog(session: Session) -> tuple[int, str | None, int]:
+    """Deliveries waiting, the last error among them, and those given up in the last day."""
+    now = database_now(session)
+    pending = AlertDelivery.outcome.is_(None)
+    count = session.scalar(sa.select(sa.func.count()).where(pending))
+    last_error = session.scalar(
+        sa.select(AlertDelivery.last_error)
+        .where(pending, AlertDelivery.last_error.is_not(None))
+        .order_by(AlertDelivery.next_attempt_at.desc())
+        .limit(1)
+    )
+    given_up = session.scalar(
+        sa.select(sa.func.count()).where(
+            AlertDelivery.outcome.in_([REFUSED, EXPIRED]),
+            AlertDelivery.finished_at >= now - timedelta(days=1),
+        )
+    )
+    return int(count or 0), last_error, int(given_up or 0)
+
+
+# -- signing ------------------------------------------------------------------------------------
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    """The ``Discovery-Signature`` header's value for ``body`` sent at ``timestamp``."""
+    return f"t={timestamp},v1={_mac(secret, timestamp, body)}"
+
+
+def verify(
+    secret: str, header: str, body: bytes, *, now: float, tolerance: int = TOLERANCE
+) -> bool:
+    """Whether ``header`` signs ``body`` with ``secret`` and was made within ``tolerance``
+    seconds of ``now``: what a receiver checks before trusting a delivery."""
+    parts: dict[str, list[str]] = {}
+    for item in header.split(","):
+        name, _, value = item.strip().partition("=")
+        parts.setdefault(name, []).append(value)
+    try:
+        timestamp = int(parts["t"][0])
+    except (KeyError, ValueError):
+        return False
+    if abs(now - timestamp) > tolerance:
+        return False
+    expected = _mac(secret, timestamp, body)
+    return any(hmac.compare_digest(expected, given) for given in parts.get("v1", []))
+
+
+def _mac(secret: str, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+# -- the message --------------------------------------------------------------------------------
+
+
+def message(notification: Notification, state: str, delivery_id: str) -> dict[str, Any]:
+    """The posted JSON: Slack's ``text``, and the alert's fields for any other receiver."""
+    from discoveryctl.integrations.health import isoformat
+
+    if state == OPEN:
+        text = f":rotating_light: {notification.title}: {notification.message}"
+    else:
+        text = f":white_check_mark: Resolved: {notification.title}"
+        if notification.user_id:
+            text += f" (user {notification.user_id})"
+    return {
+        "text": slack_escape(text),
+        "delivery_id": delivery_id,
+        "state": state,
+        "alert": {
+            "id": notification.id,
+            "kind": notification.kind,
+            "title": notification.title,
+            "message": notification.message,
+            "user_id": notification.user_id,
+            "provider": notification.provider,
+            "detail": notification.detail,
+            "opened_at": isoformat(notification.created_at),
+            "resolved_at": (
+                isoformat(notification.resolved_at) if notification.resolved_at else None
+            ),
+        },
+    }
+
+
+def slack_escape(text: str) -> str:
+    """Slack reads ``&``, ``<`` and ``>`` as markup (``<!channel>`` pings everyone): escaped
+    as its "Formatting text" guide says, a user id or message is shown, never obeyed."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# -- draining -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Drained:
+    """What one drain did."""
+
+    delivered: int = 0
+    given_up: int = 0  # refused by the receiver, or too old
+    later: int = 0  # failed for now: a later drain tries again
+    errors: list[str] = field(default_factory=list)  # one line each, for the operator
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "delivered": self.delivered,
+            "given_up": self.given_up,
+            "later": self.later,
+            "errors": self.errors,
+        }
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    id: int
+    delivery_id: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class _Posted:
+    tries: int
+    outcome: str | None  # DELIVERED, REFUSED, or None: try again later
+    http_status: int | None = None
+    error: str | None = None  # error type
+    reason: str = ""  # for the operator; never the URL
+
+
+def deliver(
+    session_scope: SessionScope,
+    webhook: AdminWebhook,
+    *,
+    budget: float | None = None,
+    client: httpx.Client | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Drained:
+    """Post every due delivery, oldest first, until none is left or ``budget`` seconds have
+    gone (a post is not started past it)."""
+    import httpx
+
+    ends = None if budget is None else time.monotonic() + budget
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    drained = Drained()
+    own_client = client is None
+    client = client or httpx.Client(timeout=TIMEOUT, follow_redirects=False)
+    try:
+        while ends is None or time.monotonic() < ends:
+            with session_scope() as session:
+                claimed = _claim(session, owner, drained)
+            if claimed is None:
+                break
+            posted = _post(client, webhook, claimed, ends, sleep)
+            with session_scope() as session:
+                _finish(session, claimed, owner, posted, drained)
+    finally:
+        if own_client:
+            client.close()
+    return drained
+
+
+def _claim(session: Session, owner: str, drained: Drained) -> _Claimed | None:
+    """Take the lease on the oldest due delivery; give up on any too old on the way."""
+    lock_for_writing(session, CLAIM_LOCK)  # one claimer at a time, on either database
+    now = database_now(session)
+    earlier = aliased(AlertDelivery)
+    open_first = (
+        sa.select(earlier.id)
+        .where(
+            earlier.notification_id == AlertDelivery.notification_id,
+            earlier.id < AlertDelivery.id,
+            earlier.outcome.is_(None),
+        )
+        .exists()
+    )
+    while True:
+        row = session.scalars(
+            sa.select(AlertDelivery)
+            .where(
+                AlertDelivery.outcome.is_(None),
+                AlertDelivery.next_attempt_at <= now,
+                sa.or_(
+                    AlertDelivery.lease_expires_at.is_(None),
+                    AlertDelivery.lease_expires_at <= now,
+                ),
+                ~open_first,
+            )
+            .order_by(AlertDelivery.id)
+            .limit(1)
+        ).first()
+        if row is None:
+            return None
+        notification = session.get(Notification, row.notification_id)
+        assert notification is not None  # a foreign key
+        if row.created_at < now - MAX_AGE:
+            reason = f"not delivered within {MAX_AGE.days} day of the alert"
+            _close(session, row, EXPIRED, now, reason)
+            _record(session, row, notification, EXPIRED, error_type="alert_delivery_expired")
+            drained.given_up += 1
+            drained.errors.append(f"delivery {row.delivery_id}: {reason}")
+            continue
+        row.lease_owner = owner
+        row.lease_expires_at = now + LEASE
+        body = json.dumps(message(notification, row.state, row.delivery_id)).encode()
+        return _Claimed(row.id, row.delivery_id, body)
+
+
+def _post(
+    client: httpx.Client,
+    webhook: AdminWebhook,
+    claimed: _Claimed,
+    ends: float | None,
+    sleep: Callable[[float], None],
+) -> _Posted:
+    import httpx
+
+    from discoveryctl.providers.stripe import backoff  # 0.5 s doubling, jittered
+
+    for tries in range(1, TRIES + 1):
+        headers = {"Content-Type": "application/json", DELIVERY_HEADER: claimed.delivery_id}
+        if webhook.secret is not None:
+            headers[SIGNATURE_HEADER] = signature(webhook.secret, int(time.time()), claimed.body)
+        try:
+            response = client.post(webhook.url, content=claimed.body, headers=headers)
+        except httpx.TimeoutException:
+            failed = _Posted(tries, None, error="alert_webhook_timeout", reason="timed out")
+        except httpx.HTTPError as error:  # connection refused, reset, bad TLS, …
+            reason = f"unreachable ({type(error).__name__})"
+            failed = _Posted(tries, None, error="alert_webhook_connection_error", reason=reason)
+        else:
+            status = response.status_code
+            if 200 <= status < 300:
+                return _Posted(tries, DELIVERED, http_status=status)
+            retried = status >= 500 or status in (408, 429)
+            failed = _Posted(
+                tries,
+                None if retried else REFUSED,
+                http_status=status,
+                error="alert_webhook_server_error" if retried else "alert_webhook_refused",
+                reason=f"HTTP {status}",
+            )
+            if not retried:
+                return failed
+        wait = backoff(tries)
+        if tries == TRIES or (ends is not None and time.monotonic() + wait >= ends):
+            return failed
+        sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _finish(
+    session: Session, claimed: _Claimed, owner: str, posted: _Posted, drained: Drained
+) -> None:
+    """Record a post's outcome, if this process still holds the lease (else whoever took the
+    row over records its own)."""
+    row = session.scalars(
+        sa.select(AlertDelivery)
+        .where(AlertDelivery.id == claimed.id, AlertDelivery.lease_owner == owner)
+        .with_for_update()
+    ).first()
+    if row is None:
+        return
+    notification = session.get(Notification, row.notification_id)
+    assert notification is not None
+    now = database_now(session)
+    row.attempts += posted.tries
+    if posted.outcome is not None:
+        _close(session, row, posted.outcome, now, posted.reason or None)
+        if posted.outcome == DELIVERED:
+            drained.delivered += 1
+        else:
+            drained.given_up += 1
+            drained.errors.append(f"delivery {row.delivery_id}: refused, {posted.reason}")
+    else:
+        row.next_attempt_at = now + later(row.attempts // TRIES)
+        row.last_error = posted.reason
+        row.lease_owner = row.lease_expires_at = None
+        drained.later += 1
+        drained.errors.append(f"delivery {row.delivery_id}: {posted.reason}, will try again")
+    _record(
+        session,
+        row,
+        notification,
+        posted.outcome,
+        error_type=posted.error,
+        http_status=posted.http_status,
+        tries=posted.tries,
+    )
+
+
+def later(drains: int) -> timedelta:
+    """The wait before the next drain tries again, after ``drains`` drains failed: doubling
+    from a minute, an hour at most."""
+    first, longest = LATER
+    wait: timedelta = first * 2 ** max(drains - 1, 0)
+    return min(wait, longest)
+
+
+def _close(
+    session: Session, row: AlertDelivery, outcome: str, now: datetime, error: str | None
+) -> None:
+    row.outcome = outcome
+    row.finished_at = now
+    row.last_error = error
+    row.lease_owner = row.lease_expires_at = None
+
+
+def _record(
+    session: Session,
+    row: AlertDelivery,
+    notification: Notification,
+    outcome: str | None,
+    error_type: str | None = None,
+    **detail: Any,
+) -> None:
+    delivered = outcome == DELIVERED
+    events.record(
+        session,
+        events.Kind.alert_delivered if delivered else events.Kind.alert_delivery_failed,
+        outcome=events.SUCCESS if delivered else events.FAILURE,
+        user_id=notification.user_id,
+        provider=notification.provider,
+        error_type=error_type,
+        delivery_id=row.delivery_id,
+        notification_id=notification.id,
+        state=row.state,
+        given_up=outcome in (REFUSED, EXPIRED),
+        **{name: value for name, value in detail.items() if value is not None},
+    )

@@ -1,0 +1,394 @@
+"""The admin alert webhook: each admin notification is POSTed, signed, when it opens and when it
+resolves, once each, to a receiver on a real socket; retried on 5xx and network errors; never
+failing the command that raised it; delivered once when two processes drain at the same time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from webhook_receiver import Receiver, receiving
+
+from discoveryctl import alert_webhook, notifications
+from discoveryctl.db.engine import Database, lock_for_writing
+from discoveryctl.sandbox import Sandbox
+
+from helpers import import_sellers
+
+SECRET = "whsec-test-0123456789abcdef"
+
+
+def raise_alert(url: str, user: str = "u1", kind: str = "repeated_failures") -> int:
+    """Open an admin notification, as the core does when it raises an alert."""
+    database = Database(url)
+    with database.session() as session:
+        opened, created = notifications.notify(
+            session,
+            audience=notifications.ADMIN,
+            kind=kind,
+            title="Amazon failing repeatedly",
+            message=f"3 consecutive lwa_timeout failures for user {user}: timed out after 10s",
+            user_id=user,
+            provider="amazon",
+            detail={"consecutive_failures": 3},
+        )
+        assert created
+        notification_id = opened.id
+    database.dispose()
+    return notification_id
+
+
+def resolve_alert(url: str, user: str = "u1", kind: str = "repeated_failures") -> None:
+    database = Database(url)
+    with database.session() as session:
+        assert notifications.resolve(session, notifications.dedupe_key(kind, "amazon", user)) == 1
+    database.dispose()
+
+
+def expected_signature(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature computed here from the scheme alone, not with the code under test."""
+    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def signature_parts(received: Any) -> dict[str, str]:
+    header = received.headers["Discovery-Signature"]
+    return dict(item.split("=", 1) for item in header.split(","))
+
+
+def deliveries(db: Any) -> list[dict[str, Any]]:
+    return db.rows("SELECT * FROM alert_deliveries ORDER BY id")
+
+
+@pytest.fixture
+def webhook(monkeypatch: pytest.MonkeyPatch) -> Any:
+    with receiving() as receiver:
+        monkeypatch.setenv("DISCOVERY_ADMIN_WEBHOOK_URL", receiver.url)
+        monkeypatch.setenv("DISCOVERY_ADMIN_WEBHOOK_SECRET", SECRET)
+        yield receiver
+
+
+def test_an_alert_is_posted_signed_when_it_opens_and_once_more_when_it_resolves(
+    db: Any, cli: Any, webhook: Receiver
+) -> None:
+    notification_id = raise_alert(db.url)
+    first = cli("notifications", "deliver", "--json")
+    assert first.exit_code == 0, first.stderr
+    assert first.json()["delivered"] == 1
+    assert first.json()["webhook"] == webhook.url.split("/services")[0]  # never the token path
+    [opened] = webhook.received
+    body = opened.json()
+    assert body["state"] == "open"
+    assert body["text"] == (
+        ":rotating_light: Amazon failing repeatedly: 3 consecutive lwa_timeout failures for "
+        "user u1: timed out after 10s"
+    )
+    assert body["alert"]["id"] == notification_id
+    assert body["alert"]["kind"] == "repeated_failures"
+    assert body["alert"]["user_id"] == "u1"
+    assert body["alert"]["detail"] == {"consecutive_failures": 3}
+    assert body["alert"]["resolved_at"] is None
+    assert opened.headers["Discovery-Delivery"] == body["delivery_id"]
+    assert opened.headers["Content-Type"] == "application/json"
+    parts = signature_parts(opened)
+    assert parts["v1"] == expected_signature(SECRET, parts["t"], opened.body)
+    assert abs(int(parts["t"]) - time.time()) < 60
+
+    assert cli("notifications", "deliver").exit_code == 0  # nothing new: nothing sent
+    assert len(webhook.received) == 1
+
+    resolve_alert(db.url)
+    assert cli("notifications", "deliver").exit_code == 0
+    assert cli("notifications", "deliver").exit_code == 0
+    [_, resolved] = webhook.received
+    again = resolved.json()
+    assert again["state"] == "resolved"
+    assert again["text"] == ":white_check_mark: Resolved: Amazon failing repeatedly (user u1)"
+    assert again["alert"]["id"] == notification_id
+    assert again["alert"]["resolved_at"] is not None
+    assert again["delivery_id"] != body["delivery_id"]
+    assert [(d["state"], d["outcome"], d["attempts"]) for d in deliveries(db)] == [
+        ("open", "delivered", 1),
+        ("resolved", "delivered", 1),
+    ]
+
+
+def test_a_wrong_secret_a_changed_body_or_an_old_signature_fails_verification(
+    db: Any, cli: Any, webhook: Receiver
+) -> None:
+    raise_alert(db.url)
+    assert cli("notifications", "deliver").exit_code == 0
+    [received] = webhook.received
+    header = received.headers["Discovery-Signature"]
+    now = time.time()
+    assert alert_webhook.verify(SECRET, header, received.body, now=now)
+    assert not alert_webhook.verify("another-secret", header, received.body, now=now)
+    assert not alert_webhook.verify(SECRET, header, received.body + b" ", now=now)
+    assert not alert_webhook.verify(SECRET, header, received.body, now=now + 301)
+    assert not alert_webhook.verify(SECRET, "v1=" + "0" * 64, received.body, now=now)
+    parts = signature_parts(received)
+    assert parts["v1"] != expected_signature("another-secret", parts["t"], received.body)
+
+
+def test_without_a_secret_alerts_go_unsigned(
+    db: Any, cli: Any, webhook: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DISCOVERY_ADMIN_WEBHOOK_SECRET")
+    raise_alert(db.url)
+    assert cli("notifications", "deliver").exit_code == 0
+    [received] = webhook.received
+    assert "Discovery-Signature" not in received.headers
+
+
+def test_a_500_is_retried_with_the_same_delivery_and_body(
+    db: Any, cli: Any, webhook: Receiver
+) -> None:
+    raise_alert(db.url)
+    webhook.statuses = [500]
+    result = cli("notifications", "deliver", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["delivered"] == 1
+    failed, delivered = webhook.received
+    assert failed.body == delivered.body
+    assert failed.headers["Discovery-Delivery"] == delivered.headers["Discovery-Delivery"]
+    [row] = deliveries(db)
+    assert (row["outcome"], row["attempts"]) == ("delivered", 2)
+
+
+def test_a_receiver_still_failing_is_tried_again_at_a_later_drain(
+    db: Any, cli: Any, webhook: Receiver
+) -> None:
+    raise_alert(db.url)
+    webhook.statuses = [503, 503, 503]
+    result = cli("notifications", "deliver", "--json")
+    assert result.exit_code == 1
+    assert result.json()["later"] == 1
+    assert result.json()["waiting"] == 1
+    assert "HTTP 503, will try again" in result.stderr
+    assert len(webhook.received) == 3
+    [row] = deliveries(db)
+    assert row["outcome"] is None and row["last_error"] == "HTTP 503"
+    assert row["lease_owner"] is None
+    soon = cli("notifications", "deliver")  # not yet due: nothing posted
+    assert soon.exit_code == 0
+    assert len(webhook.received) == 3
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alert_deliveries SET next_attempt_at = created_at")
+    assert cli("notifications", "deliver").exit_code == 0
+    assert len(webhook.received) == 4
+    assert [d["outcome"] for d in deliveries(db)] == ["delivered"]
+    failures = db.rows("SELECT error_type FROM events WHERE kind = 'alert_delivery_failed'")
+    assert failures == [{"error_type": "alert_webhook_server_error"}]
+
+
+def test_a_4xx_is_refused_for_good(db: Any, cli: Any, webhook: Receiver) -> None:
+    raise_alert(db.url)
+    webhook.statuses = [404]
+    result = cli("notifications", "deliver", "--json")
+    assert result.exit_code == 1
+    assert result.json()["given_up"] == 1
+    assert len(webhook.received) == 1
+    assert [d["outcome"] for d in deliveries(db)] == ["refused"]
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alert_deliveries SET next_attempt_at = created_at")
+    assert cli("notifications", "deliver").exit_code == 0
+    assert len(webhook.received) == 1
+
+
+def test_a_resolved_state_waits_for_its_open_one(db: Any, cli: Any, webhook: Receiver) -> None:
+    raise_alert(db.url)
+    webhook.statuses = [503, 503, 503]
+    assert cli("notifications", "deliver").exit_code == 1
+    resolve_alert(db.url)
+    assert cli("notifications", "deliver").exit_code == 0  # the open one is not due yet
+    assert len(webhook.received) == 3
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alert_deliveries SET next_attempt_at = created_at")
+    assert cli("notifications", "deliver").exit_code == 0
+    assert [r.json()["state"] for r in webhook.received[3:]] == ["open", "resolved"]
+
+
+def test_an_alert_a_day_old_is_given_up_unsent(db: Any, cli: Any, webhook: Receiver) -> None:
+    raise_alert(db.url)
+    old = datetime.now(UTC) - timedelta(days=1, minutes=1)
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE alert_deliveries SET created_at = ?, next_attempt_at = ?"
+            if db.kind == "sqlite"
+            else "UPDATE alert_deliveries SET created_at = %s, next_attempt_at = %s",
+            (old, old),
+        )
+    result = cli("notifications", "deliver", "--json")
+    assert result.exit_code == 1
+    assert result.json()["given_up"] == 1
+    assert "not delivered within 1 day" in result.stderr
+    assert webhook.received == []
+    assert [d["outcome"] for d in deliveries(db)] == ["expired"]
+
+
+def test_slack_markup_in_an_alert_is_shown_not_obeyed(db: Any, cli: Any, webhook: Receiver) -> None:
+    raise_alert(db.url, user="<!channel> & co")
+    assert cli("notifications", "deliver").exit_code == 0
+    body = webhook.received[0].json()
+    assert "&lt;!channel&gt; &amp; co" in body["text"]
+    assert "<!channel>" not in body["text"]
+    assert body["alert"]["user_id"] == "<!channel> & co"  # the data itself, unescaped
+
+
+def test_deliver_without_a_webhook_says_how_to_set_one(db: Any, cli: Any) -> None:
+    result = cli("notifications", "deliver")
+    assert result.exit_code == 2
+    assert "DISCOVERY_ADMIN_WEBHOOK_URL is not set" in result.stderr
+
+
+def _deliver_in_a_process() -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "discoveryctl", "notifications", "deliver", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+
+
+def test_two_processes_draining_at_once_deliver_each_alert_once(db: Any, webhook: Receiver) -> None:
+    for number in range(12):
+        raise_alert(db.url, user=f"u{number}")
+    webhook.together = 2  # every post waits for one from the other process
+    first, second = _deliver_in_a_process(), _deliver_in_a_process()
+    outcomes = []
+    for process in (first, second):
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr
+        outcomes.append(json.loads(stdout))
+    ids = [r.headers["Discovery-Delivery"] for r in webhook.received]
+    assert len(ids) == 12
+    assert len(set(ids)) == 12
+    assert webhook.most_in_flight == 2  # they did overlap
+    assert all(o["delivered"] >= 1 for o in outcomes)
+    assert sum(o["delivered"] for o in outcomes) == 12
+    assert {d["outcome"] for d in deliveries(db)} == {"delivered"}
+
+
+def test_a_claim_waits_for_another_claimer(db: Any, webhook: Receiver) -> None:
+    raise_alert(db.url)
+    database = Database(db.url)
+    with database.session() as session:
+        lock_for_writing(session, alert_webhook.CLAIM_LOCK)  # another process, mid-claim
+        process = _deliver_in_a_process()
+        time.sleep(1.5)
+        assert webhook.received == []
+    stdout, stderr = process.communicate(timeout=60)
+    database.dispose()
+    assert process.returncode == 0, stderr
+    assert json.loads(stdout)["delivered"] == 1
+
+
+def test_a_post_whose_lease_was_taken_over_is_not_recorded_by_it(
+    db: Any, cli: Any, webhook: Receiver
+) -> None:
+    raise_alert(db.url)
+
+    def taken_over() -> None:  # the lease ran out mid-post, and another process took the row
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE alert_deliveries SET lease_owner = 'another'")
+
+    webhook.on_request = taken_over
+    result = cli("notifications", "deliver", "--json")
+    assert len(webhook.received) == 1
+    assert result.json()["delivered"] == 0
+    [row] = deliveries(db)
+    assert (row["outcome"], row["lease_owner"], row["attempts"]) == (None, "another", 0)
+
+
+def test_refresh_all_posts_its_alert_and_its_exit_code_stands(
+    db: Any,
+    cli: Any,
+    webhook: Receiver,
+    sandbox: Sandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    import_sellers(cli, sandbox, tmp_path, 2)
+    sandbox.state.rotate_client_secret("a-secret-we-do-not-have")
+    result = cli("refresh-all")
+    assert result.exit_code == 3
+    [alert] = webhook.bodies()
+    assert alert["state"] == "open"
+    assert alert["alert"]["kind"] == "app_credentials_rejected"
+    assert "rejected the app's credentials" in alert["text"]
+
+    sandbox.state.rotate_client_secret(None)  # the operator fixed the app's secret
+    assert cli("refresh-all").exit_code == 0
+    assert [b["state"] for b in webhook.bodies()] == ["open", "resolved"]
+    assert webhook.bodies()[1]["alert"]["id"] == alert["alert"]["id"]
+    admin = cli("notifications", "--admin", "--json").json()
+    assert admin[0]["resolved_at"] is not None
+
+
+def test_an_unreachable_webhook_never_fails_the_run(
+    db: Any, cli: Any, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    with receiving() as gone:
+        url = gone.url
+    monkeypatch.setenv("DISCOVERY_ADMIN_WEBHOOK_URL", url)  # nothing listens there now
+    import_sellers(cli, sandbox, tmp_path, 2)
+    sandbox.state.rotate_client_secret("a-secret-we-do-not-have")
+    began = time.monotonic()
+    result = cli("refresh-all")
+    assert result.exit_code == 3  # its own outcome, not the webhook's
+    assert time.monotonic() - began < alert_webhook.CLOSING_BUDGET + alert_webhook.TIMEOUT
+    assert "secret-token" not in result.stderr  # the URL's path is its token
+    [row] = deliveries(db)
+    assert row["outcome"] is None
+    assert row["last_error"].startswith("unreachable")
+
+
+def _doctor(cli: Any) -> dict[str, tuple[str, str]]:
+    return {c["check"]: (c["state"], c["detail"]) for c in cli("doctor", "--json").json()}
+
+
+def test_doctor_reaches_the_webhook_without_posting_to_it(
+    db: Any, cli: Any, webhook: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    where = webhook.url.split("/services")[0]
+    state, detail = _doctor(cli)["admin webhook"]
+    assert state == "ok"
+    assert detail == f"{where} answers (HTTP 501 to HEAD); signed"
+    assert webhook.received == []  # a HEAD, never an alert
+    monkeypatch.delenv("DISCOVERY_ADMIN_WEBHOOK_SECRET")
+    assert _doctor(cli)["admin webhook"] == (
+        "warn",
+        f"{where} answers (HTTP 501 to HEAD); DISCOVERY_ADMIN_WEBHOOK_SECRET not set: unsigned",
+    )
+
+
+def test_doctor_fails_an_unreachable_webhook_and_warns_of_alerts_left_waiting(
+    db: Any, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _doctor(cli)["admin webhook"][0] == "warn"  # not set
+    with receiving() as gone:
+        url = gone.url
+    monkeypatch.setenv("DISCOVERY_ADMIN_WEBHOOK_URL", url)
+    raise_alert(db.url)
+    assert cli("notifications", "deliver").exit_code == 1
+    found = _doctor(cli)
+    state, detail = found["admin webhook"]
+    assert state == "fail"
+    assert detail.startswith(url.split("/services")[0] + " unreachable")
+    assert "secret-token" not in detail
+    state, detail = found["alert deliveries"]
+    assert state == "warn"
+    assert detail.startswith("1 waiting (last error: unreachable (ConnectError))")
