@@ -364,3 +364,44 @@ def prometheus_registry(health: Health) -> Any:
         if alert.value is not None:
             value.labels(alert.name).set(alert.value)
     return registry
+
+
+HEALTH_ALERT = "health_alert"
+
+
+def notify_admins(session: Session, health: Health) -> tuple[list[str], list[str]]:
+    """Hold an admin notification open for each alert firing (opened once, so posted once to
+    the admin webhook), and resolve those of alerts that no longer fire. Returns the alerts
+    opened now and those resolved now."""
+    from discoveryctl import notifications
+
+    opened: list[str] = []
+    resolved: list[str] = []
+    hours = health.window.total_seconds() / 3600
+    for alert in health.alerts:
+        key = f"{HEALTH_ALERT}:{alert.name}"
+        if not alert.firing:
+            if notifications.resolve(session, key):
+                resolved.append(alert.name)
+            continue
+        assert alert.value is not None
+        _, created = notifications.notify(
+            session,
+            audience=notifications.ADMIN,
+            kind=HEALTH_ALERT,
+            title=f"Health alert {alert.name}",
+            message=(
+                f"{alert.value:.1%} over the last {hours:g} h, above {alert.threshold:.0%}: "
+                f"{alert.detail}"
+            ),
+            detail={
+                "alert": alert.name,
+                "value": round(alert.value, 4),
+                "threshold": alert.threshold,
+                "window_seconds": int(health.window.total_seconds()),
+            },
+            key=key,
+        )
+        if created:
+            opened.append(alert.name)
+    return opened, resolved

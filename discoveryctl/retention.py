@@ -1,5 +1,6 @@
-"""Keeping the history from growing without end: events older than a window, and OAuth
-consent states past their expiry, deleted in short batches so no table stays locked long."""
+"""Keeping the history from growing without end: events older than a window, OAuth consent
+states past their expiry, and admin alert deliveries finished before the window, deleted in
+short batches so no table stays locked long."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 
 from discoveryctl import events
 from discoveryctl.db.engine import SessionScope, database_now
-from discoveryctl.db.models import Event, OAuthState, table_of
+from discoveryctl.db.models import AlertDelivery, Event, OAuthState, table_of
 
 PRUNE_BATCH = 5_000
 """Events deleted per transaction: each holds the write lock for a moment only."""
@@ -25,6 +26,7 @@ MANY_EVENTS = 1_000_000
 class Pruned:
     events: int
     oauth_states: int
+    alert_deliveries: int
     before: datetime  # events older than this went
 
 
@@ -61,15 +63,23 @@ def prune(
     with session_scope() as session:
         done = session.execute(sa.delete(states).where(states.c.expires_at < now))
         expired = cast("sa.CursorResult[Any]", done).rowcount
+        deliveries = table_of(AlertDelivery)
+        done = session.execute(  # the outbox's finished rows: a handful a day
+            sa.delete(deliveries).where(
+                deliveries.c.outcome.is_not(None), deliveries.c.finished_at < before
+            )
+        )
+        delivered = cast("sa.CursorResult[Any]", done).rowcount
         events.record(
             session,
             events.Kind.events_pruned,
             outcome=events.SUCCESS,
             events=removed,
             oauth_states=expired,
+            alert_deliveries=delivered,
             before=before.isoformat(),
         )
-    return Pruned(removed, expired, before)
+    return Pruned(removed, expired, delivered, before)
 
 
 def size(session: sa.orm.Session) -> tuple[int, datetime | None]:

@@ -392,3 +392,66 @@ def test_doctor_fails_an_unreachable_webhook_and_warns_of_alerts_left_waiting(
     state, detail = found["alert deliveries"]
     assert state == "warn"
     assert detail.startswith("1 waiting (last error: unreachable (ConnectError))")
+
+
+def test_prune_deletes_finished_deliveries_before_the_window_only(
+    db: Any, cli: Any, webhook: Receiver
+) -> None:
+    for user in ("old", "recent", "waiting"):
+        raise_alert(db.url, user=user)
+    assert cli("notifications", "deliver").exit_code == 0
+    long_ago = datetime.now(UTC) - timedelta(days=100)
+    with db.engine.begin() as connection:
+        mark = "?" if db.kind == "sqlite" else "%s"
+        connection.exec_driver_sql(
+            f"UPDATE alert_deliveries SET finished_at = {mark} WHERE id = 1", (long_ago,)
+        )
+        connection.exec_driver_sql(
+            "UPDATE alert_deliveries SET outcome = NULL, finished_at = NULL WHERE id = 3"
+        )
+    result = cli("events", "prune", "--older-than", "90d", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["alert_deliveries"] == 1
+    assert [d["id"] for d in deliveries(db)] == [2, 3]
+    assert db.scalar("SELECT count(*) FROM notifications") == 3  # what admins were told stays
+
+
+def _stripe_events(db: Any, created: int, failed: int) -> None:
+    import sqlalchemy as sa
+
+    from discoveryctl.db.models import Event, table_of
+
+    at = datetime.now(UTC) - timedelta(minutes=5)
+    rows = [
+        {"occurred_at": at, "kind": "stripe_customer_created", "outcome": "success", "detail": {}}
+    ] * created + [
+        {"occurred_at": at, "kind": "stripe_customer_failed", "outcome": "failure", "detail": {}}
+    ] * failed
+    with db.engine.begin() as connection:
+        connection.execute(sa.insert(table_of(Event)), rows)
+
+
+def test_health_notify_opens_an_alert_while_it_fires_and_resolves_it_after(
+    db: Any, cli: Any, webhook: Receiver
+) -> None:
+    _stripe_events(db, created=80, failed=20)
+    assert cli("health", "--json").exit_code == 1
+    assert cli("notifications", "--admin", "--json").json() == []  # only with --notify
+    assert webhook.received == []
+
+    fired = cli("health", "--notify", "--json")
+    assert fired.exit_code == 1
+    assert "admin alert opened: stripe_failures" in fired.stderr
+    assert cli("health", "--notify").exit_code == 1  # still firing: not opened again
+    [opened] = webhook.bodies()
+    assert opened["state"] == "open"
+    assert opened["alert"]["kind"] == "health_alert"
+    assert opened["alert"]["detail"]["alert"] == "stripe_failures"
+    assert opened["text"].startswith(":rotating_light: Health alert stripe_failures: 20.0% ")
+
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql("DELETE FROM events WHERE kind = 'stripe_customer_failed'")
+    quiet = cli("health", "--notify")
+    assert quiet.exit_code == 0, quiet.stderr
+    assert "admin alert resolved: stripe_failures" in quiet.stderr
+    assert [b["state"] for b in webhook.bodies()] == ["open", "resolved"]

@@ -42,12 +42,15 @@ def test_help_lists_every_command(cli: Any) -> None:
             assert path in result.stdout
 
 
-def test_version_and_shell_completion(cli: Any) -> None:
+def test_version_and_shell_completion(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from importlib.metadata import version
 
     shown = cli("--version")
     assert shown.exit_code == 0
     assert shown.stdout == f"discoveryctl {version('discoveryctl')}\n"
+    # The shell named, not detected from the process's parents: a test run with no shell
+    # above it (started by cron, or detached) has none to detect.
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     completion = cli("--show-completion", "bash")
     assert completion.exit_code == 0 and "_discoveryctl_completion" in completion.stdout
 

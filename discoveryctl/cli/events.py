@@ -128,7 +128,8 @@ def prune(
     ),
     as_json: bool = typer.Option(False, "--json", help="The counts as JSON on stdout."),
 ) -> None:
-    """Delete events older than a window, and OAuth consent states past their expiry.
+    """Delete events older than a window, OAuth consent states past their expiry, and admin
+    alert deliveries finished before the window (the notifications themselves stay).
 
     A few thousand rows a transaction, so other commands are not held up for long; safe
     to run from cron while the rest works.
@@ -151,12 +152,14 @@ def prune(
             {
                 "events": pruned.events,
                 "oauth_states": pruned.oauth_states,
+                "alert_deliveries": pruned.alert_deliveries,
                 "before": isoformat(pruned.before),
             }
         )
         return
     app.err.print(
         f"deleted {pruned.events} event{'s' if pruned.events != 1 else ''} from before "
-        f"{isoformat(pruned.before)} and {pruned.oauth_states} expired OAuth "
-        f"state{'s' if pruned.oauth_states != 1 else ''}"
+        f"{isoformat(pruned.before)}, {pruned.oauth_states} expired OAuth "
+        f"state{'s' if pruned.oauth_states != 1 else ''} and {pruned.alert_deliveries} "
+        f"finished alert deliver{'ies' if pruned.alert_deliveries != 1 else 'y'}"
     )

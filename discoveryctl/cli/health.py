@@ -29,12 +29,21 @@ def health(
     output: str | None = typer.Option(
         None, "--output", help="With --prometheus: write this .prom file, atomically."
     ),
+    notify: bool = typer.Option(
+        False,
+        "--notify",
+        help="Open an admin alert (and post it to the admin webhook) for each alert firing; "
+        "resolve those that stopped.",
+    ),
 ) -> None:
     """Integration health over a window: statuses, success rates, errors, and alerts.
 
     Exit 1 while any alert fires (for cron or a monitor). --prometheus writes the same
     figures in Prometheus's text format; --output FILE.prom for node_exporter's textfile
-    collector (written to a temporary file and renamed, never read half-written).
+    collector (written to a temporary file and renamed, never read half-written). --notify
+    turns each alert into an admin notification, open while it fires (posted to the admin
+    webhook when it opens and when it resolves): run it from one cron line, with one window
+    and one set of thresholds.
 
     \b
     Example: discoveryctl health --window 24h
@@ -42,7 +51,7 @@ def health(
     from discoveryctl.cli.application import Application
     from discoveryctl.cli.events import window_option
     from discoveryctl.errors import InvalidInput, NeedsAttention
-    from discoveryctl.metrics import Thresholds, compute
+    from discoveryctl.metrics import Thresholds, compute, notify_admins
 
     app: Application = ctx.obj
     for name, value in (
@@ -55,10 +64,19 @@ def health(
             raise InvalidInput(f"{name} is a share from 0 to 1, not {value:g}")
     thresholds = Thresholds(max_revoked, max_stripe_failures, max_callback_failures, max_api_errors)
     length = window_option(window, "--window")
-    with app.session() as session:
-        found = compute(session, length, thresholds)
     if output is not None and not prometheus:
         raise InvalidInput("--output goes with --prometheus")
+    if notify:
+        app.deliver_alerts_on_close()
+    with app.session() as session:
+        found = compute(session, length, thresholds)
+        if notify:
+            opened, resolved = notify_admins(session, found)
+    if notify:
+        for name in opened:
+            app.err.print(f"admin alert opened: {name}")
+        for name in resolved:
+            app.err.print(f"admin alert resolved: {name}")
     if prometheus:
         _prometheus(app, found, output)
     elif as_json:
