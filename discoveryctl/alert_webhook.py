@@ -2,12 +2,12 @@
 it opens and again when it resolves, signed, each state once (SPEC §2, §7).
 
 The outbox (``alert_deliveries``) gets its row in the transaction that opens or resolves the
-notification, so no crash falls between the two; any process may drain it (the commands that
-raise alerts, as they end, and ``notifications deliver``), and each row is posted under a lease
-taken one writer at a time, so by one process only. A post that meets a 5xx, a 408 or 429, a
-timeout or a connection error is tried again at once a few times, then at later drains after a
-growing wait, for a day at most; any other answer is final. A resolved state is never posted
-before its open one.
+notification, so no crash falls between the two. Any process may drain it: a command that put
+something in it, as it ends (``take_queued_here``), and ``notifications deliver``. Each row is
+posted under a lease taken one claimer at a time, so by one process only. A post that meets a
+5xx, a 408 or 429, or a refused connection is tried again at once a few times; a timeout is
+not. Then the drain stops and the rest waits for a later one, after a growing wait, for a day
+at most; any other answer is final. A resolved state is never posted before its open one.
 
 The body is Slack's incoming-webhook message, ``{"text": …}`` (Slack reads ``text`` and ignores
 what it does not know), with the alert's fields beside it for other receivers. The signature
@@ -15,7 +15,9 @@ follows Stripe's webhook scheme ("Verify webhook signatures manually", Stripe do
 ``Discovery-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">`` keyed with
 DISCOVERY_ADMIN_WEBHOOK_SECRET; ``verify`` is the receiver's side. The body carries the delivery
 id (also in the ``Discovery-Delivery`` header), the same on every try, for a receiver to drop a
-repeat: a process killed between a post and its record leaves the row to be posted again.
+repeat: a process killed between a post and its record leaves the row to be posted again, and
+so does a post that outlasts its lease (each step of a post is bounded, not the whole of it).
+The body is built when the row is claimed, so it shows the alert as it is then.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -38,7 +40,7 @@ from sqlalchemy.orm import Session, aliased
 
 from discoveryctl import events
 from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
-from discoveryctl.db.models import AlertDelivery, Notification, utcnow
+from discoveryctl.db.models import AlertDelivery, Notification
 
 if TYPE_CHECKING:
     import httpx
@@ -86,19 +88,31 @@ class AdminWebhook:
 # -- the outbox ---------------------------------------------------------------------------------
 
 
+_queued_here: set[str] = set()
+
+
 def enqueue(session: Session, notification_id: int, state: str) -> None:
-    """Put an admin notification's new state in the outbox, in the caller's transaction."""
-    now = utcnow()
-    session.add(
-        AlertDelivery(
-            delivery_id=str(uuid.uuid4()),
-            notification_id=notification_id,
-            state=state,
-            created_at=now,
-            next_attempt_at=now,
-            attempts=0,
-        )
+    """Put an admin notification's new state in the outbox, in the caller's transaction.
+    Timed by the database's clock, which the drains compare it with."""
+    now = database_now(session)
+    delivery = AlertDelivery(
+        delivery_id=str(uuid.uuid4()),
+        notification_id=notification_id,
+        state=state,
+        created_at=now,
+        next_attempt_at=now,
+        attempts=0,
     )
+    session.add(delivery)
+    _queued_here.add(delivery.delivery_id)
+
+
+def take_queued_here() -> bool:
+    """Whether this process put anything in the outbox since it last asked: the commands
+    that did drain it as they end, the others leave it alone."""
+    queued = bool(_queued_here)
+    _queued_here.clear()
+    return queued
 
 
 def waiting(session: Session) -> int:
@@ -143,14 +157,17 @@ def verify(
     for item in header.split(","):
         name, _, value = item.strip().partition("=")
         parts.setdefault(name, []).append(value)
-    try:
-        timestamp = int(parts["t"][0])
-    except (KeyError, ValueError):
+    raw = parts.get("t", [""])[0]
+    if not (raw.isascii() and raw.isdigit()):
         return False
+    timestamp = int(raw)
     if abs(now - timestamp) > tolerance:
         return False
-    expected = _mac(secret, timestamp, body)
-    return any(hmac.compare_digest(expected, given) for given in parts.get("v1", []))
+    expected = _mac(secret, timestamp, body).encode()
+    return any(
+        hmac.compare_digest(expected, given.encode("utf-8", "replace"))
+        for given in parts.get("v1", [])
+    )
 
 
 def _mac(secret: str, timestamp: int, body: bytes) -> str:
@@ -204,8 +221,9 @@ class Drained:
     """What one drain did."""
 
     delivered: int = 0
-    given_up: int = 0  # refused by the receiver, or too old
+    given_up: int = 0  # refused by the receiver, or failing for a day
     later: int = 0  # failed for now: a later drain tries again
+    skipped: int = 0  # a day old and never tried: raised while no webhook was set
     errors: list[str] = field(default_factory=list)  # one line each, for the operator
 
     def as_dict(self) -> dict[str, Any]:
@@ -213,6 +231,7 @@ class Drained:
             "delivered": self.delivered,
             "given_up": self.given_up,
             "later": self.later,
+            "skipped": self.skipped,
             "errors": self.errors,
         }
 
@@ -222,10 +241,11 @@ class _Claimed:
     id: int
     delivery_id: str
     body: bytes
+    lease_ends: float  # time.monotonic() by which this process must be done with it
 
 
 @dataclass(frozen=True)
-class _Posted:
+class Posted:
     tries: int
     outcome: str | None  # DELIVERED, REFUSED, or None: try again later
     http_status: int | None = None
@@ -241,12 +261,14 @@ def deliver(
     client: httpx.Client | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Drained:
-    """Post every due delivery, oldest first, until none is left or ``budget`` seconds have
-    gone (a post is not started past it)."""
+    """Post every due delivery, oldest first, until none is left, ``budget`` seconds have
+    gone (no post outlasts it), or the receiver fails: then the rest waits for a later drain
+    rather than each failing in turn."""
     import httpx
 
     ends = None if budget is None else time.monotonic() + budget
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    # lease_owner holds 64 characters: a long host name (a pod's) is cut
+    owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     drained = Drained()
     own_client = client is None
     client = client or httpx.Client(timeout=TIMEOUT, follow_redirects=False)
@@ -256,9 +278,13 @@ def deliver(
                 claimed = _claim(session, owner, drained)
             if claimed is None:
                 break
-            posted = _post(client, webhook, claimed, ends, sleep)
+            if ends is not None:
+                claimed = replace(claimed, lease_ends=min(claimed.lease_ends, ends))
+            posted = _post(client, webhook, claimed, sleep)
             with session_scope() as session:
                 _finish(session, claimed, owner, posted, drained)
+            if posted.outcome is None:
+                break  # the receiver is failing: the rest waits for a later drain
     finally:
         if own_client:
             client.close()
@@ -266,7 +292,7 @@ def deliver(
 
 
 def _claim(session: Session, owner: str, drained: Drained) -> _Claimed | None:
-    """Take the lease on the oldest due delivery; give up on any too old on the way."""
+    """Take the lease on the oldest due delivery; close any a day old on the way."""
     lock_for_writing(session, CLAIM_LOCK)  # one claimer at a time, on either database
     now = database_now(session)
     earlier = aliased(AlertDelivery)
@@ -293,52 +319,84 @@ def _claim(session: Session, owner: str, drained: Drained) -> _Claimed | None:
             )
             .order_by(AlertDelivery.id)
             .limit(1)
+            # PostgreSQL: a row finished meanwhile by the process whose lease ran out is
+            # read again once it commits, and no longer due
+            .with_for_update()
         ).first()
         if row is None:
             return None
         notification = session.get(Notification, row.notification_id)
         assert notification is not None  # a foreign key
         if row.created_at < now - MAX_AGE:
-            reason = f"not delivered within {MAX_AGE.days} day of the alert"
-            _close(session, row, EXPIRED, now, reason)
-            _record(session, row, notification, EXPIRED, error_type="alert_delivery_expired")
-            drained.given_up += 1
-            drained.errors.append(f"delivery {row.delivery_id}: {reason}")
+            _expire(session, row, notification, now, drained)
             continue
         row.lease_owner = owner
         row.lease_expires_at = now + LEASE
         body = json.dumps(message(notification, row.state, row.delivery_id)).encode()
-        return _Claimed(row.id, row.delivery_id, body)
+        # the lease is given up a little early here: the database's clock may run ahead
+        lease_ends = time.monotonic() + LEASE.total_seconds() * 0.75
+        return _Claimed(row.id, row.delivery_id, body, lease_ends)
+
+
+def _expire(
+    session: Session,
+    row: AlertDelivery,
+    notification: Notification,
+    now: datetime,
+    drained: Drained,
+) -> None:
+    """A day old: too late to page anyone. Never tried, it was raised while no webhook was
+    set (nothing failed); tried, the receiver failed it for a day."""
+    if row.attempts == 0:
+        reason = f"raised over {MAX_AGE.days} day ago, before a webhook was set: not posted"
+        drained.skipped += 1
+    else:
+        reason = f"not delivered within {MAX_AGE.days} day ({row.last_error})"
+        drained.given_up += 1
+        drained.errors.append(f"delivery {row.delivery_id}: {reason}")
+    _close(session, row, EXPIRED, now, reason)
+    _record(session, row, notification, EXPIRED, error_type="alert_delivery_expired")
 
 
 def _post(
     client: httpx.Client,
     webhook: AdminWebhook,
     claimed: _Claimed,
-    ends: float | None,
     sleep: Callable[[float], None],
-) -> _Posted:
+) -> Posted:
+    """Post one delivery, trying again at once on a quick failure (a 5xx, 408 or 429, a
+    refused connection); never past ``claimed.lease_ends``. A timeout is not tried again
+    here: a receiver that slow is left for a later drain."""
     import httpx
 
     from discoveryctl.providers.stripe import backoff  # 0.5 s doubling, jittered
 
+    failed = Posted(0, None, error="alert_webhook_timeout", reason="no time left to post")
     for tries in range(1, TRIES + 1):
+        left = claimed.lease_ends - time.monotonic()
+        if left <= 0:
+            return failed
         headers = {"Content-Type": "application/json", DELIVERY_HEADER: claimed.delivery_id}
         if webhook.secret is not None:
             headers[SIGNATURE_HEADER] = signature(webhook.secret, int(time.time()), claimed.body)
         try:
-            response = client.post(webhook.url, content=claimed.body, headers=headers)
+            response = client.post(
+                webhook.url,
+                content=claimed.body,
+                headers=headers,
+                timeout=min(TIMEOUT, left),  # each of connect, write, read
+            )
         except httpx.TimeoutException:
-            failed = _Posted(tries, None, error="alert_webhook_timeout", reason="timed out")
+            return Posted(tries, None, error="alert_webhook_timeout", reason="timed out")
         except httpx.HTTPError as error:  # connection refused, reset, bad TLS, …
             reason = f"unreachable ({type(error).__name__})"
-            failed = _Posted(tries, None, error="alert_webhook_connection_error", reason=reason)
+            failed = Posted(tries, None, error="alert_webhook_connection_error", reason=reason)
         else:
             status = response.status_code
             if 200 <= status < 300:
-                return _Posted(tries, DELIVERED, http_status=status)
+                return Posted(tries, DELIVERED, http_status=status)
             retried = status >= 500 or status in (408, 429)
-            failed = _Posted(
+            failed = Posted(
                 tries,
                 None if retried else REFUSED,
                 http_status=status,
@@ -348,14 +406,30 @@ def _post(
             if not retried:
                 return failed
         wait = backoff(tries)
-        if tries == TRIES or (ends is not None and time.monotonic() + wait >= ends):
+        if tries == TRIES or time.monotonic() + wait + TIMEOUT >= claimed.lease_ends:
             return failed
         sleep(wait)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return failed
+
+
+def post_test(webhook: AdminWebhook) -> Posted:
+    """Post a test message, signed like an alert, to see the webhook take one."""
+    import httpx
+
+    delivery_id = str(uuid.uuid4())
+    body = {
+        "text": "discoveryctl test message: admin alerts will arrive here",
+        "delivery_id": delivery_id,
+        "state": "test",
+        "alert": None,
+    }
+    claimed = _Claimed(0, delivery_id, json.dumps(body).encode(), time.monotonic() + TIMEOUT * 2)
+    with httpx.Client(timeout=TIMEOUT, follow_redirects=False) as client:
+        return _post(client, webhook, claimed, time.sleep)
 
 
 def _finish(
-    session: Session, claimed: _Claimed, owner: str, posted: _Posted, drained: Drained
+    session: Session, claimed: _Claimed, owner: str, posted: Posted, drained: Drained
 ) -> None:
     """Record a post's outcome, if this process still holds the lease (else whoever took the
     row over records its own)."""
@@ -378,7 +452,7 @@ def _finish(
             drained.given_up += 1
             drained.errors.append(f"delivery {row.delivery_id}: refused, {posted.reason}")
     else:
-        row.next_attempt_at = now + later(row.attempts // TRIES)
+        row.next_attempt_at = now + later(-(-row.attempts // TRIES))  # drains that failed
         row.last_error = posted.reason
         row.lease_owner = row.lease_expires_at = None
         drained.later += 1

@@ -96,6 +96,8 @@ def run_checks(config: Config, today: date | None = None) -> list[Check]:
         from discoveryctl import alert_webhook
 
         assert database is not None
+        if config.admin_webhook() is None:
+            return Check("alert deliveries", OK, "no webhook set: admin alerts are not posted")
         with database.session() as session:
             return outbox_check(*alert_webhook.backlog(session))
 

@@ -1,5 +1,5 @@
 """Keeping the history from growing without end: events older than a window, OAuth consent
-states past their expiry, and admin alert deliveries finished before the window, deleted in
+states past their expiry, and admin alert deliveries from before the window, deleted in
 short batches so no table stays locked long."""
 
 from __future__ import annotations
@@ -66,7 +66,11 @@ def prune(
         deliveries = table_of(AlertDelivery)
         done = session.execute(  # the outbox's finished rows: a handful a day
             sa.delete(deliveries).where(
-                deliveries.c.outcome.is_not(None), deliveries.c.finished_at < before
+                sa.or_(
+                    deliveries.c.finished_at < before,
+                    # never posted (no webhook then): a day on, it never will be
+                    sa.and_(deliveries.c.outcome.is_(None), deliveries.c.created_at < before),
+                )
             )
         )
         delivered = cast("sa.CursorResult[Any]", done).rowcount

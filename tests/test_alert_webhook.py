@@ -8,9 +8,12 @@ import hashlib
 import hmac
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,18 @@ from discoveryctl import alert_webhook, notifications
 from discoveryctl.db.engine import Database, lock_for_writing
 from discoveryctl.sandbox import Sandbox
 
-from helpers import import_sellers
+from helpers import fail_transiently, import_sellers
 
 SECRET = "whsec-test-0123456789abcdef"
+
+
+@contextmanager
+def closed_port() -> Iterator[str]:
+    """A webhook URL on a port bound and held, where nothing listens: every connection is
+    refused, and no other test can start a server there meanwhile."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{held.getsockname()[1]}/services/T000/B000/secret-token"
 
 
 def raise_alert(url: str, user: str = "u1", kind: str = "repeated_failures") -> int:
@@ -44,6 +56,7 @@ def raise_alert(url: str, user: str = "u1", kind: str = "repeated_failures") -> 
         assert created
         notification_id = opened.id
     database.dispose()
+    alert_webhook.take_queued_here()  # as if raised by another process
     return notification_id
 
 
@@ -52,6 +65,7 @@ def resolve_alert(url: str, user: str = "u1", kind: str = "repeated_failures") -
     with database.session() as session:
         assert notifications.resolve(session, notifications.dedupe_key(kind, "amazon", user)) == 1
     database.dispose()
+    alert_webhook.take_queued_here()
 
 
 def expected_signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -66,6 +80,14 @@ def signature_parts(received: Any) -> dict[str, str]:
 
 def deliveries(db: Any) -> list[dict[str, Any]]:
     return db.rows("SELECT * FROM alert_deliveries ORDER BY id")
+
+
+@pytest.fixture
+def amazon(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
+    """The sandbox, with discoveryctl's settings pointing at it."""
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    return sandbox
 
 
 @pytest.fixture
@@ -177,8 +199,9 @@ def test_a_receiver_still_failing_is_tried_again_at_a_later_drain(
     [row] = deliveries(db)
     assert row["outcome"] is None and row["last_error"] == "HTTP 503"
     assert row["lease_owner"] is None
-    soon = cli("notifications", "deliver")  # not yet due: nothing posted
-    assert soon.exit_code == 0
+    soon = cli("notifications", "deliver")  # not yet due: nothing posted, still failing
+    assert soon.exit_code == 1
+    assert "1 waiting after a failed post (last error: HTTP 503)" in soon.stderr
     assert len(webhook.received) == 3
     with db.engine.begin() as connection:
         connection.exec_driver_sql("UPDATE alert_deliveries SET next_attempt_at = created_at")
@@ -208,7 +231,7 @@ def test_a_resolved_state_waits_for_its_open_one(db: Any, cli: Any, webhook: Rec
     webhook.statuses = [503, 503, 503]
     assert cli("notifications", "deliver").exit_code == 1
     resolve_alert(db.url)
-    assert cli("notifications", "deliver").exit_code == 0  # the open one is not due yet
+    assert cli("notifications", "deliver").exit_code == 1  # the open one is not due yet
     assert len(webhook.received) == 3
     with db.engine.begin() as connection:
         connection.exec_driver_sql("UPDATE alert_deliveries SET next_attempt_at = created_at")
@@ -216,22 +239,89 @@ def test_a_resolved_state_waits_for_its_open_one(db: Any, cli: Any, webhook: Rec
     assert [r.json()["state"] for r in webhook.received[3:]] == ["open", "resolved"]
 
 
-def test_an_alert_a_day_old_is_given_up_unsent(db: Any, cli: Any, webhook: Receiver) -> None:
-    raise_alert(db.url)
-    old = datetime.now(UTC) - timedelta(days=1, minutes=1)
+def _age(db: Any, **columns: Any) -> None:
+    mark = "?" if db.kind == "sqlite" else "%s"
     with db.engine.begin() as connection:
         connection.exec_driver_sql(
-            "UPDATE alert_deliveries SET created_at = ?, next_attempt_at = ?"
-            if db.kind == "sqlite"
-            else "UPDATE alert_deliveries SET created_at = %s, next_attempt_at = %s",
-            (old, old),
+            "UPDATE alert_deliveries SET " + ", ".join(f"{c} = {mark}" for c in columns),
+            tuple(columns.values()),
         )
+
+
+def test_an_alert_failing_for_a_day_is_given_up(db: Any, cli: Any, webhook: Receiver) -> None:
+    raise_alert(db.url)
+    webhook.statuses = [503, 503, 503]
+    assert cli("notifications", "deliver").exit_code == 1
+    old = datetime.now(UTC) - timedelta(days=1, minutes=1)
+    _age(db, created_at=old, next_attempt_at=old)
     result = cli("notifications", "deliver", "--json")
     assert result.exit_code == 1
     assert result.json()["given_up"] == 1
-    assert "not delivered within 1 day" in result.stderr
-    assert webhook.received == []
+    assert "not delivered within 1 day (HTTP 503)" in result.stderr
+    assert len(webhook.received) == 3  # not posted again
     assert [d["outcome"] for d in deliveries(db)] == ["expired"]
+
+
+def test_an_alert_raised_a_day_before_the_webhook_was_set_is_not_posted(
+    db: Any, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raise_alert(db.url)  # no webhook set: it waits in the outbox, not a failure
+    assert cli("doctor", "--json").json()  # doctor runs
+    assert _doctor(cli)["alert deliveries"] == ("ok", "no webhook set: admin alerts are not posted")
+    old = datetime.now(UTC) - timedelta(days=1, minutes=1)
+    _age(db, created_at=old, next_attempt_at=old)
+    raise_alert(db.url, user="u2")
+    with receiving() as receiver:
+        monkeypatch.setenv("DISCOVERY_ADMIN_WEBHOOK_URL", receiver.url)
+        result = cli("notifications", "deliver", "--json")
+        assert result.exit_code == 0, result.stderr
+        assert (result.json()["skipped"], result.json()["delivered"]) == (1, 1)
+        assert [b["alert"]["user_id"] for b in receiver.bodies()] == ["u2"]
+    assert [d["outcome"] for d in deliveries(db)] == ["expired", "delivered"]
+
+
+def test_a_command_that_raised_no_alert_leaves_the_outbox_alone(
+    db: Any, cli: Any, webhook: Receiver
+) -> None:
+    raise_alert(db.url)  # by another process
+    assert cli("status").exit_code == 0
+    assert cli("notifications", "--admin").exit_code == 0
+    assert webhook.received == []
+    assert [d["outcome"] for d in deliveries(db)] == [None]
+
+
+def test_deliver_test_posts_a_signed_test_message(db: Any, cli: Any, webhook: Receiver) -> None:
+    result = cli("notifications", "deliver", "--test")
+    assert result.exit_code == 0, result.stderr
+    assert "delivered a test message to http://127.0.0.1:" in result.stderr
+    [received] = webhook.received
+    assert received.json()["state"] == "test"
+    parts = signature_parts(received)
+    assert parts["v1"] == expected_signature(SECRET, parts["t"], received.body)
+    webhook.statuses = [404]
+    refused = cli("notifications", "deliver", "--test")
+    assert refused.exit_code == 1
+    assert "the test message was not delivered" in refused.stderr and "HTTP 404" in refused.stderr
+    assert deliveries(db) == []
+
+
+def test_verify_refuses_malformed_signatures_without_raising() -> None:
+    body = b'{"text": "x"}'
+    now = time.time()
+    good = alert_webhook.signature(SECRET, int(now), body)
+    assert alert_webhook.verify(SECRET, good, body, now=now)
+    for header in (
+        "",
+        "garbage",
+        "t=,v1=",
+        f"t={int(now)},v1=\u00e9",
+        f"t={int(now)}",
+        # the right time in digits, but not ASCII ones
+        "t=" + "".join(chr(0xFF10 + int(d)) for d in str(int(now))) + "," + good.split(",")[1],
+        f"t={int(now):_},v1={good.split('v1=')[1]}",
+        good.replace("v1=", "v0="),
+    ):
+        assert not alert_webhook.verify(SECRET, header, body, now=now), header
 
 
 def test_slack_markup_in_an_alert_is_shown_not_obeyed(db: Any, cli: Any, webhook: Receiver) -> None:
@@ -278,13 +368,25 @@ def test_two_processes_draining_at_once_deliver_each_alert_once(db: Any, webhook
     assert {d["outcome"] for d in deliveries(db)} == {"delivered"}
 
 
+def _waiting_for_a_lock(db: Any) -> bool:
+    if db.kind == "sqlite":  # no view of SQLite's waiters: give the process time to wait
+        time.sleep(1.5)
+        return True
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if db.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_a_claim_waits_for_another_claimer(db: Any, webhook: Receiver) -> None:
     raise_alert(db.url)
     database = Database(db.url)
     with database.session() as session:
         lock_for_writing(session, alert_webhook.CLAIM_LOCK)  # another process, mid-claim
         process = _deliver_in_a_process()
-        time.sleep(1.5)
+        assert _waiting_for_a_lock(db)
         assert webhook.received == []
     stdout, stderr = process.communicate(timeout=60)
     database.dispose()
@@ -313,14 +415,11 @@ def test_refresh_all_posts_its_alert_and_its_exit_code_stands(
     db: Any,
     cli: Any,
     webhook: Receiver,
-    sandbox: Sandbox,
-    monkeypatch: pytest.MonkeyPatch,
+    amazon: Sandbox,
     tmp_path: Path,
 ) -> None:
-    for name, value in sandbox.env().items():
-        monkeypatch.setenv(name, value)
-    import_sellers(cli, sandbox, tmp_path, 2)
-    sandbox.state.rotate_client_secret("a-secret-we-do-not-have")
+    import_sellers(cli, amazon, tmp_path, 2)
+    amazon.state.rotate_client_secret("a-secret-we-do-not-have")
     result = cli("refresh-all")
     assert result.exit_code == 3
     [alert] = webhook.bodies()
@@ -328,7 +427,7 @@ def test_refresh_all_posts_its_alert_and_its_exit_code_stands(
     assert alert["alert"]["kind"] == "app_credentials_rejected"
     assert "rejected the app's credentials" in alert["text"]
 
-    sandbox.state.rotate_client_secret(None)  # the operator fixed the app's secret
+    amazon.state.rotate_client_secret(None)  # the operator fixed the app's secret
     assert cli("refresh-all").exit_code == 0
     assert [b["state"] for b in webhook.bodies()] == ["open", "resolved"]
     assert webhook.bodies()[1]["alert"]["id"] == alert["alert"]["id"]
@@ -337,23 +436,73 @@ def test_refresh_all_posts_its_alert_and_its_exit_code_stands(
 
 
 def test_an_unreachable_webhook_never_fails_the_run(
-    db: Any, cli: Any, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    db: Any, cli: Any, amazon: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    for name, value in sandbox.env().items():
-        monkeypatch.setenv(name, value)
-    with receiving() as gone:
-        url = gone.url
-    monkeypatch.setenv("DISCOVERY_ADMIN_WEBHOOK_URL", url)  # nothing listens there now
-    import_sellers(cli, sandbox, tmp_path, 2)
-    sandbox.state.rotate_client_secret("a-secret-we-do-not-have")
-    began = time.monotonic()
-    result = cli("refresh-all")
+    with closed_port() as url:
+        monkeypatch.setenv("DISCOVERY_ADMIN_WEBHOOK_URL", url)
+        import_sellers(cli, amazon, tmp_path, 2)
+        amazon.state.rotate_client_secret("a-secret-we-do-not-have")
+        result = cli("refresh-all")
     assert result.exit_code == 3  # its own outcome, not the webhook's
-    assert time.monotonic() - began < alert_webhook.CLOSING_BUDGET + alert_webhook.TIMEOUT
     assert "secret-token" not in result.stderr  # the URL's path is its token
     [row] = deliveries(db)
     assert row["outcome"] is None
-    assert row["last_error"].startswith("unreachable")
+    assert row["last_error"] == "unreachable (ConnectError)"
+    assert row["attempts"] == alert_webhook.TRIES  # a refused connection is tried again at once
+
+
+def test_a_webhook_that_never_answers_holds_the_run_up_for_one_timeout(
+    db: Any, cli: Any, amazon: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import_sellers(cli, amazon, tmp_path, 2)
+    amazon.state.rotate_client_secret("a-secret-we-do-not-have")
+    with receiving() as hanging:
+        hanging.together, hanging.hold = 99, 30.0  # takes the request, never answers
+        monkeypatch.setenv("DISCOVERY_ADMIN_WEBHOOK_URL", hanging.url)
+        began = time.monotonic()
+        result = cli("refresh-all")
+        took = time.monotonic() - began
+        assert result.exit_code == 3
+        assert alert_webhook.TIMEOUT <= took < alert_webhook.TIMEOUT + 3
+        [row] = deliveries(db)
+        assert (row["outcome"], row["last_error"], row["attempts"]) == (None, "timed out", 1)
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE alert_deliveries SET next_attempt_at = created_at")
+        began = time.monotonic()
+        drained = cli("notifications", "deliver")  # no budget: still one timeout, not three
+        took = time.monotonic() - began
+    assert drained.exit_code == 1
+    assert took < alert_webhook.TIMEOUT + 3
+    assert deliveries(db)[0]["attempts"] == 2
+
+
+def test_a_failing_receiver_stops_the_drain(db: Any, cli: Any, webhook: Receiver) -> None:
+    raise_alert(db.url, user="u1")
+    raise_alert(db.url, user="u2")
+    webhook.statuses = [503, 503, 503]
+    result = cli("notifications", "deliver", "--json")
+    assert result.exit_code == 1
+    assert (result.json()["later"], result.json()["waiting"]) == (1, 2)
+    assert {r.json()["alert"]["user_id"] for r in webhook.received} == {"u1"}  # u2 waits
+
+
+def test_an_alert_raised_in_a_batch_is_posted_and_so_is_its_recovery(
+    db: Any,
+    cli: Any,
+    webhook: Receiver,
+    amazon: Sandbox,
+    tmp_path: Path,
+) -> None:
+    _, flaky = import_sellers(cli, amazon, tmp_path, 2)
+    fail_transiently(db.url, "u1", 2)
+    amazon.state.set_behaviour(flaky.selling_partner_id, "flaky", status=503)
+    assert cli("refresh-all", "--force").exit_code == 1  # the third failure in a row
+    [opened] = webhook.bodies()
+    assert (opened["state"], opened["alert"]["kind"]) == ("open", "repeated_failures")
+    assert opened["alert"]["user_id"] == "u1"
+    amazon.state.clear_behaviour(flaky.selling_partner_id)
+    assert cli("refresh-all", "--force").exit_code == 0
+    assert [b["state"] for b in webhook.bodies()] == ["open", "resolved"]
 
 
 def _doctor(cli: Any) -> dict[str, tuple[str, str]]:
@@ -379,12 +528,11 @@ def test_doctor_fails_an_unreachable_webhook_and_warns_of_alerts_left_waiting(
     db: Any, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert _doctor(cli)["admin webhook"][0] == "warn"  # not set
-    with receiving() as gone:
-        url = gone.url
-    monkeypatch.setenv("DISCOVERY_ADMIN_WEBHOOK_URL", url)
-    raise_alert(db.url)
-    assert cli("notifications", "deliver").exit_code == 1
-    found = _doctor(cli)
+    with closed_port() as url:
+        monkeypatch.setenv("DISCOVERY_ADMIN_WEBHOOK_URL", url)
+        raise_alert(db.url)
+        assert cli("notifications", "deliver").exit_code == 1
+        found = _doctor(cli)
     state, detail = found["admin webhook"]
     assert state == "fail"
     assert detail.startswith(url.split("/services")[0] + " unreachable")

@@ -58,6 +58,8 @@ class DiscoveryGroup(TyperGroup):
             except UsageError as error:  # a bad option or value: one line, like the rest
                 raise InvalidInput(_usage_message(error)) from None
         except DiscoveryError as error:
+            if ctx.obj is not None:  # the Application, closed after this
+                ctx.obj.failed_with = error
             prefix = "" if error.kind in _NOT_AN_ERROR else "error: "
             typer.echo(f"{prefix}{error.message}", err=True)
             raise typer.Exit(EXIT_CODES[error.kind]) from None

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from discoveryctl.crypto import Vault
     from discoveryctl.db.engine import Database
+    from discoveryctl.errors import DiscoveryError
 
 
 class Application:
@@ -33,7 +34,8 @@ class Application:
             colors=sys.stderr.isatty() and "NO_COLOR" not in os.environ,
         )
         self._database: Database | None = None
-        self._delivers_alerts = False
+        self._database_ready = False  # at head: its outbox may be drained
+        self.failed_with: DiscoveryError | None = None  # the error the command ended with
 
     # -- database ---------------------------------------------------------------------------
 
@@ -49,6 +51,7 @@ class Application:
             self._database = Database(self.config.database_url, self.config.sqlite_creation(create))
             if at_head:
                 self._ensure_head(self._database)
+                self._database_ready = True
         return self._database
 
     def _ensure_head(self, database: Database) -> None:
@@ -70,20 +73,19 @@ class Application:
 
         return open_vault(self.config, session)
 
-    def deliver_alerts_on_close(self) -> None:
-        """This command may raise or resolve admin alerts: post them to the admin webhook as
-        it ends (whatever its exit), within ``CLOSING_BUDGET``."""
-        self._delivers_alerts = True
-
     def close(self) -> None:
         if self._database is not None:
-            if self._delivers_alerts:
+            if self._database_ready and _may_deliver(self.failed_with):
                 self._deliver_alerts(self._database)
             self._database.dispose()
 
     def _deliver_alerts(self, database: Database) -> None:
-        """Drain the admin webhook's outbox. Never fails the command: what cannot be posted
-        now is logged and left for the next drain."""
+        """Post the admin alerts this command raised or resolved (and any others due) to the
+        admin webhook, within ``CLOSING_BUDGET``. Never fails the command: what cannot be
+        posted now is logged and left for the next drain (``notifications deliver``)."""
+        alert_webhook = sys.modules.get("discoveryctl.alert_webhook")
+        if alert_webhook is None or not alert_webhook.take_queued_here():
+            return  # nothing was raised here: commands pay nothing for others' alerts
         from discoveryctl.logging import get_logger
 
         log = get_logger()
@@ -91,9 +93,9 @@ class Application:
             webhook = self.config.admin_webhook()
             if webhook is None:
                 return
-            from discoveryctl.alert_webhook import CLOSING_BUDGET, deliver
-
-            drained = deliver(database.session, webhook, budget=CLOSING_BUDGET)
+            drained = alert_webhook.deliver(
+                database.session, webhook, budget=alert_webhook.CLOSING_BUDGET
+            )
         except Exception as error:  # a bad setting, the database gone: the command's result stands
             from sqlalchemy.exc import DBAPIError
 
@@ -180,6 +182,18 @@ class Application:
                 next_log, logged = now + PROGRESS_LOG_SECONDS, done
 
         yield report
+
+
+def _may_deliver(ending: DiscoveryError | None) -> bool:
+    """Whether a command ending with ``ending`` (None: it went well) still drains the admin
+    webhook's outbox: not when the operator stopped it, nor when the database failed it."""
+    from discoveryctl.errors import ErrorKind
+
+    return ending is None or ending.kind not in (
+        ErrorKind.interrupted,
+        ErrorKind.database_unavailable,
+        ErrorKind.database_conflict,
+    )
 
 
 def stdout_gone() -> bool:

@@ -44,7 +44,6 @@ def check(
     from discoveryctl.seller_check import Checked, active_sellers, check_seller
 
     app: Application = ctx.obj
-    app.deliver_alerts_on_close()
     amazon = app.config.amazon_app()
     database = app.open_database()
     vault = app.open_vault()

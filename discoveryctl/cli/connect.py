@@ -50,7 +50,6 @@ def connect(
     from discoveryctl.providers.amazon import LwaClient
 
     app: Application = ctx.obj
-    app.deliver_alerts_on_close()
     if math.isnan(timeout):
         raise InvalidInput("--timeout nan is not a number of seconds")
     if not 1 <= timeout <= 600:

@@ -66,8 +66,6 @@ def health(
     length = window_option(window, "--window")
     if output is not None and not prometheus:
         raise InvalidInput("--output goes with --prometheus")
-    if notify:
-        app.deliver_alerts_on_close()
     with app.session() as session:
         found = compute(session, length, thresholds)
         if notify:

@@ -97,6 +97,9 @@ def acknowledge(
 @group.command("deliver")
 def deliver(
     ctx: typer.Context,
+    test: bool = typer.Option(
+        False, "--test", help="Post a test message instead (nothing from the outbox)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="The outcome as JSON on stdout."),
 ) -> None:
     """Post the admin alerts waiting in the outbox to DISCOVERY_ADMIN_WEBHOOK_URL.
@@ -104,8 +107,9 @@ def deliver(
     Each admin notification is posted when it opens and again when it resolves, once each,
     signed with DISCOVERY_ADMIN_WEBHOOK_SECRET. The commands that raise alerts post them as
     they end, for a few seconds at most; this posts whatever they left (a webhook that was
-    down). A post that fails on a 5xx or the network is tried again later, for a day. Exit 0
-    nothing is left waiting; 1 a post failed (to be tried again, or refused for good).
+    down). A post that fails on a 5xx or the network is tried again later, for a day; at the
+    first such failure the rest waits too. Exit 0 nothing is left waiting after a failure;
+    1 a post failed (to be tried again, or given up).
 
     \b
     Example: */5 * * * * discoveryctl notifications deliver
@@ -121,10 +125,28 @@ def deliver(
         raise ConfigurationError(
             "DISCOVERY_ADMIN_WEBHOOK_URL is not set: " + how_to_set("DISCOVERY_ADMIN_WEBHOOK_URL")
         )
+    if test:
+        posted = alert_webhook.post_test(webhook)
+        if as_json:
+            app.print_json(
+                {
+                    "delivered": posted.outcome == alert_webhook.DELIVERED,
+                    "http_status": posted.http_status,
+                    "error": posted.reason or None,
+                    "webhook": webhook.where,
+                }
+            )
+        if posted.outcome != alert_webhook.DELIVERED:
+            raise NeedsAttention(
+                f"the test message was not delivered to {webhook.where}: {posted.reason}"
+            )
+        if not as_json:
+            app.err.print(f"delivered a test message to {webhook.where}", soft_wrap=True)
+        return
     database = app.open_database()
     drained = alert_webhook.deliver(database.session, webhook)
     with database.session() as session:
-        left = alert_webhook.waiting(session)
+        left, last_error, _ = alert_webhook.backlog(session)
     for line in drained.errors:
         app.err.print(line, soft_wrap=True)
     if as_json:
@@ -134,11 +156,17 @@ def deliver(
             f"delivered {drained.delivered} alert{'s' if drained.delivered != 1 else ''} "
             f"to {webhook.where}"
             + (f", {drained.given_up} given up" if drained.given_up else "")
+            + (f", {drained.skipped} too old to post" if drained.skipped else "")
             + (f", {left} waiting" if left else ""),
             soft_wrap=True,
         )
-    if drained.given_up or drained.later:
+    if drained.given_up or drained.later or (left and last_error):
         raise NeedsAttention(
-            f"{drained.given_up + drained.later} alert deliveries failed"
-            + (": the next drain tries again" if drained.later else "")
+            f"{drained.given_up} alert deliver{'ies' if drained.given_up != 1 else 'y'} "
+            f"given up, {left} waiting"
+            + (
+                f" after a failed post (last error: {last_error}): the next drain tries again"
+                if left and last_error
+                else ""
+            )
         )

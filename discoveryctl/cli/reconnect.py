@@ -46,7 +46,6 @@ def reconnect(
     from discoveryctl.integrations import reconnect as reconnects
 
     app: Application = ctx.obj
-    app.deliver_alerts_on_close()
     if local:
         if user is None:
             raise InvalidInput("--local needs --user: it connects one seller")

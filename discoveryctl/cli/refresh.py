@@ -35,7 +35,6 @@ def refresh(
     from discoveryctl.refresh import raise_for, refresh_seller
 
     app: Application = ctx.obj
-    app.deliver_alerts_on_close()
     amazon = app.config.amazon_app()
     database = app.open_database()
     vault = app.open_vault()
@@ -81,7 +80,6 @@ def access_token(
     from discoveryctl.refresh import access_token as usable_token
 
     app: Application = ctx.obj
-    app.deliver_alerts_on_close()
     amazon = app.config.amazon_app()
     database = app.open_database()
     vault = app.open_vault()

@@ -99,7 +99,6 @@ def refresh_all(
             f"{len(due)} Amazon authorizations due, {len(waiting)} Stripe customers pending"
         )
         return
-    app.deliver_alerts_on_close()
     with database.session() as session:
         pending = pending_count(session) if with_stripe else 0
     if not with_amazon:

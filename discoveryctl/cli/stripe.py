@@ -39,7 +39,6 @@ def ensure_customer(
     from discoveryctl.stripe_customers import ensure_customer as ensure
 
     app: Application = ctx.obj
-    app.deliver_alerts_on_close()
     account = app.config.stripe_account()
     database = app.open_database()
     with StripeCustomers(account) as customers:
