@@ -205,3 +205,28 @@ def test_a_window_reaching_before_year_one_is_refused(db: Any, cli: Any) -> None
     ):
         result = cli(*args)
         assert result.exit_code == 2 and "reaches back before year 1" in result.stderr
+
+
+def test_a_window_read_in_two_halves_counts_the_same_as_read_whole(db: Any) -> None:
+    from discoveryctl.db.engine import Database
+    from discoveryctl.metrics import compute
+
+    _events(db, "token_refreshed", "success", 40, minutes_ago=50)
+    _events(
+        db, "token_refresh_retried", "failure", 7, error_type="provider_timeout", minutes_ago=40
+    )
+    # written between the window's others, before it: inside the halves' id ranges
+    _events(db, "stripe_customer_failed", "failure", 5, minutes_ago=130)
+    _events(db, "token_refresh_failed", "failure", 3, error_type="x", http_status=403)
+    _events(db, "status_changed", "failure", 2, to="revoked", minutes_ago=20)
+    _events(db, "stripe_customer_created", "success", 9, minutes_ago=10)
+    database = Database(db.url)
+    with database.session() as session:
+        whole = compute(session, timedelta(hours=1), split_at=1_000_000).as_dict()
+        halves = compute(session, timedelta(hours=1), split_at=1).as_dict()
+    database.dispose()
+    for figures in (whole, halves):
+        figures.pop("until")
+    assert halves == whole
+    assert whole["token_refreshes"]["failed"] == 3 and whole["retries"] == 7
+    assert (whole["stripe_customers"]["succeeded"], whole["stripe_customers"]["failed"]) == (9, 0)
