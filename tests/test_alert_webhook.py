@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -603,3 +604,51 @@ def test_health_notify_opens_an_alert_while_it_fires_and_resolves_it_after(
     assert quiet.exit_code == 0, quiet.stderr
     assert "admin alert resolved: stripe_failures" in quiet.stderr
     assert [b["state"] for b in webhook.bodies()] == ["open", "resolved"]
+
+
+def test_a_failed_drain_waits_a_minute_then_longer(db: Any, cli: Any, webhook: Receiver) -> None:
+    assert [alert_webhook.later(n) for n in (1, 2, 3, 7, 20)] == [
+        timedelta(minutes=1),
+        timedelta(minutes=2),
+        timedelta(minutes=4),
+        timedelta(hours=1),
+        timedelta(hours=1),
+    ]
+    raise_alert(db.url)
+    webhook.statuses = [503, 503, 503]
+    before = datetime.now(UTC)
+    assert cli("notifications", "deliver").exit_code == 1
+    [row] = deliveries(db)
+    due = row["next_attempt_at"]
+    due = due if isinstance(due, datetime) else datetime.fromisoformat(due)
+    due = due.replace(tzinfo=UTC) if due.tzinfo is None else due
+    assert timedelta(seconds=59) < due - before < timedelta(seconds=75)
+
+
+def test_ctrl_c_ends_the_run_without_draining(
+    db: Any, cli: Any, webhook: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from discoveryctl.sandbox import SandboxConfig, run_in_thread
+
+    with run_in_thread(SandboxConfig(latency_ms=300)) as slow:
+        for name, value in slow.env().items():
+            monkeypatch.setenv(name, value)
+        sellers = import_sellers(cli, slow, tmp_path, 400)
+        fail_transiently(db.url, "u0", 2)
+        slow.state.set_behaviour(sellers[0].selling_partner_id, "flaky", status=503)
+        run = subprocess.Popen(
+            [sys.executable, "-m", "discoveryctl", "refresh-all", "--concurrency", "4"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+        deadline = time.monotonic() + 60
+        while not db.scalar("SELECT count(*) FROM alert_deliveries"):  # u0's third failure
+            assert time.monotonic() < deadline and run.poll() is None
+            time.sleep(0.05)
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=30)
+    assert run.returncode == 130, stderr
+    assert webhook.received == []  # the alert waits for the next drain
+    assert [d["outcome"] for d in deliveries(db)] == [None]

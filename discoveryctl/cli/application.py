@@ -186,14 +186,10 @@ class Application:
 
 def _may_deliver(ending: DiscoveryError | None) -> bool:
     """Whether a command ending with ``ending`` (None: it went well) still drains the admin
-    webhook's outbox: not when the operator stopped it, nor when the database failed it."""
+    webhook's outbox: not when the operator stopped it (Ctrl-C, SIGTERM)."""
     from discoveryctl.errors import ErrorKind
 
-    return ending is None or ending.kind not in (
-        ErrorKind.interrupted,
-        ErrorKind.database_unavailable,
-        ErrorKind.database_conflict,
-    )
+    return ending is None or ending.kind != ErrorKind.interrupted
 
 
 def stdout_gone() -> bool:
