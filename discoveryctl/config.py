@@ -44,6 +44,8 @@ SETTINGS: dict[str, Setting] = {
         # not set), and asking the keyring costs each one the backend discovery (25 ms here).
         Setting("DATABASE_URL", "SQLAlchemy URL of the shared database"),
         Setting("JWT_SECRET", "signs OAuth state and API tokens (HS256)", secret=True),
+        Setting("JWT_AUDIENCE", "the API accepts only tokens for this audience (aud)"),
+        Setting("JWT_ISSUER", "the API accepts only tokens from this issuer (iss)"),
         Setting("FRONTEND_URL", "base of reconnect URLs"),
         Setting("LOG_LEVEL", "debug, info, warning or error"),
         Setting("LOG_FORMAT", "console or json"),

@@ -20,6 +20,7 @@ into a status (``discoveryctl.server.errors.HTTP_STATUS``); nothing else decides
     │   └── TransientProviderError          transient             1     503
     │       └── StripeOutcomeUnknown        transient             1     503
     ├── OAuthCallbackError                  consent               1     400
+    ├── Unauthenticated                     unauthenticated       2     401
     ├── NeedsAttention                      attention             1     200
     └── Interrupted                         interrupted           130   503
 
@@ -34,6 +35,8 @@ into a status (``discoveryctl.server.errors.HTTP_STATUS``); nothing else decides
   authorization is gone: reconnect), *app_credentials* (the app's own credentials were refused:
   never blame a seller, stop), *transient* (worth retrying); plain *provider* is an answer the
   classifier could not place.
+- *unauthenticated*: an API request came without a token the API accepts: the client signs
+  in again.
 - *attention*: not a failure of the command: it finished, and what it found needs a look
   (unhealthy integrations under ``--check``, rejected input lines, a failed ``doctor`` check).
 """
@@ -57,6 +60,7 @@ class ErrorKind(StrEnum):
     app_credentials = "app_credentials"
     transient = "transient"
     consent = "consent"
+    unauthenticated = "unauthenticated"
     attention = "attention"
     interrupted = "interrupted"
 
@@ -185,6 +189,13 @@ class OAuthCallbackError(DiscoveryError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{message} ({reason})")
         self.reason = reason
+
+
+class Unauthenticated(DiscoveryError):
+    """An API request without a bearer token the API accepts (missing, malformed, expired,
+    unsigned or wrongly signed); the message says which."""
+
+    kind = ErrorKind.unauthenticated
 
 
 class NeedsAttention(DiscoveryError):

@@ -13,6 +13,18 @@ from discoveryctl.integrations.health import Status
 
 FRONTEND = "http://localhost:3000"
 
+SEED_FIELDS = {
+    "id",
+    "user_id",
+    "provider",
+    "status",
+    "updated_at",
+    "metadata",
+    "lastSyncedAt",
+    "message",
+}
+"""An integration's fields in the seed API's ``data``, as `status --json` and the API give it."""
+
 
 def write_lines(path: Path, *lines: dict[str, Any] | str) -> Path:
     path.write_text(

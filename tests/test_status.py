@@ -11,7 +11,7 @@ import pytest
 
 from discoveryctl.integrations.health import Status
 
-from helpers import amazon_line, fail_transiently, set_status, stripe_line, write_lines
+from helpers import SEED_FIELDS, amazon_line, fail_transiently, set_status, stripe_line, write_lines
 
 
 def seed(cli: Any, tmp_path: Path) -> None:
@@ -40,16 +40,7 @@ def test_json_is_shaped_like_the_seed_api(db: Any, cli: Any, tmp_path: Path) -> 
         ("dave", "stripe"),
     ]
     for item in data:
-        assert set(item) == {
-            "id",
-            "user_id",
-            "provider",
-            "status",
-            "updated_at",
-            "metadata",
-            "lastSyncedAt",
-            "message",
-        }
+        assert set(item) == SEED_FIELDS
         assert len(item["id"]) == 36
         assert item["updated_at"].endswith("Z")
         assert isinstance(item["metadata"], dict)

@@ -33,6 +33,7 @@ EXIT_CODES: dict[ErrorKind, int] = {
     ErrorKind.app_credentials: 3,
     ErrorKind.transient: 1,
     ErrorKind.consent: 1,
+    ErrorKind.unauthenticated: 2,
     ErrorKind.attention: 1,
     ErrorKind.interrupted: 130,
 }
@@ -158,6 +159,7 @@ from discoveryctl.cli import (  # noqa: E402  (command modules import only typer
     refresh_all,
     sandbox,
     secrets,
+    serve,
     status,
     stripe,
     transfer,
@@ -186,6 +188,8 @@ app.add_typer(secrets.group, name="secrets")
 app.add_typer(keys.group, name="keys")
 app.add_typer(stripe.group, name="stripe")
 app.command("sandbox")(sandbox.sandbox)
+app.command("serve")(serve.serve)
+app.add_typer(serve.group, name="token")
 
 
 def main() -> None:

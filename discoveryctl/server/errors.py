@@ -20,6 +20,7 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.app_credentials: 502,
     ErrorKind.transient: 503,
     ErrorKind.consent: 400,
+    ErrorKind.unauthenticated: 401,
     ErrorKind.attention: 200,  # an outcome, not a failure: the body says what needs a look
     ErrorKind.interrupted: 503,
 }

@@ -1,0 +1,196 @@
+"""The seed's HTTP API (SPEC §8): the same rows and rules as the CLI, over HTTP.
+
+Every route but ``/health`` takes the caller from a bearer token's ``sub``
+(``discoveryctl.api_tokens``): no route reads a user id from the client, so one user can never
+read or change another's rows. Every answer is JSON in the seed's shape, ``{"success": true,
+"data": …}`` or ``{"success": false, "error": …}``, errors included: a ``DiscoveryError`` by its
+kind (``server.errors.HTTP_STATUS``), a bad request 400, an unknown route 404, anything
+unexpected 500 without its details.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the routes' annotations, which name
+# the dependencies defined inside ``create_app``.
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from discoveryctl import api_tokens
+from discoveryctl.config import Config
+from discoveryctl.db.engine import HEAD_REVISION, Database
+from discoveryctl.errors import DiscoveryError, NotFound
+from discoveryctl.integrations import lifecycle
+from discoveryctl.integrations import reconnect as reconnects
+from discoveryctl.integrations.health import Provider, api_view
+from discoveryctl.logging import get_logger
+from discoveryctl.server.errors import error_response
+
+_bearer = HTTPBearer(auto_error=False, description="An HS256 JWT whose `sub` is the user.")
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"description": meaning, "model": None}
+    for status, meaning in (
+        (401, 'No bearer token the API accepts: `{"success": false, "error": …}`.'),
+        (404, "Unknown provider, or the user has no such integration."),
+        (503, "The database is unavailable."),
+    )
+}
+
+
+def create_app(config: Config | None = None) -> FastAPI:
+    """The API over the database ``config`` names, signing checks with its JWT_SECRET."""
+    config = config or Config()
+    secret = config.jwt_secret()  # a server without one refuses to start, not every request
+    audience, issuer = config.get("JWT_AUDIENCE"), config.get("JWT_ISSUER")
+    if config.uses_default_database:
+        config.check_default_database()
+    database = Database(config.database_url, config.sqlite_creation())
+    database.ensure_head(may_upgrade=config.uses_default_database)
+    frontend_url = config.frontend_url
+    log = get_logger()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        database.dispose()
+
+    app = FastAPI(
+        title="discoveryctl",
+        summary="Integration status of the Discovery stage (Amazon SP-API, Stripe).",
+        version="1",
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+
+    def caller(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        request: Request,
+    ) -> str:
+        return api_tokens.user_of(
+            secret,
+            request.headers.get("authorization"),
+            audience=audience,
+            issuer=issuer,
+        )
+
+    User = Annotated[str, Depends(caller)]
+
+    @app.get("/health", summary="The service and its database", responses={503: ERRORS[503]})
+    def health() -> dict[str, Any]:
+        revision = database.current_revision()
+        if revision != HEAD_REVISION:
+            raise _Unready(f"database schema at {revision or 'nothing'}, not {HEAD_REVISION}")
+        return {"success": True, "data": {"status": "ok", "database": revision}}
+
+    @app.get(
+        "/api/v1/integrations/status",
+        summary="The caller's integrations",
+        responses={401: ERRORS[401], 503: ERRORS[503]},
+    )
+    def statuses(user: User) -> dict[str, Any]:
+        with database.session() as session:
+            rows = lifecycle.listing(session, lifecycle.Filters(user_id=user))
+        return {"success": True, "data": [api_view(*row) for row in rows]}
+
+    @app.get(
+        "/api/v1/integrations/status/{provider}",
+        summary="The caller's integration with one provider",
+        responses={401: ERRORS[401], 404: ERRORS[404], 503: ERRORS[503]},
+    )
+    def status(provider: str, user: User) -> dict[str, Any]:
+        known = _provider(provider)
+        with database.session() as session:
+            rows = lifecycle.listing(session, lifecycle.Filters(provider=known, user_id=user))
+        if not rows:
+            raise NotFound(f"no {known} integration")
+        return {"success": True, "data": api_view(*rows[0])}
+
+    @app.patch(
+        "/api/v1/integrations/reconnect/{provider}",
+        summary="A reconnect URL for one of the caller's integrations (the attempt is counted)",
+        responses={401: ERRORS[401], 404: ERRORS[404], 503: ERRORS[503]},
+    )
+    def reconnect(provider: str, user: User) -> dict[str, Any]:
+        known = _provider(provider)
+        with database.session() as session:
+            integration = lifecycle.find(session, user, known, for_update=True)
+            if integration is None:
+                raise NotFound(f"no {known} integration")
+            asked = reconnects.request(session, integration, frontend_url=frontend_url)
+        return {
+            "success": True,
+            "data": {
+                "reconnectUrl": asked["reconnectUrl"],
+                "message": f"Redirect to this URL to reconnect your {known} integration",
+            },
+        }
+
+    @app.exception_handler(DiscoveryError)
+    async def discovery_error(_: Request, error: DiscoveryError) -> JSONResponse:
+        status_code, body = error_response(error)
+        headers = {"WWW-Authenticate": "Bearer"} if status_code == 401 else None
+        return JSONResponse(body, status_code=status_code, headers=headers)
+
+    @app.exception_handler(_Unready)
+    async def unready(_: Request, error: _Unready) -> JSONResponse:
+        return JSONResponse({"success": False, "error": str(error)}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        message = f"{where}: {first.get('msg', 'invalid request')}".strip(": ")
+        return JSONResponse({"success": False, "error": message}, status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"success": False, "error": str(error.detail)},
+            status_code=error.status_code,
+            headers=error.headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.error("api_error", path=request.url.path, error_type=type(error).__name__)
+        return JSONResponse({"success": False, "error": "internal error"}, status_code=500)
+
+    @app.middleware("http")
+    async def access_log(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """One line a request: method, path (never the query string, where OAuth codes and
+        states travel), status, milliseconds; never a header."""
+        began = time.perf_counter()
+        response = await call_next(request)
+        log.info(
+            "api_request",
+            method=request.method,
+            path=request.url.path,
+            status=response.status_code,
+            ms=round((time.perf_counter() - began) * 1000, 1),
+        )
+        return response
+
+    return app
+
+
+class _Unready(Exception):
+    """``/health``: the database is reachable but not at the schema this version needs."""
+
+
+def _provider(raw: str) -> str:
+    """A provider the seed knows, in any case; anything else is a 404, like a missing row."""
+    try:
+        return Provider(raw.lower()).value
+    except ValueError:
+        raise NotFound(f"unknown provider {raw!r}: amazon or stripe") from None

@@ -1,0 +1,275 @@
+"""The HTTP API (`serve`) on a real uvicorn server: the seed's endpoints and shapes, JWT bearer
+auth in every way a token can be wrong, and one user never reaching another's rows."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from api_server import serving
+
+from discoveryctl.integrations.health import Status
+
+from helpers import SEED_FIELDS, amazon_line, set_status, stripe_line, write_lines
+
+SECRET = "s" * 40
+
+
+@pytest.fixture
+def api(db: Any, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("JWT_SECRET", SECRET)
+    monkeypatch.setenv("FRONTEND_URL", "https://app.example.com")
+    lines = [amazon_line("alice"), stripe_line("alice"), amazon_line("bob")]
+    assert cli("import", str(write_lines(tmp_path / "in.jsonl", *lines))).exit_code == 0
+    with serving() as url:
+        yield url
+
+
+def token(user: str, **claims: Any) -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": user, "iat": now, "exp": now + 600, **claims}, SECRET, "HS256")
+
+
+def get(url: str, user: str | None = None, **kwargs: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token(user)}"} if user else {}
+    return httpx.get(url, headers=headers, **kwargs)
+
+
+def test_status_of_one_provider_is_the_seed_shape(api: str) -> None:
+    answer = get(f"{api}/api/v1/integrations/status/amazon", "alice")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["success"] is True
+    data = body["data"]
+    assert set(data) == SEED_FIELDS
+    assert (data["user_id"], data["provider"], data["status"]) == ("alice", "amazon", "active")
+    assert data["updated_at"].endswith("Z")
+    assert data["message"].startswith("Your amazon integration")
+    assert get(f"{api}/api/v1/integrations/status/AMAZON", "alice").status_code == 200
+
+
+def test_all_statuses_are_the_caller_s_only(api: str) -> None:
+    alice = get(f"{api}/api/v1/integrations/status", "alice").json()
+    assert alice["success"] is True
+    assert sorted((d["user_id"], d["provider"]) for d in alice["data"]) == [
+        ("alice", "amazon"),
+        ("alice", "stripe"),
+    ]
+    bob = get(f"{api}/api/v1/integrations/status", "bob").json()["data"]
+    assert [(d["user_id"], d["provider"]) for d in bob] == [("bob", "amazon")]
+    assert get(f"{api}/api/v1/integrations/status", "carol").json() == {
+        "success": True,
+        "data": [],
+    }
+    # bob has no Stripe integration: alice's is never his
+    missing = get(f"{api}/api/v1/integrations/status/stripe", "bob")
+    assert missing.status_code == 404
+    assert missing.json() == {"success": False, "error": "no stripe integration"}
+
+
+def test_reconnect_counts_the_attempt_for_the_caller_only(api: str, db: Any) -> None:
+    set_status(db.url, "bob", Status.revoked)
+    answer = httpx.patch(
+        f"{api}/api/v1/integrations/reconnect/amazon",
+        headers={"Authorization": f"Bearer {token('bob')}"},
+    )
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "success": True,
+        "data": {
+            "reconnectUrl": (
+                "https://app.example.com/integrations/amazon/connect?reconnect=true&userId=bob"
+            ),
+            "message": "Redirect to this URL to reconnect your amazon integration",
+        },
+    }
+    attempts = {
+        r["user_id"]: json.loads(r["metadata"]) if isinstance(r["metadata"], str) else r["metadata"]
+        for r in db.rows(
+            "SELECT user_id, metadata FROM integration_status WHERE provider = 'amazon'"
+        )
+    }
+    assert attempts["bob"]["reconnect_attempts"] == 1
+    assert "reconnect_attempts" not in attempts["alice"]
+    status = get(f"{api}/api/v1/integrations/status/amazon", "bob").json()["data"]
+    assert status["status"] == "revoked"
+
+
+def test_an_unknown_provider_is_a_404_in_the_same_shape(api: str) -> None:
+    for method in ("GET", "PATCH"):
+        path = "status" if method == "GET" else "reconnect"
+        answer = httpx.request(
+            method,
+            f"{api}/api/v1/integrations/{path}/ebay",
+            headers={"Authorization": f"Bearer {token('alice')}"},
+        )
+        assert answer.status_code == 404
+        assert answer.json() == {
+            "success": False,
+            "error": "unknown provider 'ebay': amazon or stripe",
+        }
+
+
+def _unsigned(user: str) -> str:
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    now = int(time.time())
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'sub': user, 'exp': now + 600})}."
+
+
+@pytest.mark.parametrize(
+    ("authorization", "reason"),
+    [
+        (None, "missing bearer token"),
+        ("Basic YWxpY2U6eA==", "the Authorization header is not 'Bearer <token>'"),
+        ("Bearer", "the Authorization header is not 'Bearer <token>'"),
+        ("Bearer not.a.token", "malformed token"),
+        ("Bearer " + _unsigned("alice"), "token not signed with HS256"),
+        (
+            "Bearer " + jwt.encode({"sub": "alice", "exp": int(time.time()) + 600}, "x" * 40),
+            "token signature does not verify",
+        ),
+        (
+            "Bearer " + jwt.encode({"sub": "alice", "exp": int(time.time()) - 120}, SECRET),
+            "token expired",
+        ),
+        ("Bearer " + jwt.encode({"sub": "alice"}, SECRET), "token has no 'exp' claim"),
+        (
+            "Bearer " + jwt.encode({"exp": int(time.time()) + 600}, SECRET),
+            "token has no 'sub' claim",
+        ),
+        (
+            "Bearer "
+            + jwt.encode(
+                {
+                    "sub": "alice",
+                    "exp": int(time.time()) + 600,
+                    "aud": "discoveryctl:amazon-consent",
+                },
+                SECRET,
+            ),
+            "token is for another audience",
+        ),
+        (
+            "Bearer " + jwt.encode({"sub": "a\u202eb", "exp": int(time.time()) + 600}, SECRET),
+            "token's 'sub' is not a valid user id",
+        ),
+    ],
+)
+def test_every_bad_token_is_a_401_in_json(api: str, authorization: str | None, reason: str) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    for path in ("status", "status/amazon"):
+        answer = httpx.get(f"{api}/api/v1/integrations/{path}", headers=headers)
+        assert answer.status_code == 401
+        assert answer.json() == {"success": False, "error": reason}
+        assert answer.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_a_token_just_expired_is_within_the_leeway(api: str) -> None:
+    fresh = jwt.encode({"sub": "alice", "exp": int(time.time()) - 5}, SECRET)
+    answer = httpx.get(
+        f"{api}/api/v1/integrations/status", headers={"Authorization": f"Bearer {fresh}"}
+    )
+    assert answer.status_code == 200
+
+
+def test_health_needs_no_token_and_every_error_is_json(api: str) -> None:
+    answer = httpx.get(f"{api}/health")
+    assert answer.status_code == 200
+    assert answer.json()["success"] is True
+    assert answer.json()["data"]["status"] == "ok"
+    nowhere = httpx.get(f"{api}/api/v1/nowhere")
+    assert nowhere.status_code == 404
+    assert nowhere.json() == {"success": False, "error": "Not Found"}
+    wrong = httpx.delete(f"{api}/api/v1/integrations/status")
+    assert wrong.status_code == 405
+    assert wrong.json()["success"] is False
+
+
+def test_openapi_names_every_route_and_its_bearer_auth(api: str) -> None:
+    spec = httpx.get(f"{api}/openapi.json").json()
+    assert set(spec["paths"]) == {
+        "/health",
+        "/api/v1/integrations/status",
+        "/api/v1/integrations/status/{provider}",
+        "/api/v1/integrations/reconnect/{provider}",
+    }
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    status = spec["paths"]["/api/v1/integrations/status"]["get"]
+    assert status["security"] == [{"HTTPBearer": []}]
+    assert "401" in status["responses"]
+    assert "security" not in spec["paths"]["/health"]["get"]
+
+
+def test_token_mint_prints_a_token_the_api_takes(
+    api: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    minted = cli("token", "mint", "--user", "alice", "--ttl", "15m")
+    assert minted.exit_code == 0, minted.stderr
+    value = minted.stdout.strip()
+    claims = jwt.decode(value, SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "alice"
+    assert 14 * 60 <= claims["exp"] - time.time() <= 15 * 60
+    answer = httpx.get(
+        f"{api}/api/v1/integrations/status", headers={"Authorization": f"Bearer {value}"}
+    )
+    assert [d["user_id"] for d in answer.json()["data"]] == ["alice", "alice"]
+    assert cli("token", "mint", "--user", "a\u202eb").exit_code == 2
+    assert cli("token", "mint", "--user", "alice", "--ttl", "soon").exit_code == 2
+
+
+def test_audience_and_issuer_are_checked_when_set(
+    db: Any, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JWT_SECRET", SECRET)
+    monkeypatch.setenv("JWT_AUDIENCE", "discovery-web")
+    monkeypatch.setenv("JWT_ISSUER", "https://auth.example.com")
+    assert (
+        cli("import", str(write_lines(tmp_path / "in.jsonl", amazon_line("alice")))).exit_code == 0
+    )
+    minted = cli("token", "mint", "--user", "alice").stdout.strip()
+    with serving() as api:
+        url = f"{api}/api/v1/integrations/status"
+        ok = httpx.get(url, headers={"Authorization": f"Bearer {minted}"})
+        assert ok.status_code == 200
+        for claims, reason in (
+            ({"iss": "https://auth.example.com"}, "token has no 'aud' claim"),
+            ({"aud": "discovery-web"}, "token has no 'iss' claim"),
+            (
+                {"aud": "discovery-web", "iss": "https://other.example.com"},
+                "token is from another issuer",
+            ),
+            ({"aud": "other", "iss": "https://auth.example.com"}, "token is for another audience"),
+        ):
+            bad = httpx.get(url, headers={"Authorization": f"Bearer {token('alice', **claims)}"})
+            assert (bad.status_code, bad.json()["error"]) == (401, reason), claims
+
+
+def test_access_log_never_shows_a_token_or_a_query(
+    api: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    value = token("alice")
+    httpx.get(
+        f"{api}/api/v1/integrations/status?code=secret-code-123",
+        headers={"Authorization": f"Bearer {value}"},
+    )
+    time.sleep(0.1)
+    err = capfd.readouterr().err
+    assert "api_request" in err and "/api/v1/integrations/status" in err
+    assert value not in err and "secret-code-123" not in err
+
+
+def test_minted_tokens_expire(cli: Any, db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JWT_SECRET", SECRET)
+    value = cli("token", "mint", "--user", "alice", "--ttl", "1h").stdout.strip()
+    claims = jwt.decode(value, SECRET, algorithms=["HS256"])
+    assert datetime.fromtimestamp(claims["exp"], UTC) - datetime.now(UTC) <= timedelta(hours=1)
