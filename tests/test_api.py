@@ -99,6 +99,21 @@ def test_reconnect_counts_the_attempt_for_the_caller_only(api: str, db: Any) -> 
     }
     assert attempts["bob"]["reconnect_attempts"] == 1
     assert "reconnect_attempts" not in attempts["alice"]
+    mine = httpx.patch(
+        f"{api}/api/v1/integrations/reconnect/amazon",
+        headers={"Authorization": f"Bearer {token('alice')}"},
+    )
+    assert mine.json()["data"]["reconnectUrl"].endswith("&userId=alice")
+    counted = db.rows(
+        "SELECT user_id, metadata FROM integration_status"
+        " WHERE provider = 'amazon' ORDER BY user_id"
+    )
+    assert [
+        (r["metadata"] if isinstance(r["metadata"], dict) else json.loads(r["metadata"]))[
+            "reconnect_attempts"
+        ]
+        for r in counted
+    ] == [1, 1]
     status = get(f"{api}/api/v1/integrations/status/amazon", "bob").json()["data"]
     assert status["status"] == "revoked"
 
