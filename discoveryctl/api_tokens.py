@@ -9,6 +9,7 @@ same secret signs (audience ``discoveryctl:amazon-consent``) never pass as API t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import jwt
@@ -47,15 +48,21 @@ def mint(
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def user_of(
+@dataclass(frozen=True)
+class Caller:
+    user_id: str
+    expires_at: datetime  # the token's exp: a stream opened with it ends then
+
+
+def caller_of(
     secret: str,
     authorization: str | None,
     *,
     audience: str | None = None,
     issuer: str | None = None,
-) -> str:
-    """The user an ``Authorization: Bearer …`` header speaks for, or ``Unauthenticated``
-    saying why not."""
+) -> Caller:
+    """Who an ``Authorization: Bearer …`` header speaks for, or ``Unauthenticated`` saying
+    why not."""
     if not authorization:
         raise Unauthenticated("missing bearer token")
     scheme, _, token = authorization.strip().partition(" ")
@@ -90,6 +97,7 @@ def user_of(
     if not isinstance(subject, str):
         raise Unauthenticated("token's 'sub' is not a user id")
     try:
-        return valid_user_id(subject)
+        user_id = valid_user_id(subject)
     except InvalidInput:
         raise Unauthenticated("token's 'sub' is not a valid user id") from None
+    return Caller(user_id, datetime.fromtimestamp(claims["exp"], UTC))

@@ -166,3 +166,35 @@ def history(
     if since is not None:
         query = query.where(Event.occurred_at >= since)
     return session.scalars(query).all()
+
+
+def status_changes_of(
+    session: Session, user_id: str, *, after: int, limit: int = 1000
+) -> list[Event]:
+    """One user's status changes recorded after event id ``after``, oldest first: what a
+    stream resumed from ``Last-Event-ID`` missed."""
+    return list(
+        session.scalars(
+            sa.select(Event)
+            .where(Event.user_id == user_id, Event.id > after, Event.kind == Kind.status_changed)
+            .order_by(Event.id)
+            .limit(limit)
+        )
+    )
+
+
+def newer_than(session: Session, after: int, *, limit: int = 5000) -> list[Event]:
+    """The events after id ``after``, oldest first, by the primary key (only what is new)."""
+    return list(
+        session.scalars(sa.select(Event).where(Event.id > after).order_by(Event.id).limit(limit))
+    )
+
+
+def with_ids(session: Session, ids: Sequence[int]) -> list[Event]:
+    """The events among ``ids`` that exist (now)."""
+    return list(session.scalars(sa.select(Event).where(Event.id.in_(list(ids))).order_by(Event.id)))
+
+
+def last_id(session: Session) -> int:
+    """The newest event's id (0 for none)."""
+    return int(session.scalar(sa.select(sa.func.max(Event.id))) or 0)

@@ -15,19 +15,20 @@ from discoveryctl.server.app import create_app
 
 
 @contextmanager
-def serving() -> Iterator[str]:
+def serving(keepalive: float = 15.0) -> Iterator[str]:
     """The API over the database and settings the environment names; yields its base URL."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(Config()),
+            create_app(Config(), keepalive=keepalive),
             host="127.0.0.1",
             port=port,
             log_config=None,
             access_log=False,
             lifespan="on",
+            timeout_graceful_shutdown=1,
         )
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)

@@ -179,6 +179,7 @@ def _unsigned(user: str) -> str:
             "token's 'sub' is not a valid user id",
         ),
     ],
+    ids=lambda value: value if value is None or "Bearer " not in value else "token",
 )
 def test_every_bad_token_is_a_401_in_json(api: str, authorization: str | None, reason: str) -> None:
     headers = {"Authorization": authorization} if authorization else {}
@@ -217,12 +218,16 @@ def test_openapi_names_every_route_and_its_bearer_auth(api: str) -> None:
         "/api/v1/integrations/status",
         "/api/v1/integrations/status/{provider}",
         "/api/v1/integrations/reconnect/{provider}",
+        "/api/v1/integrations/events",
     }
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     status = spec["paths"]["/api/v1/integrations/status"]["get"]
     assert status["security"] == [{"HTTPBearer": []}]
     assert "401" in status["responses"]
     assert "security" not in spec["paths"]["/health"]["get"]
+    stream = spec["paths"]["/api/v1/integrations/events"]["get"]
+    assert "text/event-stream" in stream["responses"]["200"]["content"]
+    assert stream["security"] == [{"HTTPBearer": []}]
 
 
 def test_token_mint_prints_a_token_the_api_takes(

@@ -44,6 +44,7 @@ def serve(
         log_config=None,
         access_log=False,  # the app logs each request itself, without query strings
         proxy_headers=False,
+        timeout_graceful_shutdown=3,  # open event streams are cut, not waited for
     )
 
 

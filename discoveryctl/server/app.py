@@ -10,14 +10,17 @@ unexpected 500 without its details.
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations, which name
 # the dependencies defined inside ``create_app``.
+import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
@@ -31,6 +34,10 @@ from discoveryctl.integrations import reconnect as reconnects
 from discoveryctl.integrations.health import Provider, api_view
 from discoveryctl.logging import get_logger
 from discoveryctl.server.errors import error_response
+from discoveryctl.server.status_feed import Change, StatusFeed
+
+KEEPALIVE = 15.0
+"""Seconds between keep-alive comments on an idle stream (proxies drop silent connections)."""
 
 _bearer = HTTPBearer(auto_error=False, description="An HS256 JWT whose `sub` is the user.")
 
@@ -44,7 +51,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(config: Config | None = None) -> FastAPI:
+def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) -> FastAPI:
     """The API over the database ``config`` names, signing checks with its JWT_SECRET."""
     config = config or Config()
     secret = config.jwt_secret()  # a server without one refuses to start, not every request
@@ -56,9 +63,13 @@ def create_app(config: Config | None = None) -> FastAPI:
     frontend_url = config.frontend_url
     log = get_logger()
 
+    feed = StatusFeed(database)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await feed.start()
         yield
+        await feed.stop()
         database.dispose()
 
     app = FastAPI(
@@ -74,15 +85,19 @@ def create_app(config: Config | None = None) -> FastAPI:
     def caller(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         request: Request,
-    ) -> str:
-        return api_tokens.user_of(
+    ) -> api_tokens.Caller:
+        return api_tokens.caller_of(
             secret,
             request.headers.get("authorization"),
             audience=audience,
             issuer=issuer,
         )
 
-    User = Annotated[str, Depends(caller)]
+    def user_id(who: Annotated[api_tokens.Caller, Depends(caller)]) -> str:
+        return who.user_id
+
+    User = Annotated[str, Depends(user_id)]
+    Who = Annotated[api_tokens.Caller, Depends(caller)]
 
     @app.get("/health", summary="The service and its database", responses={503: ERRORS[503]})
     def health() -> dict[str, Any]:
@@ -133,6 +148,57 @@ def create_app(config: Config | None = None) -> FastAPI:
                 "message": f"Redirect to this URL to reconnect your {known} integration",
             },
         }
+
+    @app.get(
+        "/api/v1/integrations/events",
+        summary="The caller's status changes as they happen (Server-Sent Events)",
+        description=(
+            "Each change is an `event: status` with the event's id and JSON data (provider, "
+            "status, previous_status, reason, changed_at, message). `Last-Event-ID` resumes "
+            "after that event. A comment every few seconds keeps idle connections open; the "
+            "stream ends with an `event: expired` when the token does."
+        ),
+        response_class=StreamingResponse,
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "The stream."},
+            401: ERRORS[401],
+        },
+    )
+    async def stream(
+        who: Who,
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    ) -> StreamingResponse:
+        after = _event_id(last_event_id)
+        queue = feed.open(who.user_id)
+
+        async def changes() -> AsyncIterator[bytes]:
+            try:
+                sent = after or 0
+                if after is not None:
+                    for change in await asyncio.to_thread(feed.history, who.user_id, after):
+                        sent = change.id
+                        yield _sse(change)
+                while True:
+                    left = (who.expires_at - datetime.now(UTC)).total_seconds()
+                    if left <= 0:
+                        yield b'event: expired\ndata: {"error": "token expired"}\n\n'
+                        return
+                    try:
+                        change = await asyncio.wait_for(queue.get(), min(keepalive, left))
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    if change.id > sent:
+                        sent = change.id
+                        yield _sse(change)
+            finally:
+                feed.close(who.user_id, queue)
+
+        return StreamingResponse(
+            changes(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     @app.exception_handler(DiscoveryError)
     async def discovery_error(_: Request, error: DiscoveryError) -> JSONResponse:
@@ -186,6 +252,18 @@ def create_app(config: Config | None = None) -> FastAPI:
 
 class _Unready(Exception):
     """``/health``: the database is reachable but not at the schema this version needs."""
+
+
+def _event_id(raw: str | None) -> int | None:
+    """``Last-Event-ID``: the id of the last event a client saw (anything else: none)."""
+    if raw is None or not raw.strip().isascii() or not raw.strip().isdigit():
+        return None
+    return int(raw.strip())
+
+
+def _sse(change: Change) -> bytes:
+    data = json.dumps(change.data, separators=(",", ":"))
+    return f"id: {change.id}\nevent: status\ndata: {data}\n\n".encode()
 
 
 def _provider(raw: str) -> str:

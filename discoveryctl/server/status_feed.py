@@ -1,0 +1,126 @@
+"""The live status stream behind ``GET /api/v1/integrations/events``: every status change, from
+whichever process or machine wrote it, to the streams of the user it belongs to.
+
+One poller per server process reads the events written since its last look, by the primary
+key (a few rows a tick, whatever the size of the history), twice a second, and hands each status
+change to the queues of that user's open streams: the cost does not grow with the number of
+streams, and it works the same on SQLite and PostgreSQL. On PostgreSQL ids are handed out
+before commit, so an id may show up after a higher one: a missing id is looked for again for
+``GAP_WAIT`` seconds (a rolled-back insert never shows), so a slow transaction's change is
+still streamed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from discoveryctl import events
+from discoveryctl.db.engine import Database
+from discoveryctl.db.models import Event
+from discoveryctl.integrations.health import isoformat, message_for
+from discoveryctl.logging import get_logger
+
+POLL_INTERVAL = 0.5
+GAP_WAIT = 30.0
+
+
+@dataclass(frozen=True)
+class Change:
+    """One status change, as a stream sends it (``id`` is the event's)."""
+
+    id: int
+    user_id: str
+    data: dict[str, Any]
+
+
+def change_of(event: Event) -> Change:
+    detail = event.detail or {}
+    provider, status = event.provider or "", str(detail.get("to", ""))
+    return Change(
+        event.id,
+        event.user_id or "",
+        {
+            "provider": provider,
+            "status": status,
+            "previous_status": detail.get("from"),
+            "reason": detail.get("reason"),
+            "changed_at": isoformat(event.occurred_at),
+            "message": message_for(provider, status),
+        },
+    )
+
+
+class StatusFeed:
+    def __init__(self, database: Database, interval: float = POLL_INTERVAL) -> None:
+        self._database = database
+        self._interval = interval
+        self._streams: dict[str, set[asyncio.Queue[Change]]] = {}
+        self._read_up_to = 0
+        self._gaps: dict[int, float] = {}  # id → when first missed
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._read_up_to = await asyncio.to_thread(self._last_id)
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def open(self, user_id: str) -> asyncio.Queue[Change]:
+        queue: asyncio.Queue[Change] = asyncio.Queue()
+        self._streams.setdefault(user_id, set()).add(queue)
+        return queue
+
+    def close(self, user_id: str, queue: asyncio.Queue[Change]) -> None:
+        streams = self._streams.get(user_id)
+        if streams is not None:
+            streams.discard(queue)
+            if not streams:
+                del self._streams[user_id]
+
+    def history(self, user_id: str, after: int) -> list[Change]:
+        """What a stream resumed after event ``after`` missed (run it in a thread)."""
+        with self._database.session() as session:
+            return [change_of(e) for e in events.status_changes_of(session, user_id, after=after)]
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                found = await asyncio.to_thread(self._poll)
+            except Exception as error:  # the database away for a moment: the next tick tries
+                get_logger().warning("status_feed_poll_failed", error_type=type(error).__name__)
+                continue
+            for change in found:
+                for queue in self._streams.get(change.user_id, ()):
+                    queue.put_nowait(change)
+
+    def _last_id(self) -> int:
+        with self._database.session() as session:
+            return events.last_id(session)
+
+    def _poll(self) -> list[Change]:
+        now = time.monotonic()
+        with self._database.session() as session:
+            newer = events.newer_than(session, self._read_up_to)
+            late = events.with_ids(session, sorted(self._gaps)) if self._gaps else []
+        expected = self._read_up_to + 1
+        for event in newer:
+            for missing in range(expected, event.id):
+                self._gaps[missing] = now
+            expected = event.id + 1
+        if newer:
+            self._read_up_to = newer[-1].id
+        for event in late:
+            self._gaps.pop(event.id, None)
+        for missing, since in list(self._gaps.items()):
+            if now - since > GAP_WAIT:
+                del self._gaps[missing]
+        return [change_of(e) for e in (*late, *newer) if e.kind == events.Kind.status_changed]
