@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,39 @@ def test_the_stream_ends_when_its_token_expires(sellers: list[Any], listen: Any)
         assert json.loads(ended["data"]) == {"error": "token expired"}
         assert stream.ended.wait(3)
         assert 1 <= time.monotonic() - began < 5
+
+
+def _write_change(db: Any, event_id: int, user: str, to: str) -> None:
+    """A status change written as another process commits it, with the id it was given."""
+    import sqlalchemy as sa
+
+    from discoveryctl.db.models import Event, table_of
+
+    row = {
+        "id": event_id,
+        "occurred_at": datetime.now(UTC),
+        "user_id": user,
+        "provider": "amazon",
+        "kind": "status_changed",
+        "outcome": "failure",
+        "detail": {"from": "active", "to": to, "reason": "test"},
+    }
+    with db.engine.begin() as connection:
+        connection.execute(sa.insert(table_of(Event)), [row])
+
+
+def test_a_change_whose_id_shows_up_late_is_still_streamed(
+    db: Any, sellers: list[Any], listen: Any
+) -> None:
+    with serving() as api:
+        stream = listen(
+            f"{api}/api/v1/integrations/events", {"Authorization": f"Bearer {token('u0')}"}
+        )
+        time.sleep(0.7)  # the poller has read up to here
+        last = int(db.scalar("SELECT max(id) FROM events"))
+        _write_change(db, last + 2, "u0", "revoked")  # committed first
+        first = stream.events("status", timeout=3)
+        _write_change(db, last + 1, "u0", "expired")  # a slower transaction's, committed after
+        late = stream.events("status", timeout=3)
+    assert (int(first["id"]), json.loads(first["data"])["status"]) == (last + 2, "revoked")
+    assert (int(late["id"]), json.loads(late["data"])["status"]) == (last + 1, "expired")

@@ -172,11 +172,11 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
         queue = feed.open(who.user_id)
 
         async def changes() -> AsyncIterator[bytes]:
+            sent: set[int] = set()  # ids, not the highest: a late id (PostgreSQL) still goes
             try:
-                sent = after or 0
                 if after is not None:
                     for change in await asyncio.to_thread(feed.history, who.user_id, after):
-                        sent = change.id
+                        sent.add(change.id)
                         yield _sse(change)
                 while True:
                     left = (who.expires_at - datetime.now(UTC)).total_seconds()
@@ -188,8 +188,8 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
                     except TimeoutError:
                         yield b": keep-alive\n\n"
                         continue
-                    if change.id > sent:
-                        sent = change.id
+                    if change.id not in sent and (after is None or change.id > after):
+                        sent.add(change.id)
                         yield _sse(change)
             finally:
                 feed.close(who.user_id, queue)
