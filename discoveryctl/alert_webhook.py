@@ -440,6 +440,9 @@ def _finish(
     ).first()
     if row is None:
         return
+    if posted.tries == 0:  # the budget ran out before the post: not a failed try
+        row.lease_owner = row.lease_expires_at = None
+        return
     notification = session.get(Notification, row.notification_id)
     assert notification is not None
     now = database_now(session)
