@@ -88,7 +88,7 @@ class AdminWebhook:
 # -- the outbox ---------------------------------------------------------------------------------
 
 
-_queued_here: set[str] = set()
+_queued_here = False  # a flag, not the ids: a long-running server never grows it
 
 
 def enqueue(session: Session, notification_id: int, state: str) -> None:
@@ -104,14 +104,15 @@ def enqueue(session: Session, notification_id: int, state: str) -> None:
         attempts=0,
     )
     session.add(delivery)
-    _queued_here.add(delivery.delivery_id)
+    global _queued_here
+    _queued_here = True
 
 
 def take_queued_here() -> bool:
     """Whether this process put anything in the outbox since it last asked: the commands
     that did drain it as they end, the others leave it alone."""
-    queued = bool(_queued_here)
-    _queued_here.clear()
+    global _queued_here
+    queued, _queued_here = _queued_here, False
     return queued
 
 
