@@ -62,16 +62,18 @@ class StatusFeed:
         self._read_up_to = 0
         self._gaps: dict[int, float] = {}  # id → when first missed
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         self._read_up_to = await asyncio.to_thread(self._last_id)
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        """Stop polling once the poll under way, if any, is done: cancelled, its thread would
+        go on with a connection the database's disposal then leaves open."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
 
     def open(self, user_id: str) -> asyncio.Queue[Change]:
         queue: asyncio.Queue[Change] = asyncio.Queue()
@@ -92,7 +94,10 @@ class StatusFeed:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
+            if self._stopping.is_set():
+                return
             try:
                 found = await asyncio.to_thread(self._poll)
             except Exception as error:  # the database away for a moment: the next tick tries
