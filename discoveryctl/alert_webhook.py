@@ -116,11 +116,6 @@ def take_queued_here() -> bool:
     return queued
 
 
-def waiting(session: Session) -> int:
-    """Deliveries not yet delivered nor given up."""
-    return backlog(session)[0]
-
-
 def backlog(session: Session) -> tuple[int, str | None, int]:
     """Deliveries waiting, the last error among them, and those given up in the last day."""
     now = database_now(session)
