@@ -146,16 +146,30 @@ def new_owner() -> str:
     return f"refresh-{secrets.token_hex(8)}"
 
 
-def claim(session: Session, credential_id: int, owner: str, now: datetime) -> bool:
-    """Take the credential's lease unless a live one is held; True when taken."""
+def claim(
+    session: Session,
+    credential_id: int,
+    owner: str,
+    now: datetime,
+    *,
+    unless_usable_after: datetime | None = None,
+) -> bool:
+    """Take the credential's lease unless a live one is held; True when taken.
+
+    ``unless_usable_after``: not taken either when the cached access token outlives that
+    moment. The caller read the cache stale, but another process may have refreshed and let
+    go of its lease since; checked in the same statement, so no refresh follows one just
+    made."""
     table = table_of(Credential)
+    conditions = [
+        table.c.id == credential_id,
+        sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at <= now),
+    ]
+    if unless_usable_after is not None:
+        expires = table.c.access_token_expires_at
+        conditions.append(sa.or_(expires.is_(None), expires <= unless_usable_after))
     taken = session.execute(
-        sa.update(table)
-        .where(
-            table.c.id == credential_id,
-            sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at <= now),
-        )
-        .values(lease_owner=owner, lease_expires_at=now + LEASE)
+        sa.update(table).where(*conditions).values(lease_owner=owner, lease_expires_at=now + LEASE)
     )
     return cast("sa.CursorResult[Any]", taken).rowcount == 1
 
@@ -374,7 +388,8 @@ def access_token(
         owner = new_owner()
         with session_scope() as session:
             integration, credential = find(session, user_id)
-            cached = _cached(vault, credential, utcnow() + margin)
+            usable_until = utcnow() + margin
+            cached = _cached(vault, credential, usable_until)
             if cached is not None:
                 return cached
             if integration.status in (Status.revoked, Status.expired):
@@ -384,7 +399,13 @@ def access_token(
                     f"reconnect at {url}",
                     error_type=f"oauth_token_{integration.status}",
                 )
-            taken = claim(session, credential.id, owner, database_now(session))
+            taken = claim(
+                session,
+                credential.id,
+                owner,
+                database_now(session),
+                unless_usable_after=usable_until,
+            )
         if taken:
             done = _refresh_leased(
                 session_scope, vault, lwa, user_id, credential.id, owner, frontend_url=frontend_url

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from discoveryctl.sandbox import Sandbox
 
@@ -238,6 +239,39 @@ def test_two_callers_at_once_share_one_refresh(db: Any, sandbox: Sandbox, seller
     assert [code for code, _, _ in outputs] == [0, 0], outputs
     assert outputs[0][1] == outputs[1][1]  # the same token
     assert sandbox.state.stats()["grants"]["refresh_token"] == 1
+
+
+def test_a_refresh_made_between_reading_the_cache_and_taking_the_lease_is_used(
+    db: Any, cli: Any, sandbox: Sandbox, seller: Any
+) -> None:
+    """The moment two callers race on: this one read no usable token, then another process
+    refreshed and let go of its lease before this one asked for the lease. The lease is
+    free, but the token is fresh: use it, do not spend a second grant."""
+    seller("u1")
+    others: list[subprocess.CompletedProcess[str]] = []
+
+    def refresh_elsewhere(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if not others and statement.lstrip().startswith("SELECT credentials.id,"):
+            others.append(
+                subprocess.run(
+                    [sys.executable, "-m", "discoveryctl", "refresh", "amazon", "--user", "u1"],
+                    capture_output=True,
+                    text=True,
+                    env=dict(os.environ),
+                    timeout=60,
+                )
+            )
+
+    sa.event.listen(sa.Engine, "after_cursor_execute", refresh_elsewhere)
+    try:
+        token = cli("access-token", "amazon", "--user", "u1")
+    finally:
+        sa.event.remove(sa.Engine, "after_cursor_execute", refresh_elsewhere)
+    (other,) = others
+    assert other.returncode == 0, other.stderr
+    assert token.exit_code == 0, token.stderr
+    assert sandbox.state.stats()["grants"]["refresh_token"] == 1
+    assert sandbox.state.seller_of_access_token(token.stdout.strip()) is not None
 
 
 def test_no_token_reaches_a_log_line(
