@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from discoveryctl import consent, credentials
+from discoveryctl import consent
 from discoveryctl.callback_server import CallbackServer, Page, Query
 from discoveryctl.config import Config
 from discoveryctl.consent import Connected, ConsentStart, Reason
@@ -38,16 +38,14 @@ class Flow:
 
     def start(self, channel: str) -> ConsentStart:
         """Issue the state, after checking the authorization can be stored at all."""
-        with self.session_scope() as session:
-            credentials.open_vault(self.config, session)
-            return consent.begin(
-                session,
-                self.app,
-                self.config.jwt_secret(),
-                user_id=self.user_id,
-                region=self.region,
-                flow=channel,
-            )
+        return consent.start(
+            self.session_scope,
+            self.config,
+            self.app,
+            user_id=self.user_id,
+            region=self.region,
+            flow=channel,
+        )
 
     def finish(self, params: Query, expected_state: str | None) -> Connected:
         """Complete with a callback; with ``expected_state``, only that state is accepted."""

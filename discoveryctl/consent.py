@@ -146,6 +146,22 @@ def begin(
     )
 
 
+def start(
+    session_scope: SessionScope,
+    config: Config,
+    app: AmazonApp,
+    *,
+    user_id: str,
+    region: str,
+    flow: str,
+) -> ConsentStart:
+    """``begin``, after checking the authorization can be stored at all: a missing or wrong
+    encryption key fails now, not after the seller has consented."""
+    with session_scope() as session:
+        credentials.open_vault(config, session)
+        return begin(session, app, config.jwt_secret(), user_id=user_id, region=region, flow=flow)
+
+
 @dataclass(frozen=True)
 class StateClaims:
     state_id: str

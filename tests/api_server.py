@@ -14,11 +14,18 @@ from discoveryctl.config import Config
 from discoveryctl.server.app import create_app
 
 
-@contextmanager
-def serving(keepalive: float = 15.0) -> Iterator[str]:
-    """The API over the database and settings the environment names; yields its base URL."""
+def listening() -> socket.socket:
+    """A socket bound to a free port on 127.0.0.1, for a server that must know its address
+    before it starts (an OAuth redirect URI names it)."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
+    return listener
+
+
+@contextmanager
+def serving(keepalive: float = 15.0, listener: socket.socket | None = None) -> Iterator[str]:
+    """The API over the database and settings the environment names; yields its base URL."""
+    listener = listener or listening()
     port = listener.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from discoveryctl.db.engine import Database
 from discoveryctl.integrations import lifecycle
@@ -99,3 +100,20 @@ def app_for(sandbox: Any, **changes: str) -> Any:
         "spapi_url": sandbox.url,
     }
     return AmazonApp(**(settings | changes))
+
+
+def with_params(url: str, **changes: str | None) -> str:
+    """``url`` with query parameters replaced, added, or (``None``) taken out."""
+    parts = urlsplit(url)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    for key, value in changes.items():
+        if value is None:
+            query.pop(key, None)
+        else:
+            query[key] = value
+    return parts._replace(query=urlencode(query)).geturl()
+
+
+def state_of(url: str) -> str:
+    """The ``state`` an OAuth address carries."""
+    return parse_qs(urlsplit(url).query)["state"][0]

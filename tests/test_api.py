@@ -219,6 +219,9 @@ def test_openapi_names_every_route_and_its_bearer_auth(api: str) -> None:
         "/api/v1/integrations/status/{provider}",
         "/api/v1/integrations/reconnect/{provider}",
         "/api/v1/integrations/events",
+        "/api/v1/integrations/amazon/connect",
+        "/api/v1/integrations/amazon/login",
+        "/api/v1/integrations/amazon/callback",
     }
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     status = spec["paths"]["/api/v1/integrations/status"]["get"]
@@ -228,6 +231,12 @@ def test_openapi_names_every_route_and_its_bearer_auth(api: str) -> None:
     stream = spec["paths"]["/api/v1/integrations/events"]["get"]
     assert "text/event-stream" in stream["responses"]["200"]["content"]
     assert stream["security"] == [{"HTTPBearer": []}]
+    assert spec["paths"]["/api/v1/integrations/amazon/connect"]["get"]["security"] == [
+        {"HTTPBearer": []}
+    ]
+    for browser_only in ("login", "callback"):  # Amazon sends the browser: no token
+        route = spec["paths"][f"/api/v1/integrations/amazon/{browser_only}"]["get"]
+        assert "security" not in route and "302" in route["responses"]
 
 
 def test_token_mint_prints_a_token_the_api_takes(

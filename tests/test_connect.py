@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import jwt
@@ -27,6 +27,8 @@ import pytest
 
 from discoveryctl.consent import STATE_AUDIENCE
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
+
+from helpers import state_of, with_params
 
 JWT_SECRET = "test-jwt-secret-" + "x" * 32
 
@@ -120,21 +122,6 @@ def approve(url: str) -> str:
         response = browser.get(url)
     assert response.status_code == 302, response.text
     return response.headers["location"]
-
-
-def with_params(url: str, **changes: str | None) -> str:
-    parts = urlsplit(url)
-    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-    for key, value in changes.items():
-        if value is None:
-            query.pop(key, None)
-        else:
-            query[key] = value
-    return parts._replace(query=urlencode(query)).geturl()
-
-
-def state_of(url: str) -> str:
-    return parse_qs(urlsplit(url).query)["state"][0]
 
 
 # -- success ----------------------------------------------------------------------------------

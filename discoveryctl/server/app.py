@@ -33,6 +33,7 @@ from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations import reconnect as reconnects
 from discoveryctl.integrations.health import Provider, api_view
 from discoveryctl.logging import get_logger
+from discoveryctl.server import amazon_consent
 from discoveryctl.server.errors import error_response
 from discoveryctl.server.status_feed import Change, StatusFeed
 
@@ -98,6 +99,7 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
 
     User = Annotated[str, Depends(user_id)]
     Who = Annotated[api_tokens.Caller, Depends(caller)]
+    amazon_consent.add_routes(app, config, database, caller, ERRORS, log)
 
     @app.get("/health", summary="The service and its database", responses={503: ERRORS[503]})
     def health() -> dict[str, Any]:

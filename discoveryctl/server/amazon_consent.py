@@ -1,0 +1,175 @@
+"""The web OAuth routes: a seller connects Amazon from the browser (SPEC §8).
+
+The same consent core as ``connect amazon`` (``discoveryctl.consent``): the same state (signed,
+10 minutes, bound to the user and region, single use), the same reasons, the same events.
+
+- ``…/amazon/connect`` (bearer token): issues a state for the caller and sends the browser to
+  Seller Central's consent page. The state also goes into an ``HttpOnly`` cookie, and the
+  callback only accepts the state of the browser that started: a consent link someone else
+  started cannot connect a seller to their account (RFC 6749 §10.12, state bound to the user
+  agent).
+- ``…/amazon/login``: Amazon's login-URI step, answered with the cookie's state.
+- ``…/amazon/callback``: Amazon's redirect with the code; the browser ends at
+  ``FRONTEND_URL/integrations/amazon?status=connected``, or ``?error=<reason>``.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the routes' annotations.
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from fastapi import Cookie, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+
+from discoveryctl import api_tokens, consent
+from discoveryctl.config import Config
+from discoveryctl.consent import Reason
+from discoveryctl.db.engine import Database
+from discoveryctl.errors import AppCredentialsRejected, OAuthCallbackError
+from discoveryctl.integrations.health import Region, isoformat
+from discoveryctl.providers.amazon import LwaClient
+
+COOKIE = "discovery_amazon_consent"
+COOKIE_PATH = "/api/v1/integrations/amazon"
+SERVER_ERROR = "server_error"
+"""The outcome for anything the consent rules do not name (the database down, a missing key):
+RFC 6749 §4.1.2.1's name for it. The log says what it was."""
+
+_NO_REFERRER = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+"""On every answer: the callback's address carries a code and a state."""
+
+
+def outcome_url(frontend_url: str, **outcome: str) -> str:
+    """Where the browser ends: the front end's Amazon page, with the outcome."""
+    return f"{frontend_url.rstrip('/')}/integrations/amazon?{urlencode(outcome)}"
+
+
+def add_routes(
+    app: FastAPI,
+    config: Config,
+    database: Database,
+    caller: Callable[..., Awaitable[api_tokens.Caller]],
+    errors: Mapping[int | str, dict[str, Any]],
+    log: Any,
+) -> None:
+    """Register the three routes; ``caller`` is the bearer-token dependency."""
+    secure = urlsplit(config.get("AMAZON_REDIRECT_URI") or "").scheme == "https"
+
+    def finish(to: str, *, keep_cookie: bool = False) -> RedirectResponse:
+        response = RedirectResponse(to, status_code=302, headers=_NO_REFERRER)
+        if not keep_cookie:
+            response.delete_cookie(COOKIE, path=COOKIE_PATH, secure=secure, httponly=True)
+        return response
+
+    def failed(reason: str) -> RedirectResponse:
+        return finish(outcome_url(config.frontend_url, error=reason))
+
+    @app.get(
+        "/api/v1/integrations/amazon/connect",
+        summary="Start connecting the caller's Amazon account: 302 to Seller Central's consent",
+        description=(
+            "Issues a consent state for the caller (10 minutes, single use) and redirects to "
+            "Seller Central. The state is also set in an `HttpOnly` cookie: the callback must "
+            "come back to the same browser. With `Accept: application/json` the answer is "
+            '`200 {"success": true, "data": {"consentUrl", "expiresAt"}}` instead, for a front '
+            "end that navigates itself."
+        ),
+        status_code=302,
+        response_class=RedirectResponse,
+        responses={
+            200: {"description": "The consent URL, when JSON was asked for."},
+            302: {"description": "To Seller Central's consent page."},
+            401: errors[401],
+            500: {"description": "The server is not set up for Amazon (no app credentials)."},
+            503: errors[503],
+        },
+    )
+    def connect(
+        request: Request,
+        who: Annotated[api_tokens.Caller, Depends(caller)],
+        region: Region = Region.na,
+    ) -> Response:
+        amazon = config.amazon_app()
+        started = consent.start(
+            database.session, config, amazon, user_id=who.user_id, region=region.value, flow="web"
+        )
+        data = {"consentUrl": started.url, "expiresAt": isoformat(started.expires_at)}
+        answer: Response
+        if _wants_json(request.headers.get("accept", "")):
+            answer = JSONResponse({"success": True, "data": data}, headers=_NO_REFERRER)
+        else:
+            answer = finish(started.url, keep_cookie=True)
+        answer.set_cookie(
+            COOKIE,
+            started.state,
+            max_age=int(consent.STATE_LIFETIME.total_seconds()),
+            path=COOKIE_PATH,
+            secure=secure,
+            httponly=True,
+            samesite="lax",  # sent on Amazon's top-level redirects back to us
+        )
+        return answer
+
+    @app.get(
+        "/api/v1/integrations/amazon/login",
+        summary="Amazon's login-URI step: 302 back to Amazon with the browser's state",
+        status_code=302,
+        response_class=RedirectResponse,
+        responses={302: {"description": "Back to Amazon, or to the front end with `?error=`."}},
+    )
+    def login(
+        request: Request, state: Annotated[str | None, Cookie(alias=COOKIE)] = None
+    ) -> RedirectResponse:
+        query = parse_qs(request.url.query, keep_blank_values=True)
+        try:
+            if state is None:
+                raise OAuthCallbackError(Reason.missing_state, "this browser started no consent")
+            claims = consent.read_state(state, config.jwt_secret())
+            amazon = config.amazon_app()
+            location = consent.login_redirect(amazon, query, state, claims.region)
+        except OAuthCallbackError as error:
+            return failed(error.reason)
+        except Exception as error:
+            log.error("consent_login_failed", error_type=type(error).__name__)
+            return failed(SERVER_ERROR)
+        return finish(location, keep_cookie=True)
+
+    @app.get(
+        "/api/v1/integrations/amazon/callback",
+        summary="Amazon's redirect with the authorization code: 302 to the front end",
+        description=(
+            "Ends at `FRONTEND_URL/integrations/amazon?status=connected`, or `?error=<reason>` "
+            "with the same reasons as `discoveryctl connect` (`state_reused`, `expired_state`, "
+            "`access_denied`, …; `server_error` when the server could not finish)."
+        ),
+        status_code=302,
+        response_class=RedirectResponse,
+        responses={302: {"description": "To the front end, with the outcome."}},
+    )
+    def callback(
+        request: Request, state: Annotated[str | None, Cookie(alias=COOKIE)] = None
+    ) -> RedirectResponse:
+        query = parse_qs(request.url.query, keep_blank_values=True)
+        try:
+            amazon = config.amazon_app()
+            with LwaClient(amazon) as lwa:
+                consent.complete(
+                    database.session,
+                    config,
+                    amazon,
+                    lwa,
+                    query,
+                    expected_state=state or "",  # no cookie: no state of this browser matches
+                )
+        except OAuthCallbackError as error:
+            return failed(error.reason)
+        except AppCredentialsRejected:
+            return failed(Reason.app_credentials_rejected)
+        except Exception as error:  # the browser still lands on the front end, told it failed
+            log.error("consent_callback_failed", error_type=type(error).__name__)
+            return failed(SERVER_ERROR)
+        return finish(outcome_url(config.frontend_url, status="connected"))
+
+
+def _wants_json(accept: str) -> bool:
+    return "application/json" in accept and "text/html" not in accept
