@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from discoveryctl.db.models import Event, table_of, utcnow
+from discoveryctl.integrations.health import isoformat, message_for
 from discoveryctl.redaction import redact
 
 SUCCESS = "success"
@@ -166,6 +167,34 @@ def history(
     if since is not None:
         query = query.where(Event.occurred_at >= since)
     return session.scalars(query).all()
+
+
+def view(event: Event) -> dict[str, Any]:
+    """An event as the operator and the API see it (``events --json``, the history route)."""
+    return {
+        "id": event.id,
+        "occurred_at": isoformat(event.occurred_at),
+        "user_id": event.user_id,
+        "provider": event.provider,
+        "kind": event.kind,
+        "outcome": event.outcome,
+        "error_type": event.error_type,
+        "detail": event.detail,
+    }
+
+
+def status_change_view(event: Event) -> dict[str, Any]:
+    """A ``status_changed`` event as the API's live stream sends it."""
+    detail = event.detail or {}
+    provider, status = event.provider or "", str(detail.get("to", ""))
+    return {
+        "provider": provider,
+        "status": status,
+        "previous_status": detail.get("from"),
+        "reason": detail.get("reason"),
+        "changed_at": isoformat(event.occurred_at),
+        "message": message_for(provider, status),
+    }
 
 
 def status_changes_of(

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session
 from discoveryctl import alert_webhook, events
 from discoveryctl.db.models import Notification, utcnow
 from discoveryctl.errors import NotFound
+from discoveryctl.integrations.health import isoformat
 
 USER = "user"
 ADMIN = "admin"
@@ -217,10 +219,36 @@ def inbox(
     return session.scalars(query).all()
 
 
-def acknowledge(session: Session, ids: Iterable[int]) -> list[int]:
-    """Mark notifications read; every id must exist."""
+def view(notification: Notification) -> dict[str, Any]:
+    """A notification as the operator and the API see it (``notifications --json``, the
+    notifications route)."""
+    return {
+        "id": notification.id,
+        "audience": notification.audience,
+        "user_id": notification.user_id,
+        "provider": notification.provider,
+        "kind": notification.kind,
+        "title": notification.title,
+        "message": notification.message,
+        "detail": notification.detail,
+        "created_at": isoformat(notification.created_at),
+        "read_at": _moment(notification.read_at),
+        "resolved_at": _moment(notification.resolved_at),
+    }
+
+
+def _moment(moment: datetime | None) -> str | None:
+    return isoformat(moment) if moment is not None else None
+
+
+def acknowledge(session: Session, ids: Iterable[int], *, user_id: str | None = None) -> list[int]:
+    """Mark notifications read; every id must exist (with ``user_id``: be that user's, so
+    another's are as unknown as missing ones)."""
     wanted = sorted(set(ids))
-    found = session.scalars(sa.select(Notification).where(Notification.id.in_(wanted))).all()
+    query = sa.select(Notification).where(Notification.id.in_(wanted))
+    if user_id is not None:
+        query = query.where(Notification.audience == USER, Notification.user_id == user_id)
+    found = session.scalars(query).all()
     missing = sorted(set(wanted) - {n.id for n in found})
     if missing:
         raise NotFound(f"no notification with id {', '.join(map(str, missing))}")

@@ -18,7 +18,7 @@ from api_server import serving
 
 from discoveryctl.integrations.health import Status
 
-from helpers import SEED_FIELDS, amazon_line, set_status, stripe_line, write_lines
+from helpers import SEED_FIELDS, amazon_line, fail_transiently, set_status, stripe_line, write_lines
 
 SECRET = "s" * 40
 
@@ -222,6 +222,9 @@ def test_openapi_names_every_route_and_its_bearer_auth(api: str) -> None:
         "/api/v1/integrations/amazon/connect",
         "/api/v1/integrations/amazon/login",
         "/api/v1/integrations/amazon/callback",
+        "/api/v1/integrations/history",
+        "/api/v1/notifications",
+        "/api/v1/notifications/{notification_id}/read",
     }
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     status = spec["paths"]["/api/v1/integrations/status"]["get"]
@@ -302,3 +305,38 @@ def test_minted_tokens_expire(cli: Any, db: Any, monkeypatch: pytest.MonkeyPatch
     value = cli("token", "mint", "--user", "alice", "--ttl", "1h").stdout.strip()
     claims = jwt.decode(value, SECRET, algorithms=["HS256"])
     assert datetime.fromtimestamp(claims["exp"], UTC) - datetime.now(UTC) <= timedelta(hours=1)
+
+
+def test_history_and_notifications_are_the_cli_s_objects_for_the_caller_only(
+    api: str, db: Any, cli: Any
+) -> None:
+    set_status(db.url, "alice", Status.revoked)
+    set_status(db.url, "bob", Status.revoked)
+    fail_transiently(db.url, "alice", 3)  # an admin alert about alice: not hers to see
+
+    history = get(f"{api}/api/v1/integrations/history", "alice").json()
+    assert history["success"] is True
+    assert history["data"] == cli("events", "--user", "alice", "--json").json()
+    assert {e["user_id"] for e in history["data"]} == {"alice"}
+    assert "status_changed" in {e["kind"] for e in history["data"]}
+    stripe = get(f"{api}/api/v1/integrations/history?provider=stripe", "alice").json()["data"]
+    assert stripe and {e["provider"] for e in stripe} == {"stripe"}
+    assert len(get(f"{api}/api/v1/integrations/history?limit=1", "alice").json()["data"]) == 1
+
+    mine = get(f"{api}/api/v1/notifications", "alice").json()["data"]
+    assert mine == cli("notifications", "--user", "alice", "--json").json()
+    assert mine and {(n["user_id"], n["audience"]) for n in mine} == {("alice", "user")}
+    assert cli("notifications", "--admin", "--json").json()  # the admin alert is there
+
+    bobs = cli("notifications", "--user", "bob", "--json").json()
+    alice = {"Authorization": f"Bearer {token('alice')}"}
+    refused = httpx.post(f"{api}/api/v1/notifications/{bobs[0]['id']}/read", headers=alice)
+    assert refused.status_code == 404
+    assert refused.json() == {"success": False, "error": f"no notification with id {bobs[0]['id']}"}
+    assert cli("notifications", "--user", "bob", "--unread", "--json").json() == bobs
+
+    read = httpx.post(f"{api}/api/v1/notifications/{mine[0]['id']}/read", headers=alice)
+    assert read.json() == {"success": True, "data": {"id": mine[0]["id"]}}
+    unread = get(f"{api}/api/v1/notifications?unread=true", "alice").json()["data"]
+    assert mine[0]["id"] not in {n["id"] for n in unread}
+    assert cli("notifications", "--user", "alice", "--json").json()[0]["read_at"] is not None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import typer
 
@@ -81,17 +80,8 @@ def events(
     app: Application = ctx.obj
     start = parse_since(since)
     with app.session() as session:
-        views: list[dict[str, Any]] = [
-            {
-                "id": e.id,
-                "occurred_at": isoformat(e.occurred_at),
-                "user_id": e.user_id,
-                "provider": e.provider,
-                "kind": e.kind,
-                "outcome": e.outcome,
-                "error_type": e.error_type,
-                "detail": e.detail,
-            }
+        views = [
+            history.view(e)
             for e in history.history(
                 session,
                 user_id=user,

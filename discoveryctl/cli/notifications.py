@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
 
 from discoveryctl.cli import options
@@ -35,26 +33,11 @@ def notifications(
         return
     from discoveryctl import notifications as inbox
     from discoveryctl.cli.application import Application, relative_time
-    from discoveryctl.integrations.health import isoformat
 
     app: Application = ctx.obj
     with app.session() as session:
-        found = inbox.inbox(session, user_id=user, admin=admin, unread=unread)
-        views: list[dict[str, Any]] = [
-            {
-                "id": n.id,
-                "audience": n.audience,
-                "user_id": n.user_id,
-                "provider": n.provider,
-                "kind": n.kind,
-                "title": n.title,
-                "message": n.message,
-                "detail": n.detail,
-                "created_at": isoformat(n.created_at),
-                "read_at": isoformat(n.read_at) if n.read_at else None,
-                "resolved_at": isoformat(n.resolved_at) if n.resolved_at else None,
-            }
-            for n in found
+        views = [
+            inbox.view(n) for n in inbox.inbox(session, user_id=user, admin=admin, unread=unread)
         ]
     if as_json:
         app.print_json(views)

@@ -1,8 +1,10 @@
 """The seed's HTTP API (SPEC §8): the same rows and rules as the CLI, over HTTP.
 
-Every route but ``/health`` takes the caller from a bearer token's ``sub``
-(``discoveryctl.api_tokens``): no route reads a user id from the client, so one user can never
-read or change another's rows. Every answer is JSON in the seed's shape, ``{"success": true,
+Every route but ``/health`` and the two Amazon sends the browser to (``amazon_consent``: its
+login step and its callback, which the consent state authenticates) takes the caller from a
+bearer token's ``sub`` (``discoveryctl.api_tokens``): no route reads a user id from the client,
+so one user can never read or change another's rows. Integrations, history and notifications
+are shown as the CLI shows them: the views are the core's. Every answer is JSON in the seed's shape, ``{"success": true,
 "data": …}`` or ``{"success": false, "error": …}``, errors included: a ``DiscoveryError`` by its
 kind (``server.errors.HTTP_STATUS``), a bad request 400, an unknown route 404, anything
 unexpected 500 without its details.
@@ -18,14 +20,16 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Path as FastApiPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from discoveryctl import api_tokens
+from discoveryctl import api_tokens, events
+from discoveryctl import notifications as inbox
 from discoveryctl.config import Config
 from discoveryctl.db.engine import HEAD_REVISION, Database
 from discoveryctl.errors import DiscoveryError, NotFound
@@ -151,6 +155,49 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
                 "message": f"Redirect to this URL to reconnect your {known} integration",
             },
         }
+
+    @app.get(
+        "/api/v1/integrations/history",
+        summary="The caller's audit history, newest first (as `events --json` shows it)",
+        responses={401: ERRORS[401], 404: ERRORS[404], 503: ERRORS[503]},
+    )
+    def history(
+        user: User,
+        provider: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> JSONResponse:
+        known = _provider(provider) if provider is not None else None
+        with database.session() as session:
+            found = events.history(session, user_id=user, provider=known, limit=limit)
+            views = [events.view(event) for event in found]
+        return JSONResponse({"success": True, "data": views})
+
+    @app.get(
+        "/api/v1/notifications",
+        summary="The caller's notifications, newest first (as `notifications --json` shows them)",
+        responses={401: ERRORS[401], 503: ERRORS[503]},
+    )
+    def notifications_of(
+        user: User,
+        unread: bool = False,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> JSONResponse:
+        with database.session() as session:
+            found = inbox.inbox(session, user_id=user, unread=unread, limit=limit)
+            views = [inbox.view(notification) for notification in found]
+        return JSONResponse({"success": True, "data": views})
+
+    @app.post(
+        "/api/v1/notifications/{notification_id}/read",
+        summary="Mark one of the caller's notifications read (as `notifications ack` does)",
+        responses={401: ERRORS[401], 404: ERRORS[404], 503: ERRORS[503]},
+    )
+    def read(
+        notification_id: Annotated[int, FastApiPath(ge=1, le=2**63 - 1)], user: User
+    ) -> dict[str, Any]:
+        with database.session() as session:
+            inbox.acknowledge(session, [notification_id], user_id=user)
+        return {"success": True, "data": {"id": notification_id}}
 
     @app.get(
         "/api/v1/integrations/events",

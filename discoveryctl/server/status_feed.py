@@ -21,7 +21,6 @@ from typing import Any
 from discoveryctl import events
 from discoveryctl.db.engine import Database
 from discoveryctl.db.models import Event
-from discoveryctl.integrations.health import isoformat, message_for
 from discoveryctl.logging import get_logger
 
 POLL_INTERVAL = 0.5
@@ -38,20 +37,7 @@ class Change:
 
 
 def change_of(event: Event) -> Change:
-    detail = event.detail or {}
-    provider, status = event.provider or "", str(detail.get("to", ""))
-    return Change(
-        event.id,
-        event.user_id or "",
-        {
-            "provider": provider,
-            "status": status,
-            "previous_status": detail.get("from"),
-            "reason": detail.get("reason"),
-            "changed_at": isoformat(event.occurred_at),
-            "message": message_for(provider, status),
-        },
-    )
+    return Change(event.id, event.user_id or "", events.status_change_view(event))
 
 
 class StatusFeed:
