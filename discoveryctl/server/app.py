@@ -4,10 +4,12 @@ Every route but ``/health`` and the two Amazon sends the browser to (``amazon_co
 login step and its callback, which the consent state authenticates) takes the caller from a
 bearer token's ``sub`` (``discoveryctl.api_tokens``): no route reads a user id from the client,
 so one user can never read or change another's rows. Integrations, history and notifications
-are shown as the CLI shows them: the views are the core's. Every answer is JSON in the seed's shape, ``{"success": true,
-"data": …}`` or ``{"success": false, "error": …}``, errors included: a ``DiscoveryError`` by its
-kind (``server.errors.HTTP_STATUS``), a bad request 400, an unknown route 404, anything
-unexpected 500 without its details.
+are shown as the CLI shows them: the views are the core's.
+
+Every answer is JSON in the seed's shape, ``{"success": true, "data": …}`` or ``{"success":
+false, "error": …}``, errors included: a ``DiscoveryError`` by its kind
+(``server.errors.HTTP_STATUS``), a bad request 400, an unknown route 404, anything unexpected
+500 without its details. Amazon's browser redirects end on the front end instead.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations, which name
