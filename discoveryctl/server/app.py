@@ -39,7 +39,7 @@ from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations import reconnect as reconnects
 from discoveryctl.integrations.health import Provider, api_view
 from discoveryctl.logging import get_logger
-from discoveryctl.server import amazon_consent
+from discoveryctl.server import amazon_consent, schemas
 from discoveryctl.server.errors import error_response
 from discoveryctl.server.status_feed import Change, StatusFeed
 
@@ -49,13 +49,19 @@ KEEPALIVE = 15.0
 _bearer = HTTPBearer(auto_error=False, description="An HS256 JWT whose `sub` is the user.")
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"description": meaning, "model": None}
+    status: {"description": meaning, "model": schemas.ErrorAnswer}
     for status, meaning in (
         (401, 'No bearer token the API accepts: `{"success": false, "error": …}`.'),
         (404, "Unknown provider, or the user has no such integration."),
+        (400, "The request breaks the route's parameters (the error names which)."),
         (503, "The database is unavailable."),
     )
 }
+
+
+def answers(model: type[Any], *errors: int) -> dict[int | str, dict[str, Any]]:
+    """A route's documented answers: ``model`` for 200, and ``errors``."""
+    return {200: {"model": model}, **{status: ERRORS[status] for status in errors}}
 
 
 def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) -> FastAPI:
@@ -107,7 +113,12 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
     Who = Annotated[api_tokens.Caller, Depends(caller)]
     amazon_consent.add_routes(app, config, database, caller, ERRORS, log)
 
-    @app.get("/health", summary="The service and its database", responses={503: ERRORS[503]})
+    @app.get(
+        "/health",
+        summary="The service and its database",
+        response_model=None,
+        responses=answers(schemas.HealthAnswer, 503),
+    )
     def health() -> dict[str, Any]:
         revision = database.current_revision()
         if revision != HEAD_REVISION:
@@ -117,7 +128,7 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
     @app.get(
         "/api/v1/integrations/status",
         summary="The caller's integrations",
-        responses={401: ERRORS[401], 503: ERRORS[503]},
+        responses=answers(schemas.IntegrationsAnswer, 401, 503),
     )
     def statuses(user: User) -> JSONResponse:
         with database.session() as session:
@@ -128,7 +139,7 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
     @app.get(
         "/api/v1/integrations/status/{provider}",
         summary="The caller's integration with one provider",
-        responses={401: ERRORS[401], 404: ERRORS[404], 503: ERRORS[503]},
+        responses=answers(schemas.IntegrationAnswer, 401, 404, 503),
     )
     def status(provider: str, user: User) -> JSONResponse:
         known = _provider(provider)
@@ -141,7 +152,8 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
     @app.patch(
         "/api/v1/integrations/reconnect/{provider}",
         summary="A reconnect URL for one of the caller's integrations (the attempt is counted)",
-        responses={401: ERRORS[401], 404: ERRORS[404], 503: ERRORS[503]},
+        response_model=None,
+        responses=answers(schemas.ReconnectAnswer, 401, 404, 503),
     )
     def reconnect(provider: str, user: User) -> dict[str, Any]:
         known = _provider(provider)
@@ -161,7 +173,7 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
     @app.get(
         "/api/v1/integrations/history",
         summary="The caller's audit history, newest first (as `events --json` shows it)",
-        responses={401: ERRORS[401], 404: ERRORS[404], 503: ERRORS[503]},
+        responses=answers(schemas.HistoryAnswer, 400, 401, 404, 503),
     )
     def history(
         user: User,
@@ -177,7 +189,7 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
     @app.get(
         "/api/v1/notifications",
         summary="The caller's notifications, newest first (as `notifications --json` shows them)",
-        responses={401: ERRORS[401], 503: ERRORS[503]},
+        responses=answers(schemas.NotificationsAnswer, 400, 401, 503),
     )
     def notifications_of(
         user: User,
@@ -192,7 +204,8 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
     @app.post(
         "/api/v1/notifications/{notification_id}/read",
         summary="Mark one of the caller's notifications read (as `notifications ack` does)",
-        responses={401: ERRORS[401], 404: ERRORS[404], 503: ERRORS[503]},
+        response_model=None,
+        responses=answers(schemas.ReadAnswer, 400, 401, 404, 503),
     )
     def read(
         notification_id: Annotated[int, FastApiPath(ge=1, le=2**63 - 1)], user: User
@@ -282,8 +295,29 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
         log.error("api_error", path=request.url.path, error_type=type(error).__name__)
         return JSONResponse({"success": False, "error": "internal error"}, status_code=500)
 
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _bad_requests_are_400(fastapi_openapi())
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(AccessLog, log=log)
     return app
+
+
+def _bad_requests_are_400(schema: dict[str, Any]) -> None:
+    """FastAPI documents its own 422 for a request that breaks a route's parameters; this API
+    answers 400 in its error shape (``bad_request``): say so."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorAnswer"}}}
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            if responses.pop("422", None) is not None and "400" not in responses:
+                responses["400"] = {"description": ERRORS[400]["description"], "content": error}
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(unused, None)
 
 
 class AccessLog:

@@ -1,0 +1,124 @@
+"""The API's answers as OpenAPI describes them, field for field.
+
+The routes answer with the core's views (``api_view``, ``events.view``, ``notifications.view``)
+as ready JSON; these models only document them, closed (no field beyond these), so a schema
+check of real answers (``tests/test_api_schema.py``) catches a view that drifts from its
+documentation.
+"""
+
+# No ``from __future__ import annotations``: pydantic reads the annotations.
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from discoveryctl.integrations.health import Provider, Status
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorAnswer(_Closed):
+    success: Literal[False]
+    error: str
+
+
+class Integration(_Closed):
+    """One integration, as `status --json` shows it."""
+
+    id: str
+    user_id: str
+    provider: Provider
+    status: Status
+    updated_at: str
+    metadata: dict[str, Any]
+    lastSyncedAt: str | None
+    message: str
+
+
+class IntegrationAnswer(_Closed):
+    success: Literal[True]
+    data: Integration
+
+
+class IntegrationsAnswer(_Closed):
+    success: Literal[True]
+    data: list[Integration]
+
+
+class Reconnect(_Closed):
+    reconnectUrl: str
+    message: str
+
+
+class ReconnectAnswer(_Closed):
+    success: Literal[True]
+    data: Reconnect
+
+
+class Health(_Closed):
+    status: Literal["ok"]
+    database: str
+
+
+class HealthAnswer(_Closed):
+    success: Literal[True]
+    data: Health
+
+
+class Event(_Closed):
+    """One entry of the audit history, as `events --json` shows it."""
+
+    id: int
+    occurred_at: str
+    user_id: str | None
+    provider: str | None
+    kind: str
+    outcome: Literal["success", "failure", "info"]
+    error_type: str | None
+    detail: dict[str, Any]
+
+
+class HistoryAnswer(_Closed):
+    success: Literal[True]
+    data: list[Event]
+
+
+class Notification(_Closed):
+    """One notification, as `notifications --json` shows it."""
+
+    id: int
+    audience: Literal["user", "admin"]
+    user_id: str | None
+    provider: str | None
+    kind: str
+    title: str
+    message: str
+    detail: dict[str, Any]
+    created_at: str
+    read_at: str | None
+    resolved_at: str | None
+
+
+class NotificationsAnswer(_Closed):
+    success: Literal[True]
+    data: list[Notification]
+
+
+class Read(_Closed):
+    id: int
+
+
+class ReadAnswer(_Closed):
+    success: Literal[True]
+    data: Read
+
+
+class Consent(_Closed):
+    consentUrl: str
+    expiresAt: str
+
+
+class ConsentAnswer(_Closed):
+    success: Literal[True]
+    data: Consent
