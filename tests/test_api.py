@@ -340,3 +340,15 @@ def test_history_and_notifications_are_the_cli_s_objects_for_the_caller_only(
     unread = get(f"{api}/api/v1/notifications?unread=true", "alice").json()["data"]
     assert mine[0]["id"] not in {n["id"] for n in unread}
     assert cli("notifications", "--user", "alice", "--json").json()[0]["read_at"] is not None
+
+
+def test_a_database_failure_is_its_kind_s_error_in_json(api: str, db: Any) -> None:
+    with db.engine.begin() as connection:  # the table gone under a running server
+        connection.exec_driver_sql("ALTER TABLE integration_status RENAME TO gone")
+    answer = get(f"{api}/api/v1/integrations/status", "alice")
+    assert answer.status_code in (500, 503)
+    body = answer.json()
+    assert body["success"] is False
+    assert "integration_status" in body["error"]  # the database's own words, not a traceback
+    health = httpx.get(f"{api}/health")
+    assert health.status_code == 200  # the schema's revision is still the head's

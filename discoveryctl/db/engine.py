@@ -60,9 +60,17 @@ def sqlite_file(url: URL) -> Path | None:
     return Path(url.database)
 
 
-def create_engine(raw_url: str, create: Creation = "never") -> Engine:
+def create_engine(
+    raw_url: str, create: Creation = "never", *, autocommit: bool = False, pool: int | None = None
+) -> Engine:
+    """``autocommit``: each statement its own transaction (for reads alone: no ``BEGIN`` and
+    ``COMMIT`` round trips around them). ``pool``: keep that many connections, and open no
+    more (the default keeps 5 and opens up to 10 more, each closed again once returned: under
+    steady load, a new connection every few requests)."""
     url = parse_url(raw_url)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+    if pool is not None and not (url.get_backend_name() == "sqlite" and sqlite_file(url) is None):
+        kwargs.update(pool_size=pool, max_overflow=0)  # (an in-memory SQLite has no such pool)
     if url.get_backend_name() == "sqlite":
         path = sqlite_file(url)
         if path is not None:
@@ -195,6 +203,9 @@ def lock_connection(connection: sa.Connection, name: str) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+READERS = 16
+"""Connections a process keeps for ``Database.reading``: as many as the API's threads."""
+
 SessionScope = Callable[[], AbstractContextManager[Session]]
 """Opens a unit of work: ``with scope() as session`` commits on success, rolls back on error
 (``Database.session`` is one)."""
@@ -206,7 +217,9 @@ class Database:
     def __init__(self, raw_url: str, create: Creation = "never") -> None:
         self.engine = create_engine(raw_url, create)
         self.url = self.engine.url
+        self._raw_url = raw_url
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers: Engine | None = None
 
     @property
     def dialect(self) -> str:
@@ -295,5 +308,21 @@ class Database:
         finally:
             session.close()
 
+    @contextmanager
+    def reading(self) -> Iterator[sa.Connection]:
+        """A connection for reads alone, each statement committed by itself: a read costs
+        the API one round trip to PostgreSQL instead of three (``BEGIN``, the read,
+        ``COMMIT``). Its own pool of ``READERS`` connections, opened on first use. A failed
+        database call is raised as the ``DiscoveryError`` of its kind."""
+        if self._readers is None:
+            self._readers = create_engine(self._raw_url, autocommit=True, pool=READERS)
+        try:
+            with self._readers.connect() as connection:
+                yield connection
+        except exc.DBAPIError as error:
+            raise self.unreachable(error) from None
+
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._readers is not None:
+            self._readers.dispose()

@@ -120,6 +120,35 @@ def listing(
     return session.execute(query).all()
 
 
+def _of_user(provider: bool) -> sa.Select[Any]:
+    table = table_of(IntegrationStatus)
+    query = sa.select(
+        table.c.id,
+        table.c.user_id,
+        table.c.provider,
+        table.c.status,
+        table.c.updated_at,
+        table.c.metadata,
+    ).where(table.c.user_id == sa.bindparam("user_id"))
+    if provider:
+        query = query.where(table.c.provider == sa.bindparam("provider"))
+    return query.order_by(table.c.provider)
+
+
+_OF_USER = {False: _of_user(provider=False), True: _of_user(provider=True)}
+"""Built once: building a statement costs more than running this one (the API's hot path)."""
+
+
+def of_user(
+    connection: sa.Connection | Session, user_id: str, provider: str | None = None
+) -> Sequence[sa.Row[*tuple[Any, ...]]]:
+    """One user's integrations (with ``provider``: that one), as ``listing`` gives them."""
+    params = (
+        {"user_id": user_id} if provider is None else {"user_id": user_id, "provider": provider}
+    )
+    return connection.execute(_OF_USER[provider is not None], params).all()
+
+
 def counts(session: Session, filters: Filters = Filters()) -> tuple[dict[str, int], int]:
     """How many integrations are in each status, and how many need attention."""
     table = table_of(IntegrationStatus)

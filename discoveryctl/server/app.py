@@ -22,18 +22,19 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi import Path as FastApiPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from discoveryctl import api_tokens, events
 from discoveryctl import notifications as inbox
 from discoveryctl.config import Config
-from discoveryctl.db.engine import HEAD_REVISION, Database
+from discoveryctl.db.engine import HEAD_REVISION, READERS, Database
 from discoveryctl.errors import DiscoveryError, NotFound
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations import reconnect as reconnects
@@ -46,7 +47,28 @@ from discoveryctl.server.status_feed import Change, StatusFeed
 KEEPALIVE = 15.0
 """Seconds between keep-alive comments on an idle stream (proxies drop silent connections)."""
 
-_bearer = HTTPBearer(auto_error=False, description="An HS256 JWT whose `sub` is the user.")
+
+class BearerToken(HTTPBearer):
+    """The caller, from the request's bearer token (``api_tokens.caller_of``). An
+    ``HTTPBearer``, so OpenAPI names the scheme on every route that needs it; one dependency
+    with nothing below it, checked on the event loop (no thread hop)."""
+
+    def __init__(self, secret: str, audience: str | None, issuer: str | None) -> None:
+        super().__init__(
+            scheme_name="HTTPBearer",
+            description="An HS256 JWT whose `sub` is the user.",
+            auto_error=False,
+        )
+        self._secret, self._audience, self._issuer = secret, audience, issuer
+
+    async def __call__(self, request: Request) -> api_tokens.Caller:  # type: ignore[override]
+        return api_tokens.caller_of(
+            self._secret,
+            request.headers.get("authorization"),
+            audience=self._audience,
+            issuer=self._issuer,
+        )
+
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"description": meaning, "model": schemas.ErrorAnswer}
@@ -80,6 +102,9 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The routes' threads, as many as the connections kept for reads: more would wait for
+        # a connection, or open and close extra ones under load.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = READERS
         await feed.start()
         yield
         await feed.stop()
@@ -95,21 +120,7 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
         lifespan=lifespan,
     )
 
-    async def caller(  # async: a token is checked on the event loop, no thread hop
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-        request: Request,
-    ) -> api_tokens.Caller:
-        return api_tokens.caller_of(
-            secret,
-            request.headers.get("authorization"),
-            audience=audience,
-            issuer=issuer,
-        )
-
-    async def user_id(who: Annotated[api_tokens.Caller, Depends(caller)]) -> str:
-        return who.user_id
-
-    User = Annotated[str, Depends(user_id)]
+    caller = BearerToken(secret, audience, issuer)
     Who = Annotated[api_tokens.Caller, Depends(caller)]
     amazon_consent.add_routes(app, config, database, caller, ERRORS, log)
 
@@ -130,9 +141,9 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
         summary="The caller's integrations",
         responses=answers(schemas.IntegrationsAnswer, 401, 503),
     )
-    def statuses(user: User) -> JSONResponse:
-        with database.session() as session:
-            rows = lifecycle.listing(session, lifecycle.Filters(user_id=user))
+    def statuses(who: Who) -> JSONResponse:
+        with database.reading() as connection:
+            rows = lifecycle.of_user(connection, who.user_id)
         # JSON already: FastAPI's encoder would walk every value again (a third of a request)
         return JSONResponse({"success": True, "data": [api_view(*row) for row in rows]})
 
@@ -141,10 +152,10 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
         summary="The caller's integration with one provider",
         responses=answers(schemas.IntegrationAnswer, 401, 404, 503),
     )
-    def status(provider: str, user: User) -> JSONResponse:
+    def status(provider: str, who: Who) -> JSONResponse:
         known = _provider(provider)
-        with database.session() as session:
-            rows = lifecycle.listing(session, lifecycle.Filters(provider=known, user_id=user))
+        with database.reading() as connection:
+            rows = lifecycle.of_user(connection, who.user_id, known)
         if not rows:
             raise NotFound(f"no {known} integration")
         return JSONResponse({"success": True, "data": api_view(*rows[0])})
@@ -155,10 +166,10 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
         response_model=None,
         responses=answers(schemas.ReconnectAnswer, 401, 404, 503),
     )
-    def reconnect(provider: str, user: User) -> dict[str, Any]:
+    def reconnect(provider: str, who: Who) -> dict[str, Any]:
         known = _provider(provider)
         with database.session() as session:
-            integration = lifecycle.find(session, user, known, for_update=True)
+            integration = lifecycle.find(session, who.user_id, known, for_update=True)
             if integration is None:
                 raise NotFound(f"no {known} integration")
             asked = reconnects.request(session, integration, frontend_url=frontend_url)
@@ -176,13 +187,13 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
         responses=answers(schemas.HistoryAnswer, 400, 401, 404, 503),
     )
     def history(
-        user: User,
+        who: Who,
         provider: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> JSONResponse:
         known = _provider(provider) if provider is not None else None
         with database.session() as session:
-            found = events.history(session, user_id=user, provider=known, limit=limit)
+            found = events.history(session, user_id=who.user_id, provider=known, limit=limit)
             views = [events.view(event) for event in found]
         return JSONResponse({"success": True, "data": views})
 
@@ -192,12 +203,12 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
         responses=answers(schemas.NotificationsAnswer, 400, 401, 503),
     )
     def notifications_of(
-        user: User,
+        who: Who,
         unread: bool = False,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> JSONResponse:
         with database.session() as session:
-            found = inbox.inbox(session, user_id=user, unread=unread, limit=limit)
+            found = inbox.inbox(session, user_id=who.user_id, unread=unread, limit=limit)
             views = [inbox.view(notification) for notification in found]
         return JSONResponse({"success": True, "data": views})
 
@@ -208,10 +219,10 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
         responses=answers(schemas.ReadAnswer, 400, 401, 404, 503),
     )
     def read(
-        notification_id: Annotated[int, FastApiPath(ge=1, le=2**63 - 1)], user: User
+        notification_id: Annotated[int, FastApiPath(ge=1, le=2**63 - 1)], who: Who
     ) -> dict[str, Any]:
         with database.session() as session:
-            inbox.acknowledge(session, [notification_id], user_id=user)
+            inbox.acknowledge(session, [notification_id], user_id=who.user_id)
         return {"success": True, "data": {"id": notification_id}}
 
     @app.get(
