@@ -103,14 +103,7 @@ def listing(
 ) -> Sequence[sa.Row[*tuple[Any, ...]]]:
     """Plain rows (no ORM objects: fast for tens of thousands), ordered by user."""
     table = table_of(IntegrationStatus)
-    query = sa.select(
-        table.c.id,
-        table.c.user_id,
-        table.c.provider,
-        table.c.status,
-        table.c.updated_at,
-        table.c.metadata,
-    )
+    query = _rows()
     order: list[sa.ColumnElement[Any]] = [table.c.user_id, table.c.provider]
     if unhealthy_first:
         order.insert(0, sa.case((_unhealthy(), 0), else_=1))
@@ -120,16 +113,22 @@ def listing(
     return session.execute(query).all()
 
 
-def _of_user(provider: bool) -> sa.Select[Any]:
+def _rows() -> sa.Select[Any]:
+    """An integration's fields, as ``health.api_view`` takes them."""
     table = table_of(IntegrationStatus)
-    query = sa.select(
+    return sa.select(
         table.c.id,
         table.c.user_id,
         table.c.provider,
         table.c.status,
         table.c.updated_at,
         table.c.metadata,
-    ).where(table.c.user_id == sa.bindparam("user_id"))
+    )
+
+
+def _of_user(provider: bool) -> sa.Select[Any]:
+    table = table_of(IntegrationStatus)
+    query = _rows().where(table.c.user_id == sa.bindparam("user_id"))
     if provider:
         query = query.where(table.c.provider == sa.bindparam("provider"))
     return query.order_by(table.c.provider)
