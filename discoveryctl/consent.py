@@ -200,7 +200,7 @@ def printable(text: str, limit: int = 200) -> str:
 
 
 def diagnose(
-    params: Mapping[str, Any], jwt_secret: str, expected_state: str, expected_user: str
+    params: Mapping[str, Any], jwt_secret: str, expected_state: str, expected_user: str | None
 ) -> OAuthCallbackError:
     """Why a callback is not acceptable, without storing or consuming anything."""
     try:
@@ -243,7 +243,9 @@ def validate(
     claims = read_state(token, jwt_secret)
     if expected_user is not None and claims.user_id != expected_user:
         raise OAuthCallbackError(Reason.user_mismatch, "the consent was started for another user")
-    if expected_state is not None and not secrets.compare_digest(token, expected_state):
+    if expected_state is not None and not secrets.compare_digest(
+        token.encode(), expected_state.encode()
+    ):
         raise OAuthCallbackError(
             Reason.invalid_state, "the state does not belong to this connect flow"
         )

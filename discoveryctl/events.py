@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -52,6 +52,34 @@ class Kind(StrEnum):
     # housekeeping
     keys_rotated = "keys_rotated"
     events_pruned = "events_pruned"
+
+
+SHOWN_TO_USERS: frozenset[str] = frozenset(
+    {
+        Kind.integration_created,
+        Kind.status_changed,
+        Kind.credentials_imported,
+        Kind.seller_switched,
+        Kind.reconnect_requested,
+        Kind.oauth_consent_started,
+        Kind.oauth_callback_succeeded,
+        Kind.oauth_callback_failed,
+        Kind.token_refreshed,
+        Kind.token_refresh_failed,
+        Kind.token_refresh_retried,
+        Kind.seller_checked,
+        Kind.seller_check_failed,
+        Kind.stripe_customer_pending,
+        Kind.stripe_customer_attempt,
+        Kind.stripe_customer_created,
+        Kind.stripe_customer_adopted,
+        Kind.stripe_customer_failed,
+    }
+)
+"""The kinds a user's own history shows them (the API's history route): what happened to
+their integrations. Not the operators' side of it: notifications raised (an admin alert names
+its audience and key; users read theirs on the notifications route), alert deliveries, a
+replaced idempotency key, a duplicate Stripe customer."""
 
 
 def _recorded_as(outcome: str, *kinds: Kind) -> dict[Kind, frozenset[str]]:
@@ -156,10 +184,13 @@ def history(
     user_id: str | None = None,
     provider: str | None = None,
     since: datetime | None = None,
+    kinds: Collection[str] | None = None,
     limit: int = 1000,
 ) -> Sequence[Event]:
-    """The newest events first."""
+    """The newest events first (with ``kinds``: of those kinds alone)."""
     query = sa.select(Event).order_by(Event.occurred_at.desc(), Event.id.desc()).limit(limit)
+    if kinds is not None:
+        query = query.where(Event.kind.in_(sorted(kinds)))
     if user_id is not None:
         query = query.where(Event.user_id == user_id)
     if provider is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
@@ -220,6 +221,7 @@ class Database:
         self._raw_url = raw_url
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._readers: Engine | None = None
+        self._opening = threading.Lock()
 
     @property
     def dialect(self) -> str:
@@ -315,7 +317,9 @@ class Database:
         ``COMMIT``). Its own pool of ``READERS`` connections, opened on first use. A failed
         database call is raised as the ``DiscoveryError`` of its kind."""
         if self._readers is None:
-            self._readers = create_engine(self._raw_url, autocommit=True, pool=READERS)
+            with self._opening:  # two first reads at once open one pool, not two
+                if self._readers is None:
+                    self._readers = create_engine(self._raw_url, autocommit=True, pool=READERS)
         try:
             with self._readers.connect() as connection:
                 yield connection

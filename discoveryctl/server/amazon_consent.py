@@ -11,9 +11,16 @@ The same consent core as ``connect amazon`` (``discoveryctl.consent``): the same
 - ``…/amazon/login``: Amazon's login-URI step, answered with the cookie's state.
 - ``…/amazon/callback``: Amazon's redirect with the code; the browser ends at
   ``FRONTEND_URL/integrations/amazon?status=connected``, or ``?error=<reason>``.
+
+A callback without this browser's state is answered with its reason and nothing else: no
+event, no code spent, and the browser's own consent left open (any site can send a browser
+here, and the CLI's callback server ignores such callbacks the same way). Only the callback
+of the consent this browser started is completed, recorded and ends it.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations.
+import contextlib
+import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -25,9 +32,10 @@ from discoveryctl import api_tokens, consent
 from discoveryctl.config import Config
 from discoveryctl.consent import Reason
 from discoveryctl.db.engine import Database
-from discoveryctl.errors import AppCredentialsRejected, OAuthCallbackError
+from discoveryctl.errors import AppCredentialsRejected, DiscoveryError, OAuthCallbackError
 from discoveryctl.integrations.health import Region, isoformat
 from discoveryctl.providers.amazon import LwaClient
+from discoveryctl.server import schemas
 
 COOKIE = "discovery_amazon_consent"
 COOKIE_PATH = "/api/v1/integrations/amazon"
@@ -55,14 +63,24 @@ def add_routes(
     """Register the three routes; ``caller`` is the bearer-token dependency."""
     secure = urlsplit(config.get("AMAZON_REDIRECT_URI") or "").scheme == "https"
 
-    def finish(to: str, *, keep_cookie: bool = False) -> RedirectResponse:
+    def finish(to: str, *, keep_cookie: bool) -> RedirectResponse:
         response = RedirectResponse(to, status_code=302, headers=_NO_REFERRER)
         if not keep_cookie:
             response.delete_cookie(COOKIE, path=COOKIE_PATH, secure=secure, httponly=True)
         return response
 
-    def failed(reason: str) -> RedirectResponse:
-        return finish(outcome_url(config.frontend_url, error=reason))
+    def failed(reason: str, *, keep_cookie: bool = True) -> RedirectResponse:
+        """To the front end with ``reason``; the consent under way, if any, stays open unless
+        its state was spent (any site can send a browser to these routes)."""
+        return finish(outcome_url(config.frontend_url, error=reason), keep_cookie=keep_cookie)
+
+    def server_error(error: Exception, state: str | None, where: str) -> RedirectResponse:
+        message = error.message if isinstance(error, DiscoveryError) else type(error).__name__
+        log.error(where, error_type=type(error).__name__, message=message)
+        with contextlib.suppress(Exception):  # the database may be what failed
+            user = consent.read_state(state, config.jwt_secret()).user_id if state else None
+            consent.record_failure(database.session, SERVER_ERROR, message, user)
+        return failed(SERVER_ERROR)
 
     @app.get(
         "/api/v1/integrations/amazon/connect",
@@ -77,7 +95,7 @@ def add_routes(
         status_code=302,
         response_class=RedirectResponse,
         responses={
-            200: {"description": "The consent URL, when JSON was asked for."},
+            200: {"model": schemas.ConsentAnswer, "description": "When JSON was asked for."},
             302: {"description": "To Seller Central's consent page."},
             401: errors[401],
             500: {"description": "The server is not set up for Amazon (no app credentials)."},
@@ -130,8 +148,7 @@ def add_routes(
         except OAuthCallbackError as error:
             return failed(error.reason)
         except Exception as error:
-            log.error("consent_login_failed", error_type=type(error).__name__)
-            return failed(SERVER_ERROR)
+            return server_error(error, state, "consent_login_failed")
         return finish(location, keep_cookie=True)
 
     @app.get(
@@ -150,25 +167,30 @@ def add_routes(
         request: Request, state: Annotated[str | None, Cookie(alias=COOKIE)] = None
     ) -> RedirectResponse:
         query = parse_qs(request.url.query, keep_blank_values=True)
+        if not _same_state(query.get("state"), state):
+            # Not this browser's consent (a link somebody else started, or any page sending
+            # the browser here): say why, record nothing, spend nothing, and leave this
+            # browser's own consent open, as the CLI's callback server does.
+            error = consent.diagnose(query, config.jwt_secret(), state or "", None)
+            return failed(error.reason)
         try:
             amazon = config.amazon_app()
             with LwaClient(amazon) as lwa:
-                consent.complete(
-                    database.session,
-                    config,
-                    amazon,
-                    lwa,
-                    query,
-                    expected_state=state or "",  # no cookie: no state of this browser matches
-                )
+                consent.complete(database.session, config, amazon, lwa, query, expected_state=state)
         except OAuthCallbackError as error:
-            return failed(error.reason)
+            return failed(error.reason, keep_cookie=False)
         except AppCredentialsRejected:
-            return failed(Reason.app_credentials_rejected)
+            return failed(Reason.app_credentials_rejected, keep_cookie=False)
         except Exception as error:  # the browser still lands on the front end, told it failed
-            log.error("consent_callback_failed", error_type=type(error).__name__)
-            return failed(SERVER_ERROR)
-        return finish(outcome_url(config.frontend_url, status="connected"))
+            return server_error(error, state, "consent_callback_failed")
+        return finish(outcome_url(config.frontend_url, status="connected"), keep_cookie=False)
+
+
+def _same_state(sent: list[str] | None, kept: str | None) -> bool:
+    """Whether the callback carries exactly the state this browser's cookie holds."""
+    if kept is None or sent is None or len(sent) != 1:
+        return False
+    return secrets.compare_digest(sent[0].encode(), kept.encode())
 
 
 def _wants_json(accept: str) -> bool:

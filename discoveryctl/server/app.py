@@ -106,9 +106,13 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
         # a connection, or open and close extra ones under load.
         anyio.to_thread.current_default_thread_limiter().total_tokens = READERS
         await feed.start()
-        yield
-        await feed.stop()
-        database.dispose()
+        try:
+            yield
+        finally:
+            try:
+                await feed.stop()
+            finally:
+                database.dispose()
 
     app = FastAPI(
         title="discoveryctl",
@@ -183,7 +187,11 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
 
     @app.get(
         "/api/v1/integrations/history",
-        summary="The caller's audit history, newest first (as `events --json` shows it)",
+        summary="What happened to the caller's integrations, newest first",
+        description=(
+            "Each event as `events --json` shows it, of the kinds that concern the user (not "
+            "the operators' alerts and their deliveries)."
+        ),
         responses=answers(schemas.HistoryAnswer, 400, 401, 404, 503),
     )
     def history(
@@ -193,7 +201,13 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
     ) -> JSONResponse:
         known = _provider(provider) if provider is not None else None
         with database.session() as session:
-            found = events.history(session, user_id=who.user_id, provider=known, limit=limit)
+            found = events.history(
+                session,
+                user_id=who.user_id,
+                provider=known,
+                kinds=events.SHOWN_TO_USERS,
+                limit=limit,
+            )
             views = [events.view(event) for event in found]
         return JSONResponse({"success": True, "data": views})
 
