@@ -214,8 +214,9 @@ def view(event: Event) -> dict[str, Any]:
     }
 
 
-def status_change_view(event: Event) -> dict[str, Any]:
-    """A ``status_changed`` event as the API's live stream sends it."""
+def status_change_view(event: Event | sa.Row[Any]) -> dict[str, Any]:
+    """A ``status_changed`` event (an ``Event``, or a row of ``newer_than``'s) as the API's
+    live stream sends it."""
     detail = event.detail or {}
     provider, status = event.provider or "", str(detail.get("to", ""))
     return {
@@ -243,18 +244,47 @@ def status_changes_of(
     )
 
 
-def newer_than(session: Session, after: int, *, limit: int = 5000) -> list[Event]:
-    """The events after id ``after``, oldest first, by the primary key (only what is new)."""
-    return list(
-        session.scalars(sa.select(Event).where(Event.id > after).order_by(Event.id).limit(limit))
+def _rows() -> sa.Select[Any]:
+    table = table_of(Event)
+    return sa.select(
+        table.c.id,
+        table.c.user_id,
+        table.c.provider,
+        table.c.kind,
+        table.c.occurred_at,
+        table.c.detail,
     )
 
 
-def with_ids(session: Session, ids: Sequence[int]) -> list[Event]:
-    """The events among ``ids`` that exist (now)."""
-    return list(session.scalars(sa.select(Event).where(Event.id.in_(list(ids))).order_by(Event.id)))
+_NEWER = (
+    _rows()
+    .where(table_of(Event).c.id > sa.bindparam("after"))
+    .order_by(table_of(Event).c.id)
+    .limit(sa.bindparam("limit"))
+)
+_WITH_IDS = (
+    _rows()
+    .where(table_of(Event).c.id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(table_of(Event).c.id)
+)
+_LAST_ID = sa.select(sa.func.max(table_of(Event).c.id))
+"""Built once: the live stream's poller runs them twice a second, and building costs more than
+running them."""
 
 
-def last_id(session: Session) -> int:
+def newer_than(
+    connection: sa.Connection | Session, after: int, *, limit: int = 5000
+) -> Sequence[sa.Row[Any]]:
+    """The events after id ``after``, oldest first, by the primary key (only what is new), as
+    rows of id, user_id, provider, kind, occurred_at and detail."""
+    return connection.execute(_NEWER, {"after": after, "limit": limit}).all()
+
+
+def with_ids(connection: sa.Connection | Session, ids: Sequence[int]) -> Sequence[sa.Row[Any]]:
+    """The events among ``ids`` that exist (now), as ``newer_than`` gives them."""
+    return connection.execute(_WITH_IDS, {"ids": list(ids)}).all()
+
+
+def last_id(connection: sa.Connection | Session) -> int:
     """The newest event's id (0 for none)."""
-    return int(session.scalar(sa.select(sa.func.max(Event.id))) or 0)
+    return int(connection.execute(_LAST_ID).scalar() or 0)

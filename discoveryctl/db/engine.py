@@ -316,15 +316,30 @@ class Database:
         the API one round trip to PostgreSQL instead of three (``BEGIN``, the read,
         ``COMMIT``). Its own pool of ``READERS`` connections, opened on first use. A failed
         database call is raised as the ``DiscoveryError`` of its kind."""
+        try:
+            with self._reader_engine().connect() as connection:
+                yield connection
+        except exc.DBAPIError as error:
+            raise self.unreachable(error) from None
+
+    @contextmanager
+    def reading_session(self) -> Iterator[Session]:
+        """``reading`` for ORM objects: a session on the same connections, for reads alone
+        (``commit`` has nothing to send)."""
+        session = Session(self._reader_engine(), expire_on_commit=False)
+        try:
+            yield session
+        except exc.DBAPIError as error:
+            raise self.unreachable(error) from None
+        finally:
+            session.close()
+
+    def _reader_engine(self) -> Engine:
         if self._readers is None:
             with self._opening:  # two first reads at once open one pool, not two
                 if self._readers is None:
                     self._readers = create_engine(self._raw_url, autocommit=True, pool=READERS)
-        try:
-            with self._readers.connect() as connection:
-                yield connection
-        except exc.DBAPIError as error:
-            raise self.unreachable(error) from None
+        return self._readers
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -13,10 +13,12 @@ still streamed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+
+import sqlalchemy as sa
 
 from discoveryctl import events
 from discoveryctl.db.engine import Database
@@ -36,7 +38,7 @@ class Change:
     data: dict[str, Any]
 
 
-def change_of(event: Event) -> Change:
+def change_of(event: Event | sa.Row[Any]) -> Change:
     return Change(event.id, event.user_id or "", events.status_change_view(event))
 
 
@@ -44,22 +46,28 @@ class StatusFeed:
     def __init__(self, database: Database, interval: float = POLL_INTERVAL) -> None:
         self._database = database
         self._interval = interval
-        self._streams: dict[str, set[asyncio.Queue[Change]]] = {}
+        self._streams: dict[str, set[asyncio.Queue[Change]]] = {}  # the event loop's alone
         self._read_up_to = 0
-        self._gaps: dict[int, float] = {}  # id → when first missed
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._gaps: dict[int, float] = {}  # id → when first missed (the poller's alone)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     async def start(self) -> None:
+        """Poll on a thread of its own: a poll that finds nothing, nearly every one, never
+        wakes the event loop (a poll handed to the loop's thread pool costs the loop twice
+        the CPU of the poll itself)."""
         self._read_up_to = await asyncio.to_thread(self._last_id)
-        self._task = asyncio.create_task(self._run())
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="status-feed", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        """Stop polling once the poll under way, if any, is done: cancelled, its thread would
-        go on with a connection the database's disposal then leaves open."""
+        """Stop polling once the poll under way, if any, is done: its connection must be back
+        in the pool before the database is disposed."""
         self._stopping.set()
-        if self._task is not None:
-            await self._task
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
 
     def open(self, user_id: str) -> asyncio.Queue[Change]:
         queue: asyncio.Queue[Change] = asyncio.Queue()
@@ -75,33 +83,34 @@ class StatusFeed:
 
     def history(self, user_id: str, after: int) -> list[Change]:
         """What a stream resumed after event ``after`` missed (run it in a thread)."""
-        with self._database.session() as session:
+        with self._database.reading_session() as session:
             return [change_of(e) for e in events.status_changes_of(session, user_id, after=after)]
 
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
-            if self._stopping.is_set():
-                return
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):
             try:
-                found = await asyncio.to_thread(self._poll)
+                found = self._poll()
             except Exception as error:  # the database away for a moment: the next tick tries
                 get_logger().warning("status_feed_poll_failed", error_type=type(error).__name__)
                 continue
-            for change in found:
-                for queue in self._streams.get(change.user_id, ()):
-                    queue.put_nowait(change)
+            if found and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._hand_out, found)
+
+    def _hand_out(self, found: list[Change]) -> None:
+        """On the event loop: each change to its user's open streams."""
+        for change in found:
+            for queue in self._streams.get(change.user_id, ()):
+                queue.put_nowait(change)
 
     def _last_id(self) -> int:
-        with self._database.session() as session:
-            return events.last_id(session)
+        with self._database.reading() as connection:
+            return events.last_id(connection)
 
     def _poll(self) -> list[Change]:
         now = time.monotonic()
-        with self._database.session() as session:
-            newer = events.newer_than(session, self._read_up_to)
-            late = events.with_ids(session, sorted(self._gaps)) if self._gaps else []
+        with self._database.reading() as connection:  # no BEGIN/COMMIT round trips
+            newer = events.newer_than(connection, self._read_up_to)
+            late = events.with_ids(connection, sorted(self._gaps)) if self._gaps else []
         expected = self._read_up_to + 1
         for event in newer:
             for missing in range(expected, event.id):
