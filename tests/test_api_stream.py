@@ -208,3 +208,23 @@ def test_a_change_whose_id_shows_up_late_is_still_streamed(
         late = stream.events("status", timeout=3)
     assert (int(first["id"]), json.loads(first["data"])["status"]) == (last + 2, "revoked")
     assert (int(late["id"]), json.loads(late["data"])["status"]) == (last + 1, "expired")
+
+
+def test_the_stream_outlives_a_database_failure(
+    db: Any, sellers: list[Any], sandbox: Sandbox, listen: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The poller's reads fail for a while (the table gone, as a database gone away would
+    make them): it says so in the log, keeps polling, and streams the next change."""
+    with serving() as api:
+        stream = listen(
+            f"{api}/api/v1/integrations/events", {"Authorization": f"Bearer {token('u0')}"}
+        )
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE events RENAME TO events_away")
+        time.sleep(1.2)  # two failed polls
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE events_away RENAME TO events")
+        assert "status_feed_poll_failed" in capfd.readouterr().err
+        sandbox.state.revoke(sellers[0].selling_partner_id)
+        _refresh_in_another_process("u0")
+        assert json.loads(stream.events("status", timeout=5)["data"])["status"] == "revoked"
