@@ -214,9 +214,9 @@ def view(event: Event) -> dict[str, Any]:
     }
 
 
-def status_change_view(event: Event | sa.Row[Any]) -> dict[str, Any]:
-    """A ``status_changed`` event (an ``Event``, or a row of ``newer_than``'s) as the API's
-    live stream sends it."""
+def status_change_view(event: sa.Row[Any]) -> dict[str, Any]:
+    """A ``status_changed`` event, a row as ``newer_than`` gives it, as the API's live stream
+    sends it."""
     detail = event.detail or {}
     provider, status = event.provider or "", str(detail.get("to", ""))
     return {
@@ -227,21 +227,6 @@ def status_change_view(event: Event | sa.Row[Any]) -> dict[str, Any]:
         "changed_at": isoformat(event.occurred_at),
         "message": message_for(provider, status),
     }
-
-
-def status_changes_of(
-    session: Session, user_id: str, *, after: int, limit: int = 1000
-) -> list[Event]:
-    """One user's status changes recorded after event id ``after``, oldest first: what a
-    stream resumed from ``Last-Event-ID`` missed."""
-    return list(
-        session.scalars(
-            sa.select(Event)
-            .where(Event.user_id == user_id, Event.id > after, Event.kind == Kind.status_changed)
-            .order_by(Event.id)
-            .limit(limit)
-        )
-    )
 
 
 def _rows() -> sa.Select[Any]:
@@ -267,9 +252,29 @@ _WITH_IDS = (
     .where(table_of(Event).c.id.in_(sa.bindparam("ids", expanding=True)))
     .order_by(table_of(Event).c.id)
 )
+_CHANGES_OF = (
+    _rows()
+    .where(
+        table_of(Event).c.user_id == sa.bindparam("user_id"),
+        table_of(Event).c.id > sa.bindparam("after"),
+        table_of(Event).c.kind == Kind.status_changed,
+    )
+    .order_by(table_of(Event).c.id)
+    .limit(sa.bindparam("limit"))
+)
 _LAST_ID = sa.select(sa.func.max(table_of(Event).c.id))
 """Built once: the live stream's poller runs them twice a second, and building costs more than
 running them."""
+
+
+def status_changes_of(
+    connection: sa.Connection | Session, user_id: str, *, after: int, limit: int = 1000
+) -> Sequence[sa.Row[Any]]:
+    """One user's status changes recorded after event id ``after``, oldest first, as
+    ``newer_than`` gives them: what a stream resumed from ``Last-Event-ID`` missed."""
+    return connection.execute(
+        _CHANGES_OF, {"user_id": user_id, "after": after, "limit": limit}
+    ).all()
 
 
 def newer_than(

@@ -322,18 +322,6 @@ class Database:
         except exc.DBAPIError as error:
             raise self.unreachable(error) from None
 
-    @contextmanager
-    def reading_session(self) -> Iterator[Session]:
-        """``reading`` for ORM objects: a session on the same connections, for reads alone
-        (``commit`` has nothing to send)."""
-        session = Session(self._reader_engine(), expire_on_commit=False)
-        try:
-            yield session
-        except exc.DBAPIError as error:
-            raise self.unreachable(error) from None
-        finally:
-            session.close()
-
     def _reader_engine(self) -> Engine:
         if self._readers is None:
             with self._opening:  # two first reads at once open one pool, not two

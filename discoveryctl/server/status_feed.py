@@ -22,7 +22,6 @@ import sqlalchemy as sa
 
 from discoveryctl import events
 from discoveryctl.db.engine import Database
-from discoveryctl.db.models import Event
 from discoveryctl.logging import get_logger
 
 POLL_INTERVAL = 0.5
@@ -38,7 +37,7 @@ class Change:
     data: dict[str, Any]
 
 
-def change_of(event: Event | sa.Row[Any]) -> Change:
+def change_of(event: sa.Row[Any]) -> Change:
     return Change(event.id, event.user_id or "", events.status_change_view(event))
 
 
@@ -83,8 +82,9 @@ class StatusFeed:
 
     def history(self, user_id: str, after: int) -> list[Change]:
         """What a stream resumed after event ``after`` missed (run it in a thread)."""
-        with self._database.reading_session() as session:
-            return [change_of(e) for e in events.status_changes_of(session, user_id, after=after)]
+        with self._database.reading() as connection:
+            changes = events.status_changes_of(connection, user_id, after=after)
+        return [change_of(row) for row in changes]
 
     def _run(self) -> None:
         while not self._stopping.wait(self._interval):
