@@ -30,6 +30,7 @@ from pathlib import Path
 
 import aiohttp
 import jwt
+from status_scale import seller_line
 from throwaway import database, is_postgres
 
 SECRET = "benchmark-jwt-secret-" + "x" * 20
@@ -38,19 +39,8 @@ TARGET_IDLE_CPU = 0.01
 
 
 def seed(users: int) -> bytes:
-    lines = []
-    for i in range(users):
-        user = f"seller-{i:05d}"
-        lines.append({"user_id": user, "provider": "stripe", "email": f"{user}@example.com"})
-        lines.append(
-            {
-                "user_id": user,
-                "provider": "amazon",
-                "refresh_token": f"Atzr|IwEBI-benchmark-{i:05d}",
-                "selling_partner_id": f"A{i:013d}",
-                "region": "na",
-            }
-        )
+    """``users`` sellers, each with a Stripe and an Amazon integration."""
+    lines = (seller_line(i, provider) for i in range(users) for provider in ("stripe", "amazon"))
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
 
 

@@ -39,22 +39,23 @@ def run(args: list[str], env: dict[str, str], stdin: bytes | None = None) -> tup
     return elapsed, done.stdout
 
 
+def seller_line(i: int, provider: str) -> dict[str, str]:
+    """Seller ``i``'s import line for ``provider``, the same in every benchmark."""
+    user = f"seller-{i:05d}"
+    if provider == "stripe":
+        return {"user_id": user, "provider": "stripe", "email": f"{user}@example.com"}
+    return {
+        "user_id": user,
+        "provider": "amazon",
+        "refresh_token": f"Atzr|IwEBI-benchmark-{i:05d}",
+        "selling_partner_id": f"A{i:013d}",
+        "region": "na",
+    }
+
+
 def seed_lines(count: int) -> bytes:
-    lines = []
-    for i in range(count):
-        user = f"seller-{i:05d}"
-        if i % 2:
-            lines.append({"user_id": user, "provider": "stripe", "email": f"{user}@example.com"})
-        else:
-            lines.append(
-                {
-                    "user_id": user,
-                    "provider": "amazon",
-                    "refresh_token": f"Atzr|IwEBI-benchmark-{i:05d}",
-                    "selling_partner_id": f"A{i:013d}",
-                    "region": "na",
-                }
-            )
+    """``count`` sellers, every other one on Amazon, the rest on Stripe."""
+    lines = (seller_line(i, "stripe" if i % 2 else "amazon") for i in range(count))
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
 
 
