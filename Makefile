@@ -22,6 +22,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check discoveryctl tests benchmarks migrations scripts
 	$(BIN)/ruff format --check discoveryctl tests benchmarks migrations scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Mutation testing of the rules that decide a seller's fate ([tool.mutmut] in pyproject.toml);
 # fails while any mutant survives. Uses the local PostgreSQL unless told otherwise.

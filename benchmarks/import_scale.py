@@ -57,7 +57,7 @@ def encryption_seconds(count: int) -> tuple[float, float]:
     """Seconds to encrypt, then decrypt, ``count`` refresh tokens with the vault."""
     from cryptography.fernet import Fernet
 
-    from discoveryctl.crypto import Vault
+    from discoveryctl.support.crypto import Vault
 
     vault = Vault([Fernet.generate_key().decode()])
     lines = (json.loads(line) for line in seed_lines(count * 2).splitlines())

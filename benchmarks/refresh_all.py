@@ -8,7 +8,7 @@ Targets (issue 8), on a 2-core machine, SQLite and PostgreSQL: N=10,000, L=50 ms
 ratio ≤ 1.25; with L=0, ≥ 600 refreshes per CPU-second; N=100,000 → peak RSS ≤ 250 MB.
 
 For scale it also prints the floor of this setup: the same N refresh-token grants, C at a
-time and paced as `refresh-all` paces them (discoveryctl.pacing), from a bare aiohttp client
+time and paced as `refresh-all` paces them (discoveryctl.support.pacing), from a bare aiohttp client
 in this process that does nothing else (no database, no classification), against the same
 sandbox.
 
@@ -96,7 +96,7 @@ def bare_client(exports: dict[str, str], seed_file: Path, concurrency: int) -> f
 
     import aiohttp
 
-    from discoveryctl.pacing import Pacer
+    from discoveryctl.support.pacing import Pacer
 
     tokens = [json.loads(line)["refresh_token"] for line in seed_file.open()]
     app = {

@@ -13,18 +13,17 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Literal
 from urllib.parse import urlsplit
 
 from discoveryctl.errors import ConfigurationError
 
-if TYPE_CHECKING:
-    from discoveryctl.alert_webhook import AdminWebhook
-    from discoveryctl.db.engine import Creation
-    from discoveryctl.providers.amazon import AmazonApp
-    from discoveryctl.providers.stripe import StripeAccount
-
 KEYRING_SERVICE = "discoveryctl"
+
+Creation = Literal["never", "file", "file and folders"]
+"""What opening a SQLite database may create when it is not there: nothing (a mistyped path
+is an error), the file (``db upgrade``, in a folder that exists), or the folders too (the
+SQLite default, in the data directory)."""
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("console", "json")
@@ -202,7 +201,7 @@ class Config:
             )
 
     def sqlite_creation(self, asked: bool = False) -> Creation:
-        """What opening the database may create (see ``db.engine.Creation``)."""
+        """What opening the database may create (``Creation``)."""
         if self.uses_default_database:
             return "file and folders"
         return "file" if asked else "never"
@@ -217,11 +216,11 @@ class Config:
 
     @property
     def frontend_url(self) -> str:
-        return self._http_url("FRONTEND_URL", DEFAULT_FRONTEND_URL).rstrip("/")
+        return self.http_url("FRONTEND_URL", DEFAULT_FRONTEND_URL).rstrip("/")
 
     @property
     def redirect_uri(self) -> str:
-        return self._http_url("AMAZON_REDIRECT_URI", DEFAULT_REDIRECT_URI)
+        return self.http_url("AMAZON_REDIRECT_URI", DEFAULT_REDIRECT_URI)
 
     @property
     def app_draft(self) -> bool:
@@ -287,48 +286,9 @@ class Config:
             "a new JWT secret: API tokens and OAuth states signed before are no longer valid",
         )
 
-    def amazon_app(self) -> AmazonApp:
-        """The SP-API app: its LWA credentials, consent settings and endpoint overrides."""
-        from discoveryctl.providers.amazon import LWA_TOKEN_URL, AmazonApp
-
-        overrides = {
-            name: self._http_url(name, "") if self.get(name) else None
-            for name in (
-                "AMAZON_SELLER_CENTRAL_URL",
-                "AMAZON_LWA_TOKEN_URL",
-                "AMAZON_SPAPI_URL",
-            )
-        }
-        return AmazonApp(
-            client_id=self.require("AMAZON_LWA_CLIENT_ID"),
-            client_secret=self.require("AMAZON_LWA_CLIENT_SECRET"),
-            application_id=self.require("AMAZON_SPAPI_APP_ID"),
-            redirect_uri=self.redirect_uri,
-            draft=self.app_draft,
-            seller_central_url=overrides["AMAZON_SELLER_CENTRAL_URL"],
-            token_url=overrides["AMAZON_LWA_TOKEN_URL"] or LWA_TOKEN_URL,
-            spapi_url=overrides["AMAZON_SPAPI_URL"],
-        )
-
-    def stripe_account(self) -> StripeAccount:
-        """The Stripe secret key, and the API's address (``STRIPE_API_BASE``: the sandbox)."""
-        from discoveryctl.providers.stripe import STRIPE_API_BASE, StripeAccount
-
-        return StripeAccount(
-            api_key=self.require("STRIPE_API_KEY"),
-            api_base=self._http_url("STRIPE_API_BASE", STRIPE_API_BASE),
-        )
-
-    def admin_webhook(self) -> AdminWebhook | None:
-        """Where admin alerts are posted, and the secret that signs them; None when unset."""
-        from discoveryctl.alert_webhook import AdminWebhook
-
-        if not self.get("DISCOVERY_ADMIN_WEBHOOK_URL"):
-            return None
-        url = self._http_url("DISCOVERY_ADMIN_WEBHOOK_URL", "", shown=False)
-        return AdminWebhook(url, self.get("DISCOVERY_ADMIN_WEBHOOK_SECRET") or None)
-
-    def _http_url(self, name: str, default: str, *, shown: bool = True) -> str:
+    def http_url(self, name: str, default: str, *, shown: bool = True) -> str:
+        """The setting ``name`` (else ``default``) as an http(s) URL, refused otherwise;
+        ``shown=False`` keeps a secret URL out of the message."""
         value = self.get(name) or default
         parts = urlsplit(value)
         named = self.named(name)
@@ -378,7 +338,7 @@ def check_secret(name: str, value: str) -> None:
         if rotated > datetime.now(UTC).date():
             raise ConfigurationError(f"{value} is in the future")
     elif name == "DISCOVERY_ADMIN_WEBHOOK_URL":
-        Config({name: value}, keyring=None).admin_webhook()
+        Config({name: value}, keyring=None).http_url(name, "", shown=False)
     elif name == "STRIPE_API_KEY" and not value.startswith(("sk_", "rk_")):
         # Stripe's secret keys start sk_ (sk_test_, sk_live_), restricted keys rk_
         # ("API keys", https://docs.stripe.com/keys); a pk_ key is the publishable one.
@@ -457,7 +417,7 @@ def read_or_create_secret_file(path: Path, make: Callable[[], str], hint: str) -
     value = make()
     if not _publish(path, value + "\n"):  # another process created it first: use theirs
         return path.read_text(encoding="utf-8").strip()
-    from discoveryctl.logging import get_logger
+    from discoveryctl.support.logging import get_logger
 
     get_logger().warning(
         "generated_secret_file",

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from discoveryctl.db.engine import Database
 from discoveryctl.integrations import lifecycle
-from discoveryctl.integrations.health import Status
+from discoveryctl.integrations.vocabulary import Status
 
 FRONTEND = "http://localhost:3000"
 
@@ -88,7 +88,7 @@ def fail_transiently(url: str, user: str, times: int) -> None:
 
 def app_for(sandbox: Any, **changes: str) -> Any:
     """The SP-API app registered at ``sandbox``, pointed at it, with ``changes``."""
-    from discoveryctl.providers.amazon import AmazonApp
+    from discoveryctl.providers.lwa import AmazonApp
     from discoveryctl.sandbox.lwa import TOKEN_PATH
 
     settings = {

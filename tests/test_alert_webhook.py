@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 from webhook_receiver import Receiver, receiving
 
-from discoveryctl import alert_webhook, notifications
+from discoveryctl.alerts import delivery, signing
 from discoveryctl.db.engine import Database, lock_for_writing
+from discoveryctl.integrations import notifications, outbox
 from discoveryctl.sandbox import Sandbox
 
 from helpers import fail_transiently, import_sellers
@@ -57,7 +58,7 @@ def raise_alert(url: str, user: str = "u1", kind: str = "repeated_failures") -> 
         assert created
         notification_id = opened.id
     database.dispose()
-    alert_webhook.take_queued_here()  # as if raised by another process
+    outbox.take_queued_here()  # as if raised by another process
     return notification_id
 
 
@@ -66,7 +67,7 @@ def resolve_alert(url: str, user: str = "u1", kind: str = "repeated_failures") -
     with database.session() as session:
         assert notifications.resolve(session, notifications.dedupe_key(kind, "amazon", user)) == 1
     database.dispose()
-    alert_webhook.take_queued_here()
+    outbox.take_queued_here()
 
 
 def expected_signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -152,11 +153,11 @@ def test_a_wrong_secret_a_changed_body_or_an_old_signature_fails_verification(
     [received] = webhook.received
     header = received.headers["Discovery-Signature"]
     now = time.time()
-    assert alert_webhook.verify(SECRET, header, received.body, now=now)
-    assert not alert_webhook.verify("another-secret", header, received.body, now=now)
-    assert not alert_webhook.verify(SECRET, header, received.body + b" ", now=now)
-    assert not alert_webhook.verify(SECRET, header, received.body, now=now + 301)
-    assert not alert_webhook.verify(SECRET, "v1=" + "0" * 64, received.body, now=now)
+    assert signing.verify(SECRET, header, received.body, now=now)
+    assert not signing.verify("another-secret", header, received.body, now=now)
+    assert not signing.verify(SECRET, header, received.body + b" ", now=now)
+    assert not signing.verify(SECRET, header, received.body, now=now + 301)
+    assert not signing.verify(SECRET, "v1=" + "0" * 64, received.body, now=now)
     parts = signature_parts(received)
     assert parts["v1"] != expected_signature("another-secret", parts["t"], received.body)
 
@@ -309,8 +310,8 @@ def test_deliver_test_posts_a_signed_test_message(db: Any, cli: Any, webhook: Re
 def test_verify_refuses_malformed_signatures_without_raising() -> None:
     body = b'{"text": "x"}'
     now = time.time()
-    good = alert_webhook.signature(SECRET, int(now), body)
-    assert alert_webhook.verify(SECRET, good, body, now=now)
+    good = signing.signature(SECRET, int(now), body)
+    assert signing.verify(SECRET, good, body, now=now)
     for header in (
         "",
         "garbage",
@@ -322,7 +323,7 @@ def test_verify_refuses_malformed_signatures_without_raising() -> None:
         f"t={int(now):_},v1={good.split('v1=')[1]}",
         good.replace("v1=", "v0="),
     ):
-        assert not alert_webhook.verify(SECRET, header, body, now=now), header
+        assert not signing.verify(SECRET, header, body, now=now), header
 
 
 def test_slack_markup_in_an_alert_is_shown_not_obeyed(db: Any, cli: Any, webhook: Receiver) -> None:
@@ -385,7 +386,7 @@ def test_a_claim_waits_for_another_claimer(db: Any, webhook: Receiver) -> None:
     raise_alert(db.url)
     database = Database(db.url)
     with database.session() as session:
-        lock_for_writing(session, alert_webhook.CLAIM_LOCK)  # another process, mid-claim
+        lock_for_writing(session, delivery.CLAIM_LOCK)  # another process, mid-claim
         process = _deliver_in_a_process()
         assert _waiting_for_a_lock(db)
         assert webhook.received == []
@@ -449,7 +450,7 @@ def test_an_unreachable_webhook_never_fails_the_run(
     [row] = deliveries(db)
     assert row["outcome"] is None
     assert row["last_error"] == "unreachable (ConnectError)"
-    assert row["attempts"] == alert_webhook.TRIES  # a refused connection is tried again at once
+    assert row["attempts"] == delivery.TRIES  # a refused connection is tried again at once
 
 
 def test_a_webhook_that_never_answers_holds_the_run_up_for_one_timeout(
@@ -464,7 +465,7 @@ def test_a_webhook_that_never_answers_holds_the_run_up_for_one_timeout(
         result = cli("refresh-all")
         took = time.monotonic() - began
         assert result.exit_code == 3
-        assert alert_webhook.TIMEOUT <= took < alert_webhook.TIMEOUT + 3
+        assert delivery.TIMEOUT <= took < delivery.TIMEOUT + 3
         [row] = deliveries(db)
         assert (row["outcome"], row["last_error"], row["attempts"]) == (None, "timed out", 1)
         with db.engine.begin() as connection:
@@ -473,7 +474,7 @@ def test_a_webhook_that_never_answers_holds_the_run_up_for_one_timeout(
         drained = cli("notifications", "deliver")  # no budget: still one timeout, not three
         took = time.monotonic() - began
     assert drained.exit_code == 1
-    assert took < alert_webhook.TIMEOUT + 3
+    assert took < delivery.TIMEOUT + 3
     assert deliveries(db)[0]["attempts"] == 2
 
 
@@ -607,7 +608,7 @@ def test_health_notify_opens_an_alert_while_it_fires_and_resolves_it_after(
 
 
 def test_a_failed_drain_waits_a_minute_then_longer(db: Any, cli: Any, webhook: Receiver) -> None:
-    assert [alert_webhook.later(n) for n in (1, 2, 3, 7, 20)] == [
+    assert [delivery.later(n) for n in (1, 2, 3, 7, 20)] == [
         timedelta(minutes=1),
         timedelta(minutes=2),
         timedelta(minutes=4),

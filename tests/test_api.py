@@ -16,8 +16,8 @@ import jwt
 import pytest
 from api_server import serving
 
-from discoveryctl.events import SHOWN_TO_USERS
-from discoveryctl.integrations.health import Status
+from discoveryctl.integrations.events import SHOWN_TO_USERS
+from discoveryctl.integrations.vocabulary import Status
 
 from helpers import SEED_FIELDS, amazon_line, fail_transiently, set_status, stripe_line, write_lines
 

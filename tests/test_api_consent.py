@@ -16,7 +16,7 @@ import jwt
 import pytest
 from api_server import listening, serving
 
-from discoveryctl.consent import STATE_AUDIENCE
+from discoveryctl.amazon.consent import STATE_AUDIENCE
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
 from discoveryctl.server.amazon_consent import COOKIE
 

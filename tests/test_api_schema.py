@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from discoveryctl.integrations.health import Status
+from discoveryctl.integrations.vocabulary import Status
 from discoveryctl.sandbox import SandboxConfig, run_in_thread
 
 from helpers import amazon_line, set_status, stripe_line, write_lines

@@ -15,7 +15,7 @@ from discoveryctl.errors import (
     SellerAuthorizationRevoked,
     TransientProviderError,
 )
-from discoveryctl.providers.amazon import AsyncLwaClient, LwaClient
+from discoveryctl.providers.lwa import AsyncLwaClient, LwaClient
 from discoveryctl.providers.spapi import AsyncSpApiClient, SpApiClient
 from discoveryctl.sandbox import Sandbox
 from discoveryctl.sandbox.lwa import TOKEN_PATH

@@ -15,7 +15,7 @@ import pytest
 
 from discoveryctl.errors import ProviderError, TransientProviderError
 from discoveryctl.providers import async_http
-from discoveryctl.providers.amazon import AmazonApp, AsyncLwaClient
+from discoveryctl.providers.lwa import AmazonApp, AsyncLwaClient
 
 GRANT = {"access_token": "Atza|wire", "refresh_token": "Atzr|wire", "expires_in": 3600}
 

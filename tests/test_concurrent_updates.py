@@ -13,7 +13,7 @@ from typing import Any
 
 from discoveryctl.db.engine import Database
 from discoveryctl.integrations import lifecycle
-from discoveryctl.integrations.health import Status
+from discoveryctl.integrations.vocabulary import Status
 
 from helpers import amazon_line, set_status, write_lines
 
@@ -65,9 +65,9 @@ def test_a_reconnect_during_a_batch_of_refreshes_keeps_both(
     rewrites it: a reconnect counted in between must wait for it, or one change is lost."""
     import sqlalchemy as sa
 
-    from discoveryctl.crypto import Vault
-    from discoveryctl.providers.amazon import TokenGrant
-    from discoveryctl.refresh import record_refreshes
+    from discoveryctl.amazon.refresh import record_refreshes
+    from discoveryctl.providers.lwa import TokenGrant
+    from discoveryctl.support.crypto import Vault
 
     assert cli("import", str(write_lines(tmp_path / "a.jsonl", amazon_line("u1")))).exit_code == 0
     credential_id = db.scalar("SELECT id FROM credentials")

@@ -25,7 +25,7 @@ import httpx
 import jwt
 import pytest
 
-from discoveryctl.consent import STATE_AUDIENCE
+from discoveryctl.amazon.consent import STATE_AUDIENCE
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
 
 from helpers import state_of, with_params
@@ -264,7 +264,7 @@ def test_paste_the_final_address(amazon: Amazon, cli: Any) -> None:
 
 
 def test_reconnect_replaces_the_token_and_resets_failures(amazon: Amazon, cli: Any) -> None:
-    from discoveryctl.integrations.health import Status
+    from discoveryctl.integrations.vocabulary import Status
 
     from helpers import fail_transiently, set_status
 

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from discoveryctl.providers.amazon import (
+from discoveryctl.providers.lwa import (
     AmazonApp,
     amazon_callback_hosts,
     consent_url,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from discoveryctl import events
+from discoveryctl.integrations import events
 
 
 def test_every_kind_has_its_outcomes_and_every_attempt_succeeds_or_fails() -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy.orm import sessionmaker
 
-from discoveryctl import events
-from discoveryctl.redaction import REDACTED
+from discoveryctl.integrations import events
+from discoveryctl.support.redaction import REDACTED
 
 SECRETS = (
     "IwEBIRefreshSecret",  # an LWA refresh token, Atzr|…

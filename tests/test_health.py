@@ -209,7 +209,7 @@ def test_a_window_reaching_before_year_one_is_refused(db: Any, cli: Any) -> None
 
 def test_a_window_read_in_two_halves_counts_the_same_as_read_whole(db: Any) -> None:
     from discoveryctl.db.engine import Database
-    from discoveryctl.metrics import compute
+    from discoveryctl.integrations.health import compute
 
     _events(db, "token_refreshed", "success", 40, minutes_ago=50)
     _events(

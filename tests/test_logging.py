@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import structlog
 
-from discoveryctl import logging as discovery_logging
-from discoveryctl.redaction import REDACTED, redact
+from discoveryctl.support import logging as discovery_logging
+from discoveryctl.support.redaction import REDACTED, redact
 
 
 def test_json_lines_redact_tokens_codes_and_headers(capsys: pytest.CaptureFixture[str]) -> None:

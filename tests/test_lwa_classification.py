@@ -22,7 +22,7 @@ from discoveryctl.errors import (
     SellerAuthorizationRevoked,
     TransientProviderError,
 )
-from discoveryctl.providers.amazon import TokenGrant, lifetime, parse_token_response, retry_after
+from discoveryctl.providers.lwa import TokenGrant, lifetime, parse_token_response, retry_after
 
 GRANT = {
     "access_token": "Atza|access",

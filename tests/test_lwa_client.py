@@ -16,7 +16,7 @@ from discoveryctl.errors import (
     SellerAuthorizationRevoked,
     TransientProviderError,
 )
-from discoveryctl.providers.amazon import LwaClient
+from discoveryctl.providers.lwa import LwaClient
 from discoveryctl.sandbox import Sandbox
 
 from helpers import app_for

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from discoveryctl import notifications
 from discoveryctl.db.engine import Database
+from discoveryctl.integrations import notifications
 
 
 def notify(session: Any, user: str) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from discoveryctl.pacing import HEADROOM, Pacer
+from discoveryctl.support.pacing import HEADROOM, Pacer
 
 
 def starts(pacer: Pacer, now: float, calls: int) -> list[float]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from discoveryctl.integrations.health import Status
+from discoveryctl.integrations.vocabulary import Status
 
 from helpers import amazon_line, set_status, write_lines
 

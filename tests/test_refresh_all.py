@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from discoveryctl.pacing import HEADROOM
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
+from discoveryctl.support.pacing import HEADROOM
 
 from helpers import import_sellers
 
@@ -368,8 +368,8 @@ def test_leases_are_timed_by_the_database_clock(
 
     import time_machine
 
+    from discoveryctl.amazon.refresh_all import claim_batch
     from discoveryctl.db.engine import Database
-    from discoveryctl.refresh_all import claim_batch
 
     import_sellers(cli, amazon, tmp_path, 3)
     database = Database(db.url)
@@ -433,10 +433,10 @@ def test_a_notification_opened_meanwhile_is_not_opened_twice(
         pytest.skip("SQLite's write lock keeps every other writer out of the batch")
     import sqlalchemy as sa
 
-    from discoveryctl import notifications
+    from discoveryctl.amazon.refresh import Outcome, Verdict, record_failures
     from discoveryctl.db.engine import Database
-    from discoveryctl.integrations.health import message_for
-    from discoveryctl.refresh import Outcome, Verdict, record_failures
+    from discoveryctl.integrations import notifications
+    from discoveryctl.integrations.vocabulary import message_for
 
     import_sellers(cli, amazon, tmp_path, 2)
     database, other = Database(db.url), Database(db.url)
@@ -529,8 +529,8 @@ def test_a_seller_claimed_between_the_walk_and_the_lock_is_not_taken(
         pytest.skip("on SQLite a claim holds the write lock from its walk to its lease")
     import sqlalchemy as sa
 
+    from discoveryctl.amazon.refresh_all import claim_batch
     from discoveryctl.db.engine import Database
-    from discoveryctl.refresh_all import claim_batch
 
     import_sellers(cli, amazon, tmp_path, 3)
     database, other = Database(db.url), Database(db.url)

@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from discoveryctl.diagnostics import WARN, history_check
+from discoveryctl.jobs.doctor import WARN, history_check
 
 
 def _events(db: Any, count: int, days_ago: int, kind: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from discoveryctl.integrations.health import Status
+from discoveryctl.integrations.vocabulary import Status
 
 from helpers import SEED_FIELDS, amazon_line, fail_transiently, set_status, stripe_line, write_lines
 

@@ -6,7 +6,7 @@ import pytest
 
 from discoveryctl.errors import TransientProviderError
 from discoveryctl.providers.stripe import backoff
-from discoveryctl.refresh import in_run_wait
+from discoveryctl.support.retrying import in_run_wait
 
 
 @pytest.mark.parametrize(

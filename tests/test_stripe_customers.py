@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import stripe
 
+from discoveryctl.billing.customers import RUN_ATTEMPTS
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
-from discoveryctl.stripe_customers import RUN_ATTEMPTS
 
 from helpers import stripe_line, write_lines
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from discoveryctl.billing.customers import Outcome, _Pending, _Queue
 from discoveryctl.errors import TransientProviderError
-from discoveryctl.stripe_customers import Outcome, _Pending, _Queue
 
 
 def _pending(row_id: int) -> _Pending:

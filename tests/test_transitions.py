@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from discoveryctl.integrations.health import Status
+from discoveryctl.integrations.vocabulary import Status
 
 from helpers import amazon_line, fail_transiently, set_status, write_lines
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from discoveryctl.errors import InvalidInput
-from discoveryctl.user_ids import MAX_LENGTH, shown, valid_user_id
+from discoveryctl.support.user_ids import MAX_LENGTH, shown, valid_user_id
 
 
 @pytest.mark.parametrize(

@@ -18,14 +18,14 @@ if TYPE_CHECKING:
     from rich.console import Console
     from sqlalchemy.orm import Session
 
-    from discoveryctl.crypto import Vault
     from discoveryctl.db.engine import Database
     from discoveryctl.errors import DiscoveryError
+    from discoveryctl.support.crypto import Vault
 
 
 class Application:
     def __init__(self) -> None:
-        from discoveryctl import logging
+        from discoveryctl.support import logging
 
         self.config = Config()
         logging.setup(
@@ -56,7 +56,7 @@ class Application:
 
     def _ensure_head(self, database: Database) -> None:
         if database.ensure_head(may_upgrade=self.config.uses_default_database):
-            from discoveryctl.logging import get_logger
+            from discoveryctl.support.logging import get_logger
 
             get_logger().info("database_upgraded", database=str(self.config.default_database_path))
 
@@ -69,7 +69,7 @@ class Application:
             return self.vault(session)
 
     def vault(self, session: Session) -> Vault:
-        from discoveryctl.credentials import open_vault
+        from discoveryctl.amazon.credentials import open_vault
 
         return open_vault(self.config, session)
 
@@ -83,19 +83,19 @@ class Application:
         """Post the admin alerts this command raised or resolved (and any others due) to the
         admin webhook, within ``CLOSING_BUDGET``. Never fails the command: what cannot be
         posted now is logged and left for the next drain (``notifications deliver``)."""
-        alert_webhook = sys.modules.get("discoveryctl.alert_webhook")
-        if alert_webhook is None or not alert_webhook.take_queued_here():
+        outbox = sys.modules.get("discoveryctl.integrations.outbox")
+        if outbox is None or not outbox.take_queued_here():
             return  # nothing was raised here: commands pay nothing for others' alerts
-        from discoveryctl.logging import get_logger
+        from discoveryctl.support.logging import get_logger
 
         log = get_logger()
         try:
-            webhook = self.config.admin_webhook()
+            from discoveryctl.alerts import delivery
+
+            webhook = delivery.webhook_from(self.config)
             if webhook is None:
                 return
-            drained = alert_webhook.deliver(
-                database.session, webhook, budget=alert_webhook.CLOSING_BUDGET
-            )
+            drained = delivery.deliver(database.session, webhook, budget=delivery.CLOSING_BUDGET)
         except Exception as error:  # a bad setting, the database gone: the command's result stands
             from sqlalchemy.exc import DBAPIError
 
@@ -169,7 +169,7 @@ class Application:
             return
         import time
 
-        from discoveryctl.logging import get_logger
+        from discoveryctl.support.logging import get_logger
 
         log = get_logger()
         next_log, logged = 0.0, -1

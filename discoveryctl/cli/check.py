@@ -37,14 +37,16 @@ def check(
     \b
     Example: discoveryctl check amazon --user seller-42
     """
+    from discoveryctl.amazon.check import Checked, active_sellers, check_seller
     from discoveryctl.cli.application import Application
     from discoveryctl.errors import AppCredentialsRejected, NeedsAttention, ProviderError
-    from discoveryctl.providers.amazon import LwaClient
+    from discoveryctl.providers.lwa import LwaClient
     from discoveryctl.providers.spapi import SpApiClient
-    from discoveryctl.seller_check import Checked, active_sellers, check_seller
 
     app: Application = ctx.obj
-    amazon = app.config.amazon_app()
+    from discoveryctl.providers.lwa import app_from as amazon_app_from
+
+    amazon = amazon_app_from(app.config)
     database = app.open_database()
     vault = app.open_vault()
     if user is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from discoveryctl.cli import options
-from discoveryctl.integrations.health import Region
+from discoveryctl.integrations.vocabulary import Region
 
 
 class ConnectProvider(StrEnum):
@@ -44,10 +44,10 @@ def connect(
     \b
     Example: discoveryctl connect amazon --user seller-42 --no-browser
     """
+    from discoveryctl.amazon.connect import Flow, via_local_server, via_paste
     from discoveryctl.cli.application import Application
-    from discoveryctl.connect import Flow, via_local_server, via_paste
     from discoveryctl.errors import InvalidInput
-    from discoveryctl.providers.amazon import LwaClient
+    from discoveryctl.providers.lwa import LwaClient
 
     app: Application = ctx.obj
     if math.isnan(timeout):
@@ -57,7 +57,9 @@ def connect(
     if (tls_cert is None) != (tls_key is None):
         raise InvalidInput("--tls-cert and --tls-key go together")
     tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
-    amazon = app.config.amazon_app()
+    from discoveryctl.providers.lwa import app_from as amazon_app_from
+
+    amazon = amazon_app_from(app.config)
     database = app.open_database()
 
     def announce(url: str) -> None:

@@ -17,7 +17,7 @@ def doctor(
     Example: discoveryctl doctor
     """
     from discoveryctl.cli.application import Application
-    from discoveryctl.diagnostics import FAIL, run_checks
+    from discoveryctl.jobs.doctor import FAIL, run_checks
 
     app: Application = ctx.obj
     checks = run_checks(app.config)

@@ -10,7 +10,7 @@ import typer
 
 from discoveryctl.cli import options
 from discoveryctl.errors import InvalidInput
-from discoveryctl.integrations.health import Provider
+from discoveryctl.integrations.vocabulary import Provider
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -73,9 +73,9 @@ def events(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from discoveryctl import events as history
     from discoveryctl.cli.application import Application
-    from discoveryctl.integrations.health import isoformat
+    from discoveryctl.integrations import events as history
+    from discoveryctl.integrations.vocabulary import isoformat
 
     app: Application = ctx.obj
     start = parse_since(since)
@@ -127,9 +127,9 @@ def prune(
     \b
     Example: discoveryctl events prune --older-than 90d
     """
-    from discoveryctl import retention
     from discoveryctl.cli.application import Application
-    from discoveryctl.integrations.health import isoformat
+    from discoveryctl.integrations import retention
+    from discoveryctl.integrations.vocabulary import isoformat
 
     app: Application = ctx.obj
     # Minutes and seconds are refused: "90m" read as ninety months would empty the history.

@@ -51,7 +51,7 @@ def health(
     from discoveryctl.cli.application import Application
     from discoveryctl.cli.events import window_option
     from discoveryctl.errors import InvalidInput, NeedsAttention
-    from discoveryctl.metrics import Thresholds, compute, notify_admins
+    from discoveryctl.integrations.health import Thresholds, compute, notify_admins
 
     app: Application = ctx.obj
     for name, value in (
@@ -90,7 +90,7 @@ def _prometheus(app: Any, found: Any, output: str | None) -> None:
     from prometheus_client import generate_latest, write_to_textfile
 
     from discoveryctl.errors import InvalidInput
-    from discoveryctl.metrics import prometheus_registry
+    from discoveryctl.integrations.health import prometheus_registry
 
     registry = prometheus_registry(found)
     if output is None:

@@ -27,7 +27,7 @@ def rotate(
     \b
     Example: DISCOVERY_ENCRYPTION_KEY="$NEW,$OLD" discoveryctl keys rotate
     """
-    from discoveryctl import credentials
+    from discoveryctl.amazon import credentials
     from discoveryctl.cli.application import Application
 
     app: Application = ctx.obj

@@ -31,8 +31,8 @@ def notifications(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from discoveryctl import notifications as inbox
     from discoveryctl.cli.application import Application, relative_time
+    from discoveryctl.integrations import notifications as inbox
 
     app: Application = ctx.obj
     with app.session() as session:
@@ -68,8 +68,8 @@ def acknowledge(
     \b
     Example: discoveryctl notifications ack 12 13
     """
-    from discoveryctl import notifications as inbox
     from discoveryctl.cli.application import Application
+    from discoveryctl.integrations import notifications as inbox
 
     app: Application = ctx.obj
     with app.session() as session:
@@ -97,29 +97,32 @@ def deliver(
     \b
     Example: */5 * * * * discoveryctl notifications deliver
     """
-    from discoveryctl import alert_webhook
+    from discoveryctl.alerts import delivery
     from discoveryctl.cli.application import Application
     from discoveryctl.config import how_to_set
     from discoveryctl.errors import ConfigurationError, NeedsAttention
+    from discoveryctl.integrations import outbox
 
     app: Application = ctx.obj
-    webhook = app.config.admin_webhook()
+    from discoveryctl.alerts.delivery import webhook_from
+
+    webhook = webhook_from(app.config)
     if webhook is None:
         raise ConfigurationError(
             "DISCOVERY_ADMIN_WEBHOOK_URL is not set: " + how_to_set("DISCOVERY_ADMIN_WEBHOOK_URL")
         )
     if test:
-        posted = alert_webhook.post_test(webhook)
+        posted = delivery.post_test(webhook)
         if as_json:
             app.print_json(
                 {
-                    "delivered": posted.outcome == alert_webhook.DELIVERED,
+                    "delivered": posted.outcome == outbox.DELIVERED,
                     "http_status": posted.http_status,
                     "error": posted.reason or None,
                     "webhook": webhook.where,
                 }
             )
-        if posted.outcome != alert_webhook.DELIVERED:
+        if posted.outcome != outbox.DELIVERED:
             raise NeedsAttention(
                 f"the test message was not delivered to {webhook.where}: {posted.reason}"
             )
@@ -127,9 +130,9 @@ def deliver(
             app.err.print(f"delivered a test message to {webhook.where}", soft_wrap=True)
         return
     database = app.open_database()
-    drained = alert_webhook.deliver(database.session, webhook)
+    drained = delivery.deliver(database.session, webhook)
     with database.session() as session:
-        left, last_error, _ = alert_webhook.backlog(session)
+        left, last_error, _ = outbox.backlog(session)
     for line in drained.errors:
         app.err.print(line, soft_wrap=True)
     if as_json:

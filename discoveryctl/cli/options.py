@@ -4,10 +4,10 @@ from __future__ import annotations
 
 
 def user_id(value: str | None) -> str | None:
-    """``--user``: the one user-id rule (``discoveryctl.user_ids``), before any SQL."""
+    """``--user``: the one user-id rule (``discoveryctl.support.user_ids``), before any SQL."""
     if value is None:
         return None
-    from discoveryctl.user_ids import valid_user_id
+    from discoveryctl.support.user_ids import valid_user_id
 
     return valid_user_id(value)
 

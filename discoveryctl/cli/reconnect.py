@@ -8,7 +8,7 @@ import typer
 
 from discoveryctl.cli import options
 from discoveryctl.errors import InvalidInput
-from discoveryctl.integrations.health import Region
+from discoveryctl.integrations.vocabulary import Region
 
 
 class ReconnectProvider(StrEnum):

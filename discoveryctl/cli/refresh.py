@@ -29,13 +29,15 @@ def refresh(
     \b
     Example: discoveryctl refresh amazon --user seller-42
     """
+    from discoveryctl.amazon.refresh import raise_for, refresh_seller
     from discoveryctl.cli.application import Application
-    from discoveryctl.integrations.health import isoformat
-    from discoveryctl.providers.amazon import LwaClient
-    from discoveryctl.refresh import raise_for, refresh_seller
+    from discoveryctl.integrations.vocabulary import isoformat
+    from discoveryctl.providers.lwa import LwaClient
 
     app: Application = ctx.obj
-    amazon = app.config.amazon_app()
+    from discoveryctl.providers.lwa import app_from as amazon_app_from
+
+    amazon = amazon_app_from(app.config)
     database = app.open_database()
     vault = app.open_vault()
     with LwaClient(amazon) as lwa:
@@ -75,12 +77,14 @@ def access_token(
     """
     import sys
 
+    from discoveryctl.amazon.refresh import access_token as usable_token
     from discoveryctl.cli.application import Application
-    from discoveryctl.providers.amazon import LwaClient
-    from discoveryctl.refresh import access_token as usable_token
+    from discoveryctl.providers.lwa import LwaClient
 
     app: Application = ctx.obj
-    amazon = app.config.amazon_app()
+    from discoveryctl.providers.lwa import app_from as amazon_app_from
+
+    amazon = amazon_app_from(app.config)
     database = app.open_database()
     vault = app.open_vault()
     with LwaClient(amazon) as lwa:

@@ -11,9 +11,9 @@ import typer
 from discoveryctl.cli import options
 
 if TYPE_CHECKING:
+    from discoveryctl.billing.customers import PendingRun
     from discoveryctl.cli.application import Application
     from discoveryctl.db.engine import Database
-    from discoveryctl.stripe_customers import PendingRun
 
 
 class RefreshAllProvider(StrEnum):
@@ -71,12 +71,12 @@ def refresh_all(
     """
     from datetime import timedelta
 
+    from discoveryctl.amazon.refresh import Outcome
+    from discoveryctl.amazon.refresh_all import due_now, run
+    from discoveryctl.billing.customers import pending_count, pending_users
     from discoveryctl.errors import AppCredentialsRejected, Interrupted, NeedsAttention
-    from discoveryctl.providers.amazon import AsyncLwaClient
+    from discoveryctl.providers.lwa import AsyncLwaClient
     from discoveryctl.providers.spapi import AsyncSpApiClient
-    from discoveryctl.refresh import Outcome
-    from discoveryctl.refresh_all import due_now, run
-    from discoveryctl.stripe_customers import pending_count, pending_users
 
     app: Application = ctx.obj
     seconds = options.duration(deadline)
@@ -109,7 +109,9 @@ def refresh_all(
             app.err.print(_stripe_line(pending, only))
         _raise_for_stripe(only)
         return
-    amazon = app.config.amazon_app()
+    from discoveryctl.providers.lwa import app_from as amazon_app_from
+
+    amazon = amazon_app_from(app.config)
     with database.session() as session:
         vault = app.vault(session)
 
@@ -176,13 +178,15 @@ def _stripe(
     """Create the pending Stripe customers (none pending: no call, no key needed)."""
     from datetime import timedelta
 
+    from discoveryctl.amazon.refresh import new_owner
+    from discoveryctl.billing.customers import PendingRun, retry_pending
     from discoveryctl.providers.stripe import StripeCustomers
-    from discoveryctl.refresh import new_owner
-    from discoveryctl.stripe_customers import PendingRun, retry_pending
 
     if not pending:
         return PendingRun()
-    account = app.config.stripe_account()
+    from discoveryctl.providers.stripe import account_from as stripe_account_from
+
+    account = stripe_account_from(app.config)
     done = retry_pending(
         database.session,
         lambda: StripeCustomers(account),

@@ -139,7 +139,7 @@ def generate_key() -> None:
     \b
     Example: export DISCOVERY_ENCRYPTION_KEY=$(discoveryctl secrets generate-key)
     """
-    from discoveryctl.crypto import generate_key as new_key
+    from discoveryctl.support.crypto import generate_key as new_key
 
     typer.echo(new_key())
 

@@ -62,13 +62,13 @@ def mint(
     Example: curl -H "Authorization: Bearer $(discoveryctl token mint --user seller-1)" \\
         http://127.0.0.1:8080/api/v1/integrations/status
     """
-    from discoveryctl import api_tokens
     from discoveryctl.cli.application import Application
     from discoveryctl.cli.events import window_option
+    from discoveryctl.server import tokens
 
     app: Application = ctx.obj
     lifetime = window_option(ttl, "--ttl")
-    token = api_tokens.mint(
+    token = tokens.mint(
         app.config.jwt_secret(),
         user,
         lifetime,

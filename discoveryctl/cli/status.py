@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from discoveryctl.cli import options
-from discoveryctl.integrations.health import Provider, Status
+from discoveryctl.integrations.vocabulary import Provider, Status
 
 
 def status(
@@ -37,7 +37,7 @@ def status(
     """
     from discoveryctl.cli.application import Application
     from discoveryctl.integrations import lifecycle
-    from discoveryctl.integrations.health import api_view, is_unhealthy
+    from discoveryctl.integrations.vocabulary import api_view, is_unhealthy
 
     app: Application = ctx.obj
     filters = lifecycle.Filters(
@@ -90,7 +90,7 @@ def _table(rows: Any, width: int) -> str:
     from rich.cells import cell_len, set_cell_size
 
     from discoveryctl.cli.application import relative_time
-    from discoveryctl.integrations.health import consecutive_failures, message_for
+    from discoveryctl.integrations.vocabulary import consecutive_failures, message_for
 
     cells: list[tuple[str, ...]] = []
     for row in rows:

@@ -34,12 +34,14 @@ def ensure_customer(
     \b
     Example: discoveryctl stripe ensure-customer --user seller-42 --email ops@acme.test
     """
+    from discoveryctl.billing.customers import ensure_customer as ensure
     from discoveryctl.cli.application import Application
     from discoveryctl.providers.stripe import StripeCustomers
-    from discoveryctl.stripe_customers import ensure_customer as ensure
 
     app: Application = ctx.obj
-    account = app.config.stripe_account()
+    from discoveryctl.providers.stripe import account_from as stripe_account_from
+
+    account = stripe_account_from(app.config)
     database = app.open_database()
     with StripeCustomers(account) as customers:
         done = ensure(database.session, customers, user_id=user, email=email, name=name)

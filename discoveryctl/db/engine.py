@@ -9,13 +9,14 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from discoveryctl.config import Creation
 from discoveryctl.db.failures import classify
 from discoveryctl.errors import DatabaseError, DiscoveryError
 
@@ -44,12 +45,6 @@ def describe(url: URL) -> str:
     """The URL without its password (in ``user:password@`` or the query), for messages."""
     hidden = {key: "hidden" for key in url.query if key.lower() in _SECRET_QUERY_KEYS}
     return url.update_query_dict(hidden).render_as_string(hide_password=True)
-
-
-Creation = Literal["never", "file", "file and folders"]
-"""What opening a SQLite database may create when it is not there: nothing (a mistyped path
-is an error), the file (``db upgrade``, in a folder that exists), or the folders too (the
-SQLite default, in the data directory)."""
 
 
 def sqlite_file(url: URL) -> Path | None:

@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from discoveryctl import events, notifications
 from discoveryctl.db.engine import lock_for_writing
 from discoveryctl.db.models import IntegrationStatus, new_id, table_of, utcnow
-from discoveryctl.integrations.health import (
+from discoveryctl.integrations import events, notifications
+from discoveryctl.integrations.vocabulary import (
     CONSECUTIVE_FAILURES,
     LAST_ERROR,
     LAST_SYNCED_AT,

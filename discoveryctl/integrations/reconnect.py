@@ -8,17 +8,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from discoveryctl import events, notifications
 from discoveryctl.db.models import IntegrationStatus, utcnow
 from discoveryctl.errors import NotFound
-from discoveryctl.integrations import lifecycle
-from discoveryctl.integrations.health import (
+from discoveryctl.integrations import events, lifecycle, notifications
+from discoveryctl.integrations.vocabulary import (
     RECONNECT_ATTEMPTS,
     Status,
     isoformat,
     reconnect_url,
 )
-from discoveryctl.user_ids import shown
+from discoveryctl.support.user_ids import shown
 
 RECONNECT_REQUESTED = lifecycle.RECONNECT_REQUESTED
 

@@ -7,14 +7,14 @@ import aiohttp
 import httpx
 
 from discoveryctl.errors import ProviderError, SellerAuthorizationRevoked, TransientProviderError
-from discoveryctl.providers.amazon import (
+from discoveryctl.providers.async_http import Reply, open_session, send, transport_failure
+from discoveryctl.providers.lwa import (
     DEFAULT_TIMEOUT,
     AmazonApp,
     excerpt,
     json_object,
     retry_after,
 )
-from discoveryctl.providers.async_http import Reply, open_session, send, transport_failure
 
 # SP-API: the seller check. `GET /sellers/v1/marketplaceParticipations` (sellers.json in
 # amzn/selling-partner-api-models; usage plan 0.016 requests a second, burst 15) answers 401,

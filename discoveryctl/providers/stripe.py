@@ -24,6 +24,7 @@ from typing import Any
 
 import stripe
 
+from discoveryctl.config import Config
 from discoveryctl.errors import (
     AppCredentialsRejected,
     ProviderError,
@@ -60,6 +61,14 @@ class StripeAccount:
 
     api_key: str = field(repr=False)  # never in a log, a traceback or an error
     api_base: str = STRIPE_API_BASE
+
+
+def account_from(config: Config) -> StripeAccount:
+    """The Stripe secret key, and the API's address (``STRIPE_API_BASE``: the sandbox)."""
+    return StripeAccount(
+        api_key=config.require("STRIPE_API_KEY"),
+        api_base=config.http_url("STRIPE_API_BASE", STRIPE_API_BASE),
+    )
 
 
 @dataclass(frozen=True)

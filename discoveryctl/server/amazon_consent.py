@@ -1,7 +1,8 @@
 """The web OAuth routes: a seller connects Amazon from the browser (SPEC §8).
 
-The same consent core as ``connect amazon`` (``discoveryctl.consent``): the same state (signed,
-10 minutes, bound to the user and region, single use), the same reasons, the same events.
+The same consent core as ``connect amazon`` (``discoveryctl.amazon.consent``): the same state
+(signed, 10 minutes, bound to the user and region, single use), the same reasons, the same
+events.
 
 - ``…/amazon/connect`` (bearer token): issues a state for the caller and sends the browser to
   Seller Central's consent page. The state also goes into an ``HttpOnly`` cookie, and the
@@ -28,14 +29,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from fastapi import Cookie, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from discoveryctl import api_tokens, consent
+from discoveryctl.amazon import consent
+from discoveryctl.amazon.consent import Reason
 from discoveryctl.config import Config
-from discoveryctl.consent import Reason
 from discoveryctl.db.engine import Database
 from discoveryctl.errors import AppCredentialsRejected, DiscoveryError, OAuthCallbackError
-from discoveryctl.integrations.health import Region, isoformat
-from discoveryctl.providers.amazon import LwaClient
-from discoveryctl.server import schemas
+from discoveryctl.integrations.vocabulary import Region, isoformat
+from discoveryctl.providers.lwa import LwaClient
+from discoveryctl.server import schemas, tokens
 
 COOKIE = "discovery_amazon_consent"
 COOKIE_PATH = "/api/v1/integrations/amazon"
@@ -56,7 +57,7 @@ def add_routes(
     app: FastAPI,
     config: Config,
     database: Database,
-    caller: Callable[..., Awaitable[api_tokens.Caller]],
+    caller: Callable[..., Awaitable[tokens.Caller]],
     errors: Mapping[int | str, dict[str, Any]],
     log: Any,
 ) -> None:
@@ -104,10 +105,12 @@ def add_routes(
     )
     def connect(
         request: Request,
-        who: Annotated[api_tokens.Caller, Depends(caller)],
+        who: Annotated[tokens.Caller, Depends(caller)],
         region: Region = Region.na,
     ) -> Response:
-        amazon = config.amazon_app()
+        from discoveryctl.providers.lwa import app_from as amazon_app_from
+
+        amazon = amazon_app_from(config)
         started = consent.start(
             database.session, config, amazon, user_id=who.user_id, region=region.value, flow="web"
         )
@@ -143,7 +146,9 @@ def add_routes(
             if state is None:
                 raise OAuthCallbackError(Reason.missing_state, "this browser started no consent")
             claims = consent.read_state(state, config.jwt_secret())
-            amazon = config.amazon_app()
+            from discoveryctl.providers.lwa import app_from as amazon_app_from
+
+            amazon = amazon_app_from(config)
             location = consent.login_redirect(amazon, query, state, claims.region)
         except OAuthCallbackError as error:
             return failed(error.reason)
@@ -174,7 +179,9 @@ def add_routes(
             error = consent.diagnose(query, config.jwt_secret(), state or "", None)
             return failed(error.reason)
         try:
-            amazon = config.amazon_app()
+            from discoveryctl.providers.lwa import app_from as amazon_app_from
+
+            amazon = amazon_app_from(config)
             with LwaClient(amazon) as lwa:
                 consent.complete(database.session, config, amazon, lwa, query, expected_state=state)
         except OAuthCallbackError as error:

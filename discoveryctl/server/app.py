@@ -2,7 +2,7 @@
 
 Every route but ``/health`` and the two Amazon sends the browser to (``amazon_consent``: its
 login step and its callback, which the consent state authenticates) takes the caller from a
-bearer token's ``sub`` (``discoveryctl.api_tokens``): no route reads a user id from the client,
+bearer token's ``sub`` (``discoveryctl.server.tokens``): no route reads a user id from the client,
 so one user can never read or change another's rows. Integrations, history and notifications
 are shown as the CLI shows them: the views are the core's.
 
@@ -31,25 +31,24 @@ from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from discoveryctl import api_tokens, events
-from discoveryctl import notifications as inbox
 from discoveryctl.config import Config
 from discoveryctl.db.engine import HEAD_REVISION, READERS, Database
 from discoveryctl.errors import DiscoveryError, NotFound
-from discoveryctl.integrations import lifecycle
+from discoveryctl.integrations import events, lifecycle
+from discoveryctl.integrations import notifications as inbox
 from discoveryctl.integrations import reconnect as reconnects
-from discoveryctl.integrations.health import Provider, api_view
-from discoveryctl.logging import get_logger
-from discoveryctl.server import amazon_consent, schemas
+from discoveryctl.integrations.vocabulary import Provider, api_view
+from discoveryctl.server import amazon_consent, schemas, tokens
 from discoveryctl.server.errors import error_response
 from discoveryctl.server.status_feed import Change, StatusFeed
+from discoveryctl.support.logging import get_logger
 
 KEEPALIVE = 15.0
 """Seconds between keep-alive comments on an idle stream (proxies drop silent connections)."""
 
 
 class BearerToken(HTTPBearer):
-    """The caller, from the request's bearer token (``api_tokens.caller_of``). An
+    """The caller, from the request's bearer token (``tokens.caller_of``). An
     ``HTTPBearer``, so OpenAPI names the scheme on every route that needs it; one dependency
     with nothing below it, checked on the event loop (no thread hop)."""
 
@@ -61,8 +60,8 @@ class BearerToken(HTTPBearer):
         )
         self._secret, self._audience, self._issuer = secret, audience, issuer
 
-    async def __call__(self, request: Request) -> api_tokens.Caller:  # type: ignore[override]
-        return api_tokens.caller_of(
+    async def __call__(self, request: Request) -> tokens.Caller:  # type: ignore[override]
+        return tokens.caller_of(
             self._secret,
             request.headers.get("authorization"),
             audience=self._audience,
@@ -125,7 +124,7 @@ def create_app(config: Config | None = None, *, keepalive: float = KEEPALIVE) ->
     )
 
     caller = BearerToken(secret, audience, issuer)
-    Who = Annotated[api_tokens.Caller, Depends(caller)]
+    Who = Annotated[tokens.Caller, Depends(caller)]
     amazon_consent.add_routes(app, config, database, caller, ERRORS, log)
 
     @app.get(

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from discoveryctl.integrations.health import Provider, Status
+from discoveryctl.integrations.vocabulary import Provider, Status
 
 
 class _Closed(BaseModel):

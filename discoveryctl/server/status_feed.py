@@ -20,9 +20,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from discoveryctl import events
 from discoveryctl.db.engine import Database
-from discoveryctl.logging import get_logger
+from discoveryctl.integrations import events
+from discoveryctl.support.logging import get_logger
 
 POLL_INTERVAL = 0.5
 GAP_WAIT = 30.0

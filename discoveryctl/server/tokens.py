@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import jwt
 
 from discoveryctl.errors import InvalidInput, Unauthenticated
-from discoveryctl.user_ids import valid_user_id
+from discoveryctl.support.user_ids import valid_user_id
 
 ALGORITHM = "HS256"
 LEEWAY = timedelta(seconds=30)

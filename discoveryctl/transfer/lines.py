@@ -25,8 +25,6 @@ from typing import Any, BinaryIO
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from discoveryctl import events
-from discoveryctl.crypto import Vault
 from discoveryctl.db.engine import lock_for_writing
 from discoveryctl.db.models import (
     Credential,
@@ -37,10 +35,11 @@ from discoveryctl.db.models import (
     utcnow,
 )
 from discoveryctl.errors import DatabaseConflict, InvalidInput
-from discoveryctl.integrations import lifecycle
-from discoveryctl.integrations.health import Provider, Region, Status
-from discoveryctl.logging import get_logger
-from discoveryctl.user_ids import refusal_of, valid_user_id
+from discoveryctl.integrations import events, lifecycle
+from discoveryctl.integrations.vocabulary import Provider, Region, Status
+from discoveryctl.support.crypto import Vault
+from discoveryctl.support.logging import get_logger
+from discoveryctl.support.user_ids import refusal_of, valid_user_id
 
 BATCH_SIZE = 2000
 BATCH_ATTEMPTS = 3
@@ -194,8 +193,8 @@ def _text(data: dict[str, Any], name: str) -> str:
 
 
 def _user_id(data: dict[str, Any]) -> str:
-    """The one user-id rule (``discoveryctl.user_ids``), on the id as given, as for ``--user``
-    (stripping first would let through what the rule refuses, e.g. a trailing U+0085)."""
+    """The one user-id rule (``discoveryctl.support.user_ids``), on the id as given, as for
+    ``--user`` (stripping first would let through what the rule refuses, e.g. a trailing U+0085)."""
     user_id = data["user_id"]
     if not isinstance(user_id, str):
         raise Rejected("user_id must be a non-empty string")

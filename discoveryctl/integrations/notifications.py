@@ -19,10 +19,10 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
-from discoveryctl import alert_webhook, events
 from discoveryctl.db.models import Notification, utcnow
 from discoveryctl.errors import NotFound
-from discoveryctl.integrations.health import isoformat
+from discoveryctl.integrations import events, outbox
+from discoveryctl.integrations.vocabulary import isoformat
 
 USER = "user"
 ADMIN = "admin"
@@ -85,9 +85,9 @@ def notify(
 
 def _record_created(session: Session, notification: Notification) -> None:
     if notification.audience == ADMIN:
-        alert_webhook.enqueue(session, notification.id, alert_webhook.OPEN)
+        outbox.enqueue(session, notification.id, outbox.OPEN)
         if notification.resolved_at is not None:  # opened and resolved in one batch
-            alert_webhook.enqueue(session, notification.id, alert_webhook.RESOLVED)
+            outbox.enqueue(session, notification.id, outbox.RESOLVED)
     events.record(
         session,
         events.Kind.notification_created,
@@ -99,7 +99,7 @@ def _record_created(session: Session, notification: Notification) -> None:
     )
 
 
-_BATCH = "discoveryctl.notifications.batch"
+_BATCH = "discoveryctl.integrations.notifications.batch"
 
 
 @dataclass
@@ -185,7 +185,7 @@ def resolve(session: Session, key: str) -> int:
     ).all()
     for notification_id, audience in resolved:
         if audience == ADMIN:  # the admin webhook hears of it too
-            alert_webhook.enqueue(session, notification_id, alert_webhook.RESOLVED)
+            outbox.enqueue(session, notification_id, outbox.RESOLVED)
     return len(resolved)
 
 

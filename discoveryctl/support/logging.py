@@ -11,7 +11,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
-from discoveryctl.redaction import REDACTED, is_sensitive_key, redact, redact_text
+from discoveryctl.support.redaction import REDACTED, is_sensitive_key, redact, redact_text
 
 
 def _redact_processor(

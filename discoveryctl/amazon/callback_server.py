@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from discoveryctl.errors import ConfigurationError
-from discoveryctl.logging import get_logger
+from discoveryctl.support.logging import get_logger
 
 LOOPBACK = "127.0.0.1"
 LOGIN_PATH = "/login"

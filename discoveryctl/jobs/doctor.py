@@ -72,7 +72,7 @@ def run_checks(config: Config, today: date | None = None) -> list[Check]:
     def encryption() -> Check:
         import sqlalchemy as sa
 
-        from discoveryctl.credentials import open_vault
+        from discoveryctl.amazon.credentials import open_vault
         from discoveryctl.db.models import Credential
 
         assert database is not None
@@ -85,7 +85,7 @@ def run_checks(config: Config, today: date | None = None) -> list[Check]:
         return Check("encryption key", OK, f"decrypts all {count} stored credentials")
 
     def history() -> Check:
-        from discoveryctl import retention
+        from discoveryctl.integrations import retention
 
         assert database is not None
         with database.session() as session:
@@ -93,13 +93,15 @@ def run_checks(config: Config, today: date | None = None) -> list[Check]:
         return history_check(count, oldest, retention.MANY_EVENTS)
 
     def outbox() -> Check:
-        from discoveryctl import alert_webhook
+        from discoveryctl.integrations import outbox
 
         assert database is not None
-        if config.admin_webhook() is None:
+        from discoveryctl.alerts.delivery import webhook_from
+
+        if webhook_from(config) is None:
             return Check("alert deliveries", OK, "no webhook set: admin alerts are not posted")
         with database.session() as session:
-            return outbox_check(*alert_webhook.backlog(session))
+            return outbox_check(*outbox.backlog(session))
 
     if at_head:
         attempt("event history", history)
@@ -142,10 +144,12 @@ def webhook_check(config: Config) -> Check:
     will do; a webhook only takes POSTs)."""
     import httpx
 
-    from discoveryctl.alert_webhook import TIMEOUT
+    from discoveryctl.alerts.delivery import TIMEOUT
 
     name = "admin webhook"
-    webhook = config.admin_webhook()
+    from discoveryctl.alerts.delivery import webhook_from
+
+    webhook = webhook_from(config)
     if webhook is None:
         return Check(
             name,

@@ -29,7 +29,6 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
-from discoveryctl import events, notifications
 from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
 from discoveryctl.db.models import StripeCustomer, table_of, utcnow
 from discoveryctl.errors import (
@@ -39,10 +38,10 @@ from discoveryctl.errors import (
     StripeOutcomeUnknown,
     TransientProviderError,
 )
-from discoveryctl.integrations import lifecycle
-from discoveryctl.integrations.health import Provider, Status
+from discoveryctl.integrations import events, lifecycle, notifications
+from discoveryctl.integrations.vocabulary import Provider, Status
 from discoveryctl.providers.stripe import SEARCH_LAG, CreatedCustomer, StripeCustomers, backoff
-from discoveryctl.refresh import Attempt, in_run_wait, with_retries
+from discoveryctl.support.retrying import Attempt, in_run_wait, with_retries
 
 KEY_LIFETIME = timedelta(hours=24)
 """How long Stripe is sure to remember a key ("Idempotent requests": keys may be pruned once

@@ -24,9 +24,8 @@ import jwt
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from discoveryctl import credentials, events, notifications
+from discoveryctl.amazon import credentials
 from discoveryctl.config import Config
-from discoveryctl.crypto import Vault
 from discoveryctl.db.engine import SessionScope
 from discoveryctl.db.models import OAuthState, utcnow
 from discoveryctl.errors import (
@@ -37,16 +36,17 @@ from discoveryctl.errors import (
     OAuthCallbackError,
     ProviderError,
 )
-from discoveryctl.integrations import lifecycle
-from discoveryctl.integrations.health import Provider, Region, Status, isoformat
-from discoveryctl.providers.amazon import (
+from discoveryctl.integrations import events, lifecycle, notifications
+from discoveryctl.integrations.vocabulary import Provider, Region, Status, isoformat
+from discoveryctl.providers.lwa import (
     SELLING_PARTNER_ID,
     AmazonApp,
     LwaClient,
     consent_url,
     login_continue_url,
 )
-from discoveryctl.user_ids import valid_user_id
+from discoveryctl.support.crypto import Vault
+from discoveryctl.support.user_ids import valid_user_id
 
 STATE_LIFETIME = timedelta(minutes=10)
 STATE_AUDIENCE = "discoveryctl:amazon-consent"

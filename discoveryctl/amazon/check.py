@@ -21,23 +21,22 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from discoveryctl import events
-from discoveryctl.crypto import Vault
-from discoveryctl.db.engine import SessionScope, lock_for_writing
-from discoveryctl.db.models import Credential, IntegrationStatus, utcnow
-from discoveryctl.errors import ProviderError, SellerAuthorizationRevoked, TransientProviderError
-from discoveryctl.integrations import lifecycle
-from discoveryctl.integrations.health import Provider, Status, reconnect_url
-from discoveryctl.providers.amazon import LwaClient
-from discoveryctl.providers.spapi import SpApiClient
-from discoveryctl.refresh import (
+from discoveryctl.amazon.refresh import (
     Outcome,
     Verdict,
     access_token,
     find,
     record_failure,
-    with_retries,
 )
+from discoveryctl.db.engine import SessionScope, lock_for_writing
+from discoveryctl.db.models import Credential, IntegrationStatus, utcnow
+from discoveryctl.errors import ProviderError, SellerAuthorizationRevoked, TransientProviderError
+from discoveryctl.integrations import events, lifecycle
+from discoveryctl.integrations.vocabulary import Provider, Status, reconnect_url
+from discoveryctl.providers.lwa import LwaClient
+from discoveryctl.providers.spapi import SpApiClient
+from discoveryctl.support.crypto import Vault
+from discoveryctl.support.retrying import with_retries
 
 CHECKED = events.Kind.seller_checked
 CHECK_FAILED = events.Kind.seller_check_failed

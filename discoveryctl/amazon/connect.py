@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from discoveryctl import consent
-from discoveryctl.callback_server import CallbackServer, Page, Query
+from discoveryctl.amazon import consent
+from discoveryctl.amazon.callback_server import CallbackServer, Page, Query
+from discoveryctl.amazon.consent import Connected, ConsentStart, Reason
 from discoveryctl.config import Config
-from discoveryctl.consent import Connected, ConsentStart, Reason
 from discoveryctl.db.engine import SessionScope
 from discoveryctl.errors import AppCredentialsRejected, ConfigurationError, OAuthCallbackError
-from discoveryctl.providers.amazon import AmazonApp, LwaClient
+from discoveryctl.providers.lwa import AmazonApp, LwaClient
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")  # the server listens on 127.0.0.1 only
 

@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from discoveryctl.db.models import Event, table_of, utcnow
-from discoveryctl.integrations.health import isoformat, message_for
-from discoveryctl.redaction import redact
+from discoveryctl.integrations.vocabulary import isoformat, message_for
+from discoveryctl.support.redaction import redact
 
 SUCCESS = "success"
 FAILURE = "failure"

@@ -7,7 +7,7 @@ one transaction that sets a lease on it (PostgreSQL: ``FOR UPDATE SKIP LOCKED``;
 under its write lock), so overlapping runs and other machines never refresh the same seller
 twice, and a killed run's leases simply run out for the next run to take the work.
 
-What each answer means is decided in ``discoveryctl.refresh``; this module only schedules.
+What each answer means is decided in ``discoveryctl.amazon.refresh``; this module only schedules.
 If LWA refuses the app's own credentials, no more work is claimed, the calls in flight end,
 no seller is marked, the leases are let go, and the admins are told once.
 """
@@ -27,19 +27,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from discoveryctl import events, notifications
-from discoveryctl.crypto import Vault
-from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
-from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
-from discoveryctl.errors import DiscoveryError, ProviderError
-from discoveryctl.integrations.health import Provider, Status
-from discoveryctl.pacing import Pacer
-from discoveryctl.providers.amazon import AsyncLwaClient, TokenGrant
-from discoveryctl.providers.spapi import AsyncSpApiClient
-from discoveryctl.refresh import (
+from discoveryctl.amazon.check import CHECKED, allowance, record_check
+from discoveryctl.amazon.refresh import (
     DEFAULT_MARGIN,
     LEASE,
-    Attempt,
     Outcome,
     Verdict,
     new_owner,
@@ -47,9 +38,17 @@ from discoveryctl.refresh import (
     record_failures,
     record_refreshes,
     verdict,
-    with_async_retries,
 )
-from discoveryctl.seller_check import CHECKED, allowance, record_check
+from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
+from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
+from discoveryctl.errors import DiscoveryError, ProviderError
+from discoveryctl.integrations import events, notifications
+from discoveryctl.integrations.vocabulary import Provider, Status
+from discoveryctl.providers.lwa import AsyncLwaClient, TokenGrant
+from discoveryctl.providers.spapi import AsyncSpApiClient
+from discoveryctl.support.crypto import Vault
+from discoveryctl.support.pacing import Pacer
+from discoveryctl.support.retrying import Attempt, with_async_retries
 
 DEFAULT_MAX_AGE = timedelta(hours=24)
 DEFAULT_CONCURRENCY = 32
@@ -313,7 +312,7 @@ async def _refresh_one(
     async with gate:
         if closing.is_closed():
             return None  # stopped, out of time, or the app's credentials refused: not sent
-        # Its turn (discoveryctl.pacing): at most half a call's time away, so a call that
+        # Its turn (discoveryctl.support.pacing): at most half a call's time away, so a call that
         # waits for it when the run closes still goes, as if it were already in flight.
         wait = pacer.wait(asyncio.get_running_loop().time())
         if wait:
@@ -462,7 +461,7 @@ def _write_batch(
         held = _still_held(session, owner, [due.credential_id for due in batch])
         kept = [a for a in answers if a.due.credential_id in held]
         if len(kept) < len(answers):
-            from discoveryctl.logging import get_logger
+            from discoveryctl.support.logging import get_logger
 
             get_logger().warning("refresh_answers_dropped", count=len(answers) - len(kept))
         _record(session, vault, owner, kept, frontend_url, summary)

@@ -22,8 +22,6 @@ The body is built when the row is claimed, so it shows the alert as it is then.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import socket
@@ -38,25 +36,18 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased
 
-from discoveryctl import events
+from discoveryctl.alerts.signing import SIGNATURE_HEADER, signature
+from discoveryctl.config import Config
 from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
 from discoveryctl.db.models import AlertDelivery, Notification
+from discoveryctl.integrations import events
+from discoveryctl.integrations.outbox import DELIVERED, EXPIRED, OPEN, REFUSED
 
 if TYPE_CHECKING:
     import httpx
 
-OPEN = "open"
-RESOLVED = "resolved"
 
-DELIVERED = "delivered"
-REFUSED = "refused"  # the receiver answered with a final 4xx (or a redirect)
-EXPIRED = "expired"  # still undelivered a day after it was raised
-
-SIGNATURE_HEADER = "Discovery-Signature"
 DELIVERY_HEADER = "Discovery-Delivery"
-TOLERANCE = 300
-"""Seconds either side of its timestamp a receiver should accept a signature for (Stripe's
-default tolerance), so a captured request cannot be replayed later."""
 
 TRIES = 3  # posts of one delivery in one drain
 TIMEOUT = 5.0  # seconds for one post
@@ -85,89 +76,12 @@ class AdminWebhook:
         return f"AdminWebhook({self.where}, signed={self.secret is not None})"
 
 
-# -- the outbox ---------------------------------------------------------------------------------
-
-
-_queued_here = False  # a flag, not the ids: a long-running server never grows it
-
-
-def enqueue(session: Session, notification_id: int, state: str) -> None:
-    """Put an admin notification's new state in the outbox, in the caller's transaction.
-    Timed by the database's clock, which the drains compare it with."""
-    now = database_now(session)
-    delivery = AlertDelivery(
-        delivery_id=str(uuid.uuid4()),
-        notification_id=notification_id,
-        state=state,
-        created_at=now,
-        next_attempt_at=now,
-        attempts=0,
-    )
-    session.add(delivery)
-    global _queued_here
-    _queued_here = True
-
-
-def take_queued_here() -> bool:
-    """Whether this process put anything in the outbox since it last asked: the commands
-    that did drain it as they end, the others leave it alone."""
-    global _queued_here
-    queued, _queued_here = _queued_here, False
-    return queued
-
-
-def backlog(session: Session) -> tuple[int, str | None, int]:
-    """Deliveries waiting, the last error among them, and those given up in the last day."""
-    now = database_now(session)
-    pending = AlertDelivery.outcome.is_(None)
-    count = session.scalar(sa.select(sa.func.count()).where(pending))
-    last_error = session.scalar(
-        sa.select(AlertDelivery.last_error)
-        .where(pending, AlertDelivery.last_error.is_not(None))
-        .order_by(AlertDelivery.next_attempt_at.desc())
-        .limit(1)
-    )
-    given_up = session.scalar(
-        sa.select(sa.func.count()).where(
-            AlertDelivery.outcome.in_([REFUSED, EXPIRED]),
-            AlertDelivery.finished_at >= now - timedelta(days=1),
-        )
-    )
-    return int(count or 0), last_error, int(given_up or 0)
-
-
-# -- signing ------------------------------------------------------------------------------------
-
-
-def signature(secret: str, timestamp: int, body: bytes) -> str:
-    """The ``Discovery-Signature`` header's value for ``body`` sent at ``timestamp``."""
-    return f"t={timestamp},v1={_mac(secret, timestamp, body)}"
-
-
-def verify(
-    secret: str, header: str, body: bytes, *, now: float, tolerance: int = TOLERANCE
-) -> bool:
-    """Whether ``header`` signs ``body`` with ``secret`` and was made within ``tolerance``
-    seconds of ``now``: what a receiver checks before trusting a delivery."""
-    parts: dict[str, list[str]] = {}
-    for item in header.split(","):
-        name, _, value = item.strip().partition("=")
-        parts.setdefault(name, []).append(value)
-    raw = parts.get("t", [""])[0]
-    if not (raw.isascii() and raw.isdigit()):
-        return False
-    timestamp = int(raw)
-    if abs(now - timestamp) > tolerance:
-        return False
-    expected = _mac(secret, timestamp, body).encode()
-    return any(
-        hmac.compare_digest(expected, given.encode("utf-8", "replace"))
-        for given in parts.get("v1", [])
-    )
-
-
-def _mac(secret: str, timestamp: int, body: bytes) -> str:
-    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+def webhook_from(config: Config) -> AdminWebhook | None:
+    """Where admin alerts are posted, and the secret that signs them; None when unset."""
+    if not config.get("DISCOVERY_ADMIN_WEBHOOK_URL"):
+        return None
+    url = config.http_url("DISCOVERY_ADMIN_WEBHOOK_URL", "", shown=False)
+    return AdminWebhook(url, config.get("DISCOVERY_ADMIN_WEBHOOK_SECRET") or None)
 
 
 # -- the message --------------------------------------------------------------------------------
@@ -175,7 +89,7 @@ def _mac(secret: str, timestamp: int, body: bytes) -> str:
 
 def message(notification: Notification, state: str, delivery_id: str) -> dict[str, Any]:
     """The posted JSON: Slack's ``text``, and the alert's fields for any other receiver."""
-    from discoveryctl.integrations.health import isoformat
+    from discoveryctl.integrations.vocabulary import isoformat
 
     if state == OPEN:
         text = f":rotating_light: {notification.title}: {notification.message}"

@@ -11,9 +11,9 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 
-from discoveryctl import events
 from discoveryctl.db.engine import SessionScope, database_now
 from discoveryctl.db.models import AlertDelivery, Event, OAuthState, table_of
+from discoveryctl.integrations import events
 
 PRUNE_BATCH = 5_000
 """Events deleted per transaction: each holds the write lock for a moment only."""

@@ -10,11 +10,11 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from discoveryctl import events
 from discoveryctl.config import Config, new_fernet_key, replace_secret_file
-from discoveryctl.crypto import Vault
 from discoveryctl.db.engine import SessionScope
 from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
+from discoveryctl.integrations import events
+from discoveryctl.support.crypto import Vault
 
 
 def open_vault(config: Config, session: Session) -> Vault:

@@ -19,6 +19,7 @@ from urllib.parse import SplitResult, urlencode, urljoin, urlsplit
 import aiohttp
 import httpx
 
+from discoveryctl.config import Config
 from discoveryctl.errors import (
     AppCredentialsRejected,
     ProviderError,
@@ -26,7 +27,7 @@ from discoveryctl.errors import (
     TransientProviderError,
 )
 from discoveryctl.providers.async_http import Reply, open_session, send, transport_failure
-from discoveryctl.redaction import redact_text
+from discoveryctl.support.redaction import redact_text
 
 SELLER_CENTRAL = {
     "na": "https://sellercentral.amazon.com",
@@ -63,6 +64,25 @@ class AmazonApp:
 
     def spapi(self, region: str) -> str:
         return (self.spapi_url or SPAPI[region]).rstrip("/")
+
+
+def app_from(config: Config) -> AmazonApp:
+    """The SP-API app as configured: its LWA credentials, consent settings and endpoint
+    overrides (the sandbox)."""
+    overrides = {
+        name: config.http_url(name, "") if config.get(name) else None
+        for name in ("AMAZON_SELLER_CENTRAL_URL", "AMAZON_LWA_TOKEN_URL", "AMAZON_SPAPI_URL")
+    }
+    return AmazonApp(
+        client_id=config.require("AMAZON_LWA_CLIENT_ID"),
+        client_secret=config.require("AMAZON_LWA_CLIENT_SECRET"),
+        application_id=config.require("AMAZON_SPAPI_APP_ID"),
+        redirect_uri=config.redirect_uri,
+        draft=config.app_draft,
+        seller_central_url=overrides["AMAZON_SELLER_CENTRAL_URL"],
+        token_url=overrides["AMAZON_LWA_TOKEN_URL"] or LWA_TOKEN_URL,
+        spapi_url=overrides["AMAZON_SPAPI_URL"],
+    )
 
 
 def consent_url(app: AmazonApp, region: str, state: str) -> str:
