@@ -40,6 +40,7 @@ def check(
     from discoveryctl.amazon.check import Checked, active_sellers, check_seller
     from discoveryctl.cli.application import Application
     from discoveryctl.errors import AppCredentialsRejected, NeedsAttention, ProviderError
+    from discoveryctl.jobs import attention
     from discoveryctl.providers.lwa import LwaClient
     from discoveryctl.providers.spapi import SpApiClient
 
@@ -94,8 +95,6 @@ def check(
                 for c in results
             ]
         )
-    attention = [c for c in results if c.outcome not in ("ok", "paced")]
-    if attention:
-        raise NeedsAttention(
-            f"{len(attention)} seller{'s need' if len(attention) != 1 else ' needs'} attention"
-        )
+    needing = attention.count(c.outcome for c in results)
+    if needing:
+        raise NeedsAttention(attention.sellers_need(needing))
