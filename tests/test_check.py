@@ -174,3 +174,38 @@ def test_refresh_all_verify_spends_the_same_allowance(
     assert participation_calls(sandbox) == 3
     rows = db.rows("SELECT check_allowance FROM credentials")
     assert [r["check_allowance"] for r in rows] == [pytest.approx(0.0, abs=0.01)] * 3
+
+
+def test_a_refused_token_past_its_reauthorization_date_is_expired_as_a_refresh_says(
+    db: Any, cli: Any, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check and the refresh reach one verdict: past the 365-day re-authorization date a
+    refused token means ``expired``, not ``revoked``."""
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    seller = sandbox.state.add_seller()
+    line = amazon_line("old", seller.refresh_token, authorized_at="2025-11-01T00:00:00Z")
+    line["selling_partner_id"] = seller.selling_partner_id
+    assert cli("import", str(write_lines(tmp_path / "old.jsonl", line))).exit_code == 0
+    assert cli("access-token", "amazon", "--user", "old").exit_code == 0  # a cached token
+    sandbox.state.set_behaviour(seller.selling_partner_id, "spapi_401", times=1)
+    result = cli("check", "amazon", "--user", "old", "--json")
+    assert result.exit_code == 1
+    assert result.json()[0]["outcome"] == "expired"
+    (row,) = cli("status", "--user", "old", "--json").json()
+    assert row["status"] == "expired"
+
+
+def test_a_failed_check_waits_out_the_backoff_a_failed_refresh_would(
+    db: Any, cli: Any, sandbox: Sandbox, sellers: Any
+) -> None:
+    """A transient failure at the check counts as one at a refresh does, and the seller is
+    left alone for the backoff: the next refresh-all does not take it."""
+    sandbox.state.set_behaviour(sellers[0].selling_partner_id, "spapi_429", retry_after=0)
+    assert cli("check", "amazon", "--user", "u0").exit_code == 1
+    assert cli("access-token", "amazon", "--user", "u1").exit_code == 0
+    with db.engine.begin() as connection:  # both tokens at the end of their hour
+        connection.exec_driver_sql("UPDATE credentials SET access_token_expires_at = refreshed_at")
+    due = cli("refresh-all", "--dry-run", "--provider", "amazon").stdout.split("\n")
+    assert "u0 amazon" not in due
+    assert "u1 amazon" in due

@@ -433,14 +433,15 @@ def test_a_notification_opened_meanwhile_is_not_opened_twice(
         pytest.skip("SQLite's write lock keeps every other writer out of the batch")
     import sqlalchemy as sa
 
-    from discoveryctl.amazon.refresh import Outcome, Verdict, record_failures
+    from discoveryctl.amazon.refresh import record_failures
+    from discoveryctl.amazon.verdict import RefreshOutcome, Verdict
     from discoveryctl.db.engine import Database
     from discoveryctl.integrations import notifications
     from discoveryctl.integrations.vocabulary import message_for
 
     import_sellers(cli, amazon, tmp_path, 2)
     database, other = Database(db.url), Database(db.url)
-    revoked = Verdict(Outcome.revoked, "oauth_token_revoked", "LWA refused the grant")
+    revoked = Verdict(RefreshOutcome.revoked, "oauth_token_revoked", "LWA refused the grant")
     opened: list[str] = []
 
     def open_u1_first(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:

@@ -190,3 +190,40 @@ def test_a_synced_integration_works_properly_one_never_synced_is_not_checked_yet
         )
     (row,) = cli("status", "--json").json()
     assert row["message"] == "Your amazon integration is working properly"
+
+
+def test_one_unhealthy_rule_for_the_table_the_summary_and_check(
+    db: Any, cli: Any, tmp_path: Path
+) -> None:
+    """Revoked, expired, or failing right now: the rows the table puts first, the summary's
+    ``need_attention`` (counted in SQL) and ``--check`` (counted row by row) agree on each
+    combination of status and failures."""
+    users = {
+        "a-fine": (Status.active, 0),
+        "b-failing": (Status.active, 2),
+        "c-revoked": (Status.revoked, 0),
+        "d-expired": (Status.expired, 0),
+        "e-revoked-failing": (Status.revoked, 1),
+        "f-pending": (Status.pending, 0),
+        "g-pending-failing": (Status.pending, 1),
+    }
+    source = write_lines(tmp_path / "all.jsonl", *(amazon_line(user) for user in users))
+    assert cli("import", str(source)).exit_code == 0
+    for user, (status, failures) in users.items():
+        if status != Status.active:
+            set_status(db.url, user, status)
+        fail_transiently(db.url, user, failures)
+    unhealthy = {"b-failing", "c-revoked", "d-expired", "e-revoked-failing", "g-pending-failing"}
+
+    summary = cli("status", "--summary", "--json").json()
+    assert summary["need_attention"] == len(unhealthy)
+    table = cli("status").stdout.splitlines()
+    first = [line.split()[0] for line in table[1 : 1 + len(unhealthy)]]
+    assert set(first) == unhealthy
+    for user in users:
+        as_json = cli("status", "--user", user, "--json", "--check")
+        summed = cli("status", "--user", user, "--summary", "--json", "--check")
+        expected = 1 if user in unhealthy else 0
+        assert (as_json.exit_code, summed.exit_code) == (expected, expected), user
+    listed = {item["user_id"] for item in cli("reconnect", "amazon", "--json").json()}
+    assert listed == {"c-revoked", "d-expired", "e-revoked-failing"}

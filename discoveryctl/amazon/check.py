@@ -17,22 +17,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from discoveryctl.amazon.refresh import (
-    Outcome,
-    Verdict,
-    access_token,
-    find,
-    record_failure,
-)
+from discoveryctl.amazon.refresh import access_token, apply_verdict, find
+from discoveryctl.amazon.verdict import verdict
 from discoveryctl.db.engine import SessionScope, lock_for_writing
 from discoveryctl.db.models import Credential, IntegrationStatus, utcnow
 from discoveryctl.errors import ProviderError, SellerAuthorizationRevoked, TransientProviderError
 from discoveryctl.integrations import events, lifecycle
-from discoveryctl.integrations.vocabulary import Provider, Status, reconnect_url
+from discoveryctl.integrations.vocabulary import (
+    Provider,
+    Status,
+    needs_reconnect,
+    reconnect_url,
+)
 from discoveryctl.providers.lwa import LwaClient
 from discoveryctl.providers.spapi import SpApiClient
 from discoveryctl.support.crypto import Vault
@@ -86,10 +87,25 @@ def _take_check(session: Session, credential_id: int) -> float | None:
     return spend_check(credential, utcnow())
 
 
+class CheckOutcome(StrEnum):
+    """What a check found: the SP-API answered (``ok``); the seller's allowance was spent
+    (``paced``, not called); the authorization is gone (``revoked``, or ``expired`` past its
+    re-authorization date: the same verdict as a refresh); a transient failure, counted with
+    the same backoff as a refresh's (``failed``); or an answer that says nothing about the
+    token, recorded only (``inconclusive``)."""
+
+    ok = "ok"
+    paced = "paced"
+    revoked = "revoked"
+    expired = "expired"
+    failed = "failed"
+    inconclusive = "inconclusive"
+
+
 @dataclass(frozen=True)
 class Checked:
     user_id: str
-    outcome: str  # "ok", "revoked", "failed", "inconclusive"
+    outcome: CheckOutcome
     marketplaces: int | None = None
     message: str | None = None
     reconnect_url: str | None = None
@@ -109,7 +125,12 @@ def check_seller(
         token, _ = access_token(session_scope, vault, lwa, user_id, frontend_url=frontend_url)
     except SellerAuthorizationRevoked as error:  # the refresh itself found it gone
         url = reconnect_url(frontend_url, Provider.amazon, user_id)
-        return Checked(user_id, "revoked", message=error.message, reconnect_url=url)
+        gone = (
+            CheckOutcome.expired
+            if error.error_type == "oauth_token_expired"
+            else CheckOutcome.revoked
+        )
+        return Checked(user_id, gone, message=error.message, reconnect_url=url)
     with session_scope() as session:
         _, credential = find(session, user_id)
         region = credential.region
@@ -117,7 +138,7 @@ def check_seller(
     if wait is not None:
         return Checked(
             user_id,
-            "paced",
+            CheckOutcome.paced,
             message=(
                 "not checked: the SP-API allows each seller this call about once a minute "
                 f"(bursts of {CHECK_BURST:g}); the next is possible in {math.ceil(wait)} s"
@@ -133,11 +154,11 @@ def check_seller(
             user_id,
             outcome,
             message=error.message,
-            reconnect_url=url if outcome == "revoked" else None,
+            reconnect_url=url if needs_reconnect(outcome) else None,
         )
     with session_scope() as session:
         record_check(session, user_id, None, frontend_url=frontend_url, marketplaces=count)
-    return Checked(user_id, "ok", marketplaces=count)
+    return Checked(user_id, CheckOutcome.ok, marketplaces=count)
 
 
 def record_check(
@@ -147,9 +168,10 @@ def record_check(
     *,
     frontend_url: str,
     marketplaces: int | None = None,
-) -> str:
-    """What one SP-API answer means for the seller; returns ``ok``, ``revoked``, ``failed``
-    or ``inconclusive``."""
+) -> CheckOutcome:
+    """What one SP-API answer means for the seller: the token refused or a transient failure
+    is acted on as a refresh's verdict would be (``amazon.verdict``, ``refresh.apply_verdict``);
+    any other refusal is recorded only."""
     if error is None:
         integration, _ = find(session, user_id, for_update=True)
         lifecycle.record_success(session, integration)
@@ -161,23 +183,15 @@ def record_check(
             provider=Provider.amazon,
             marketplaces=marketplaces,
         )
-        return "ok"
+        return CheckOutcome.ok
     _event(session, user_id, error)
-    if isinstance(error, SellerAuthorizationRevoked):
-        record_failure(
-            session,
-            user_id,
-            Verdict(Outcome.revoked, "oauth_token_revoked", error.message, error.status_code),
-            frontend_url=frontend_url,
-        )
-        return "revoked"
-    if isinstance(error, TransientProviderError):
-        integration, _ = find(session, user_id, for_update=True)
-        lifecycle.record_transient_failure(
-            session, integration, error_type=error.error_type, message=error.message
-        )
-        return "failed"
-    return "inconclusive"  # e.g. a 403 that says nothing about the token: recorded only
+    if not isinstance(error, SellerAuthorizationRevoked | TransientProviderError):
+        return CheckOutcome.inconclusive
+    integration, credential = find(session, user_id, for_update=True)
+    now = utcnow()
+    decided = verdict(error, credential.authorized_at, now)
+    apply_verdict(session, integration, credential, decided, now=now, frontend_url=frontend_url)
+    return CheckOutcome(decided.outcome)
 
 
 def _event(session: Session, user_id: str, error: ProviderError) -> None:

@@ -25,13 +25,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from discoveryctl.amazon.credentials import for_integration
+from discoveryctl.amazon.verdict import (
+    RefreshOutcome,
+    Verdict,
+    event_error_type,
+    expiry_warning_due,
+    reauthorization_date,
+    verdict,
+)
 from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
 from discoveryctl.db.models import (
     Credential,
@@ -54,6 +61,7 @@ from discoveryctl.integrations.vocabulary import (
     Status,
     consecutive_failures,
     isoformat,
+    needs_reconnect,
     reconnect_url,
 )
 from discoveryctl.providers.lwa import LwaClient, TokenGrant
@@ -61,9 +69,6 @@ from discoveryctl.support.crypto import Vault
 from discoveryctl.support.retrying import Attempt, with_retries
 from discoveryctl.support.user_ids import shown
 
-REAUTHORIZATION = timedelta(days=365)
-"""Amazon authorizations must be renewed a year after consent."""
-EXPIRY_WARNING = timedelta(days=30)
 DEFAULT_MARGIN = timedelta(minutes=5)
 """An access token this close to its expiry is refreshed rather than used."""
 LEASE = timedelta(seconds=60)
@@ -76,54 +81,7 @@ REFRESHED = events.Kind.token_refreshed
 REFRESH_FAILED = events.Kind.token_refresh_failed
 
 
-class Outcome(StrEnum):
-    refreshed = "refreshed"
-    revoked = "revoked"
-    expired = "expired"
-    failed = "failed"  # transient or unplaced: counted, status unchanged
-    app_rejected = "app_rejected"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What one failed refresh means for the seller."""
-
-    outcome: Outcome
-    error_type: str
-    message: str
-    status_code: int | None = None
-
-
 REFRESH_RETRIED = events.Kind.token_refresh_retried
-
-# A transient failure's name as the events and the health metrics call it (SPEC §7), the
-# same for LWA (``lwa_…``) and the SP-API (``spapi_…``).
-_TRANSIENT_KINDS = ("throttled", "timeout", "connection_error", "server_error", "bad_response")
-
-
-def event_error_type(error_type: str) -> str:
-    """``lwa_throttled`` → ``provider_throttled``, and so on; ``provider_error`` otherwise."""
-    _, _, kind = error_type.partition("_")
-    return f"provider_{kind}" if kind in _TRANSIENT_KINDS else "provider_error"
-
-
-def verdict(error: ProviderError, authorized_at: datetime, now: datetime) -> Verdict:
-    """The outcome of a refresh that LWA refused or that did not get through."""
-    if isinstance(error, SellerAuthorizationRevoked):
-        if now >= authorized_at + REAUTHORIZATION:
-            return Verdict(Outcome.expired, "oauth_token_expired", error.message, error.status_code)
-        return Verdict(Outcome.revoked, "oauth_token_revoked", error.message, error.status_code)
-    if isinstance(error, AppCredentialsRejected):
-        return Verdict(
-            Outcome.app_rejected,
-            "oauth_app_credentials_rejected",
-            error.message,
-            error.status_code,
-        )
-    if isinstance(error, TransientProviderError):
-        error_type = event_error_type(error.error_type)
-        return Verdict(Outcome.failed, error_type, error.message, error.status_code)
-    return Verdict(Outcome.failed, "provider_unexpected_answer", error.message, error.status_code)
 
 
 def backoff(failures: int, rng: random.Random | None = None) -> timedelta:
@@ -188,7 +146,7 @@ class Refresh:
     """What happened to one seller's authorization."""
 
     user_id: str
-    outcome: Outcome
+    outcome: RefreshOutcome
     access_token_expires_at: datetime | None = None
     access_token: str | None = field(default=None, repr=False)  # never in a log or traceback
     error_type: str | None = None
@@ -278,7 +236,7 @@ def access_token(
             cached = _cached(vault, credential, usable_until)
             if cached is not None:
                 return cached
-            if integration.status in (Status.revoked, Status.expired):
+            if needs_reconnect(integration.status):
                 url = reconnect_url(frontend_url, Provider.amazon, user_id)
                 raise SellerAuthorizationRevoked(
                     f"the Amazon authorization of {shown(user_id)} is {integration.status}: "
@@ -348,15 +306,15 @@ def _refresh_leased(
 
 def raise_for(done: Refresh) -> None:
     """Nothing for a refresh that worked; the error of its kind for one that did not."""
-    if done.outcome in (Outcome.revoked, Outcome.expired):
+    if done.outcome in (RefreshOutcome.revoked, RefreshOutcome.expired):
         raise SellerAuthorizationRevoked(
             f"the Amazon authorization of {shown(done.user_id)} is {done.outcome}: "
             f"reconnect at {done.reconnect_url}",
             error_type=done.error_type or "oauth_token_revoked",
         )
-    if done.outcome == Outcome.app_rejected:
+    if done.outcome == RefreshOutcome.app_rejected:
         raise AppCredentialsRejected(done.message or "LWA rejected the app's credentials")
-    if done.outcome == Outcome.failed:
+    if done.outcome == RefreshOutcome.failed:
         raise TransientProviderError(
             f"could not refresh the token of {shown(done.user_id)}: {done.message}",
             error_type=done.error_type or "provider_error",
@@ -421,7 +379,7 @@ def record_refresh(
     notifications.app_credentials_accepted(session, Provider.amazon)  # LWA took them
     return Refresh(
         user_id,
-        Outcome.refreshed,
+        RefreshOutcome.refreshed,
         access_token_expires_at=expires,
         access_token=grant.access_token,
     )
@@ -489,9 +447,7 @@ def record_refreshes(
     one_by_one: list[tuple[str, TokenGrant, Sequence[Attempt]]] = []
     for row in session.execute(query):
         grant, tries = grants[row.id]
-        warning_due = row.expiry_warned_at is None and now >= (
-            row.authorized_at + REAUTHORIZATION - EXPIRY_WARNING
-        )
+        warning_due = expiry_warning_due(row.authorized_at, row.expiry_warned_at, now)
         plain = (
             row.status == Status.active
             and not consecutive_failures(row.metadata)
@@ -517,7 +473,7 @@ def record_refreshes(
         meta = {**row.metadata, LAST_SYNCED_AT: isoformat(now)}
         integration_rows.append({"row_id": row.integration_id, "meta": meta, "now": now})
         event_rows += _refreshed_events(row.user_id, grant, expires, tries)
-        done.append(Refresh(row.user_id, Outcome.refreshed, access_token_expires_at=expires))
+        done.append(Refresh(row.user_id, RefreshOutcome.refreshed, access_token_expires_at=expires))
     if credential_rows:
         session.execute(
             sa.update(credential)
@@ -590,8 +546,31 @@ def record_failure(
         ],
     )
     url = reconnect_url(frontend_url, Provider.amazon, user_id)
-    if decided.outcome in (Outcome.revoked, Outcome.expired):
-        status = Status.expired if decided.outcome == Outcome.expired else Status.revoked
+    apply_verdict(session, integration, credential, decided, now=now, frontend_url=frontend_url)
+    return Refresh(
+        user_id,
+        decided.outcome,
+        error_type=decided.error_type,
+        message=decided.message,
+        reconnect_url=url,
+    )
+
+
+def apply_verdict(
+    session: Session,
+    integration: IntegrationStatus,
+    credential: Credential,
+    decided: Verdict,
+    *,
+    now: datetime,
+    frontend_url: str,
+) -> None:
+    """Act on a verdict (``amazon.verdict``) for the seller, whoever reached it (a refresh or
+    a check): an authorization gone changes the status and tells the seller; the app's
+    credentials refused tell the admins; anything else is a counted failure that waits out a
+    backoff before the next try. The integration and credential are read and locked."""
+    if decided.authorization_gone:
+        status = Status.expired if decided.outcome == RefreshOutcome.expired else Status.revoked
         credential.access_token = None
         credential.access_token_expires_at = None
         lifecycle.change_status(
@@ -602,7 +581,7 @@ def record_failure(
             frontend_url=frontend_url,
             error_type=decided.error_type,
         )
-    elif decided.outcome == Outcome.app_rejected:
+    elif decided.outcome == RefreshOutcome.app_rejected:
         notifications.alert_app_credentials(session, Provider.amazon, decided.message)
     else:
         failures = lifecycle.record_transient_failure(
@@ -610,13 +589,6 @@ def record_failure(
         )
         credential.next_attempt_at = now + backoff(failures)
     credential.updated_at = now
-    return Refresh(
-        user_id,
-        decided.outcome,
-        error_type=decided.error_type,
-        message=decided.message,
-        reconnect_url=url,
-    )
 
 
 def record_failures(
@@ -668,9 +640,9 @@ def _warn_before_expiry(
     frontend_url: str,
 ) -> None:
     """Once per authorization, 30 days before Amazon wants it renewed, tell the seller."""
-    renew_by = credential.authorized_at + REAUTHORIZATION
-    if credential.expiry_warned_at is not None or now < renew_by - EXPIRY_WARNING:
+    if not expiry_warning_due(credential.authorized_at, credential.expiry_warned_at, now):
         return
+    renew_by = reauthorization_date(credential.authorized_at)
     url = reconnect_url(frontend_url, Provider.amazon, integration.user_id)
     notifications.notify(
         session,

@@ -31,14 +31,12 @@ from discoveryctl.amazon.check import CHECKED, allowance, record_check
 from discoveryctl.amazon.refresh import (
     DEFAULT_MARGIN,
     LEASE,
-    Outcome,
-    Verdict,
     new_owner,
     news_only,
     record_failures,
     record_refreshes,
-    verdict,
 )
+from discoveryctl.amazon.verdict import RefreshOutcome, Verdict, verdict
 from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
 from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
 from discoveryctl.errors import DiscoveryError, ProviderError
@@ -83,7 +81,7 @@ class Summary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "outcomes": {str(o): self.outcomes.get(str(o), 0) for o in Outcome},
+            "outcomes": {str(o): self.outcomes.get(str(o), 0) for o in RefreshOutcome},
             "total": self.total,
             "checks": dict(self.checks),
             "seconds": round(self.seconds, 3),
@@ -308,7 +306,9 @@ async def _refresh_one(
     try:
         token = vault.decrypt(due.refresh_token, what="the refresh token")
     except DiscoveryError as error:  # one unreadable row: that seller's failure, no one else's
-        return Answer(due, verdict=Verdict(Outcome.failed, "credential_unreadable", error.message))
+        return Answer(
+            due, verdict=Verdict(RefreshOutcome.failed, "credential_unreadable", error.message)
+        )
     async with gate:
         if closing.is_closed():
             return None  # stopped, out of time, or the app's credentials refused: not sent
@@ -324,7 +324,7 @@ async def _refresh_one(
             )
         except ProviderError as error:
             decided = verdict(error, due.authorized_at, utcnow())
-            if decided.outcome == Outcome.app_rejected:
+            if decided.app_rejected:
                 closing.close(grace=None)
             return Answer(due, verdict=decided, tries=tuple(tries))
         pacer.took(tries[0].seconds)  # the first try: how long LWA takes to answer
@@ -367,7 +367,7 @@ def _record(
 ) -> None:
     refreshed = [(a.due.credential_id, a.grant, a.tries) for a in answers if a.grant is not None]
     record_refreshes(session, vault, refreshed, frontend_url=frontend_url, lease_owner=owner)
-    summary.outcomes[Outcome.refreshed] += len(refreshed)
+    summary.outcomes[RefreshOutcome.refreshed] += len(refreshed)
     checked = [
         events.entry(CHECKED, outcome=events.SUCCESS, user_id=a.due.user_id, provider="amazon")
         for a in answers
@@ -385,10 +385,8 @@ def _record(
                 session, answer.due.user_id, answer.check_error, frontend_url=frontend_url
             )
             summary.checks[outcome] += 1
-    failed = [
-        a for a in answers if a.verdict is not None and a.verdict.outcome != Outcome.app_rejected
-    ]
-    refused = [a for a in failed if a.verdict is not None and a.verdict.outcome in REFUSED]
+    failed = [a for a in answers if a.verdict is not None and not a.verdict.app_rejected]
+    refused = [a for a in failed if a.verdict is not None and a.verdict.authorization_gone]
     # LWA refused a token that has been replaced since (a reconnect meanwhile): no verdict
     stale = _replaced_since(session, refused)
     failures = [
@@ -399,9 +397,6 @@ def _record(
     for _, decided, _ in failures:
         summary.outcomes[decided.outcome] += 1
     record_failures(session, failures, frontend_url=frontend_url)
-
-
-REFUSED = (Outcome.revoked, Outcome.expired)
 
 
 def _still_held(session: Session, owner: str, ids: list[int]) -> set[int]:
@@ -603,7 +598,8 @@ async def _run(
                     (
                         a.verdict
                         for a in answers
-                        if a.verdict is not None and a.verdict.outcome == Outcome.app_rejected
+                        if a.verdict is not None
+                        and a.verdict.outcome == RefreshOutcome.app_rejected
                     ),
                     None,
                 )

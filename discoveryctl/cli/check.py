@@ -37,7 +37,7 @@ def check(
     \b
     Example: discoveryctl check amazon --user seller-42
     """
-    from discoveryctl.amazon.check import Checked, active_sellers, check_seller
+    from discoveryctl.amazon.check import Checked, CheckOutcome, active_sellers, check_seller
     from discoveryctl.cli.application import Application
     from discoveryctl.errors import AppCredentialsRejected, NeedsAttention, ProviderError
     from discoveryctl.jobs import attention
@@ -72,12 +72,12 @@ def check(
             except ProviderError as error:
                 if user is not None:
                     raise  # one seller: its error, with its exit code
-                checked = Checked(user_id, "failed", message=error.message)
+                checked = Checked(user_id, CheckOutcome.failed, message=error.message)
             results.append(checked)
             if not as_json:
                 detail = (
                     f"{checked.marketplaces} marketplaces"
-                    if checked.outcome == "ok"
+                    if checked.outcome == CheckOutcome.ok
                     else checked.message
                 )
                 app.out.print(f"{user_id}: {checked.outcome} ({detail})")

@@ -17,6 +17,7 @@ from discoveryctl.integrations.vocabulary import (
     CONSECUTIVE_FAILURES,
     LAST_ERROR,
     LAST_SYNCED_AT,
+    NEEDS_RECONNECT,
     Status,
     consecutive_failures,
     isoformat,
@@ -84,14 +85,16 @@ class Filters:
         return query
 
 
-def _unhealthy() -> sa.ColumnElement[bool]:
-    """SQL for ``health.is_unhealthy``: revoked, expired, or failing right now."""
-    table = table_of(IntegrationStatus)
-    failures = table.c.metadata[CONSECUTIVE_FAILURES].as_integer()
-    return sa.or_(
-        table.c.status.in_([Status.revoked, Status.expired]),
-        sa.func.coalesce(failures, 0) > 0,
-    )
+def needs_reconnect_clause() -> sa.ColumnElement[bool]:
+    """SQL for ``vocabulary.needs_reconnect``: the authorization is gone."""
+    return table_of(IntegrationStatus).c.status.in_(NEEDS_RECONNECT)
+
+
+def unhealthy_clause() -> sa.ColumnElement[bool]:
+    """SQL for ``vocabulary.is_unhealthy``: the seller must reconnect, or it is failing
+    right now."""
+    failures = table_of(IntegrationStatus).c.metadata[CONSECUTIVE_FAILURES].as_integer()
+    return sa.or_(needs_reconnect_clause(), sa.func.coalesce(failures, 0) > 0)
 
 
 def listing(
@@ -106,7 +109,7 @@ def listing(
     query = _rows()
     order: list[sa.ColumnElement[Any]] = [table.c.user_id, table.c.provider]
     if unhealthy_first:
-        order.insert(0, sa.case((_unhealthy(), 0), else_=1))
+        order.insert(0, sa.case((unhealthy_clause(), 0), else_=1))
     query = filters.apply(query.order_by(*order))
     if limit is not None:
         query = query.limit(limit)
@@ -155,7 +158,7 @@ def counts(session: Session, filters: Filters = Filters()) -> tuple[dict[str, in
         sa.select(
             table.c.status,
             sa.func.count(),
-            sa.func.sum(sa.case((_unhealthy(), 1), else_=0)),
+            sa.func.sum(sa.case((unhealthy_clause(), 1), else_=0)),
         ).group_by(table.c.status)
     )
     by_status: dict[str, int] = {}

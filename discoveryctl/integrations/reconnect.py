@@ -13,7 +13,6 @@ from discoveryctl.errors import NotFound
 from discoveryctl.integrations import events, lifecycle, notifications
 from discoveryctl.integrations.vocabulary import (
     RECONNECT_ATTEMPTS,
-    Status,
     isoformat,
     reconnect_url,
 )
@@ -28,7 +27,7 @@ def needing_reconnect(session: Session, provider: str) -> Sequence[IntegrationSt
         sa.select(IntegrationStatus)
         .where(
             IntegrationStatus.provider == provider,
-            IntegrationStatus.status.in_([Status.revoked, Status.expired]),
+            lifecycle.needs_reconnect_clause(),
         )
         .order_by(IntegrationStatus.user_id)
         .with_for_update()  # their reconnect counters are updated next

@@ -57,8 +57,12 @@ def message_for(provider: str, status: str, synced: bool = True) -> str:
     return f"Your {provider} integration is being set up"
 
 
+NEEDS_RECONNECT = (Status.revoked, Status.expired)
+"""The statuses in which the seller must connect again: the authorization is gone."""
+
+
 def needs_reconnect(status: str) -> bool:
-    return status in (Status.revoked, Status.expired)
+    return status in NEEDS_RECONNECT
 
 
 def consecutive_failures(meta: Mapping[str, Any]) -> int:
@@ -67,7 +71,8 @@ def consecutive_failures(meta: Mapping[str, Any]) -> int:
 
 
 def is_unhealthy(status: str, meta: Mapping[str, Any]) -> bool:
-    """Revoked or expired, or failing transiently right now."""
+    """The one "unhealthy" rule (``lifecycle.unhealthy_clause`` says it in SQL): the seller must
+    reconnect, or the integration is failing transiently right now."""
     return needs_reconnect(status) or consecutive_failures(meta) > 0
 
 
