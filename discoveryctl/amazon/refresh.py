@@ -1,4 +1,4 @@
-"""Refreshing a seller's Amazon authorization, and what each outcome means (SPEC §5).
+"""Refreshing a seller's Amazon authorization, and what each outcome means (docs/behaviour.md §5).
 
 The one place that decides a seller's fate after LWA answers:
 
@@ -96,8 +96,8 @@ class Verdict:
 
 REFRESH_RETRIED = events.Kind.token_refresh_retried
 
-# A transient failure's name as the events and the health metrics call it (SPEC §7), the
-# same for LWA (``lwa_…``) and the SP-API (``spapi_…``).
+# A transient failure's name as the events and the health metrics call it
+# (docs/behaviour.md §7), the same for LWA (``lwa_…``) and the SP-API (``spapi_…``).
 _TRANSIENT_KINDS = ("throttled", "timeout", "connection_error", "server_error", "bad_response")
 
 
