@@ -1,4 +1,4 @@
-"""Settings: the environment first, then the OS keyring (SPEC §2).
+"""Settings: the environment first, then the OS keyring (docs/behaviour.md §2).
 
 ``Config`` reads lazily: a setting is looked up the first time a command needs it, so a
 command that never touches Amazon never asks the keyring for the LWA secret. Every missing or

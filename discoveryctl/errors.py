@@ -31,10 +31,10 @@ into a status (``discoveryctl.server.errors.HTTP_STATUS``); nothing else decides
 - *database_conflict*: another writer got there first (a unique key, a serialization
   failure) and retrying did not settle it.
 - *input*: what the operator or the client gave is wrong (an argument, a user id, a file).
-- *provider*, with three kinds the product acts on differently (SPEC §5): *seller* (the seller's
-  authorization is gone: reconnect), *app_credentials* (the app's own credentials were refused:
-  never blame a seller, stop), *transient* (worth retrying); plain *provider* is an answer the
-  classifier could not place.
+- *provider*, with three kinds the product acts on differently (docs/behaviour.md §5):
+  *seller* (the seller's authorization is gone: reconnect), *app_credentials* (the app's own
+  credentials were refused: never blame a seller, stop), *transient* (worth retrying); plain
+  *provider* is an answer the classifier could not place.
 - *unauthenticated*: an API request came without a token the API accepts: the client signs
   in again.
 - *attention*: not a failure of the command: it finished, and what it found needs a look

@@ -228,7 +228,7 @@ def main() -> int:
             discoveryctl(env, "status")
             discoveryctl(env, "status", "--check", expect=(1,))
             step(
-                "The last hour's rates and the seed's alerts",
+                "The last hour's rates and alerts",
                 "From the events: success rates, errors, a mark per hour of failures, and the",
                 "alerts; one revoked seller of a handful is over the 5 % an hour, so exit 1.",
             )

@@ -24,7 +24,8 @@ SEED_FIELDS = {
     "lastSyncedAt",
     "message",
 }
-"""An integration's fields in the seed API's ``data``, as `status --json` and the API give it."""
+"""An integration's fields in the API's ``data`` (docs/behaviour.md §4), as `status --json` and the
+API give it."""
 
 
 def write_lines(path: Path, *lines: dict[str, Any] | str) -> Path:

@@ -1,4 +1,4 @@
-"""The HTTP API (`serve`) on a real uvicorn server: the seed's endpoints and shapes, JWT bearer
+"""The HTTP API (`serve`) on a real uvicorn server: its endpoints and shapes, JWT bearer
 auth in every way a token can be wrong, and one user never reaching another's rows."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Where the seller's browser is sent: the consent URL, and the login-URI step's way back to
-Amazon, which must never be an open redirect (SPEC §5)."""
+Amazon, which must never be an open redirect (docs/behaviour.md §5)."""
 
 from __future__ import annotations
 

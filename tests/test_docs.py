@@ -1,7 +1,9 @@
-"""Every command has help text with an example, and is in the README."""
+"""Every command has help text with an example, and is in the README; every document the
+repository cites is in it, and every link, path and section a document names is there."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,8 @@ import typer
 
 from discoveryctl.cli import app
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+REPOSITORY = Path(__file__).parent.parent
+README = (REPOSITORY / "README.md").read_text()
 
 
 def commands() -> list[tuple[str, Any]]:
@@ -102,3 +105,112 @@ def test_messages_to_a_pipe_are_one_line_however_long(
     assert result.exit_code == 1
     (reported,) = [line for line in result.stderr.splitlines() if line.startswith("line 1:")]
     assert len(reported) > 40 and reported.endswith("selling_partner_id")
+
+
+# -- the documents ------------------------------------------------------------------------------
+
+DOCUMENTS = [
+    REPOSITORY / "README.md",
+    REPOSITORY / "SANDBOX.md",
+    *(REPOSITORY / "docs").glob("*.md"),
+]
+_TEXT = {".py", ".md", ".toml", ".ini", ".cfg", ".mako", ".txt", ".yml", ".yaml", ".json"}
+_NOT_SOURCES = {"__pycache__", "mutants", "node_modules", "build", "dist"}
+
+
+def repository_files() -> list[Path]:
+    """Every text file of the repository: sources, tests, documents, configuration (not the
+    virtualenv, caches or build output)."""
+    found = []
+    for path in sorted(REPOSITORY.rglob("*")):
+        parts = path.relative_to(REPOSITORY).parts
+        if any(
+            (part.startswith(".") and part != ".ci")
+            or part in _NOT_SOURCES
+            or part.endswith(".egg-info")
+            for part in parts
+        ):
+            continue
+        if path.is_file() and (path.suffix in _TEXT or path.name in ("Makefile", "run")):
+            found.append(path)
+    return found
+
+
+def cited(pattern: str, flags: int = 0) -> list[tuple[str, str]]:
+    """Every match of ``pattern`` in the repository's files, as (file:line, match)."""
+    hits = []
+    for path in repository_files():
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            for match in re.finditer(pattern, line, flags):
+                hits.append((f"{path.relative_to(REPOSITORY)}:{number}", match.group(0)))
+    return hits
+
+
+def test_the_documents_are_found() -> None:
+    """The searches below see the code, the tests and the documents (an empty search would
+    pass every check)."""
+    names = {str(path.relative_to(REPOSITORY)) for path in repository_files()}
+    assert {"README.md", "docs/behaviour.md", "pyproject.toml", "discoveryctl/errors.py"} <= names
+    assert "tests/test_docs.py" in names and "migrations/env.py" in names
+    assert cited(r"docs/behaviour\.md §5")
+
+
+def test_every_document_the_repository_cites_is_in_it() -> None:
+    # a docs/ path that is not part of another address (Amazon's and Stripe's docs sites),
+    # nor of a pattern (a backslash after it)
+    missing = [
+        (where, path)
+        for where, path in cited(r"(?<![\w/.-])docs/[\w./-]+(?![\w./\\-])")
+        if not (REPOSITORY / path.rstrip(".")).exists()
+    ]
+    assert missing == []
+
+
+def test_no_file_cites_a_document_the_repository_does_not_hold() -> None:
+    outside = "SP" + "EC"  # spelt apart, so that this file does not cite it either
+    assert cited(rf"\b{outside}\b") == []
+    assert cited(r"\bseed (document|API)\b|\bthe seed's\b", re.IGNORECASE) == []
+
+
+def test_every_section_cited_is_in_the_behaviour_reference() -> None:
+    text = (REPOSITORY / "docs" / "behaviour.md").read_text()
+    sections = set(re.findall(r"^## (\d+)\. ", text, re.MULTILINE))
+    assert sections == {str(n) for n in range(1, 10)}
+    unknown = []
+    for path in repository_files():
+        body = path.read_text(errors="replace")
+        for citation in re.finditer(r"docs/behaviour\.md\s+((?:§\d+(?:,\s*)?)+)", body):
+            for number in re.findall(r"§(\d+)", citation.group(1)):
+                if number not in sections:
+                    unknown.append((str(path.relative_to(REPOSITORY)), f"§{number}"))
+    assert unknown == []
+
+
+def _anchors(document: Path) -> set[str]:
+    """The heading anchors GitHub makes: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", document.read_text(), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda d: d.name)
+def test_every_link_and_path_a_document_names_is_there(document: Path) -> None:
+    text = document.read_text()
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue  # a web address
+        path, _, anchor = target.partition("#")
+        linked = (document.parent / path).resolve() if path else document
+        if not linked.exists() or (anchor and anchor not in _anchors(linked)):
+            broken.append(target)
+    # paths in the repository, named in backticks: from its root, or (the layout) the package's
+    for path in re.findall(
+        r"`((?:discoveryctl|tests|benchmarks|scripts|migrations|docs)/[^`\s]*)`", text
+    ):
+        if not (REPOSITORY / path).exists():
+            broken.append(path)
+    if document.name == "architecture.md":
+        for path in re.findall(r"`([\w/]+\.py)`", text):
+            if not (REPOSITORY / "discoveryctl" / path).exists():
+                broken.append(path)
+    assert broken == []

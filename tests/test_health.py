@@ -1,4 +1,4 @@
-"""`health`: rates and the seed's alerts, from event histories just under and just over each
+"""`health`: rates and alerts, from event histories just under and just over each
 threshold, on both backends."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The LWA classifier, table by table: every status and body shape that can come back from the
-token endpoint, and what it makes of the seller (SPEC §5).
+token endpoint, and what it makes of the seller (docs/behaviour.md §5).
 
 ``parse_token_response`` decides whether a seller is revoked, whether the app's own credentials
 are broken, or whether to retry; each row below is one branch of that decision, so deleting or
@@ -248,8 +248,9 @@ NOT_AN_OBJECT = {
 def test_a_body_that_is_not_a_json_object_is_retried_whatever_the_status(
     status: int, body: bytes
 ) -> None:
-    """LWA's own answers are JSON: anything else came from something in front of it (SPEC §5:
-    non-JSON bodies are transient), never a verdict on the seller or the app."""
+    """LWA's own answers are JSON: anything else came from something in front of it
+    (docs/behaviour.md §5: non-JSON bodies are transient), never a verdict on the seller or
+    the app."""
     error = answer(status, raw=body)
     assert type(error) is TransientProviderError
     assert error.error_type == "lwa_bad_response"

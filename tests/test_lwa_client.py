@@ -1,6 +1,6 @@
 """The LWA client over real sockets: each of the sandbox's LWA switches, and a dead or silent
-endpoint, classified as SPEC §5 says (the same decisions as ``test_lwa_classification.py``,
-reached through HTTP)."""
+endpoint, classified as docs/behaviour.md §5 says (the same decisions as
+``test_lwa_classification.py``, reached through HTTP)."""
 
 from __future__ import annotations
 

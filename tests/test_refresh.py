@@ -1,5 +1,5 @@
 """`refresh amazon --user U` and `access-token amazon --user U` against the sandbox over real
-sockets: each outcome of SPEC §5 as the operator and the seller see it."""
+sockets: each outcome of docs/behaviour.md §5 as the operator and the seller see it."""
 
 from __future__ import annotations
 

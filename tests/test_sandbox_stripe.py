@@ -20,7 +20,9 @@ import httpx
 import pytest
 
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
-from discoveryctl.sandbox.clock import FrozenClock, ManualClock
+from discoveryctl.sandbox.clock import ManualClock
+
+from sandbox_fixtures import FrozenClock
 
 KEY = SandboxConfig().stripe_api_key
 AUTH = {"Authorization": f"Bearer {KEY}"}

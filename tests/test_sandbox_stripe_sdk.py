@@ -11,7 +11,8 @@ import stripe
 from stripe.params import CustomerCreateParams
 
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
-from discoveryctl.sandbox.clock import FrozenClock
+
+from sandbox_fixtures import FrozenClock
 
 KEY = SandboxConfig().stripe_api_key
 

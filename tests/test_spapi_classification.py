@@ -1,6 +1,6 @@
-"""The SP-API answer to the seller check, classified (SPEC §5): 401, or 403 ``Unauthorized``
-whose details say the token is revoked or invalid, is a revoked seller; an expired token,
-throttling and 5xx are transient; any other 403 proves nothing."""
+"""The SP-API answer to the seller check, classified (docs/behaviour.md §5): 401, or 403
+``Unauthorized`` whose details say the token is revoked or invalid, is a revoked seller; an
+expired token, throttling and 5xx are transient; any other 403 proves nothing."""
 
 from __future__ import annotations
 

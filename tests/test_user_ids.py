@@ -1,4 +1,4 @@
-"""One user-id rule on every path (SPEC §4), checked before any SQL: the same answer on
+"""One user-id rule on every path (docs/behaviour.md §4), checked before any SQL: the same answer on
 SQLite, which would store anything, and PostgreSQL, whose columns hold 255 characters."""
 
 from __future__ import annotations

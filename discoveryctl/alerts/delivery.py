@@ -1,5 +1,5 @@
 """Admin alerts leave the database: each admin notification is POSTed to the admin webhook when
-it opens and again when it resolves, signed, each state once (SPEC §2, §7).
+it opens and again when it resolves, signed, each state once (docs/behaviour.md §2, §7).
 
 The outbox (``alert_deliveries``) gets its row in the transaction that opens or resolves the
 notification, so no crash falls between the two. Any process may drain it: a command that put
@@ -11,13 +11,12 @@ at most; any other answer is final. A resolved state is never posted before its 
 
 The body is Slack's incoming-webhook message, ``{"text": …}`` (Slack reads ``text`` and ignores
 what it does not know), with the alert's fields beside it for other receivers. The signature
-follows Stripe's webhook scheme ("Verify webhook signatures manually", Stripe docs): a header
-``Discovery-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">`` keyed with
-DISCOVERY_ADMIN_WEBHOOK_SECRET; ``verify`` is the receiver's side. The body carries the delivery
-id (also in the ``Discovery-Delivery`` header), the same on every try, for a receiver to drop a
-repeat: a process killed between a post and its record leaves the row to be posted again, and
-so does a post that outlasts its lease (each step of a post is bounded, not the whole of it).
-The body is built when the row is claimed, so it shows the alert as it is then.
+follows Stripe's webhook scheme (``discoveryctl.alerts.signing``, whose ``verify`` is the
+receiver's side). The body carries the delivery id (also in the ``Discovery-Delivery``
+header), the same on every try, for a receiver to drop a repeat: a process killed between a
+post and its record leaves the row to be posted again, and so does a post that outlasts its
+lease (each step of a post is bounded, not the whole of it). The body is built when the row is
+claimed, so it shows the alert as it is then.
 """
 
 from __future__ import annotations

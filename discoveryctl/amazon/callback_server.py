@@ -1,4 +1,4 @@
-"""The one-shot local server that receives Amazon's consent redirect (SPEC §5).
+"""The one-shot local server that receives Amazon's consent redirect (docs/behaviour.md §5).
 
 It listens on 127.0.0.1 only, at the port of ``AMAZON_REDIRECT_URI``, serves that URI's path
 and ``/login``, and answers everything else with a small error page. It never decides

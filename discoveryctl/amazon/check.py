@@ -1,4 +1,5 @@
-"""The live check of a seller's authorization: an SP-API call with its access token (SPEC §5).
+"""The live check of a seller's authorization: an SP-API call with its access token
+(docs/behaviour.md §5).
 
 A refresh only proves LWA still hands out tokens; the check proves the SP-API takes them.
 - it answers: the seller is in sync (``last_synced_at``), failures are cleared;

@@ -1,6 +1,6 @@
 """Amazon consent: issue a ``state``, validate the callback, exchange the code, store the
-authorization (SPEC §5). Independent of the CLI and of any HTTP server: the local callback
-server, ``--paste`` and the API's routes all go through ``complete``.
+authorization (docs/behaviour.md §5). Independent of the CLI and of any HTTP server: the
+local callback server, ``--paste`` and the API's routes all go through ``complete``.
 
 A ``state`` is an HS256 JWT signed with ``JWT_SECRET``, valid 10 minutes, bound to one user
 and region, carrying 256 bits of randomness as its id; the id is recorded when issued and

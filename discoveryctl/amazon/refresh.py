@@ -1,4 +1,4 @@
-"""Refreshing a seller's Amazon authorization, and what each outcome means (SPEC §5).
+"""Refreshing a seller's Amazon authorization, and what each outcome means (docs/behaviour.md §5).
 
 The one place that decides a seller's fate after LWA answers:
 

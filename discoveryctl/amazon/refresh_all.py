@@ -1,4 +1,5 @@
-"""The cron job: refresh every due Amazon authorization, concurrently, under leases (SPEC §5).
+"""The cron job: refresh every due Amazon authorization, concurrently, under leases
+(docs/behaviour.md §5).
 
 Due: an ``active`` integration whose cached access token expires within the margin (or has
 none), or whose last refresh is older than the maximum age; not while a failed one waits out

@@ -74,8 +74,8 @@ class Verdict:
         return self.outcome == RefreshOutcome.app_rejected
 
 
-# A transient failure's name as the events and the health metrics call it (SPEC §7), the
-# same for LWA (``lwa_…``) and the SP-API (``spapi_…``).
+# A transient failure's name as the events and the health metrics call it
+# (docs/behaviour.md §7), the same for LWA (``lwa_…``) and the SP-API (``spapi_…``).
 _TRANSIENT_KINDS = ("throttled", "timeout", "connection_error", "server_error", "bad_response")
 
 

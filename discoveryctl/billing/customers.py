@@ -1,4 +1,4 @@
-"""A Stripe customer for each user, made exactly once (SPEC §6).
+"""A Stripe customer for each user, made exactly once (docs/behaviour.md §6).
 
 Before the first call, the user's ``stripe_customers`` row holds a fresh idempotency key
 (random, nothing personal in it) and the parameters it was minted for; every retry, in this

@@ -21,8 +21,8 @@ except ImportError:  # pragma: no cover
 from discoveryctl.errors import DiscoveryError, ErrorKind, Interrupted, InvalidInput
 
 EXIT_CODES: dict[ErrorKind, int] = {
-    # SPEC §3: 1 done but needs attention, 2 usage or configuration, 3 the app's credentials
-    # were refused, 130 interrupted.
+    # docs/behaviour.md §3: 1 done but needs attention, 2 usage or configuration, 3 the app's
+    # credentials were refused, 130 interrupted.
     ErrorKind.configuration: 2,
     ErrorKind.database_unavailable: 2,
     ErrorKind.database_conflict: 1,

@@ -151,9 +151,6 @@ class Application:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
 
-    def print_json_line(self, data: Any) -> None:
-        sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
-
     @contextmanager
     def progress(self, task: str, total: int | None) -> Iterator[Callable[[int], None]]:
         """Report progress: a bar on a terminal, ``progress`` log lines otherwise.

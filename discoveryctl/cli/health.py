@@ -1,4 +1,4 @@
-"""`discoveryctl health`: rates and the seed's alerts over a window."""
+"""`discoveryctl health`: rates and alerts over a window."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Tables of SPEC §4. ``integration_status`` is exactly what the seed API exposes; secrets live
-apart in ``credentials``, encrypted."""
+"""Tables of docs/behaviour.md §4. ``integration_status`` is exactly what the API exposes;
+secrets live apart in ``credentials``, encrypted."""
 
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ class Credential(Base):
     # After a failed refresh, not before this time (backoff between runs).
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # SP-API seller checks this authorization may still make, as of check_allowance_at (a
-    # token bucket: see seller_check.allowance); NULL: never checked, a full burst.
+    # token bucket: see amazon.check.allowance); NULL: never checked, a full burst.
     check_allowance: Mapped[float | None] = mapped_column(sa.Float)
     check_allowance_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

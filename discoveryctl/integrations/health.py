@@ -1,5 +1,5 @@
-"""Integration health over a window, from ``events`` and the status table (SPEC §7): rates,
-counts and the seed's alerts.
+"""Integration health over a window, from ``events`` and the status table
+(docs/behaviour.md §7): rates, counts and alerts.
 
 Every figure is counted from event kinds (``events.Kind``) and outcomes, on the database's
 clock, in one grouped read of the window's events.
@@ -24,7 +24,7 @@ from discoveryctl.integrations.vocabulary import Provider, Status
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The seed's alerts: above these shares, an alert fires."""
+    """The alerts (docs/behaviour.md §7): above these shares, an alert fires."""
 
     revoked_per_hour: float = 0.05  # of active Amazon integrations, per hour of the window
     stripe_failures: float = 0.10  # of Stripe customer creations

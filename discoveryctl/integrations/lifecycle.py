@@ -1,5 +1,5 @@
 """Integration rows and their transitions: every change leaves an event, and the transitions
-that matter to a seller or an admin leave a notification (SPEC §4, §5)."""
+that matter to a seller or an admin leave a notification (docs/behaviour.md §4, §5)."""
 
 from __future__ import annotations
 

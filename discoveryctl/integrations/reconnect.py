@@ -1,4 +1,5 @@
-"""Reconnect requests: the URL that sends a seller back through consent (SPEC §3, seed API)."""
+"""Reconnect requests: the URL that sends a seller back through consent (docs/behaviour.md
+§3, §8)."""
 
 from __future__ import annotations
 

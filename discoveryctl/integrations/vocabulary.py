@@ -38,8 +38,8 @@ RECONNECT_ATTEMPTS = "reconnect_attempts"
 
 
 def message_for(provider: str, status: str, synced: bool = True) -> str:
-    """The seed's user-facing message for a status; an active integration never synced
-    (imported, not yet refreshed or checked) is not yet known to work."""
+    """The user-facing message for a status (docs/behaviour.md §4); an active integration
+    never synced (imported, not yet refreshed or checked) is not yet known to work."""
     if status == Status.active:
         if not synced:
             return f"Your {provider} integration has not been checked yet"
@@ -84,7 +84,7 @@ def reconnect_url(frontend_url: str, provider: str, user_id: str) -> str:
 
 
 def isoformat(moment: datetime) -> str:
-    """UTC ISO 8601 with a ``Z``, as the seed API shows times."""
+    """UTC ISO 8601 with a ``Z``, as the API shows times."""
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -96,7 +96,7 @@ def api_view(
     updated_at: datetime,
     meta: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """One integration shaped like the seed API's ``data``."""
+    """One integration as the API shows it in ``data`` (docs/behaviour.md §4)."""
     return {
         "id": id,
         "user_id": user_id,

@@ -1,6 +1,6 @@
 """Amazon: Seller Central consent URLs and the Login with Amazon (LWA) token endpoint.
 
-Every LWA failure is classified here, once (SPEC §5):
+Every LWA failure is classified here, once (docs/behaviour.md §5):
 
 - ``invalid_grant`` → ``SellerAuthorizationRevoked`` (the seller's authorization is gone);
 - ``invalid_client`` / ``unauthorized_client`` → ``AppCredentialsRejected`` (our app's fault);
@@ -286,7 +286,7 @@ LONGEST_RETRY_AFTER = 300.0
 def json_object(response: Reply, service: str, prefix: str) -> dict[str, Any]:
     """The answer's JSON object, or a transient failure whatever the status: Amazon's own
     answers are JSON, so anything else came from something in front of it (a proxy, an
-    edge, a captive portal), and SPEC §5 retries it."""
+    edge, a captive portal), and such failures are retried (docs/behaviour.md §5)."""
     try:
         body: Any = response.json()
     except ValueError:

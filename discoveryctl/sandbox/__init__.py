@@ -1,5 +1,5 @@
 """A local emulator of Seller Central consent, Login with Amazon, the SP-API and Stripe, served
-over real HTTP on 127.0.0.1 for tests, demos and load tests (SPEC §9).
+over real HTTP on 127.0.0.1 for tests, demos and load tests (docs/behaviour.md §9).
 
     with run_in_thread(SandboxConfig(draft=False)) as sandbox:
         seller = sandbox.state.add_seller()

@@ -36,15 +36,7 @@ class Request:
     query_string: bytes
     raw_headers: list[tuple[bytes, bytes]]
     body: bytes
-    scheme: str
-    server: tuple[str, int]
     path_params: dict[str, str] = field(default_factory=dict)
-
-    @cached_property
-    def base_url(self) -> str:
-        """Scheme and authority the client used, e.g. ``http://127.0.0.1:8790``."""
-        host = self.header("host") or f"{self.server[0]}:{self.server[1]}"
-        return f"{self.scheme}://{host}"
 
     @cached_property
     def query(self) -> dict[str, str]:
@@ -123,8 +115,6 @@ async def read_request(scope: Scope, receive: Receive) -> Request:
         query_string=scope["query_string"],
         raw_headers=scope["headers"],
         body=b"".join(chunks),
-        scheme=scope["scheme"],
-        server=scope["server"],
     )
 
 

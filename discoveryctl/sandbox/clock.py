@@ -64,16 +64,3 @@ class ManualClock(SandboxClock):
             with self._lock:
                 self._asleep -= 1
                 self._offset += seconds
-
-
-class FrozenClock(ManualClock):
-    """A ``ManualClock`` that does not follow the wall clock either: only ``advance()`` and
-    the sandbox's injected sleeps move it, so a test sees the same time however slow it runs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._frozen_at = time.time()
-
-    def now(self) -> float:
-        with self._lock:
-            return self._frozen_at + self._offset

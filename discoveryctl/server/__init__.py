@@ -1,1 +1,1 @@
-"""The HTTP API served by ``discoveryctl serve`` (SPEC §8)."""
+"""The HTTP API served by ``discoveryctl serve`` (docs/behaviour.md §8)."""

@@ -1,4 +1,4 @@
-"""The web OAuth routes: a seller connects Amazon from the browser (SPEC §8).
+"""The web OAuth routes: a seller connects Amazon from the browser (docs/behaviour.md §8).
 
 The same consent core as ``connect amazon`` (``discoveryctl.amazon.consent``): the same state
 (signed, 10 minutes, bound to the user and region, single use), the same reasons, the same

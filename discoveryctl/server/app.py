@@ -1,4 +1,4 @@
-"""The seed's HTTP API (SPEC §8): the same rows and rules as the CLI, over HTTP.
+"""The HTTP API (docs/behaviour.md §8): the same rows and rules as the CLI, over HTTP.
 
 Every route but ``/health`` and the two Amazon sends the browser to (``amazon_consent``: its
 login step and its callback, which the consent state authenticates) takes the caller from a
@@ -6,7 +6,7 @@ bearer token's ``sub`` (``discoveryctl.server.tokens``): no route reads a user i
 so one user can never read or change another's rows. Integrations, history and notifications
 are shown as the CLI shows them: the views are the core's.
 
-Every answer is JSON in the seed's shape, ``{"success": true, "data": …}`` or ``{"success":
+Every answer is JSON in one shape, ``{"success": true, "data": …}`` or ``{"success":
 false, "error": …}``, errors included: a ``DiscoveryError`` by its kind
 (``server.errors.HTTP_STATUS``), a bad request 400, an unknown route 404, anything unexpected
 500 without its details. Amazon's browser redirects end on the front end instead.
@@ -395,7 +395,7 @@ def _sse(change: Change) -> bytes:
 
 
 def _provider(raw: str) -> str:
-    """A provider the seed knows, in any case; anything else is a 404, like a missing row."""
+    """A provider the API knows, in any case; anything else is a 404, like a missing row."""
     try:
         return Provider(raw.lower()).value
     except ValueError:

@@ -1,6 +1,6 @@
 """How an error reaches an HTTP client: its kind decides the status, and nothing else does.
 
-The body is the seed API's error shape, ``{"success": false, "error": message}``.
+The body is the API's error shape (docs/behaviour.md §8), ``{"success": false, "error": message}``.
 """
 
 from __future__ import annotations

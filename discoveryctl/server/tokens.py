@@ -1,5 +1,6 @@
-"""API tokens: the bearer JWTs of the HTTP API (SPEC §8). HS256 with JWT_SECRET, ``exp``
-required, the user in ``sub``; ``aud`` and ``iss`` checked when the server is given them.
+"""API tokens: the bearer JWTs of the HTTP API (docs/behaviour.md §8). HS256 with JWT_SECRET,
+``exp`` required, the user in ``sub``; ``aud`` and ``iss`` checked when the server is given
+them.
 
 Verification is strict: the algorithm is fixed (a token saying ``alg: none`` or anything but
 HS256 is refused, whatever it carries), every required claim must be there, and a token with an

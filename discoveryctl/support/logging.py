@@ -1,4 +1,5 @@
-"""structlog to stderr: console on a TTY, JSON lines otherwise, secrets redacted (SPEC §7).
+"""structlog to stderr: console on a TTY, JSON lines otherwise, secrets redacted
+(docs/behaviour.md §7).
 
 A command calls ``setup`` at start; structlog itself is only imported and configured when
 something is first logged (``get_logger``), so commands that log nothing never pay for it.

@@ -1,4 +1,4 @@
-"""Redaction of secrets: tokens, codes, keys and ``Authorization`` headers (SPEC §7).
+"""Redaction of secrets: tokens, codes, keys and ``Authorization`` headers (docs/behaviour.md §7).
 
 Used by the log pipeline and before anything is written to the audit history.
 """

@@ -1,5 +1,5 @@
 """One rule for user ids on every path: the CLI's ``--user``, ``import`` lines, consent and the
-API (SPEC §4). Checked before any SQL, so every database backend sees the same ids.
+API (docs/behaviour.md §4). Checked before any SQL, so every database backend sees the same ids.
 
 An id is NFC-normalised and stripped of surrounding spaces; it must not be blank (nor drawn
 blank), must hold no control, format (bidi overrides, zero-width characters), other invisible,

@@ -1,4 +1,4 @@
-"""Import and export of integrations as JSON lines (SPEC §3).
+"""Import and export of integrations as JSON lines (docs/behaviour.md §3).
 
 One integration a line::
 

@@ -1,4 +1,4 @@
-"""Initial schema: every table of SPEC §4.
+"""Initial schema: every table of docs/behaviour.md §4.
 
 Revision ID: 0001
 Revises:
