@@ -8,8 +8,6 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from discoveryctl.cli import options
-
 if TYPE_CHECKING:
     from discoveryctl.billing.customers import PendingRun
     from discoveryctl.cli.application import Application
@@ -36,7 +34,7 @@ def refresh_all(
     deadline: str | None = typer.Option(
         None,
         "--deadline",
-        help="Stop claiming work after this long (e.g. 4m), to end before the next cron tick.",
+        help="Stop claiming work after this long (4m, 1h30m), to end before the next cron tick.",
     ),
     lease: str = typer.Option(
         "60s",
@@ -77,11 +75,11 @@ def refresh_all(
     from discoveryctl.errors import AppCredentialsRejected, Interrupted, NeedsAttention
     from discoveryctl.providers.lwa import AsyncLwaClient
     from discoveryctl.providers.spapi import AsyncSpApiClient
+    from discoveryctl.support import durations
 
     app: Application = ctx.obj
-    seconds = options.duration(deadline)
-    lease_seconds = options.duration(lease)
-    assert lease_seconds is not None
+    seconds = None if deadline is None else durations.parse(deadline, "--deadline").total_seconds()
+    lease_seconds = durations.parse(lease, "--lease").total_seconds()
     with_amazon = provider in (RefreshAllProvider.all, RefreshAllProvider.amazon)
     with_stripe = provider in (RefreshAllProvider.all, RefreshAllProvider.stripe)
     database = app.open_database()
