@@ -4,6 +4,7 @@ why, and the commands that take it (`--deadline`, `--lease`, `--window`, `--sinc
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,6 +91,7 @@ def test_durations_it_reads(text: str, options: dict[str, Any], length: timedelt
         ("1y", {}, "is not a duration like"),
         ("1 h 3 0 m", {}, "is not a duration like"),
         ("\u0663s", {}, "is not a duration like"),  # ARABIC-INDIC DIGIT THREE: ASCII digits only
+        ("30\u017f", {}, "is not a duration like"),  # LATIN SMALL LETTER LONG S: ASCII units only
         ("1h\u202e", {}, "'1h\\u202e' is not a duration"),  # shown escaped
         # Longer than the calendar: refused in one line, no traceback.
         ("3000000d", {}, "'3000000d' is too long: it reaches back before year 1"),
@@ -120,6 +122,20 @@ def test_durations_it_refuses_and_why(text: str, options: dict[str, Any], messag
 )
 def test_since_is_a_duration_back_from_now_or_a_time(text: str, moment: datetime) -> None:
     assert since(text, "--since", now=NOW) == moment
+
+
+def test_since_reads_a_time_without_an_offset_as_utc_whatever_the_local_zone() -> None:
+    local = os.environ.get("TZ")
+    os.environ["TZ"] = "Pacific/Auckland"
+    time.tzset()
+    try:
+        assert since("2024-01-01 09:30", "--since") == datetime(2024, 1, 1, 9, 30, tzinfo=UTC)
+    finally:
+        if local is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = local
+        time.tzset()
 
 
 @pytest.mark.parametrize(

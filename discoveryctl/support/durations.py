@@ -26,13 +26,15 @@ UNITS = "wdhms"
 
 _NAMES = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
-# One optional group per unit, in order: each unit at most once, largest first. ASCII digits
-# only (``\d`` would take other scripts' digits too).
+# One optional group per unit, in order: each unit at most once, largest first. ASCII only:
+# ``\d`` would take other scripts' digits, and a Unicode case-insensitive match would read
+# the long s (U+017F) as seconds.
 _DURATION = re.compile(
-    r"\s*" + "".join(rf"(?:([0-9]+)\s*{unit}\s*)?" for unit in UNITS), re.IGNORECASE
+    r"\s*" + "".join(rf"(?:([0-9]+)\s*{unit}\s*)?" for unit in UNITS),
+    re.IGNORECASE | re.ASCII,
 )
-_BARE_NUMBER = re.compile(r"\s*[0-9]+\s*")
-_NUMBERS_WITH_UNITS = re.compile(rf"(?:\s*[0-9]+\s*[{UNITS}])+\s*", re.IGNORECASE)
+_BARE_NUMBER = re.compile(r"\s*[0-9]+\s*", re.ASCII)
+_NUMBERS_WITH_UNITS = re.compile(rf"(?:\s*[0-9]+\s*[{UNITS}])+\s*", re.IGNORECASE | re.ASCII)
 
 
 def parse(
