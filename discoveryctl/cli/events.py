@@ -3,51 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
-from datetime import UTC, datetime, timedelta
 
 import typer
 
 from discoveryctl.cli import options
-from discoveryctl.errors import InvalidInput
 from discoveryctl.integrations.vocabulary import Provider
-
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_since(value: str, now: datetime | None = None) -> datetime:
-    """``24h``, ``30m``, ``7d`` back from now, or an ISO 8601 time."""
-    match = _DURATION.match(value.strip())
-    if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        try:
-            return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
-        except (OverflowError, ValueError):
-            raise InvalidInput(f"--since {value!r} reaches back before year 1") from None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput(
-            f"--since {value!r} is neither a duration like 24h or 7d nor an ISO 8601 time"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def window_option(value: str, option: str, units: str = "smhdw") -> timedelta:
-    """``--window 24h``, ``--older-than 90d``: a positive duration in one of ``units``,
-    reaching back no further than year 1."""
-    match = _DURATION.match(value.strip())
-    if match is None or int(match.group(1)) == 0 or match.group(2) not in units:
-        names = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-        allowed = ", ".join(names[unit] for unit in units)
-        raise InvalidInput(f"{option} {value!r} is not a duration like 90d or 12w ({allowed})")
-    try:
-        length = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-        datetime.now(UTC) - length  # must reach back no further than year 1
-    except (OverflowError, ValueError):
-        raise InvalidInput(f"{option} {match.group(0)} reaches back before year 1") from None
-    return length
 
 
 def events(
@@ -58,7 +18,9 @@ def events(
     provider: Provider | None = typer.Option(
         None, "--provider", case_sensitive=False, help="Only this provider."
     ),
-    since: str = typer.Option("24h", "--since", help="How far back: 30m, 24h, 7d, or a time."),
+    since: str = typer.Option(
+        "24h", "--since", help="How far back: 30m, 24h, 7d, 1h30m, or an ISO 8601 time."
+    ),
     limit: int = typer.Option(
         1000, "--limit", min=1, max=1_000_000, help="At most this many, newest first."
     ),
@@ -76,9 +38,10 @@ def events(
     from discoveryctl.cli.application import Application
     from discoveryctl.integrations import events as history
     from discoveryctl.integrations.vocabulary import isoformat
+    from discoveryctl.support import durations
 
     app: Application = ctx.obj
-    start = parse_since(since)
+    start = durations.since(since, "--since")
     with app.session() as session:
         views = [
             history.view(e)
@@ -130,10 +93,11 @@ def prune(
     from discoveryctl.cli.application import Application
     from discoveryctl.integrations import retention
     from discoveryctl.integrations.vocabulary import isoformat
+    from discoveryctl.support import durations
 
     app: Application = ctx.obj
     # Minutes and seconds are refused: "90m" read as ninety months would empty the history.
-    window = window_option(older_than, "--older-than", units="hdw")
+    window = durations.parse(older_than, "--older-than", units="wdh")
     database = app.open_database()
     with app.progress("prune", None) as show:
         pruned = retention.prune(database.session, window, progress=show)

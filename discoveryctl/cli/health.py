@@ -9,7 +9,7 @@ import typer
 
 def health(
     ctx: typer.Context,
-    window: str = typer.Option("1h", "--window", help="How far back: 30m, 1h, 24h, 7d."),
+    window: str = typer.Option("1h", "--window", help="How far back: 30m, 1h, 24h, 7d, 1d12h."),
     max_revoked: float = typer.Option(
         0.05, "--max-revoked", help="Alert above this share of active sellers revoked per hour."
     ),
@@ -49,9 +49,9 @@ def health(
     Example: discoveryctl health --window 24h
     """
     from discoveryctl.cli.application import Application
-    from discoveryctl.cli.events import window_option
     from discoveryctl.errors import InvalidInput, NeedsAttention
     from discoveryctl.integrations.health import Thresholds, compute, notify_admins
+    from discoveryctl.support import durations
 
     app: Application = ctx.obj
     for name, value in (
@@ -63,7 +63,7 @@ def health(
         if not 0 <= value <= 1:
             raise InvalidInput(f"{name} is a share from 0 to 1, not {value:g}")
     thresholds = Thresholds(max_revoked, max_stripe_failures, max_callback_failures, max_api_errors)
-    length = window_option(window, "--window")
+    length = durations.parse(window, "--window")
     if output is not None and not prometheus:
         raise InvalidInput("--output goes with --prometheus")
     with app.session() as session:
@@ -80,7 +80,7 @@ def health(
     elif as_json:
         app.print_json(found.as_dict())
     else:
-        app.print_text(_report(found.as_dict(), window))
+        app.print_text(_report(found.as_dict(), window.strip()))
     if found.firing:
         names = ", ".join(alert.name for alert in found.firing)
         raise NeedsAttention(f"alert{'s' if len(found.firing) > 1 else ''} firing: {names}")

@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from discoveryctl.cli import options
-
 if TYPE_CHECKING:
     from discoveryctl.cli.application import Application
 
@@ -33,7 +31,7 @@ def refresh_all(
     deadline: str | None = typer.Option(
         None,
         "--deadline",
-        help="Stop claiming work after this long (e.g. 4m), to end before the next cron tick.",
+        help="Stop claiming work after this long (4m, 1h30m), to end before the next cron tick.",
     ),
     lease: str = typer.Option(
         "60s",
@@ -66,20 +64,18 @@ def refresh_all(
     \b
     Example: */5 * * * * discoveryctl refresh-all --deadline 4m
     """
-    from datetime import timedelta
 
     from discoveryctl.jobs import refresh_all as job
+    from discoveryctl.support import durations
 
     app: Application = ctx.obj
-    seconds = options.duration(deadline)
-    lease_seconds = options.duration(lease)
-    assert lease_seconds is not None
+    seconds = None if deadline is None else durations.parse(deadline, "--deadline").total_seconds()
     plan = job.Plan(
         amazon=provider in (RefreshAllProvider.all, RefreshAllProvider.amazon),
         stripe=provider in (RefreshAllProvider.all, RefreshAllProvider.stripe),
         concurrency=concurrency,
         deadline=seconds,
-        lease=timedelta(seconds=lease_seconds),
+        lease=durations.parse(lease, "--lease"),
         force=force,
         verify=verify,
     )

@@ -63,11 +63,11 @@ def mint(
         http://127.0.0.1:8080/api/v1/integrations/status
     """
     from discoveryctl.cli.application import Application
-    from discoveryctl.cli.events import window_option
     from discoveryctl.server import tokens
+    from discoveryctl.support import durations
 
     app: Application = ctx.obj
-    lifetime = window_option(ttl, "--ttl")
+    lifetime = durations.parse(ttl, "--ttl")
     token = tokens.mint(
         app.config.jwt_secret(),
         user,
