@@ -2,7 +2,8 @@
 next try comes within the same command (a provider call, an import batch, a webhook post,
 another process's lease) or in a later run (a credential's next refresh, an alert's next
 drain). Each policy is a named constant beside the code it serves, with its numbers and where
-they come from; tenacity runs the tries.
+they come from; tenacity runs the tries (imported when tries are run, not with this module:
+a command that only reads a policy's waits never loads it).
 
 ``IN_RUN`` is the policy of a provider call within one command or run; each of its tries is
 timed for the history (``Attempt``).
@@ -16,11 +17,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar, cast
-
-import tenacity
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from discoveryctl.errors import TransientProviderError
+
+if TYPE_CHECKING:
+    import tenacity
 
 Result = TypeVar("Result")
 
@@ -94,6 +96,8 @@ class RetryPolicy:
         failure raised as it is. Each try of a provider call is appended to ``tries``;
         ``on_retry(n)`` is told before the wait after ``n`` failed tries; ``stop_if(wait)``:
         no further try when it says so of the wait before it."""
+        import tenacity
+
         timed = call if tries is None else _timed(call, tries)
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(retry_on),
@@ -137,6 +141,8 @@ class RetryPolicy:
                 raise first.pop()
             return await timed()
 
+        import tenacity
+
         options = self._schedule()
         if sleep is not None:
             options["sleep"] = sleep
@@ -157,6 +163,7 @@ class RetryPolicy:
     ) -> Result:
         """``check()`` until it answers something other than None; ``give_up()`` is raised
         when the policy allows no further look. An exception from ``check`` ends the poll."""
+        import tenacity
 
         def out_of_tries(_: tenacity.RetryCallState) -> Any:
             raise give_up()
@@ -175,6 +182,8 @@ class RetryPolicy:
         stop_if: Callable[[float], bool] | None = None,
     ) -> dict[str, Any]:
         """tenacity's ``wait``, ``stop`` and ``before_sleep`` for this policy."""
+        import tenacity
+
         stops: list[Callable[[tenacity.RetryCallState], bool]] = []
         if self.attempts is not None:
             stops.append(tenacity.stop_after_attempt(self.attempts))
@@ -197,7 +206,7 @@ class RetryPolicy:
 
 
 IN_RUN = RetryPolicy(
-    first=0.5, longest=8.0, jitter_seconds=0.5, attempts=3, longest_retry_after=10.0
+    first=0.5, factor=2.0, longest=8.0, jitter_seconds=0.5, attempts=3, longest_retry_after=10.0
 )
 """A provider call within one command or run (our choice): 3 tries; between them 0.5 s, 1 s,
 … at most 8 s, each + up to 0.5 s at random, or what ``Retry-After`` asks, up to 10 s. Three
