@@ -187,6 +187,50 @@ def test_a_500_is_retried_with_the_same_delivery_and_body(
     assert (row["outcome"], row["attempts"]) == ("delivered", 2)
 
 
+def drain(db: Any, webhook: Receiver, **options: Any) -> tuple[delivery.Drained, list[float]]:
+    """One drain in this process, its waits between posts recorded rather than slept."""
+    waits: list[float] = []
+    database = Database(db.url)
+    try:
+        drained = delivery.deliver(
+            database.session,
+            delivery.AdminWebhook(webhook.url, SECRET),
+            sleep=waits.append,
+            **options,
+        )
+    finally:
+        database.dispose()
+    return drained, waits
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
+def test_a_quick_failure_is_posted_again_at_once_half_a_second_then_up_to_a_second_later(
+    db: Any, webhook: Receiver, status: int
+) -> None:
+    raise_alert(db.url)
+    webhook.statuses = [status, status]
+    drained, waits = drain(db, webhook)
+    assert (drained.delivered, drained.later) == (1, 0)
+    assert len(webhook.received) == 3
+    assert len({r.headers["Discovery-Delivery"] for r in webhook.received}) == 1
+    [row] = deliveries(db)
+    assert (row["outcome"], row["attempts"]) == ("delivered", 3)
+    assert waits[0] == 0.5 and 0.5 <= waits[1] <= 1.0 and len(waits) == 2
+
+
+def test_a_post_again_that_would_outlast_the_budget_is_left_for_a_later_drain(
+    db: Any, webhook: Receiver
+) -> None:
+    raise_alert(db.url)
+    webhook.statuses = [503, 503, 503]
+    # Half a second's wait and a post's whole timeout do not fit in what is left of 2 s.
+    drained, waits = drain(db, webhook, budget=2.0)
+    assert (drained.delivered, drained.later) == (0, 1)
+    assert len(webhook.received) == 1 and waits == []
+    [row] = deliveries(db)
+    assert (row["outcome"], row["attempts"], row["last_error"]) == (None, 1, "HTTP 503")
+
+
 def test_a_receiver_still_failing_is_tried_again_at_a_later_drain(
     db: Any, cli: Any, webhook: Receiver
 ) -> None:
@@ -608,7 +652,7 @@ def test_health_notify_opens_an_alert_while_it_fires_and_resolves_it_after(
 
 
 def test_a_failed_drain_waits_a_minute_then_longer(db: Any, cli: Any, webhook: Receiver) -> None:
-    assert [delivery.later(n) for n in (1, 2, 3, 7, 20)] == [
+    assert [delivery.BETWEEN_DRAINS.wait(n) for n in (1, 2, 3, 7, 20)] == [
         timedelta(minutes=1),
         timedelta(minutes=2),
         timedelta(minutes=4),

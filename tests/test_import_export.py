@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from discoveryctl.db.models import Credential, StripeCustomer, table_of
+from discoveryctl.errors import DatabaseConflict
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.vocabulary import Provider, Status
 from discoveryctl.support.crypto import Vault
@@ -385,6 +386,36 @@ def test_a_conflict_with_a_writer_outside_the_import_lock_is_retried(
     else:
         assert retried == []
     assert db.scalar("SELECT count(*) FROM integration_status") == 1
+
+
+def test_a_batch_that_keeps_meeting_another_writer_is_given_up_after_three_tries(
+    db: Any,
+) -> None:
+    """Each try stores the batch and is beaten to the commit by another writer: three
+    transactions, none committed, then the operator is told to run the import again."""
+    tries: list[int] = []
+
+    @contextmanager
+    def always_beaten() -> Iterator[Session]:
+        with sessionmaker(db.engine)() as session:
+            tries.append(len(tries) + 1)
+            yield session
+            session.flush()
+            session.rollback()
+            raise DatabaseConflict("duplicate key value violates unique constraint")
+
+    with pytest.raises(DatabaseConflict) as raised:
+        import_lines(
+            [json.dumps(stripe_line("u1")).encode()],
+            always_beaten,
+            Vault([db.key]),
+            frontend_url="http://localhost:3000",
+        )
+    assert str(raised.value) == (
+        "another process keeps writing the same integrations: run the import again"
+    )
+    assert tries == [1, 2, 3]
+    assert db.scalar("SELECT count(*) FROM integration_status") == 0
 
 
 def retries_logged(stderr: str) -> list[dict[str, Any]]:

@@ -48,6 +48,12 @@ def status_of(cli: Any, user: str) -> dict[str, Any]:
     return row
 
 
+def utc(moment: datetime | str) -> datetime:
+    """A time as read from either database (SQLite hands back naive ISO text)."""
+    moment = moment if isinstance(moment, datetime) else datetime.fromisoformat(moment)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
 def events_of(db: Any, user: str) -> list[tuple[str, str | None]]:
     return [
         (r["kind"], r["error_type"])
@@ -170,15 +176,21 @@ def test_failures_that_last_are_counted_then_alerted_then_resolved(
     known = seller("u1")
     sandbox.state.set_behaviour(known.selling_partner_id, "flaky", status=503)
     for run in range(1, 4):
+        before = datetime.now(UTC)
         result = cli("refresh", "amazon", "--user", "u1")
+        after = datetime.now(UTC)
         assert result.exit_code == 1
         assert "could not refresh" in result.stderr
         row = status_of(cli, "u1")
         assert row["status"] == "active"  # a transient failure never changes the status
         assert row["metadata"]["consecutive_failures"] == run
         assert row["metadata"]["last_error"]["type"] == "provider_server_error"
-    (backoff,) = db.rows("SELECT next_attempt_at FROM credentials")
-    assert backoff["next_attempt_at"] is not None
+        # Left alone 5 minutes after the first failed run, 10 after the second, 20 after the
+        # third, each give or take 20 %.
+        (backoff,) = db.rows("SELECT next_attempt_at FROM credentials")
+        due = utc(backoff["next_attempt_at"])
+        wait = timedelta(minutes=5 * 2 ** (run - 1))
+        assert due - before >= wait * 0.8 and due - after <= wait * 1.2
     admin = cli("notifications", "--admin", "--json").json()
     assert [n["kind"] for n in admin] == ["repeated_failures"]
     sandbox.state.clear_behaviour(known.selling_partner_id)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from discoveryctl.errors import TransientProviderError
-from discoveryctl.providers.stripe import backoff
-from discoveryctl.support.retrying import in_run_wait
+from discoveryctl.providers.stripe import STRIPE_PYTHON_SCHEDULE
 
 
 @pytest.mark.parametrize(
@@ -16,7 +15,7 @@ from discoveryctl.support.retrying import in_run_wait
 def test_waits_double_from_half_a_second_to_five_with_half_of_each_random(
     tries: int, shortest: float, longest: float
 ) -> None:
-    waits = [backoff(tries) for _ in range(2000)]
+    waits = [STRIPE_PYTHON_SCHEDULE.delay(tries) for _ in range(2000)]
     assert shortest <= min(waits) and max(waits) <= longest
     if shortest < longest:  # jittered over the whole range, not stuck at one end
         spread = longest - shortest
@@ -25,5 +24,6 @@ def test_waits_double_from_half_a_second_to_five_with_half_of_each_random(
 
 def test_a_retry_after_is_waited_instead_of_the_schedule() -> None:
     throttled = TransientProviderError("slow down", status_code=429, retry_after=3.0)
-    assert in_run_wait(1, throttled, backoff) == 3.0
-    assert 2.0 <= in_run_wait(4, TransientProviderError("5xx"), backoff) <= 4.0
+    assert STRIPE_PYTHON_SCHEDULE.delay(1, throttled) == 3.0
+    assert STRIPE_PYTHON_SCHEDULE.delay(1, TransientProviderError("wait", retry_after=90.0)) == 10.0
+    assert 2.0 <= STRIPE_PYTHON_SCHEDULE.delay(4, TransientProviderError("5xx")) <= 4.0

@@ -41,6 +41,7 @@ from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
 from discoveryctl.db.models import AlertDelivery, Notification
 from discoveryctl.integrations import events
 from discoveryctl.integrations.outbox import DELIVERED, EXPIRED, OPEN, REFUSED
+from discoveryctl.support.retrying import RetryPolicy
 
 if TYPE_CHECKING:
     import httpx
@@ -52,7 +53,20 @@ TRIES = 3  # posts of one delivery in one drain
 TIMEOUT = 5.0  # seconds for one post
 LEASE = timedelta(seconds=60)  # more than TRIES posts and their waits
 MAX_AGE = timedelta(days=1)
-LATER = (timedelta(minutes=1), timedelta(hours=1))  # first and longest wait between drains
+WEBHOOK_POST = RetryPolicy(
+    first=0.5, factor=2.0, longest=5.0, jitter=(0.5, 1.0), shortest=0.5, attempts=TRIES
+)
+"""The posts of one delivery in one drain: 3 (our choice), after a 5xx, a 408 or 429, or a
+refused connection; 0.5 s, then 0.5-1 s between them. The waits are stripe-python's
+(``providers.stripe.STRIPE_PYTHON_SCHEDULE``: 0.5 s doubling up to 5 s, a random half to all
+of it, never under 0.5 s), our choice for a webhook too; no ``Retry-After`` is read."""
+BETWEEN_DRAINS = RetryPolicy(
+    first=timedelta(minutes=1).total_seconds(),
+    factor=2.0,
+    longest=timedelta(hours=1).total_seconds(),
+)
+"""The wait before a later drain tries a delivery again, after ``n`` drains failed it (our
+choice): a minute, 2, 4, … up to an hour, no jitter; for ``MAX_AGE`` at most."""
 CLAIM_LOCK = "alert-delivery"
 CLOSING_BUDGET = 10.0
 """Seconds a command that raised an alert spends delivering it as it ends: at most this long
@@ -267,6 +281,10 @@ def _expire(
     _record(session, row, notification, EXPIRED, error_type="alert_delivery_expired")
 
 
+class _WorthAnotherTry(Exception):
+    """A post that failed in a way another try at once may mend."""
+
+
 def _post(
     client: httpx.Client,
     webhook: AdminWebhook,
@@ -274,14 +292,15 @@ def _post(
     sleep: Callable[[float], None],
 ) -> Posted:
     """Post one delivery, trying again at once on a quick failure (a 5xx, 408 or 429, a
-    refused connection); never past ``claimed.lease_ends``. A timeout is not tried again
-    here: a receiver that slow is left for a later drain."""
+    refused connection) as ``WEBHOOK_POST`` says; never past ``claimed.lease_ends``. A timeout
+    is not tried again here: a receiver that slow is left for a later drain."""
     import httpx
 
-    from discoveryctl.providers.stripe import backoff  # 0.5 s doubling, jittered
-
     failed = Posted(0, None, error="alert_webhook_timeout", reason="no time left to post")
-    for tries in range(1, TRIES + 1):
+
+    def post_once() -> Posted:
+        nonlocal failed
+        tries = failed.tries + 1
         left = claimed.lease_ends - time.monotonic()
         if left <= 0:
             return failed
@@ -300,25 +319,31 @@ def _post(
         except httpx.HTTPError as error:  # connection refused, reset, bad TLS, …
             reason = f"unreachable ({type(error).__name__})"
             failed = Posted(tries, None, error="alert_webhook_connection_error", reason=reason)
-        else:
-            status = response.status_code
-            if 200 <= status < 300:
-                return Posted(tries, DELIVERED, http_status=status)
-            retried = status >= 500 or status in (408, 429)
-            failed = Posted(
-                tries,
-                None if retried else REFUSED,
-                http_status=status,
-                error="alert_webhook_server_error" if retried else "alert_webhook_refused",
-                reason=f"HTTP {status}",
-            )
-            if not retried:
-                return failed
-        wait = backoff(tries)
-        if tries == TRIES or time.monotonic() + wait + TIMEOUT >= claimed.lease_ends:
+            raise _WorthAnotherTry from error
+        status = response.status_code
+        if 200 <= status < 300:
+            return Posted(tries, DELIVERED, http_status=status)
+        retried = status >= 500 or status in (408, 429)
+        failed = Posted(
+            tries,
+            None if retried else REFUSED,
+            http_status=status,
+            error="alert_webhook_server_error" if retried else "alert_webhook_refused",
+            reason=f"HTTP {status}",
+        )
+        if not retried:
             return failed
-        sleep(wait)
-    return failed
+        raise _WorthAnotherTry
+
+    try:
+        return WEBHOOK_POST.call(
+            post_once,
+            retry_on=_WorthAnotherTry,
+            stop_if=lambda wait: time.monotonic() + wait + TIMEOUT >= claimed.lease_ends,
+            sleep=sleep,
+        )
+    except _WorthAnotherTry:
+        return failed
 
 
 def post_test(webhook: AdminWebhook) -> Posted:
@@ -364,7 +389,7 @@ def _finish(
             drained.given_up += 1
             drained.errors.append(f"delivery {row.delivery_id}: refused, {posted.reason}")
     else:
-        row.next_attempt_at = now + later(-(-row.attempts // TRIES))  # drains that failed
+        row.next_attempt_at = now + BETWEEN_DRAINS.wait(-(-row.attempts // TRIES))  # drains failed
         row.last_error = posted.reason
         row.lease_owner = row.lease_expires_at = None
         drained.later += 1
@@ -378,14 +403,6 @@ def _finish(
         http_status=posted.http_status,
         tries=posted.tries,
     )
-
-
-def later(drains: int) -> timedelta:
-    """The wait before the next drain tries again, after ``drains`` drains failed: doubling
-    from a minute, an hour at most."""
-    first, longest = LATER
-    wait: timedelta = first * 2 ** max(drains - 1, 0)
-    return min(wait, longest)
 
 
 def _close(

@@ -38,7 +38,7 @@ from discoveryctl.integrations.vocabulary import (
 from discoveryctl.providers.lwa import LwaClient
 from discoveryctl.providers.spapi import SpApiClient
 from discoveryctl.support.crypto import Vault
-from discoveryctl.support.retrying import with_retries
+from discoveryctl.support.retrying import IN_RUN
 
 CHECKED = events.Kind.seller_checked
 CHECK_FAILED = events.Kind.seller_check_failed
@@ -146,7 +146,7 @@ def check_seller(
             ),
         )
     try:
-        count = with_retries(lambda: spapi.marketplace_participations(region, token))
+        count = IN_RUN.call(lambda: spapi.marketplace_participations(region, token))
     except ProviderError as error:
         with session_scope() as session:
             outcome = record_check(session, user_id, error, frontend_url=frontend_url)

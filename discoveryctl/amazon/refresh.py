@@ -19,9 +19,7 @@ the same refresh token at once; a second caller waits for the first and reuses i
 from __future__ import annotations
 
 import dataclasses
-import random
 import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -66,15 +64,25 @@ from discoveryctl.integrations.vocabulary import (
 )
 from discoveryctl.providers.lwa import LwaClient, TokenGrant
 from discoveryctl.support.crypto import Vault
-from discoveryctl.support.retrying import Attempt, with_retries
+from discoveryctl.support.retrying import IN_RUN, Attempt, RetryPolicy
 from discoveryctl.support.user_ids import shown
 
 DEFAULT_MARGIN = timedelta(minutes=5)
 """An access token this close to its expiry is refreshed rather than used."""
 LEASE = timedelta(seconds=60)
 """How long a refresh may hold a credential; a killed process's lease simply runs out."""
-BACKOFF_BASE = timedelta(minutes=5)
-BACKOFF_CAP = timedelta(hours=6)
+BETWEEN_RUNS = RetryPolicy(
+    first=timedelta(minutes=5).total_seconds(),
+    factor=2.0,
+    longest=timedelta(hours=6).total_seconds(),
+    jitter=(0.8, 1.2),
+)
+"""How long a credential is left alone after ``n`` failed runs in a row (our choice): 5 min,
+10, 20, … up to 6 h, each ±20 % at random so a crowd of failures spreads out. No limit on
+the runs: the seller's status stays, and the admins are told after 3 in a row."""
+LEASE_WAIT = RetryPolicy(first=0.1, factor=1.0, within=LEASE.total_seconds())
+"""While another process holds a credential's lease: look again every 0.1 s, for as long as
+a lease can last (our choice)."""
 
 EXPIRY_WARNED = "authorization_expiring"
 REFRESHED = events.Kind.token_refreshed
@@ -82,15 +90,6 @@ REFRESH_FAILED = events.Kind.token_refresh_failed
 
 
 REFRESH_RETRIED = events.Kind.token_refresh_retried
-
-
-def backoff(failures: int, rng: random.Random | None = None) -> timedelta:
-    """How long to leave a credential alone after ``failures`` failed runs in a row:
-    5 min, 10, 20, … up to 6 h, each ±20 % so a crowd of failures spreads out."""
-    exponent = min(max(failures, 1) - 1, 16)
-    base: timedelta = min(BACKOFF_BASE * (2**exponent), BACKOFF_CAP)
-    factor: float = (rng or random).uniform(0.8, 1.2)
-    return base * factor
 
 
 # -- leases ---------------------------------------------------------------------------------
@@ -227,8 +226,9 @@ def access_token(
     """A usable access token and its expiry: the cached one while it has more than
     ``margin`` left, else a fresh one. Callers at the same moment share one refresh: the
     first takes the lease and refreshes, the others wait for it and use its token."""
-    deadline = time.monotonic() + LEASE.total_seconds()
-    while True:
+
+    def cached_or_refreshed() -> tuple[str, datetime] | None:
+        """The token, or None while another process holds the lease."""
         owner = new_owner()
         with session_scope() as session:
             integration, credential = find(session, user_id)
@@ -250,22 +250,25 @@ def access_token(
                 database_now(session),
                 unless_usable_after=usable_until,
             )
-        if taken:
-            done = _refresh_leased(
-                session_scope, vault, lwa, user_id, credential.id, owner, frontend_url=frontend_url
-            )
-            raise_for(done)
-            # The token just granted, whatever its lifetime: read back through the cache, one
-            # shorter than the margin would send this loop refreshing forever.
-            assert done.access_token is not None and done.access_token_expires_at is not None
-            return done.access_token, done.access_token_expires_at
-        if time.monotonic() > deadline:
-            raise TransientProviderError(
-                f"another process has been refreshing the token of {shown(user_id)} for over "
-                f"{LEASE.total_seconds():g} s",
-                error_type="refresh_in_progress",
-            )
-        time.sleep(0.1)
+        if not taken:
+            return None
+        done = _refresh_leased(
+            session_scope, vault, lwa, user_id, credential.id, owner, frontend_url=frontend_url
+        )
+        raise_for(done)
+        # The token just granted, whatever its lifetime: read back through the cache, one
+        # shorter than the margin would send this poll refreshing forever.
+        assert done.access_token is not None and done.access_token_expires_at is not None
+        return done.access_token, done.access_token_expires_at
+
+    return LEASE_WAIT.poll(
+        cached_or_refreshed,
+        lambda: TransientProviderError(
+            f"another process has been refreshing the token of {shown(user_id)} for over "
+            f"{LEASE.total_seconds():g} s",
+            error_type="refresh_in_progress",
+        ),
+    )
 
 
 def _refresh_leased(
@@ -287,7 +290,7 @@ def _refresh_leased(
         tries: list[Attempt] = []
         try:
             grant = news_only(
-                with_retries(lambda: lwa.refresh(refresh_token), tries=tries), refresh_token
+                IN_RUN.call(lambda: lwa.refresh(refresh_token), tries=tries), refresh_token
             )
         except ProviderError as error:
             decided = verdict(error, authorized_at, utcnow())
@@ -331,18 +334,20 @@ def _cached(
 
 
 def _take_lease(session_scope: SessionScope, user_id: str, owner: str, wait: float) -> int:
-    deadline = time.monotonic() + wait
-    while True:
+    def taken() -> int | None:
         with session_scope() as session:
             _, credential = find(session, user_id)
             if claim(session, credential.id, owner, database_now(session)):
                 return credential.id
-        if time.monotonic() >= deadline:
-            raise TransientProviderError(
-                f"another process is refreshing the token of {shown(user_id)} right now: try again",
-                error_type="refresh_in_progress",
-            )
-        time.sleep(0.1)
+        return None
+
+    return dataclasses.replace(LEASE_WAIT, within=wait).poll(
+        taken,
+        lambda: TransientProviderError(
+            f"another process is refreshing the token of {shown(user_id)} right now: try again",
+            error_type="refresh_in_progress",
+        ),
+    )
 
 
 # -- recording outcomes -------------------------------------------------------------------------
@@ -587,7 +592,7 @@ def apply_verdict(
         failures = lifecycle.record_transient_failure(
             session, integration, error_type=decided.error_type, message=decided.message
         )
-        credential.next_attempt_at = now + backoff(failures)
+        credential.next_attempt_at = now + BETWEEN_RUNS.wait(failures)
     credential.updated_at = now
 
 

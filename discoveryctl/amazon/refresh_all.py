@@ -47,7 +47,7 @@ from discoveryctl.providers.lwa import AsyncLwaClient, TokenGrant
 from discoveryctl.providers.spapi import AsyncSpApiClient
 from discoveryctl.support.crypto import Vault
 from discoveryctl.support.pacing import Pacer
-from discoveryctl.support.retrying import Attempt, with_async_retries
+from discoveryctl.support.retrying import IN_RUN, Attempt
 
 DEFAULT_MAX_AGE = timedelta(hours=24)
 DEFAULT_CONCURRENCY = 32
@@ -321,7 +321,7 @@ async def _refresh_one(
         tries: list[Attempt] = []
         try:
             grant = news_only(
-                await with_async_retries(lambda: lwa.refresh(token), tries=tries), token
+                await IN_RUN.call_async(lambda: lwa.refresh(token), tries=tries), token
             )
         except ProviderError as error:
             decided = verdict(error, due.authorized_at, utcnow())
@@ -334,7 +334,7 @@ async def _refresh_one(
         if not due.may_check:  # the seller's SP-API allowance is spent: not called
             return Answer(due, grant=grant, tries=tuple(tries), paced=True)
         try:
-            await with_async_retries(
+            await IN_RUN.call_async(
                 lambda: spapi.marketplace_participations(due.region, grant.access_token)
             )
         except ProviderError as error:

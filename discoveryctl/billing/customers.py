@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
@@ -40,16 +40,21 @@ from discoveryctl.errors import (
 )
 from discoveryctl.integrations import events, lifecycle, notifications
 from discoveryctl.integrations.vocabulary import Provider, Status
-from discoveryctl.providers.stripe import SEARCH_LAG, CreatedCustomer, StripeCustomers, backoff
-from discoveryctl.support.retrying import Attempt, in_run_wait, with_retries
+from discoveryctl.providers.stripe import (
+    SEARCH_LAG,
+    STRIPE_PYTHON_SCHEDULE,
+    CreatedCustomer,
+    StripeCustomers,
+)
+from discoveryctl.support.retrying import Attempt
 
 KEY_LIFETIME = timedelta(hours=24)
 """How long Stripe is sure to remember a key ("Idempotent requests": keys may be pruned once
 they are at least 24 hours old)."""
 
-ATTEMPTS = 4
-"""Tries of one create in one command, transient failures apart (``backoff``, Stripe's own
-waits, or what Retry-After asks up to 10 s)."""
+ONE_CREATE = replace(STRIPE_PYTHON_SCHEDULE, attempts=4)
+"""The tries of one create in one command: 4 (our choice), transient failures apart as
+stripe-python waits, or what Retry-After asks up to 10 s."""
 
 ONBOARDING_FAILED = "stripe_onboarding_failed"
 
@@ -109,11 +114,8 @@ def ensure_customer(
     (the user's integration records it)."""
     tries: list[Attempt] = []
     try:
-        return with_retries(
-            lambda: _try_once(session_scope, customers, user_id, email, name, now),
-            ATTEMPTS,
-            tries,
-            backoff,
+        return ONE_CREATE.call(
+            lambda: _try_once(session_scope, customers, user_id, email, name, now), tries=tries
         )
     except AppCredentialsRejected as error:
         with session_scope() as session:
@@ -626,7 +628,8 @@ def retry_pending(
 
 
 RUN_ATTEMPTS = 6
-"""Tries of one user's create in one refresh-all run."""
+"""Tries of one user's create in one refresh-all run; between them the user waits in the
+run's queue, not in a worker, as stripe-python would wait (``STRIPE_PYTHON_SCHEDULE``)."""
 
 
 Outcome = Onboarded | ProviderError
@@ -670,7 +673,7 @@ class _Queue:
             self._push(0.0, pending, 0)
 
     def again(self, pending: _Pending, tries: int, error: ProviderError) -> None:
-        self._push(time.monotonic() + in_run_wait(tries, error, backoff), pending, tries)
+        self._push(time.monotonic() + STRIPE_PYTHON_SCHEDULE.delay(tries, error), pending, tries)
 
     def out_of_time(self) -> bool:
         """Past ``ends``: claim no more, and let go of the users not being tried (their

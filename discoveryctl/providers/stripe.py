@@ -11,12 +11,11 @@ records each attempt. Sources for what each answer means:
 - "Search", https://docs.stripe.com/search (the query language and its lag)
 - stripe-python ``_http_client.py``, ``HTTPClient._should_retry``: the ``Stripe-Should-Retry``
   header decides first, then 409 and 5xx are retried; ``HTTPClient._sleep_time_seconds``: how
-  long it waits before a retry (``backoff``).
+  long it waits before a retry (``STRIPE_PYTHON_SCHEDULE``).
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import TracebackType
@@ -32,6 +31,7 @@ from discoveryctl.errors import (
     StripeOutcomeUnknown,
     TransientProviderError,
 )
+from discoveryctl.support.retrying import IN_RUN, RetryPolicy
 
 STRIPE_API_BASE = "https://api.stripe.com"
 TIMEOUT_SECONDS = 30.0
@@ -43,16 +43,19 @@ SEARCH_LAG = timedelta(minutes=1)
 """How far search trails writes "under normal operating conditions" ("Search", Data
 freshness: "Don't use search for read-after-write flows")."""
 
-FIRST_RETRY_DELAY = 0.5
-LONGEST_RETRY_DELAY = 5.0
-
-
-def backoff(tries: int) -> float:
-    """Seconds before the next try after ``tries`` failed ones, as stripe-python waits
-    between its own retries (``HTTPClient._sleep_time_seconds``, 16.1.0): 0.5 s doubling up
-    to 5 s, of which a random half to all, never under 0.5 s."""
-    delay = min(FIRST_RETRY_DELAY * 2.0 ** (tries - 1), LONGEST_RETRY_DELAY)
-    return max(FIRST_RETRY_DELAY, delay * random.uniform(0.5, 1.0))
+STRIPE_PYTHON_SCHEDULE = RetryPolicy(
+    first=0.5,
+    factor=2.0,
+    longest=5.0,
+    jitter=(0.5, 1.0),
+    shortest=0.5,
+    longest_retry_after=IN_RUN.longest_retry_after,
+)
+"""The waits between tries of a Stripe call, as stripe-python waits between its own retries
+(``HTTPClient._sleep_time_seconds``, 16.1.0: ``INITIAL_DELAY`` 0.5 s doubling up to
+``MAX_DELAY`` 5 s, of which a random half to all, ``_add_jitter_time``, never under 0.5 s).
+stripe-python reads no ``Retry-After`` there; here one is waited instead of the schedule, up
+to 10 s, as by every wait within a run (``IN_RUN``). How many tries is the caller's to say."""
 
 
 @dataclass(frozen=True)
