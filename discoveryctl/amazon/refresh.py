@@ -20,19 +20,19 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from discoveryctl.amazon.credentials import for_integration
-from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
+from discoveryctl.db.engine import SessionScope, database_now
+from discoveryctl.db.leases import CREDENTIALS, lock_for_update, new_owner
 from discoveryctl.db.models import (
     Credential,
     IntegrationStatus,
@@ -138,11 +138,6 @@ def backoff(failures: int, rng: random.Random | None = None) -> timedelta:
 # -- leases ---------------------------------------------------------------------------------
 
 
-def new_owner() -> str:
-    """A lease owner name unique to this process and run."""
-    return f"refresh-{secrets.token_hex(8)}"
-
-
 def claim(
     session: Session,
     credential_id: int,
@@ -157,27 +152,11 @@ def claim(
     moment. The caller read the cache stale, but another process may have refreshed and let
     go of its lease since; checked in the same statement, so no refresh follows one just
     made."""
-    table = table_of(Credential)
-    conditions = [
-        table.c.id == credential_id,
-        sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at <= now),
-    ]
+    unless: list[sa.ColumnElement[bool]] = []
     if unless_usable_after is not None:
-        expires = table.c.access_token_expires_at
-        conditions.append(sa.or_(expires.is_(None), expires <= unless_usable_after))
-    taken = session.execute(
-        sa.update(table).where(*conditions).values(lease_owner=owner, lease_expires_at=now + LEASE)
-    )
-    return cast("sa.CursorResult[Any]", taken).rowcount == 1
-
-
-def release(session: Session, credential_id: int, owner: str) -> None:
-    table = table_of(Credential)
-    session.execute(
-        sa.update(table)
-        .where(table.c.id == credential_id, table.c.lease_owner == owner)
-        .values(lease_owner=None, lease_expires_at=None)
-    )
+        expires = table_of(Credential).c.access_token_expires_at
+        unless.append(sa.or_(expires.is_(None), expires <= unless_usable_after))
+    return CREDENTIALS.take(session, credential_id, owner, now, LEASE, *unless)
 
 
 # -- one seller -------------------------------------------------------------------------------
@@ -250,7 +229,7 @@ def refresh_seller(
     wait_for_lease: float = LEASE.total_seconds(),
 ) -> Refresh:
     """Refresh one seller's access token now and record what it means."""
-    owner = new_owner()
+    owner = new_owner("refresh")
     credential_id = _take_lease(session_scope, user_id, owner, wait_for_lease)
     return _refresh_leased(
         session_scope, vault, lwa, user_id, credential_id, owner, frontend_url=frontend_url
@@ -271,7 +250,7 @@ def access_token(
     first takes the lease and refreshes, the others wait for it and use its token."""
     deadline = time.monotonic() + LEASE.total_seconds()
     while True:
-        owner = new_owner()
+        owner = new_owner("refresh")
         with session_scope() as session:
             integration, credential = find(session, user_id)
             usable_until = utcnow() + margin
@@ -343,7 +322,7 @@ def _refresh_leased(
             )
     finally:
         with session_scope() as session:
-            release(session, credential_id, owner)
+            CREDENTIALS.release(session, owner, [credential_id])
 
 
 def raise_for(done: Refresh) -> None:
@@ -478,10 +457,7 @@ def record_refreshes(
         .join(integration, integration.c.id == credential.c.integration_id)
         .where(credential.c.id.in_(list(grants)))
     )
-    if session.get_bind().dialect.name == "sqlite":
-        lock_for_writing(session, "integration")
-    else:
-        query = query.with_for_update(of=integration)
+    query = lock_for_update(session, query, of=integration)
     done: list[Refresh] = []
     credential_rows: list[dict[str, Any]] = []
     integration_rows: list[dict[str, Any]] = []
@@ -511,7 +487,6 @@ def record_refreshes(
                 ),
                 "rotated": grant.refresh_token is not None,
                 "now": now,
-                "owner": lease_owner,
             }
         )
         meta = {**row.metadata, LAST_SYNCED_AT: isoformat(now)}
@@ -519,7 +494,7 @@ def record_refreshes(
         event_rows += _refreshed_events(row.user_id, grant, expires, tries)
         done.append(Refresh(row.user_id, Outcome.refreshed, access_token_expires_at=expires))
     if credential_rows:
-        session.execute(
+        refreshing = (
             sa.update(credential)
             .where(credential.c.id == sa.bindparam("row_id"))
             .values(
@@ -532,17 +507,11 @@ def record_refreshes(
                 refreshed_at=sa.bindparam("now"),
                 next_attempt_at=None,
                 updated_at=sa.bindparam("now"),
-                lease_owner=sa.case(
-                    (credential.c.lease_owner == sa.bindparam("owner"), None),
-                    else_=credential.c.lease_owner,
-                ),
-                lease_expires_at=sa.case(
-                    (credential.c.lease_owner == sa.bindparam("owner"), None),
-                    else_=credential.c.lease_expires_at,
-                ),
-            ),
-            credential_rows,
+            )
         )
+        if lease_owner is not None:
+            refreshing = refreshing.values(CREDENTIALS.letting_go(lease_owner))
+        session.execute(refreshing, credential_rows)
         session.execute(
             sa.update(integration)
             .where(integration.c.id == sa.bindparam("row_id"))

@@ -178,8 +178,8 @@ def _stripe(
     """Create the pending Stripe customers (none pending: no call, no key needed)."""
     from datetime import timedelta
 
-    from discoveryctl.amazon.refresh import new_owner
     from discoveryctl.billing.customers import PendingRun, retry_pending
+    from discoveryctl.db.leases import new_owner
     from discoveryctl.providers.stripe import StripeCustomers
 
     if not pending:
@@ -190,7 +190,7 @@ def _stripe(
     done = retry_pending(
         database.session,
         lambda: StripeCustomers(account),
-        owner=new_owner(),
+        owner=new_owner("stripe-pending"),
         concurrency=STRIPE_CONCURRENCY,
         lease=timedelta(seconds=lease),
         ends=None if seconds is None else time.monotonic() + max(seconds, 0.0),
