@@ -493,9 +493,10 @@ async def _run(
     writing: asyncio.Future[None] | None = None
     alerted = False
     # A batch slower than the lease (throttling, timeouts) is not claimed by another run
-    heartbeat = Heartbeat(session_scope, CREDENTIALS, owner, lease).start()
+    heartbeat = Heartbeat(session_scope, CREDENTIALS, owner, lease)
     watcher = asyncio.create_task(_watch(stop, ends, closing, summary))
     try:
+        heartbeat.start()
         async with contextlib.AsyncExitStack() as clients:
             lwa = await clients.enter_async_context(lwa_factory())
             spapi = None

@@ -557,8 +557,7 @@ def retry_pending(
     ends: float | None = None,
 ) -> PendingRun:
     """Make the customer of every pending user, ``concurrency`` calls at a time, each user
-    under this run's lease, renewed while the run holds it (overlapping runs take different
-    users, however long Stripe takes to answer). A user whose try failed
+    under this run's lease (overlapping runs take different users). A user whose try failed
     for now waits its backoff in a queue, not in a worker, so the others go on meanwhile;
     after ``RUN_ATTEMPTS`` tries the run gives up on it (the user is told, the next run tries
     again). A refused API key stops the run: nothing more is claimed or tried, no user is
@@ -588,6 +587,7 @@ def retry_pending(
     queue = _Queue(concurrency, ends)
     try:
         with (
+            # the leases renewed while the run holds them, however long Stripe takes
             Heartbeat(session_scope, STRIPE_CUSTOMERS, owner, lease),
             ThreadPoolExecutor(max_workers=concurrency) as pool,
         ):

@@ -103,8 +103,8 @@ class Leased:
         lease: timedelta,
         *also: sa.ColumnElement[bool],
     ) -> bool:
-        """Take one row's lease unless a live one is held, nor when any of ``also`` is false:
-        one statement, so what it checks cannot change before it takes. True when taken."""
+        """Take one row's lease, unless a live one is held or one of ``also`` is false: one
+        statement, so nothing it checks can change before it takes. True when taken."""
         taken = session.execute(
             sa.update(self.table)
             .where(self.id == row_id, self.free(now), *also)
