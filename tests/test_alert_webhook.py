@@ -24,6 +24,7 @@ from webhook_receiver import Receiver, receiving
 
 from discoveryctl.alerts import delivery, signing
 from discoveryctl.db.engine import Database, lock_for_writing
+from discoveryctl.db.leases import ALERT_DELIVERIES
 from discoveryctl.integrations import notifications, outbox
 from discoveryctl.sandbox import Sandbox
 
@@ -429,8 +430,10 @@ def _waiting_for_a_lock(db: Any) -> bool:
 def test_a_claim_waits_for_another_claimer(db: Any, webhook: Receiver) -> None:
     raise_alert(db.url)
     database = Database(db.url)
+    queue = ALERT_DELIVERIES.claims_queue_on
+    assert queue is not None
     with database.session() as session:
-        lock_for_writing(session, delivery.CLAIM_LOCK)  # another process, mid-claim
+        lock_for_writing(session, queue)  # another process, mid-claim
         process = _deliver_in_a_process()
         assert _waiting_for_a_lock(db)
         assert webhook.received == []

@@ -575,6 +575,37 @@ def test_two_runs_at_once_create_each_pending_customer_once(
     assert len(created) == 40 and {r["n"] for r in created} == {1}
 
 
+def test_a_run_keeps_its_users_while_stripe_is_slower_than_its_lease(
+    db: Any, cli: Any, stripe_env: Sandbox, tmp_path: Path
+) -> None:
+    """The pending run renews its leases while Stripe takes longer than them to answer, so a
+    run started meanwhile takes none of its users and sends no second create."""
+    (user,) = import_pending(cli, tmp_path, 1)
+    stripe_env.state.set_behaviour("stripe", "stripe_slow", ms=4000, times=1)
+    command = [sys.executable, "-m", "discoveryctl", "refresh-all", "--provider", "stripe"]
+    first = subprocess.Popen(
+        [*command, "--lease", "1s", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not posts(stripe_env):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(1.5)  # past the lease the user was claimed with
+    owner = stored(db, user)["lease_owner"]
+    second = cli("refresh-all", "--provider", "stripe", "--lease", "1s", "--json")
+    stdout, stderr = first.communicate(timeout=60)
+    assert first.returncode == 0, stderr
+    assert json.loads(stdout)["stripe"]["created"] == 1
+    assert second.exit_code == 0, second.stderr
+    assert second.json()["stripe"]["created"] == second.json()["stripe"]["existing"] == 0
+    assert posts(stripe_env) == 1
+    assert owner.startswith("stripe-pending:")  # the lease says whose it is
+    assert stored(db, user)["lease_owner"] is None
+
+
 @pytest.mark.parametrize("later", ["within-24h", "after-24h"])
 @pytest.mark.parametrize("rerun", ["ensure-customer", "refresh-all"])
 def test_a_process_killed_after_its_request_left_leaves_one_customer(

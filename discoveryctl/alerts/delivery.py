@@ -22,8 +22,6 @@ claimed, so it shows the alert as it is then.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -37,7 +35,8 @@ from sqlalchemy.orm import Session, aliased
 
 from discoveryctl.alerts.signing import SIGNATURE_HEADER, signature
 from discoveryctl.config import Config
-from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
+from discoveryctl.db.engine import SessionScope, database_now
+from discoveryctl.db.leases import ALERT_DELIVERIES, new_owner
 from discoveryctl.db.models import AlertDelivery, Notification
 from discoveryctl.integrations import events
 from discoveryctl.integrations.outbox import DELIVERED, EXPIRED, OPEN, REFUSED
@@ -67,7 +66,6 @@ BETWEEN_DRAINS = RetryPolicy(
 )
 """The wait before a later drain tries a delivery again, after ``n`` drains failed it (our
 choice): a minute, 2, 4, … up to an hour, no jitter; for ``MAX_AGE`` at most."""
-CLAIM_LOCK = "alert-delivery"
 CLOSING_BUDGET = 10.0
 """Seconds a command that raised an alert spends delivering it as it ends: at most this long
 late, never failed by it; what is left waits for the next drain."""
@@ -190,8 +188,7 @@ def deliver(
     import httpx
 
     ends = None if budget is None else time.monotonic() + budget
-    # lease_owner holds 64 characters: a long host name (a pod's) is cut
-    owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    owner = new_owner("alerts")
     drained = Drained()
     own_client = client is None
     client = client or httpx.Client(timeout=TIMEOUT, follow_redirects=False)
@@ -216,8 +213,8 @@ def deliver(
 
 def _claim(session: Session, owner: str, drained: Drained) -> _Claimed | None:
     """Take the lease on the oldest due delivery; close any a day old on the way."""
-    lock_for_writing(session, CLAIM_LOCK)  # one claimer at a time, on either database
-    now = database_now(session)
+    claim = ALERT_DELIVERIES.claim(session)  # one claimer at a time, on either database
+    now = claim.now
     earlier = aliased(AlertDelivery)
     open_first = (
         sa.select(earlier.id)
@@ -229,32 +226,28 @@ def _claim(session: Session, owner: str, drained: Drained) -> _Claimed | None:
         .exists()
     )
     while True:
-        row = session.scalars(
+        due = (
             sa.select(AlertDelivery)
             .where(
                 AlertDelivery.outcome.is_(None),
                 AlertDelivery.next_attempt_at <= now,
-                sa.or_(
-                    AlertDelivery.lease_expires_at.is_(None),
-                    AlertDelivery.lease_expires_at <= now,
-                ),
+                ALERT_DELIVERIES.free(now),
                 ~open_first,
             )
             .order_by(AlertDelivery.id)
             .limit(1)
-            # PostgreSQL: a row finished meanwhile by the process whose lease ran out is
-            # read again once it commits, and no longer due
-            .with_for_update()
-        ).first()
+        )
+        # PostgreSQL: a row finished meanwhile by the process whose lease ran out is read
+        # again once it commits, and no longer due
+        row = session.scalars(claim.lock(due)).first()
         if row is None:
             return None
+        claim.take([row.id], owner, LEASE)
         notification = session.get(Notification, row.notification_id)
         assert notification is not None  # a foreign key
         if row.created_at < now - MAX_AGE:
-            _expire(session, row, notification, now, drained)
+            _expire(session, row, owner, notification, now, drained)
             continue
-        row.lease_owner = owner
-        row.lease_expires_at = now + LEASE
         body = json.dumps(message(notification, row.state, row.delivery_id)).encode()
         # the lease is given up a little early here: the database's clock may run ahead
         lease_ends = time.monotonic() + LEASE.total_seconds() * 0.75
@@ -264,12 +257,14 @@ def _claim(session: Session, owner: str, drained: Drained) -> _Claimed | None:
 def _expire(
     session: Session,
     row: AlertDelivery,
+    owner: str,
     notification: Notification,
     now: datetime,
     drained: Drained,
 ) -> None:
     """A day old: too late to page anyone. Never tried, it was raised while no webhook was
-    set (nothing failed); tried, the receiver failed it for a day."""
+    set (nothing failed); tried, the receiver failed it for a day. The lease ``owner`` took
+    on it to close it is let go."""
     if row.attempts == 0:
         reason = f"raised over {MAX_AGE.days} day ago, before a webhook was set: not posted"
         drained.skipped += 1
@@ -278,6 +273,7 @@ def _expire(
         drained.given_up += 1
         drained.errors.append(f"delivery {row.delivery_id}: {reason}")
     _close(session, row, EXPIRED, now, reason)
+    ALERT_DELIVERIES.release(session, owner, [row.id])
     _record(session, row, notification, EXPIRED, error_type="alert_delivery_expired")
 
 
@@ -366,17 +362,14 @@ def _finish(
     session: Session, claimed: _Claimed, owner: str, posted: Posted, drained: Drained
 ) -> None:
     """Record a post's outcome, if this process still holds the lease (else whoever took the
-    row over records its own)."""
-    row = session.scalars(
-        sa.select(AlertDelivery)
-        .where(AlertDelivery.id == claimed.id, AlertDelivery.lease_owner == owner)
-        .with_for_update()
-    ).first()
-    if row is None:
+    row over records its own), and let go of it."""
+    if not ALERT_DELIVERIES.held(session, owner, [claimed.id]):
         return
+    ALERT_DELIVERIES.release(session, owner, [claimed.id])
     if posted.tries == 0:  # the budget ran out before the post: not a failed try
-        row.lease_owner = row.lease_expires_at = None
         return
+    row = session.get(AlertDelivery, claimed.id)
+    assert row is not None  # held a moment ago, and locked since
     notification = session.get(Notification, row.notification_id)
     assert notification is not None
     now = database_now(session)
@@ -391,7 +384,6 @@ def _finish(
     else:
         row.next_attempt_at = now + BETWEEN_DRAINS.wait(-(-row.attempts // TRIES))  # drains failed
         row.last_error = posted.reason
-        row.lease_owner = row.lease_expires_at = None
         drained.later += 1
         drained.errors.append(f"delivery {row.delivery_id}: {posted.reason}, will try again")
     _record(
@@ -411,7 +403,6 @@ def _close(
     row.outcome = outcome
     row.finished_at = now
     row.last_error = error
-    row.lease_owner = row.lease_expires_at = None
 
 
 def _record(

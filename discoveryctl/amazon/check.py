@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session
 
 from discoveryctl.amazon.refresh import access_token, apply_verdict, find
 from discoveryctl.amazon.verdict import verdict
-from discoveryctl.db.engine import SessionScope, lock_for_writing
+from discoveryctl.db.engine import SessionScope
+from discoveryctl.db.leases import lock_for_update
 from discoveryctl.db.models import Credential, IntegrationStatus, utcnow
 from discoveryctl.errors import ProviderError, SellerAuthorizationRevoked, TransientProviderError
 from discoveryctl.integrations import events, lifecycle
@@ -79,12 +80,9 @@ def spend_check(credential: Credential, now: datetime) -> float | None:
 
 def _take_check(session: Session, credential_id: int) -> float | None:
     """``spend_check`` on the credential's row, locked and read afresh."""
-    if session.get_bind().dialect.name == "sqlite":
-        lock_for_writing(session, "integration")
-    credential = session.get(
-        Credential, credential_id, with_for_update=True, populate_existing=True
-    )
-    assert credential is not None  # the caller found it in this process a moment ago
+    row = sa.select(Credential).where(Credential.id == credential_id)
+    locked = lock_for_update(session, row).execution_options(populate_existing=True)
+    credential = session.scalars(locked).one()  # the caller found it a moment ago
     return spend_check(credential, utcnow())
 
 

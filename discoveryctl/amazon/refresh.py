@@ -19,11 +19,10 @@ the same refresh token at once; a second caller waits for the first and reuses i
 from __future__ import annotations
 
 import dataclasses
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -37,7 +36,8 @@ from discoveryctl.amazon.verdict import (
     reauthorization_date,
     verdict,
 )
-from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
+from discoveryctl.db.engine import SessionScope, database_now
+from discoveryctl.db.leases import CREDENTIALS, lock_for_update, new_owner
 from discoveryctl.db.models import (
     Credential,
     IntegrationStatus,
@@ -95,11 +95,6 @@ REFRESH_RETRIED = events.Kind.token_refresh_retried
 # -- leases ---------------------------------------------------------------------------------
 
 
-def new_owner() -> str:
-    """A lease owner name unique to this process and run."""
-    return f"refresh-{secrets.token_hex(8)}"
-
-
 def claim(
     session: Session,
     credential_id: int,
@@ -114,27 +109,11 @@ def claim(
     moment. The caller read the cache stale, but another process may have refreshed and let
     go of its lease since; checked in the same statement, so no refresh follows one just
     made."""
-    table = table_of(Credential)
-    conditions = [
-        table.c.id == credential_id,
-        sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at <= now),
-    ]
+    unless: list[sa.ColumnElement[bool]] = []
     if unless_usable_after is not None:
-        expires = table.c.access_token_expires_at
-        conditions.append(sa.or_(expires.is_(None), expires <= unless_usable_after))
-    taken = session.execute(
-        sa.update(table).where(*conditions).values(lease_owner=owner, lease_expires_at=now + LEASE)
-    )
-    return cast("sa.CursorResult[Any]", taken).rowcount == 1
-
-
-def release(session: Session, credential_id: int, owner: str) -> None:
-    table = table_of(Credential)
-    session.execute(
-        sa.update(table)
-        .where(table.c.id == credential_id, table.c.lease_owner == owner)
-        .values(lease_owner=None, lease_expires_at=None)
-    )
+        expires = table_of(Credential).c.access_token_expires_at
+        unless.append(sa.or_(expires.is_(None), expires <= unless_usable_after))
+    return CREDENTIALS.take(session, credential_id, owner, now, LEASE, *unless)
 
 
 # -- one seller -------------------------------------------------------------------------------
@@ -207,7 +186,7 @@ def refresh_seller(
     wait_for_lease: float = LEASE.total_seconds(),
 ) -> Refresh:
     """Refresh one seller's access token now and record what it means."""
-    owner = new_owner()
+    owner = new_owner("refresh")
     credential_id = _take_lease(session_scope, user_id, owner, wait_for_lease)
     return _refresh_leased(
         session_scope, vault, lwa, user_id, credential_id, owner, frontend_url=frontend_url
@@ -229,7 +208,7 @@ def access_token(
 
     def cached_or_refreshed() -> tuple[str, datetime] | None:
         """The token, or None while another process holds the lease."""
-        owner = new_owner()
+        owner = new_owner("refresh")
         with session_scope() as session:
             integration, credential = find(session, user_id)
             usable_until = utcnow() + margin
@@ -304,7 +283,7 @@ def _refresh_leased(
             )
     finally:
         with session_scope() as session:
-            release(session, credential_id, owner)
+            CREDENTIALS.release(session, owner, [credential_id])
 
 
 def raise_for(done: Refresh) -> None:
@@ -441,10 +420,7 @@ def record_refreshes(
         .join(integration, integration.c.id == credential.c.integration_id)
         .where(credential.c.id.in_(list(grants)))
     )
-    if session.get_bind().dialect.name == "sqlite":
-        lock_for_writing(session, "integration")
-    else:
-        query = query.with_for_update(of=integration)
+    query = lock_for_update(session, query, of=integration)
     done: list[Refresh] = []
     credential_rows: list[dict[str, Any]] = []
     integration_rows: list[dict[str, Any]] = []
@@ -472,7 +448,6 @@ def record_refreshes(
                 ),
                 "rotated": grant.refresh_token is not None,
                 "now": now,
-                "owner": lease_owner,
             }
         )
         meta = {**row.metadata, LAST_SYNCED_AT: isoformat(now)}
@@ -480,7 +455,7 @@ def record_refreshes(
         event_rows += _refreshed_events(row.user_id, grant, expires, tries)
         done.append(Refresh(row.user_id, RefreshOutcome.refreshed, access_token_expires_at=expires))
     if credential_rows:
-        session.execute(
+        refreshing = (
             sa.update(credential)
             .where(credential.c.id == sa.bindparam("row_id"))
             .values(
@@ -493,17 +468,11 @@ def record_refreshes(
                 refreshed_at=sa.bindparam("now"),
                 next_attempt_at=None,
                 updated_at=sa.bindparam("now"),
-                lease_owner=sa.case(
-                    (credential.c.lease_owner == sa.bindparam("owner"), None),
-                    else_=credential.c.lease_owner,
-                ),
-                lease_expires_at=sa.case(
-                    (credential.c.lease_owner == sa.bindparam("owner"), None),
-                    else_=credential.c.lease_expires_at,
-                ),
-            ),
-            credential_rows,
+            )
         )
+        if lease_owner is not None:
+            refreshing = refreshing.values(CREDENTIALS.letting_go(lease_owner))
+        session.execute(refreshing, credential_rows)
         session.execute(
             sa.update(integration)
             .where(integration.c.id == sa.bindparam("row_id"))

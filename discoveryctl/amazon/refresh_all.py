@@ -32,13 +32,13 @@ from discoveryctl.amazon.check import CHECKED, allowance, record_check
 from discoveryctl.amazon.refresh import (
     DEFAULT_MARGIN,
     LEASE,
-    new_owner,
     news_only,
     record_failures,
     record_refreshes,
 )
 from discoveryctl.amazon.verdict import RefreshOutcome, Verdict, verdict
-from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
+from discoveryctl.db.engine import SessionScope
+from discoveryctl.db.leases import CREDENTIALS, Claim, Heartbeat, new_owner
 from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
 from discoveryctl.errors import DiscoveryError, ProviderError
 from discoveryctl.integrations import events, notifications
@@ -97,9 +97,7 @@ def _credential_due(now: datetime, margin: timedelta, max_age: timedelta, force:
     """What makes a credential due, on its own row: no live lease, no backoff to wait out,
     and an access token about to expire (or none), or a last refresh too long ago."""
     credential = table_of(Credential)
-    conditions: list[Any] = [
-        sa.or_(credential.c.lease_expires_at.is_(None), credential.c.lease_expires_at <= now),
-    ]
+    conditions: list[Any] = [CREDENTIALS.free(now)]
     if not force:
         conditions += [
             sa.or_(credential.c.next_attempt_at.is_(None), credential.c.next_attempt_at <= now),
@@ -160,11 +158,9 @@ def claim_batch(
     """Take the lease on up to ``limit`` due authorizations past credential id ``after``
     (a run walks the table once, in id order, and never comes back), atomically; with
     ``checks``, also one SP-API check from the allowance of each seller that has one."""
-    now = database_now(session)
+    claim = CREDENTIALS.claim(session)  # SQLite: its write lock from the walk to the lease
+    now = claim.now
     credential = table_of(Credential)
-    postgres = session.get_bind().dialect.name == "postgresql"
-    if not postgres:
-        lock_for_writing(session, "refresh-claim")  # SQLite: one claimer at a time
     while True:
         # Two steps, so that no planner can turn a claim into a scan of every seller (a
         # join ordered by id, 130 ms a batch at 50,000 credentials on PostgreSQL): walk the
@@ -179,7 +175,7 @@ def claim_batch(
         ids = list(session.scalars(walk))
         if not ids:
             return []
-        rows = _take(session, ids, _credential_due(now, margin, max_age, force), postgres)
+        rows = _take(claim, ids, _credential_due(now, margin, max_age, force))
         if rows:
             break
         after = ids[-1]  # none of these could be taken: walk on
@@ -193,12 +189,7 @@ def claim_batch(
         claimed.append(
             Due(row.id, user_id, row.refresh_token, row.authorized_at, row.region, may_check)
         )
-    if claimed:
-        session.execute(
-            sa.update(credential)
-            .where(credential.c.id.in_([due.credential_id for due in claimed]))
-            .values(lease_owner=owner, lease_expires_at=now + lease)
-        )
+    claim.take([due.credential_id for due in claimed], owner, lease)
     if spent:
         session.execute(
             sa.update(credential)
@@ -209,14 +200,15 @@ def claim_batch(
     return claimed
 
 
-def _take(session: Session, ids: list[int], due: Any, postgres: bool) -> list[tuple[Any, str]]:
+def _take(claim: Claim, ids: list[int], due: Any) -> list[tuple[Any, str]]:
     """Of the credentials ``ids`` (due when walked), those still ``due`` once locked and
     whose Amazon integration is active, in id order, with their user ids.
 
-    On PostgreSQL ``due`` is asked again under the lock: between the walk and the lock
-    another run may have claimed a seller and let it go, and PostgreSQL re-checks a locking
-    query's conditions on the row as that run left it. SQLite's write lock, taken before the
-    walk, keeps every other run out until the claim commits: nothing to ask again.
+    On PostgreSQL ``due`` is asked again under the lock (``Claim.lock``): between the walk
+    and the lock another run may have claimed a seller and let it go, and PostgreSQL
+    re-checks a locking query's conditions on the row as that run left it. SQLite's write
+    lock, taken before the walk, keeps every other run out until the claim commits: nothing
+    to ask again.
 
     Both tables are read by their primary key alone, and the integration's status checked
     here: with any other condition in the query, a planner may start from another index
@@ -237,9 +229,8 @@ def _take(session: Session, ids: list[int], due: Any, postgres: bool) -> list[tu
         .where(credential.c.id.in_(ids))
         .order_by(credential.c.id)
     )
-    if postgres:
-        query = query.where(due).with_for_update(skip_locked=True)
-    found = session.execute(query).all()
+    session = claim.session
+    found = session.execute(claim.lock(query, due)).all()
     integrations = session.execute(  # a credential is an Amazon authorization's
         sa.select(integration.c.id, integration.c.user_id, integration.c.status).where(
             integration.c.id.in_([row.integration_id for row in found])
@@ -247,15 +238,6 @@ def _take(session: Session, ids: list[int], due: Any, postgres: bool) -> list[tu
     )
     active = {row.id: row.user_id for row in integrations if row.status == Status.active}
     return [(row, active[row.integration_id]) for row in found if row.integration_id in active]
-
-
-def release_all(session: Session, owner: str) -> None:
-    credential = table_of(Credential)
-    session.execute(
-        sa.update(credential)
-        .where(credential.c.lease_owner == owner)
-        .values(lease_owner=None, lease_expires_at=None)
-    )
 
 
 @dataclass(frozen=True)
@@ -400,43 +382,6 @@ def _record(
     record_failures(session, failures, frontend_url=frontend_url)
 
 
-def _still_held(session: Session, owner: str, ids: list[int]) -> set[int]:
-    """Which of ``ids`` this run's lease still holds, locked until the transaction ends."""
-    credential = table_of(Credential)
-    query = sa.select(credential.c.id).where(
-        credential.c.id.in_(ids), credential.c.lease_owner == owner
-    )
-    if session.get_bind().dialect.name == "sqlite":
-        lock_for_writing(session, "integration")
-    else:
-        query = query.with_for_update()
-    return set(session.scalars(query))
-
-
-def _extend_leases(session_scope: SessionScope, owner: str, lease: timedelta) -> None:
-    credential = table_of(Credential)
-    with session_scope() as session:
-        session.execute(
-            sa.update(credential)
-            .where(credential.c.lease_owner == owner)
-            .values(lease_expires_at=database_now(session) + lease)
-        )
-
-
-async def _heartbeat(
-    session_scope: SessionScope, owner: str, lease: timedelta, done: asyncio.Event
-) -> None:
-    """Keep this run's leases alive while it runs: a batch slower than the lease (throttling,
-    timeouts) must not be claimed by another run meanwhile. A killed run stops beating, and
-    its leases run out."""
-    while not done.is_set():
-        try:
-            await asyncio.wait_for(done.wait(), timeout=lease.total_seconds() / 3)
-        except TimeoutError:
-            with contextlib.suppress(DiscoveryError):  # the next beat, or the write, will tell
-                await asyncio.to_thread(_extend_leases, session_scope, owner, lease)
-
-
 def _write_batch(
     session_scope: SessionScope,
     vault: Vault,
@@ -454,22 +399,14 @@ def _write_batch(
     have refreshed that seller since, and this answer is stale.
     """
     with session_scope() as session:
-        held = _still_held(session, owner, [due.credential_id for due in batch])
+        held = CREDENTIALS.held(session, owner, [due.credential_id for due in batch])
         kept = [a for a in answers if a.due.credential_id in held]
         if len(kept) < len(answers):
             from discoveryctl.support.logging import get_logger
 
             get_logger().warning("refresh_answers_dropped", count=len(answers) - len(kept))
         _record(session, vault, owner, kept, frontend_url, summary)
-        credential = table_of(Credential)
-        session.execute(
-            sa.update(credential)
-            .where(
-                credential.c.id.in_([due.credential_id for due in batch]),
-                credential.c.lease_owner == owner,
-            )
-            .values(lease_owner=None, lease_expires_at=None)
-        )
+        CREDENTIALS.release(session, owner, [due.credential_id for due in batch])
         if rejected is not None:
             summary.app_rejected = rejected.message
             notifications.alert_app_credentials(session, Provider.amazon, rejected.message)
@@ -539,7 +476,7 @@ async def _run(
             loop.add_signal_handler(signum, stop.set)
     started = time.monotonic()
     ends = None if deadline is None else started + deadline
-    owner = new_owner()
+    owner = new_owner("refresh-all")
     gate = asyncio.Semaphore(concurrency)
     pacer = Pacer(concurrency)
     # One round of calls a batch: a batch is written in one go, holding the interpreter
@@ -551,10 +488,11 @@ async def _run(
     outstanding: deque[tuple[list[Due], list[asyncio.Task[Answer | None]]]] = deque()
     writing: asyncio.Future[None] | None = None
     alerted = False
-    beating = asyncio.Event()
-    heartbeat = asyncio.create_task(_heartbeat(session_scope, owner, lease, beating))
+    # A batch slower than the lease (throttling, timeouts) is not claimed by another run
+    heartbeat = Heartbeat(session_scope, CREDENTIALS, owner, lease)
     watcher = asyncio.create_task(_watch(stop, ends, closing, summary))
     try:
+        heartbeat.start()
         async with contextlib.AsyncExitStack() as clients:
             lwa = await clients.enter_async_context(lwa_factory())
             spapi = None
@@ -632,17 +570,17 @@ async def _run(
                     progress(summary.total)
     finally:
         watcher.cancel()
-        beating.set()
         for _, tasks in outstanding:
             for task in tasks:
                 task.cancel()
         await asyncio.gather(
-            heartbeat, watcher, *(t for _, ts in outstanding for t in ts), return_exceptions=True
+            watcher, *(t for _, ts in outstanding for t in ts), return_exceptions=True
         )
         if writing is not None:
             await asyncio.gather(writing, return_exceptions=True)
+        await asyncio.to_thread(heartbeat.stop)
         with session_scope() as session:
-            release_all(session, owner)
+            CREDENTIALS.release(session, owner)
         summary.seconds = time.monotonic() - started
     summary.interrupted = stop.is_set()
     return summary

@@ -29,7 +29,8 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
-from discoveryctl.db.engine import SessionScope, database_now, lock_for_writing
+from discoveryctl.db.engine import SessionScope
+from discoveryctl.db.leases import STRIPE_CUSTOMERS, Heartbeat
 from discoveryctl.db.models import StripeCustomer, table_of, utcnow
 from discoveryctl.errors import (
     AppCredentialsRejected,
@@ -587,7 +588,11 @@ def retry_pending(
 
     queue = _Queue(concurrency, ends)
     try:
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        with (
+            # the leases renewed while the run holds them, however long Stripe takes
+            Heartbeat(session_scope, STRIPE_CUSTOMERS, owner, lease),
+            ThreadPoolExecutor(max_workers=concurrency) as pool,
+        ):
             while run.app_rejected is None:
                 if queue.out_of_time():
                     run.deadline_reached = True
@@ -613,12 +618,12 @@ def retry_pending(
                     queue.finished.append(pending.row_id)
                 if len(queue.finished) >= concurrency:
                     with session_scope() as session:
-                        _release(session, owner, queue.finished)
+                        STRIPE_CUSTOMERS.release(session, owner, queue.finished)
                     queue.finished = []
             queue.drain()  # the key was refused: let the calls in flight end
     finally:
         with session_scope() as session:
-            _release(session, owner, None)
+            STRIPE_CUSTOMERS.release(session, owner)
         for client in opened:
             client.close()
     if run.app_rejected is not None:
@@ -743,35 +748,10 @@ def _claim(
 ) -> list[_Pending]:
     """Lease up to ``limit`` pending customers past row ``after``, in id order."""
     customer = table_of(StripeCustomer)
-    now = database_now(session)
-    postgres = session.get_bind().dialect.name == "postgresql"
-    if not postgres:
-        lock_for_writing(session, "stripe-claim")
-    query = (
+    pending = (
         _rows()
-        .where(
-            customer.c.id > after,
-            customer.c.customer_id.is_(None),
-            sa.or_(customer.c.lease_expires_at.is_(None), customer.c.lease_expires_at <= now),
-        )
+        .where(customer.c.id > after, customer.c.customer_id.is_(None))
         .order_by(customer.c.id)
         .limit(limit)
     )
-    if postgres:
-        query = query.with_for_update(skip_locked=True)
-    claimed = [_Pending(*row) for row in session.execute(query)]
-    if claimed:
-        session.execute(
-            sa.update(customer)
-            .where(customer.c.id.in_([p.row_id for p in claimed]))
-            .values(lease_owner=owner, lease_expires_at=now + lease)
-        )
-    return claimed
-
-
-def _release(session: Session, owner: str, row_ids: list[int] | None) -> None:
-    customer = table_of(StripeCustomer)
-    query = sa.update(customer).where(customer.c.lease_owner == owner)
-    if row_ids is not None:
-        query = query.where(customer.c.id.in_(row_ids))
-    session.execute(query.values(lease_owner=None, lease_expires_at=None))
+    return [_Pending(*row) for row in STRIPE_CUSTOMERS.claim_rows(session, pending, owner, lease)]

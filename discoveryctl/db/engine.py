@@ -194,9 +194,15 @@ def lock_connection(connection: sa.Connection, name: str) -> None:
         key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
         connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
     elif connection.dialect.name == "sqlite":
-        dbapi = connection.connection.dbapi_connection
-        if dbapi is not None and not getattr(dbapi, "in_transaction", False):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        sqlite_write_lock(connection)
+
+
+def sqlite_write_lock(connection: sa.Connection) -> None:
+    """SQLite's write lock, the whole database's, held until the transaction ends: taken now
+    (``BEGIN IMMEDIATE``) unless the transaction has written, and so holds it already."""
+    dbapi = connection.connection.dbapi_connection
+    if dbapi is not None and not getattr(dbapi, "in_transaction", False):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 READERS = 16

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from discoveryctl.db.engine import lock_for_writing
+from discoveryctl.db.leases import lock_for_update
 from discoveryctl.db.models import IntegrationStatus, new_id, table_of, utcnow
 from discoveryctl.integrations import events, notifications
 from discoveryctl.integrations.vocabulary import (
@@ -42,10 +42,7 @@ def find(
         IntegrationStatus.user_id == user_id, IntegrationStatus.provider == provider
     )
     if for_update:
-        if session.get_bind().dialect.name == "sqlite":
-            lock_for_writing(session, "integration")
-        else:
-            query = query.with_for_update()
+        query = lock_for_update(session, query)
     return session.scalars(query).first()
 
 
@@ -58,10 +55,7 @@ def find_all(
         IntegrationStatus.provider == provider,
     )
     if for_update:
-        if session.get_bind().dialect.name == "sqlite":
-            lock_for_writing(session, "integration")
-        else:
-            query = query.with_for_update()
+        query = lock_for_update(session, query)
     return {integration.user_id: integration for integration in session.scalars(query)}
 
 

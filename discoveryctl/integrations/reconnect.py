@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from discoveryctl.db.leases import lock_for_update
 from discoveryctl.db.models import IntegrationStatus, utcnow
 from discoveryctl.errors import NotFound
 from discoveryctl.integrations import events, lifecycle, notifications
@@ -24,15 +25,16 @@ RECONNECT_REQUESTED = lifecycle.RECONNECT_REQUESTED
 
 def needing_reconnect(session: Session, provider: str) -> Sequence[IntegrationStatus]:
     """Every integration of ``provider`` that is revoked or expired."""
-    return session.scalars(
+    query = (
         sa.select(IntegrationStatus)
         .where(
             IntegrationStatus.provider == provider,
             lifecycle.needs_reconnect_clause(),
         )
         .order_by(IntegrationStatus.user_id)
-        .with_for_update()  # their reconnect counters are updated next
-    ).all()
+    )
+    # their reconnect counters are updated next
+    return session.scalars(lock_for_update(session, query)).all()
 
 
 def for_user(session: Session, provider: str, user_id: str) -> IntegrationStatus:

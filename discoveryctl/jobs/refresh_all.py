@@ -15,11 +15,12 @@ from datetime import timedelta
 from typing import Any
 
 from discoveryctl.amazon import refresh_all as amazon_run
-from discoveryctl.amazon.refresh import LEASE, new_owner
+from discoveryctl.amazon.refresh import LEASE
 from discoveryctl.billing import customers
 from discoveryctl.billing.customers import PendingRun
 from discoveryctl.config import Config
 from discoveryctl.db.engine import SessionScope
+from discoveryctl.db.leases import new_owner
 from discoveryctl.errors import AppCredentialsRejected, Interrupted, NeedsAttention
 from discoveryctl.jobs import attention
 from discoveryctl.support.crypto import Vault
@@ -122,7 +123,7 @@ def _stripe(
     return customers.retry_pending(
         session_scope,
         lambda: StripeCustomers(account),
-        owner=new_owner(),
+        owner=new_owner("stripe-pending"),
         concurrency=STRIPE_CONCURRENCY,
         lease=plan.lease,
         ends=None if seconds is None else time.monotonic() + max(seconds, 0.0),
