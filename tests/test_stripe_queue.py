@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from discoveryctl.billing.customers import Outcome, _Pending, _Queue
+from discoveryctl.billing.customers import TryResult, _Pending, _Queue
 from discoveryctl.errors import TransientProviderError
 
 
@@ -14,7 +14,7 @@ def _pending(row_id: int) -> _Pending:
     return _Pending(row_id, f"user-{row_id}", f"user-{row_id}@example.com", None, None, "k", None)
 
 
-def _throttled(pending: _Pending) -> Outcome:
+def _throttled(pending: _Pending) -> TryResult:
     return TransientProviderError("slow down", status_code=429, retry_after=60.0)
 
 

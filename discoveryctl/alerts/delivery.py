@@ -195,7 +195,7 @@ def deliver(
     try:
         while ends is None or time.monotonic() < ends:
             with session_scope() as session:
-                claimed = _claim(session, owner, drained)
+                claimed = _claim_next(session, owner, drained)
             if claimed is None:
                 break
             if ends is not None:
@@ -211,7 +211,7 @@ def deliver(
     return drained
 
 
-def _claim(session: Session, owner: str, drained: Drained) -> _Claimed | None:
+def _claim_next(session: Session, owner: str, drained: Drained) -> _Claimed | None:
     """Take the lease on the oldest due delivery; close any a day old on the way."""
     claim = ALERT_DELIVERIES.claim(session)  # one claimer at a time, on either database
     now = claim.now

@@ -505,7 +505,7 @@ async def _run(
                     closing.close()
                 if not (exhausted or closing.is_closed()):
                     batch = await asyncio.to_thread(
-                        _claim,
+                        _claim_due,
                         session_scope,
                         owner,
                         batch_size,
@@ -591,7 +591,7 @@ AHEAD = 6
 slow call in the oldest batch (a timeout, its retries) leaves the gate work for a while."""
 
 
-def _claim(session_scope: SessionScope, owner: str, limit: int, **options: Any) -> list[Due]:
+def _claim_due(session_scope: SessionScope, owner: str, limit: int, **options: Any) -> list[Due]:
     with session_scope() as session:
         return claim_batch(session, owner, limit, **options)
 

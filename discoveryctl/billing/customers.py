@@ -598,7 +598,9 @@ def retry_pending(
                     run.deadline_reached = True
                 if queue.wants_more():
                     with session_scope() as session:
-                        claimed = _claim(session, owner, concurrency * 4, queue.after, lease)
+                        claimed = _claim_pending(
+                            session, owner, concurrency * 4, queue.after, lease
+                        )
                     queue.add(claimed)
                 if queue.idle():
                     break
@@ -637,7 +639,8 @@ RUN_ATTEMPTS = 6
 run's queue, not in a worker, as stripe-python would wait (``STRIPE_PYTHON_SCHEDULE``)."""
 
 
-Outcome = Onboarded | ProviderError
+TryResult = Onboarded | ProviderError
+"""What one try at a pending customer gave: the customer, or the failure to handle."""
 
 
 class _Queue:
@@ -652,7 +655,7 @@ class _Queue:
         self.exhausted = False
         self.finished: list[int] = []  # rows done with, their leases not yet let go
         self._ready: list[tuple[float, int, _Pending, int]] = []
-        self._running: dict[Future[Outcome], tuple[_Pending, int]] = {}
+        self._running: dict[Future[TryResult], tuple[_Pending, int]] = {}
         self._order = 0
 
     def wants_more(self) -> bool:
@@ -694,8 +697,8 @@ class _Queue:
         return self.exhausted and not self._ready and not self._running
 
     def step(
-        self, pool: ThreadPoolExecutor, one_try: Callable[[_Pending], Outcome]
-    ) -> list[tuple[_Pending, Outcome, int]]:
+        self, pool: ThreadPoolExecutor, one_try: Callable[[_Pending], TryResult]
+    ) -> list[tuple[_Pending, TryResult, int]]:
         """Start what is due, then wait for a call to end (or, with a worker free, for the
         next backoff to end, or a moment when more should be claimed)."""
         now = time.monotonic()
@@ -743,7 +746,7 @@ def _try_once(
     return _attempt(session_scope, customers, pending.row_id, now)
 
 
-def _claim(
+def _claim_pending(
     session: Session, owner: str, limit: int, after: int, lease: timedelta
 ) -> list[_Pending]:
     """Lease up to ``limit`` pending customers past row ``after``, in id order."""
