@@ -18,7 +18,7 @@ from api_server import listening, serving
 
 from discoveryctl.amazon.consent import STATE_AUDIENCE
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
-from discoveryctl.server.amazon_consent import COOKIE
+from discoveryctl.server.routes.amazon_consent import COOKIE
 
 from helpers import amazon_line, state_of, with_params, write_lines
 
