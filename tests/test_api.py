@@ -321,6 +321,8 @@ def test_history_and_notifications_are_the_cli_s_objects_for_the_caller_only(
     assert history["data"] == [e for e in everything if e["kind"] in SHOWN_TO_USERS]
     assert {e["user_id"] for e in history["data"]} == {"alice"}
     assert "status_changed" in {e["kind"] for e in history["data"]}
+    his = get(f"{api}/api/v1/integrations/history", "bob").json()["data"]
+    assert his and {e["user_id"] for e in his} == {"bob"}
     # the operators' side of it (here: the admin alert about alice) is not hers to read
     assert "notification_created" in {e["kind"] for e in everything}
     assert "notification_created" not in {e["kind"] for e in history["data"]}
@@ -334,6 +336,7 @@ def test_history_and_notifications_are_the_cli_s_objects_for_the_caller_only(
     assert cli("notifications", "--admin", "--json").json()  # the admin alert is there
 
     bobs = cli("notifications", "--user", "bob", "--json").json()
+    assert get(f"{api}/api/v1/notifications", "bob").json()["data"] == bobs
     alice = {"Authorization": f"Bearer {token('alice')}"}
     refused = httpx.post(f"{api}/api/v1/notifications/{bobs[0]['id']}/read", headers=alice)
     assert refused.status_code == 404
