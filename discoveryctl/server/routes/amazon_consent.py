@@ -39,6 +39,7 @@ from discoveryctl.server.deps import CurrentCaller, DatabaseDep, LogDep, Setting
 
 COOKIE = "discovery_amazon_consent"
 COOKIE_PATH = "/api/v1/integrations/amazon"
+"""These routes' prefix: the consent cookie goes to them alone."""
 SERVER_ERROR = "server_error"
 """The outcome for anything the consent rules do not name (the database down, a missing key):
 RFC 6749 §4.1.2.1's name for it. The log says what it was."""
