@@ -321,6 +321,8 @@ def test_history_and_notifications_are_the_cli_s_objects_for_the_caller_only(
     assert history["data"] == [e for e in everything if e["kind"] in SHOWN_TO_USERS]
     assert {e["user_id"] for e in history["data"]} == {"alice"}
     assert "status_changed" in {e["kind"] for e in history["data"]}
+    his = get(f"{api}/api/v1/integrations/history", "bob").json()["data"]
+    assert his and {e["user_id"] for e in his} == {"bob"}
     # the operators' side of it (here: the admin alert about alice) is not hers to read
     assert "notification_created" in {e["kind"] for e in everything}
     assert "notification_created" not in {e["kind"] for e in history["data"]}
@@ -334,6 +336,7 @@ def test_history_and_notifications_are_the_cli_s_objects_for_the_caller_only(
     assert cli("notifications", "--admin", "--json").json()  # the admin alert is there
 
     bobs = cli("notifications", "--user", "bob", "--json").json()
+    assert get(f"{api}/api/v1/notifications", "bob").json()["data"] == bobs
     alice = {"Authorization": f"Bearer {token('alice')}"}
     refused = httpx.post(f"{api}/api/v1/notifications/{bobs[0]['id']}/read", headers=alice)
     assert refused.status_code == 404
@@ -345,6 +348,33 @@ def test_history_and_notifications_are_the_cli_s_objects_for_the_caller_only(
     unread = get(f"{api}/api/v1/notifications?unread=true", "alice").json()["data"]
     assert mine[0]["id"] not in {n["id"] for n in unread}
     assert cli("notifications", "--user", "alice", "--json").json()[0]["read_at"] is not None
+
+
+def test_a_user_marks_only_her_own_notifications_read(api: str, db: Any, cli: Any) -> None:
+    """Not an admin notification, even one about her, and not another user's: each is as
+    unknown to her as a missing one, and stays unread for those it is addressed to."""
+    set_status(db.url, "alice", Status.revoked)
+    set_status(db.url, "bob", Status.revoked)
+    fail_transiently(db.url, "alice", 3)  # an admin alert about alice
+    admins = cli("notifications", "--admin", "--json").json()
+    about_alice = [n for n in admins if n["user_id"] == "alice"]
+    assert about_alice and about_alice[0]["audience"] == "admin"
+    bobs = cli("notifications", "--user", "bob", "--json").json()
+    assert bobs and bobs[0]["audience"] == "user"
+    alice = {"Authorization": f"Bearer {token('alice')}"}
+
+    for other in (about_alice[0]["id"], bobs[0]["id"]):
+        refused = httpx.post(f"{api}/api/v1/notifications/{other}/read", headers=alice)
+        assert refused.status_code == 404
+        assert refused.json() == {"success": False, "error": f"no notification with id {other}"}
+    assert cli("notifications", "--admin", "--unread", "--json").json() == admins
+    assert cli("notifications", "--user", "bob", "--unread", "--json").json() == bobs
+    assert db.scalar("SELECT count(*) FROM notifications WHERE read_at IS NOT NULL") == 0
+
+    hers = cli("notifications", "--user", "alice", "--json").json()
+    read = httpx.post(f"{api}/api/v1/notifications/{hers[0]['id']}/read", headers=alice)
+    assert read.json() == {"success": True, "data": {"id": hers[0]["id"]}}
+    assert db.scalar("SELECT count(*) FROM notifications WHERE read_at IS NOT NULL") == 1
 
 
 def test_a_database_failure_is_its_kind_s_error_in_json(api: str, db: Any) -> None:

@@ -18,7 +18,7 @@ from api_server import listening, serving
 
 from discoveryctl.amazon.consent import STATE_AUDIENCE
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
-from discoveryctl.server.amazon_consent import COOKIE
+from discoveryctl.server.routes.amazon_consent import COOKIE
 
 from helpers import amazon_line, state_of, with_params, write_lines
 
@@ -134,6 +134,7 @@ def test_a_seller_connects_from_the_browser(web: Web, browser: httpx.Client) -> 
     assert cookie.startswith(f"{COOKIE}={state_of(consent_url)};")
     for attribute in ("HttpOnly", "Max-Age=600", f"Path={ROUTES}", "SameSite=lax"):
         assert attribute in cookie, cookie
+    assert "Secure" not in cookie  # Amazon sends the browser back over plain HTTP here
 
     assert web.land(browser, consent_url) == {"status": "connected"}
     assert COOKIE not in browser.cookies  # the state is spent: its cookie goes with it
@@ -169,6 +170,17 @@ def test_login_uri_mode_from_the_browser(
         )
         assert web.land(browser, confirm) == {"status": "connected"}
         assert status_of(web, "bob")["status"] == "active"
+
+
+def test_the_cookie_is_secure_when_amazon_sends_the_browser_back_over_https(
+    db: Any, monkeypatch: pytest.MonkeyPatch, browser: httpx.Client
+) -> None:
+    https = {"AMAZON_REDIRECT_URI": f"https://api.example.com{ROUTES}/callback"}
+    for web in start_web(db, monkeypatch, env=https):
+        started = web.connect(browser, "kim")
+        assert started.status_code == 302
+        assert "Secure" in started.headers["set-cookie"]
+        assert "redirect_uri=https" in started.headers["location"]
 
 
 def test_a_front_end_may_ask_for_the_consent_url_as_json(web: Web, browser: httpx.Client) -> None:

@@ -147,6 +147,23 @@ def test_last_event_id_resumes_after_the_last_change_seen(
         assert caught_up.next(timeout=5) == {"comment": "keep-alive"}  # nothing before it
 
 
+def test_last_event_id_replays_the_caller_s_changes_only(
+    db: Any, sellers: list[Any], listen: Any
+) -> None:
+    last = int(db.scalar("SELECT max(id) FROM events"))
+    _write_change(db, last + 1, "u1", "revoked")  # another user's, after the id resumed from
+    _write_change(db, last + 2, "u0", "expired")
+    with serving(keepalive=0.3) as api:  # written before: only the replay can send them
+        resumed = listen(
+            f"{api}/api/v1/integrations/events",
+            {"Authorization": f"Bearer {token('u0')}", "Last-Event-ID": str(last)},
+        )
+        replayed = resumed.next(timeout=5)
+        assert (replayed.get("event"), replayed.get("id")) == ("status", str(last + 2))
+        assert json.loads(replayed["data"])["status"] == "expired"
+        assert resumed.next(timeout=5) == {"comment": "keep-alive"}  # and nothing else
+
+
 def test_anonymous_and_bad_tokens_are_refused_before_any_event(
     sellers: list[Any], listen: Any
 ) -> None:

@@ -64,6 +64,26 @@ def test_repeated_transient_failures_alert_the_admin_once(
     assert status["metadata"]["last_error"]["type"] == "lwa_timeout"
 
 
+def test_notifications_show_the_operators_each_audience_apart(
+    db: Any, cli: Any, tmp_path: Path
+) -> None:
+    """Without --user every user's, with it one user's (never the admins' about them);
+    --admin the admins' (with --user: those about that user)."""
+    cli("import", str(write_lines(tmp_path / "a.jsonl", amazon_line("alice"), amazon_line("bob"))))
+    for user in ("alice", "bob"):
+        fail_transiently(db.url, user, 3)  # an admin alert about the user
+        set_status(db.url, user, Status.revoked)  # and the user's own notification
+
+    def shown(*options: str) -> list[tuple[str, str]]:
+        found = cli("notifications", *options, "--json").json()
+        return sorted((n["audience"], n["user_id"]) for n in found)
+
+    assert shown() == [("user", "alice"), ("user", "bob")]
+    assert shown("--user", "alice") == [("user", "alice")]
+    assert shown("--admin") == [("admin", "alice"), ("admin", "bob")]
+    assert shown("--admin", "--user", "bob") == [("admin", "bob")]
+
+
 def test_acknowledge(db: Any, cli: Any, tmp_path: Path) -> None:
     cli("import", str(write_lines(tmp_path / "a.jsonl", amazon_line("a"), amazon_line("b"))))
     set_status(db.url, "a", Status.revoked)

@@ -43,16 +43,12 @@ def events(
     app: Application = ctx.obj
     start = durations.since(since, "--since")
     with app.session() as session:
-        views = [
-            history.view(e)
-            for e in history.history(
-                session,
-                user_id=user,
-                provider=provider.value if provider else None,
-                since=start,
-                limit=limit,
-            )
-        ]
+        only = provider.value if provider else None
+        if user is not None:
+            found = history.history(session, user_id=user, provider=only, since=start, limit=limit)
+        else:
+            found = history.all_history(session, provider=only, since=start, limit=limit)
+        views = [history.view(e) for e in found]
     if as_json:
         app.print_json(views)
         return

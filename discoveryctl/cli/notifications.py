@@ -36,9 +36,13 @@ def notifications(
 
     app: Application = ctx.obj
     with app.session() as session:
-        views = [
-            inbox.view(n) for n in inbox.inbox(session, user_id=user, admin=admin, unread=unread)
-        ]
+        if admin:
+            found = inbox.admin_inbox(session, about_user=user, unread=unread)
+        elif user is not None:
+            found = inbox.inbox(session, user_id=user, unread=unread)
+        else:
+            found = inbox.all_user_notifications(session, unread=unread)
+        views = [inbox.view(n) for n in found]
     if as_json:
         app.print_json(views)
         return
@@ -73,7 +77,7 @@ def acknowledge(
 
     app: Application = ctx.obj
     with app.session() as session:
-        done = inbox.acknowledge(session, ids)
+        done = inbox.acknowledge_any(session, ids)
     app.err.print(f"acknowledged {len(done)} notification{'s' if len(done) != 1 else ''}")
 
 

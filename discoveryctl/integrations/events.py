@@ -181,23 +181,39 @@ def record_all(session: Session, entries: Sequence[dict[str, Any]]) -> None:
 def history(
     session: Session,
     *,
-    user_id: str | None = None,
+    user_id: str,
     provider: str | None = None,
     since: datetime | None = None,
     kinds: Collection[str] | None = None,
     limit: int = 1000,
 ) -> Sequence[Event]:
-    """The newest events first (with ``kinds``: of those kinds alone)."""
-    query = sa.select(Event).order_by(Event.occurred_at.desc(), Event.id.desc()).limit(limit)
+    """One user's events, newest first (with ``kinds``: of those kinds alone): the API's history
+    route, ``events --user``."""
+    query = _newest_first(provider, since, limit).where(Event.user_id == user_id)
     if kinds is not None:
         query = query.where(Event.kind.in_(sorted(kinds)))
-    if user_id is not None:
-        query = query.where(Event.user_id == user_id)
+    return session.scalars(query).all()
+
+
+def all_history(
+    session: Session,
+    *,
+    provider: str | None = None,
+    since: datetime | None = None,
+    limit: int = 1000,
+) -> Sequence[Event]:
+    """Every user's events and the operators' own, newest first: the operators' view
+    (``events``)."""
+    return session.scalars(_newest_first(provider, since, limit)).all()
+
+
+def _newest_first(provider: str | None, since: datetime | None, limit: int) -> sa.Select[Event]:
+    query = sa.select(Event).order_by(Event.occurred_at.desc(), Event.id.desc()).limit(limit)
     if provider is not None:
         query = query.where(Event.provider == provider)
     if since is not None:
         query = query.where(Event.occurred_at >= since)
-    return session.scalars(query).all()
+    return query
 
 
 def view(event: Event) -> dict[str, Any]:

@@ -198,25 +198,42 @@ def _open(session: Session, key: str) -> Notification | None:
 
 
 def inbox(
-    session: Session,
-    *,
-    user_id: str | None = None,
-    admin: bool = False,
-    unread: bool = False,
-    limit: int = 500,
+    session: Session, *, user_id: str, unread: bool = False, limit: int = 500
 ) -> Sequence[Notification]:
-    """Notifications, newest first: the users' by default, the admins' with ``admin``."""
+    """One user's notifications, newest first: those addressed to them, not the admins' about
+    them (the API's notifications route, ``notifications --user``)."""
+    query = _newest_first(USER, unread, limit).where(Notification.user_id == user_id)
+    return session.scalars(query).all()
+
+
+def all_user_notifications(
+    session: Session, *, unread: bool = False, limit: int = 500
+) -> Sequence[Notification]:
+    """Every user's notifications, newest first: the operators' view (``notifications``)."""
+    return session.scalars(_newest_first(USER, unread, limit)).all()
+
+
+def admin_inbox(
+    session: Session, *, about_user: str | None = None, unread: bool = False, limit: int = 500
+) -> Sequence[Notification]:
+    """The admins' notifications, newest first (with ``about_user``: those about that user):
+    the operators' view (``notifications --admin``)."""
+    query = _newest_first(ADMIN, unread, limit)
+    if about_user is not None:
+        query = query.where(Notification.user_id == about_user)
+    return session.scalars(query).all()
+
+
+def _newest_first(audience: str, unread: bool, limit: int) -> sa.Select[Notification]:
     query = (
         sa.select(Notification)
-        .where(Notification.audience == (ADMIN if admin else USER))
+        .where(Notification.audience == audience)
         .order_by(Notification.created_at.desc(), Notification.id.desc())
         .limit(limit)
     )
-    if user_id is not None:
-        query = query.where(Notification.user_id == user_id)
     if unread:
         query = query.where(Notification.read_at.is_(None))
-    return session.scalars(query).all()
+    return query
 
 
 def view(notification: Notification) -> dict[str, Any]:
@@ -241,14 +258,24 @@ def _moment(moment: datetime | None) -> str | None:
     return isoformat(moment) if moment is not None else None
 
 
-def acknowledge(session: Session, ids: Iterable[int], *, user_id: str | None = None) -> list[int]:
-    """Mark notifications read; every id must exist (with ``user_id``: be that user's, so
-    another's are as unknown as missing ones)."""
+def acknowledge(session: Session, ids: Iterable[int], *, user_id: str) -> list[int]:
+    """Mark a user's own notifications read (the API's read route); every id must be one of
+    them: another user's, or an admin notification, is as unknown as a missing one."""
+    return _mark_read(session, ids, Notification.audience == USER, Notification.user_id == user_id)
+
+
+def acknowledge_any(session: Session, ids: Iterable[int]) -> list[int]:
+    """Mark notifications read, whoever they are addressed to (the operators'
+    ``notifications ack``); every id must exist."""
+    return _mark_read(session, ids)
+
+
+def _mark_read(session: Session, ids: Iterable[int], *among: sa.ColumnElement[bool]) -> list[int]:
+    """All or nothing: unless every id is found ``among`` the notifications, none is marked."""
     wanted = sorted(set(ids))
-    query = sa.select(Notification).where(Notification.id.in_(wanted))
-    if user_id is not None:
-        query = query.where(Notification.audience == USER, Notification.user_id == user_id)
-    found = session.scalars(query).all()
+    found = session.scalars(
+        sa.select(Notification).where(Notification.id.in_(wanted), *among)
+    ).all()
     missing = sorted(set(wanted) - {n.id for n in found})
     if missing:
         raise NotFound(f"no notification with id {', '.join(map(str, missing))}")

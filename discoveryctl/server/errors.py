@@ -1,6 +1,7 @@
 """How an error reaches an HTTP client: its kind decides the status, and nothing else does.
 
-The body is the API's error shape (docs/behaviour.md §8), ``{"success": false, "error": message}``.
+The body is the API's error shape (docs/behaviour.md §8), ``{"success": false, "error":
+message}``. The app's exception handlers (``server.app``) answer with these.
 """
 
 from __future__ import annotations
@@ -30,3 +31,7 @@ HTTP_STATUS: dict[ErrorKind, int] = {
 def error_response(error: DiscoveryError) -> tuple[int, dict[str, Any]]:
     """The status and JSON body for ``error``."""
     return HTTP_STATUS[error.kind], {"success": False, "error": error.message}
+
+
+class Unready(Exception):
+    """``/health``: the database is reachable but not at the schema this version needs (503)."""

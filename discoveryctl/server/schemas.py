@@ -3,7 +3,7 @@
 The routes answer with the core's views (``api_view``, ``events.view``, ``notifications.view``)
 as ready JSON; these models only document them, closed (no field beyond these), so a schema
 check of real answers (``tests/test_api_schema.py``) catches a view that drifts from its
-documentation.
+documentation. ``answers`` puts them, and the error answers, on a route.
 """
 
 # No ``from __future__ import annotations``: pydantic reads the annotations.
@@ -122,3 +122,19 @@ class Consent(_Closed):
 class ConsentAnswer(_Closed):
     success: Literal[True]
     data: Consent
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"description": meaning, "model": ErrorAnswer}
+    for status, meaning in (
+        (401, 'No bearer token the API accepts: `{"success": false, "error": …}`.'),
+        (404, "Unknown provider, or the user has no such integration."),
+        (400, "The request breaks the route's parameters (the error names which)."),
+        (503, "The database is unavailable."),
+    )
+}
+
+
+def answers(model: type[Any], *errors: int) -> dict[int | str, dict[str, Any]]:
+    """A route's documented answers: ``model`` for 200, and ``errors``."""
+    return {200: {"model": model}, **{status: ERRORS[status] for status in errors}}
