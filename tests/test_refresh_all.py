@@ -574,3 +574,77 @@ def test_refresh_all_spreads_its_calls_over_the_time_one_takes(
     assert summary["outcomes"]["refreshed"] == 8
     gap = HEADROOM * latency / 4
     assert summary["seconds"] >= 2 * latency + 3 * gap
+
+
+def _credential_times(db: Any, user: str, **values: Any) -> None:
+    """Set columns of ``user``'s Amazon credential (times as the database stores them)."""
+    import sqlalchemy as sa
+
+    from discoveryctl.db.models import Credential, IntegrationStatus, table_of
+
+    credential, integration = table_of(Credential), table_of(IntegrationStatus)
+    of_user = (
+        sa.select(integration.c.id)
+        .where(integration.c.user_id == user, integration.c.provider == "amazon")
+        .scalar_subquery()
+    )
+    with db.engine.begin() as connection:
+        connection.execute(
+            sa.update(credential).where(credential.c.integration_id == of_user).values(**values)
+        )
+
+
+def test_due_a_token_within_5_minutes_of_its_expiry_or_refreshed_over_a_day_ago(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    """The due rule, at its edges: the 5-minute margin before the token expires, and a last
+    refresh over a day old whatever the token has left."""
+    from datetime import UTC, datetime, timedelta
+
+    import_sellers(cli, amazon, tmp_path, 5)
+    assert cli("refresh-all").exit_code == 0
+    now = datetime.now(UTC)
+    minute, hour = timedelta(minutes=1), timedelta(hours=1)
+    _credential_times(db, "u0", access_token_expires_at=now + 4 * minute, refreshed_at=now - hour)
+    _credential_times(db, "u1", access_token_expires_at=now + 6 * minute, refreshed_at=now - hour)
+    _credential_times(db, "u2", access_token_expires_at=now + hour, refreshed_at=now - 25 * hour)
+    _credential_times(db, "u3", access_token_expires_at=now + hour, refreshed_at=now - 23 * hour)
+    _credential_times(db, "u4", access_token_expires_at=now - minute, refreshed_at=now - hour)
+    listed = cli("refresh-all", "--dry-run", "--provider", "amazon").stdout.split()
+    assert [user for user in listed if user != "amazon"] == ["u0", "u2", "u4"]
+    forced = cli("refresh-all", "--dry-run", "--provider", "amazon", "--force").stdout.split()
+    assert [user for user in forced if user != "amazon"] == ["u0", "u1", "u2", "u3", "u4"]
+
+
+def test_the_cron_run_warns_a_seller_once_30_days_before_re_authorization(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    """refresh-all's batch writes warn as a single refresh does: once an authorization is
+    within 30 days of its 365-day re-authorization date, the seller is told once."""
+    from datetime import UTC, datetime, timedelta
+
+    from helpers import amazon_line, write_lines
+
+    now = datetime.now(UTC)
+    lines = []
+    for user, age in (("soon", 340), ("later", 330)):
+        seller = amazon.state.add_seller()
+        authorized = (now - timedelta(days=age)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        line = amazon_line(user, seller.refresh_token, authorized_at=authorized)
+        line["selling_partner_id"] = seller.selling_partner_id
+        lines.append(line)
+    assert cli("import", str(write_lines(tmp_path / "aged.jsonl", *lines))).exit_code == 0
+
+    def warnings(user: str) -> list[dict[str, Any]]:
+        notes = cli("notifications", "--user", user, "--json").json()
+        return [n for n in notes if n["kind"] == "authorization_expiring"]
+
+    assert cli("refresh-all").exit_code == 0
+    (warned,) = warnings("soon")
+    assert warned["detail"]["expires_at"].startswith(
+        (now - timedelta(days=340) + timedelta(days=365)).date().isoformat()
+    )
+    assert warnings("later") == []
+    assert cli("refresh-all", "--force").exit_code == 0
+    assert len(warnings("soon")) == 1
+    assert warnings("later") == []
