@@ -22,7 +22,7 @@ from discoveryctl.errors import DatabaseConflict
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.vocabulary import Provider, Status
 from discoveryctl.support.crypto import Vault
-from discoveryctl.transfer.lines import import_lines
+from discoveryctl.transfer.store import import_lines
 
 from helpers import amazon_line, fail_transiently, set_status, stripe_line, write_lines
 
@@ -264,7 +264,7 @@ def test_a_byte_order_mark_before_the_first_line_is_dropped(
 
 def test_a_huge_line_is_read_past_without_holding_it(tmp_path: Path) -> None:
     """A 20 MB line costs at most the limit in memory: only that much of it is kept."""
-    from discoveryctl.transfer.lines import MAX_LINE_BYTES, count_lines, read_lines
+    from discoveryctl.transfer.parse import MAX_LINE_BYTES, count_lines, read_lines
 
     source = tmp_path / "huge.jsonl"
     source.write_bytes(b"first\n" + b"x" * (20 * 1024 * 1024) + b"\nlast\n")
@@ -498,7 +498,7 @@ def test_export_over_an_existing_file_makes_it_private(db: Any, cli: Any, tmp_pa
 def test_progress_is_logged_as_json_when_not_on_a_terminal(
     db: Any, cli: Any, tmp_path: Path
 ) -> None:
-    from discoveryctl.transfer.lines import BATCH_SIZE
+    from discoveryctl.transfer.store import BATCH_SIZE
 
     lines = [stripe_line(f"u{i}") for i in range(2 * BATCH_SIZE + 200)]
     source = write_lines(tmp_path / "s.jsonl", *lines)
@@ -704,7 +704,7 @@ def test_a_large_import_refreshes_the_planners_statistics(
     thousands of rows they describe those rows, not the empty table (reltuples -1)."""
     if db.kind != "postgres":
         pytest.skip("SQLite keeps no planner statistics unless asked")
-    from discoveryctl.transfer.lines import ANALYZE_AFTER
+    from discoveryctl.transfer.store import ANALYZE_AFTER
 
     lines = [amazon_line(f"u{i}") for i in range(ANALYZE_AFTER)]
     assert cli("import", str(write_lines(tmp_path / "s.jsonl", *lines))).exit_code == 0

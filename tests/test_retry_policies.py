@@ -18,7 +18,7 @@ from discoveryctl.amazon.refresh import BETWEEN_RUNS, LEASE, LEASE_WAIT
 from discoveryctl.billing.customers import ONE_CREATE
 from discoveryctl.errors import DatabaseConflict, ProviderError, TransientProviderError
 from discoveryctl.support.retrying import IN_RUN, Attempt, RetryPolicy
-from discoveryctl.transfer.lines import BATCH_AFTER_CONFLICT
+from discoveryctl.transfer.store import BATCH_AFTER_CONFLICT
 
 
 class Drawn(random.Random):

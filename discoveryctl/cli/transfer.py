@@ -27,7 +27,8 @@ def import_integrations(
     Example: discoveryctl import sellers.jsonl
     """
     from discoveryctl.cli.application import Application
-    from discoveryctl.transfer.lines import count_lines, import_lines, read_lines
+    from discoveryctl.transfer.parse import count_lines, read_lines
+    from discoveryctl.transfer.store import import_lines
 
     app: Application = ctx.obj
     database = app.open_database()
@@ -101,7 +102,7 @@ def export_integrations(
     import json
 
     from discoveryctl.cli.application import Application
-    from discoveryctl.transfer.lines import export_lines
+    from discoveryctl.transfer.export import export_lines
 
     app: Application = ctx.obj
     count = 0

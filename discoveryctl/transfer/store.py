@@ -1,24 +1,14 @@
-"""Import and export of integrations as JSON lines (docs/behaviour.md §3).
-
-One integration a line::
-
-    {"user_id": "u1", "provider": "amazon", "refresh_token": "Atzr|…",
-     "selling_partner_id": "A2EUQ1WTGCTBG2", "region": "na",
-     "authorized_at": "2026-01-02T03:04:05Z"}
-    {"user_id": "u2", "provider": "stripe", "email": "a@example.com", "customer_id": "cus_…"}
-
-Every bad line is rejected with its number and reason; good lines are stored in batches, so
-a crash loses at most one batch and a re-run picks up where it stopped (import is idempotent).
+"""``discoveryctl import``: good lines stored in batches, every bad one rejected with its number
+and reason (docs/behaviour.md §3). A crash loses at most one batch and a re-run picks up where
+it stopped: import is idempotent.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -32,52 +22,24 @@ from discoveryctl.db.models import (
     table_of,
     utcnow,
 )
-from discoveryctl.errors import DatabaseConflict, InvalidInput
+from discoveryctl.errors import DatabaseConflict
 from discoveryctl.integrations import events, lifecycle
-from discoveryctl.integrations.vocabulary import Provider, Region, Status
+from discoveryctl.integrations.vocabulary import Provider, Status
 from discoveryctl.support.crypto import Vault
 from discoveryctl.support.logging import get_logger
 from discoveryctl.support.retrying import RetryPolicy
-from discoveryctl.support.user_ids import refusal_of, valid_user_id
+from discoveryctl.transfer.parse import (
+    AmazonLine,
+    Line,
+    Rejected,
+    StripeLine,
+    parse_line,
+)
 
 BATCH_SIZE = 2000
 BATCH_AFTER_CONFLICT = RetryPolicy(first=0.2, factor=2.0, jitter=(0.25, 1.0), attempts=3)
 """The tries of one batch that met another writer (our choice): 3, with 0.05-0.2 s, then
 0.1-0.4 s between them."""
-MAX_LINE_BYTES = 64 * 1024
-
-_AMAZON_FIELDS = {"user_id", "provider", "refresh_token", "selling_partner_id", "region"}
-_AMAZON_OPTIONAL = {"authorized_at"}
-_STRIPE_FIELDS = {"user_id", "provider", "email"}
-_STRIPE_OPTIONAL = {"customer_id"}
-_SELLER_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_CUSTOMER_ID = re.compile(r"^cus_[A-Za-z0-9]{1,60}$")
-_AMAZON = Provider.amazon.value
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
-
-
-class Rejected(ValueError):
-    """One input line is unusable; the message says why."""
-
-
-@dataclass(frozen=True)
-class AmazonLine:
-    user_id: str
-    refresh_token: str
-    selling_partner_id: str
-    region: str
-    authorized_at: datetime | None
-
-
-@dataclass(frozen=True)
-class StripeLine:
-    user_id: str
-    email: str
-    customer_id: str | None
-
-
-Line = AmazonLine | StripeLine
 
 
 @dataclass
@@ -118,111 +80,6 @@ class ImportReport:
                 for n, user, before, now in self.switched
             ],
         }
-
-
-# -- parsing ----------------------------------------------------------------------------------
-
-
-def parse_line(raw: bytes) -> Line:
-    """One line of input, validated; raises ``Rejected`` with the reason."""
-    if len(raw) > MAX_LINE_BYTES:
-        raise Rejected(f"line is longer than {MAX_LINE_BYTES} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Rejected("not valid UTF-8") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise Rejected(f"not valid JSON ({error.msg} at column {error.colno})") from None
-    except RecursionError:
-        raise Rejected("not valid JSON (nested too deeply)") from None
-    if not isinstance(data, dict):
-        raise Rejected("expected a JSON object")
-    provider = data.get("provider")
-    if provider == Provider.amazon:
-        _check_fields(data, _AMAZON_FIELDS, _AMAZON_OPTIONAL)
-        region = _text(data, "region")
-        if region not in Region.__members__:
-            raise Rejected(f"region must be one of na, eu, fe, not {region!r}")
-        seller = _text(data, "selling_partner_id")
-        if not _SELLER_ID.match(seller):
-            raise Rejected("selling_partner_id must be letters, digits, '.', '_' or '-'")
-        return AmazonLine(
-            user_id=_user_id(data),
-            refresh_token=_text(data, "refresh_token"),
-            selling_partner_id=seller,
-            region=region,
-            authorized_at=_moment(data, "authorized_at"),
-        )
-    if provider == Provider.stripe:
-        _check_fields(data, _STRIPE_FIELDS, _STRIPE_OPTIONAL)
-        email = _text(data, "email")
-        if not _EMAIL.match(email) or len(email) > 320:
-            raise Rejected(f"email {email!r} is not an email address")
-        customer_id = data.get("customer_id")
-        if customer_id is not None and (
-            not isinstance(customer_id, str) or not _CUSTOMER_ID.match(customer_id)
-        ):
-            raise Rejected("customer_id must look like cus_…")
-        return StripeLine(user_id=_user_id(data), email=email, customer_id=customer_id)
-    if provider is None:
-        raise Rejected("missing field provider")
-    raise Rejected(f"provider must be amazon or stripe, not {provider!r}")
-
-
-def _check_fields(data: dict[str, Any], required: set[str], optional: set[str]) -> None:
-    missing = sorted(required - data.keys())
-    if missing:
-        raise Rejected(f"missing field {', '.join(missing)}")
-    unknown = sorted(data.keys() - required - optional)
-    if unknown:
-        raise Rejected(f"unknown field {', '.join(unknown)}")
-
-
-def _text(data: dict[str, Any], name: str) -> str:
-    value = data[name]
-    if not isinstance(value, str) or not value.strip():
-        raise Rejected(f"{name} must be a non-empty string")
-    if _CONTROL_CHARACTER.search(value):
-        raise Rejected(f"{name} contains control characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise Rejected(f"{name} is not valid Unicode (a lone surrogate)") from None
-    return value.strip()
-
-
-def _user_id(data: dict[str, Any]) -> str:
-    """The one user-id rule (``discoveryctl.support.user_ids``), on the id as given, as for
-    ``--user`` (stripping first would let through what the rule refuses, e.g. a trailing U+0085)."""
-    user_id = data["user_id"]
-    if not isinstance(user_id, str):
-        raise Rejected("user_id must be a non-empty string")
-    try:
-        return valid_user_id(user_id)
-    except InvalidInput:
-        raise Rejected(f"user_id is not acceptable: {refusal_of(user_id)}") from None
-
-
-def _moment(data: dict[str, Any], name: str) -> datetime | None:
-    value = data.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise Rejected(f"{name} must be an ISO 8601 time")
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise Rejected(f"{name} {value!r} is not an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        raise Rejected(f"{name} needs a timezone, e.g. {value}Z")
-    if moment > utcnow():
-        raise Rejected(f"{name} is in the future")
-    return moment.astimezone(UTC)
-
-
-# -- storing ----------------------------------------------------------------------------------
 
 
 def import_lines(
@@ -292,40 +149,6 @@ def refresh_statistics(session: Session) -> None:
     not for an empty table. SQLite plans without statistics unless asked: nothing to do."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(sa.text("ANALYZE integration_status, credentials, stripe_customers"))
-
-
-UTF8_BOM = b"\xef\xbb\xbf"
-_CHUNK = 1 << 20
-
-
-def read_lines(stream: BinaryIO) -> Iterator[bytes]:
-    """The lines of ``stream``, each holding at most ``MAX_LINE_BYTES + 1`` bytes in memory:
-    of a longer line only that much is kept (``parse_line`` rejects it), the rest is read
-    past. A UTF-8 byte order mark at the start (as some editors save) is dropped."""
-    first = True
-    while True:
-        line = stream.readline(MAX_LINE_BYTES + 1)
-        if not line:
-            return
-        if first:
-            line = line.removeprefix(UTF8_BOM)
-            first = False
-        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-            rest = stream.readline(_CHUNK)
-            while rest and not rest.endswith(b"\n"):
-                rest = stream.readline(_CHUNK)
-        yield line
-
-
-def count_lines(stream: BinaryIO) -> int:
-    """How many lines a seekable stream holds (read in chunks; the position is kept)."""
-    start = stream.tell()
-    count, last = 0, b"\n"
-    while chunk := stream.read(_CHUNK):
-        count += chunk.count(b"\n")
-        last = chunk[-1:]
-    stream.seek(start)
-    return count + (last != b"\n")
 
 
 def _batches(lines: Iterable[bytes], report: ImportReport) -> Iterator[list[tuple[int, Line]]]:
@@ -500,7 +323,7 @@ class _Batch:
                 updated_at=None,
                 is_new=False,
             )
-        amazon = [i.id for i in stored.integrations.values() if i.provider == _AMAZON]
+        amazon = [i.id for i in stored.integrations.values() if i.provider == Provider.amazon]
         for found in _rows_where(
             session,
             sa.select(
@@ -797,54 +620,3 @@ def _store_stripe(session: Session, line: StripeLine, stored: _Batch, frontend_u
     if integration.change_status(session, status, frontend_url):
         return "updated" if outcome == "unchanged" else outcome
     return outcome
-
-
-# -- export -----------------------------------------------------------------------------------
-
-
-def export_lines(
-    session: Session, vault: Vault | None, *, batch_size: int = 1000
-) -> Iterator[dict[str, Any]]:
-    """Every integration as an import line; refresh tokens only when a vault is given."""
-    table, credential, customer = (
-        table_of(IntegrationStatus),
-        table_of(Credential),
-        table_of(StripeCustomer),
-    )
-    query = (
-        sa.select(
-            table.c.user_id,
-            table.c.provider,
-            credential.c.selling_partner_id,
-            credential.c.region,
-            credential.c.authorized_at,
-            credential.c.refresh_token,
-            customer.c.email,
-            customer.c.customer_id,
-        )
-        .select_from(table)
-        .outerjoin(credential, credential.c.integration_id == table.c.id)
-        .outerjoin(
-            customer,
-            sa.and_(customer.c.user_id == table.c.user_id, table.c.provider == Provider.stripe),
-        )
-        .order_by(table.c.user_id, table.c.provider)
-        .execution_options(yield_per=batch_size)
-    )
-    for row in session.execute(query):
-        if row.provider == Provider.amazon and row.selling_partner_id is not None:
-            line: dict[str, Any] = {
-                "user_id": row.user_id,
-                "provider": row.provider,
-                "selling_partner_id": row.selling_partner_id,
-                "region": row.region,
-                "authorized_at": row.authorized_at.isoformat().replace("+00:00", "Z"),
-            }
-            if vault is not None:
-                line["refresh_token"] = vault.decrypt(row.refresh_token)
-            yield line
-        elif row.provider == Provider.stripe and row.email is not None:
-            line = {"user_id": row.user_id, "provider": row.provider, "email": row.email}
-            if row.customer_id:
-                line["customer_id"] = row.customer_id
-            yield line
