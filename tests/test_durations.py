@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,8 @@ def test_durations_it_reads(text: str, options: dict[str, Any], length: timedelt
         (" 90 ", {"units": "wdh"}, "a number needs a unit, as in 90h, 90d or 90w"),
         ("0", {"zero": True}, "a number needs a unit, as in 0s, 0m, 0h, 0d or 0w"),
         ("9" * 40, {}, "a number needs a unit, as in 4s, 4m, 4h, 4d or 4w"),
+        ("9" * 12, {}, f"as in {'9' * 12}s, {'9' * 12}m, "),  # twelve digits are still shown
+        ("9" * 13, {}, "a number needs a unit, as in 4s, 4m, 4h, 4d or 4w"),  # thirteen are not
         # Zero where the option says it makes no sense.
         ("0s", {}, "'0s' is not a duration like 90s, 4m, 1h30m, 90d or 12w: it must be longer"),
         ("0d0h", {}, "it must be longer than zero"),
@@ -109,6 +112,82 @@ def test_durations_it_refuses_and_why(text: str, options: dict[str, Any], messag
 
 
 @pytest.mark.parametrize(
+    ("text", "options", "message"),
+    [
+        ("soon", {}, "--opt 'soon' is not a duration like 90s, 4m, 1h30m, 90d or 12w"),
+        (
+            "soon",
+            {"units": "wdh"},
+            "--opt 'soon' is not a duration like 48h, 90d or 12w (hours, days or weeks only)",
+        ),
+        ("4", {}, "--opt '4' is not a duration: a number needs a unit, as in 4s, 4m, 4h, 4d or 4w"),
+        (
+            "30m1h",
+            {},
+            "--opt '30m1h' is not a duration: each unit at most once, largest first, as in 2d12h",
+        ),
+        (
+            "0s",
+            {},
+            "--opt '0s' is not a duration like 90s, 4m, 1h30m, 90d or 12w: "
+            "it must be longer than zero",
+        ),
+        (
+            "90m",
+            {"units": "wdh"},
+            "--opt '90m' is not a duration like 48h, 90d or 12w: "
+            "minutes are not taken here, only hours, days or weeks",
+        ),
+        ("3000000d", {}, "--opt '3000000d' is too long: it reaches back before year 1"),
+    ],
+)
+def test_a_refusal_says_this_and_nothing_more(
+    text: str, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        parse(text, "--opt", **{"now": NOW, **options})
+    assert str(refused.value) == message
+
+
+@pytest.fixture
+def local_zone() -> Iterator[Callable[[str], None]]:
+    """Sets the process's local time zone (``TZ``) for one test, then puts it back."""
+    local = os.environ.get("TZ")
+
+    def set_zone(name: str) -> None:
+        os.environ["TZ"] = name
+        time.tzset()
+
+    yield set_zone
+    if local is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = local
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("zone", "past_year_1", "taken"),
+    [
+        ("Etc/GMT+12", timedelta(hours=-6), True),  # twelve hours behind UTC
+        ("Etc/GMT-14", timedelta(hours=6), False),  # fourteen hours ahead of UTC
+    ],
+    ids=["behind-utc", "ahead-of-utc"],
+)
+def test_year_1_is_reckoned_from_now_in_utc_whatever_the_local_zone(
+    local_zone: Callable[[str], None], zone: str, past_year_1: timedelta, taken: bool
+) -> None:
+    local_zone(zone)
+    back_to_year_1 = datetime.now(UTC) - datetime(1, 1, 1, tzinfo=UTC)
+    text = f"{int((back_to_year_1 + past_year_1).total_seconds())}s"
+    if taken:
+        assert parse(text, "--opt") > timedelta(days=365 * 2000)
+    else:
+        with pytest.raises(InvalidInput, match="is too long: it reaches back before year 1"):
+            parse(text, "--opt")
+
+
+@pytest.mark.parametrize(
     ("text", "moment"),
     [
         ("24h", NOW - timedelta(hours=24)),
@@ -124,18 +203,11 @@ def test_since_is_a_duration_back_from_now_or_a_time(text: str, moment: datetime
     assert since(text, "--since", now=NOW) == moment
 
 
-def test_since_reads_a_time_without_an_offset_as_utc_whatever_the_local_zone() -> None:
-    local = os.environ.get("TZ")
-    os.environ["TZ"] = "Pacific/Auckland"
-    time.tzset()
-    try:
-        assert since("2024-01-01 09:30", "--since") == datetime(2024, 1, 1, 9, 30, tzinfo=UTC)
-    finally:
-        if local is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = local
-        time.tzset()
+def test_since_reads_a_time_without_an_offset_as_utc_whatever_the_local_zone(
+    local_zone: Callable[[str], None],
+) -> None:
+    local_zone("Pacific/Auckland")
+    assert since("2024-01-01 09:30", "--since") == datetime(2024, 1, 1, 9, 30, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -151,6 +223,13 @@ def test_since_refuses_what_is_neither(text: str, message: str) -> None:
     with pytest.raises(InvalidInput) as refused:
         since(text, "--since", now=NOW)
     assert str(refused.value).startswith("--since ") and message in str(refused.value)
+
+
+def test_since_reaches_back_to_year_1_from_its_own_now_and_no_further() -> None:
+    year_2 = datetime(2, 1, 1, tzinfo=UTC)
+    assert since("365d", "--since", now=year_2) == datetime(1, 1, 1, tzinfo=UTC)
+    with pytest.raises(InvalidInput, match="'366d' is too long: it reaches back before year 1"):
+        since("366d", "--since", now=year_2)
 
 
 # The commands, through the CLI.

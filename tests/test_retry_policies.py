@@ -33,6 +33,13 @@ class Drawn(random.Random):
         return self.at
 
 
+class NoDraws(random.Random):
+    """A random source that fails the test if anything is drawn from it."""
+
+    def random(self) -> float:
+        pytest.fail("a draw from the random source")
+
+
 def ends(policy: RetryPolicy, tries: int, error: BaseException | None = None) -> list[float]:
     """The shortest and the longest wait after ``tries`` failed tries."""
     return [policy.delay(tries, error, Drawn(0.0)), policy.delay(tries, error, Drawn(1.0))]
@@ -48,6 +55,8 @@ def failing(error: BaseException) -> tuple[list[int], Callable[[], None]]:
 
     def call() -> None:
         calls.append(len(calls) + 1)
+        if len(calls) > 10:  # a policy that never stops fails the test instead of spinning
+            pytest.fail(f"tried {len(calls)} times")
         raise error
 
     return calls, call
@@ -147,6 +156,68 @@ def test_in_run_an_async_call_that_succeeds_at_once_is_tried_once() -> None:
     assert [(t.number, t.error) for t in tries] == [(1, None)]
 
 
+def tried(call: Callable[[], str], tries: list[Attempt], how: str) -> str:
+    """``call`` tried as ``IN_RUN`` tries it, ``how``: "plain" (``call``) or "async"
+    (``call_async``), the waits taken at once."""
+    if how == "plain":
+        return IN_RUN.call(call, tries=tries, sleep=lambda _: None)
+
+    async def call_async() -> str:
+        return call()
+
+    async def sleep(_: float) -> None:
+        return None
+
+    return asyncio.run(IN_RUN.call_async(call_async, tries=tries, sleep=sleep))
+
+
+@pytest.mark.parametrize("how", ["plain", "async"])
+def test_in_run_each_try_is_timed_from_its_start_to_its_end_and_keeps_its_failure(
+    how: str,
+) -> None:
+    failure = throttled(0.0)
+    bodies: list[float] = []
+
+    def call() -> str:
+        began = time.perf_counter()
+        first = not bodies
+        bodies.append(time.perf_counter() - began)
+        if first:
+            raise failure
+        return "granted"
+
+    tries: list[Attempt] = []
+    began = time.perf_counter()
+    assert tried(call, tries, how) == "granted"
+    took = time.perf_counter() - began
+    assert [(t.number, t.error) for t in tries] == [(1, failure), (2, None)]
+    for attempt, body in zip(tries, bodies, strict=True):
+        assert body <= attempt.seconds <= took  # the whole try, and no more than the call
+
+
+@pytest.mark.parametrize("how", ["plain", "async"])
+def test_in_run_a_failure_not_worth_retrying_after_a_transient_one_ends_the_call(
+    how: str,
+) -> None:
+    answers: list[BaseException] = [throttled(0.0), ProviderError("refused", status_code=400)]
+    calls: list[int] = []
+
+    def call() -> str:
+        calls.append(len(calls) + 1)
+        raise answers.pop(0)
+
+    tries: list[Attempt] = []
+    with pytest.raises(ProviderError, match="refused"):
+        tried(call, tries, how)
+    assert calls == [1, 2]
+    assert [(t.number, t.error is not None) for t in tries] == [(1, True)]  # the second: uncounted
+
+
+def test_an_event_says_of_a_try_its_number_and_its_milliseconds_to_a_tenth() -> None:
+    assert Attempt(2, 0.01234).detail() == {"attempt": 2, "duration_ms": 12.3}
+    assert Attempt(3, 1.5, throttled()).detail() == {"attempt": 3, "duration_ms": 1500.0}
+
+
 # -- Stripe: one create in one command -----------------------------------------------------------
 
 
@@ -195,6 +266,11 @@ def test_between_runs_a_crowd_of_failures_spreads_out() -> None:
 
 def test_between_runs_a_retry_after_changes_nothing() -> None:
     assert BETWEEN_RUNS.wait(1, throttled(3.0), Drawn(0.5)) == timedelta(minutes=5)
+
+
+def test_a_stored_wait_is_the_policys_delay_retry_after_and_all() -> None:
+    assert IN_RUN.wait(1, throttled(3.0)) == timedelta(seconds=3)
+    assert IN_RUN.wait(2, throttled(30.0)) == timedelta(seconds=10)
 
 
 # -- waiting for another process's lease ---------------------------------------------------------
@@ -284,6 +360,11 @@ def test_between_drains_a_delivery_waits_a_minute_doubling_to_an_hour_exactly(
 ) -> None:
     assert BETWEEN_DRAINS.wait(drains, rng=Drawn(0.0)) == wait
     assert BETWEEN_DRAINS.wait(drains, rng=Drawn(1.0)) == wait
+
+
+def test_a_policy_without_jitter_draws_nothing_at_random() -> None:
+    assert BETWEEN_DRAINS.wait(3, rng=NoDraws()) == timedelta(minutes=4)
+    assert LEASE_WAIT.delay(5, rng=NoDraws()) == 0.1
 
 
 # -- an import batch that met another writer -----------------------------------------------------

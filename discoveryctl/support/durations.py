@@ -76,7 +76,9 @@ def _length(
     zero: bool,
     now: datetime | None,
 ) -> timedelta:
-    given = {unit: n for unit, n in zip(UNITS, match.groups(), strict=True) if n is not None}
+    # The pattern has one group per unit: the lengths are always equal, whatever ``strict``.
+    numbers = zip(UNITS, match.groups(), strict=True)  # pragma: no mutate  (see above)
+    given = {unit: n for unit, n in numbers if n is not None}
     refused = [_NAMES[unit] for unit in given if unit not in units]
     if refused:
         raise InvalidInput(
