@@ -5,11 +5,16 @@ as the code reads it), so no test waits for a lease to run out."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import socket
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -19,6 +24,7 @@ from discoveryctl.db.engine import Database
 from discoveryctl.db.leases import (
     ALERT_DELIVERIES,
     CREDENTIALS,
+    OWNER_LENGTH,
     STRIPE_CUSTOMERS,
     Heartbeat,
     Leased,
@@ -39,6 +45,13 @@ TABLES = {
     "credentials": CREDENTIALS,
     "stripe_customers": STRIPE_CUSTOMERS,
     "alert_deliveries": ALERT_DELIVERIES,
+}
+# Each leased table's model and the lock its claims queue on, as the rules have them: the
+# outbox is posted oldest first, so its claims take turns; the others skip each other's rows.
+MODELS = {
+    "credentials": (Credential, None),
+    "stripe_customers": (StripeCustomer, None),
+    "alert_deliveries": (AlertDelivery, "alert-delivery"),
 }
 
 
@@ -123,6 +136,40 @@ def test_a_live_lease_is_not_taken_and_one_run_out_is_taken_over(
     assert leases(db, table) == {row: ("run-b", NOW + 2 * LEASE)}
 
 
+def test_a_take_checks_its_other_conditions_in_the_same_statement(
+    db: Any, database: Database, table: str
+) -> None:
+    """A take is refused when one of its other conditions is false on the row (as a refresh
+    is, once another process has refreshed the token), and the row stays free."""
+    leased = TABLES[table]
+    row, other = add_rows(database, table, 2)
+    with database.session() as session:
+        assert not leased.take(session, row, "run-a", NOW, LEASE, leased.id == other)
+        assert not leased.take(session, row, "run-a", NOW, LEASE, sa.true(), sa.false())
+    assert leases(db, table) == {row: (None, None), other: (None, None)}
+    with database.session() as session:
+        assert leased.take(session, row, "run-a", NOW, LEASE, leased.id == row, sa.true())
+    assert leases(db, table) == {row: ("run-a", NOW + LEASE), other: (None, None)}
+
+
+def test_a_leased_table_is_built_from_its_model(db: Any, database: Database, table: str) -> None:
+    """``Leased.of``: the model's table, its key and lease columns, and the lock its claims
+    queue on; what it builds takes, claims and lets go of that table's rows."""
+    model, queue = MODELS[table]
+    built = Leased.of(model, claims_queue_on=queue)
+    assert built == TABLES[table]
+    first, second = add_rows(database, table, 2)
+    with database.session() as session:
+        assert built.take(session, first, "run-a", NOW, LEASE)
+    with database.session() as session:
+        claimed = built.claim_rows(session, every_row(built), "run-b", LEASE, now=NOW)
+    assert [row.id for row in claimed] == [second]
+    assert leases(db, table) == {first: ("run-a", NOW + LEASE), second: ("run-b", NOW + LEASE)}
+    with database.session() as session:
+        built.release(session, "run-a")
+    assert leases(db, table) == {first: (None, None), second: ("run-b", NOW + LEASE)}
+
+
 def test_a_batch_claim_takes_free_rows_and_those_run_out_never_live_ones(
     db: Any, database: Database, table: str
 ) -> None:
@@ -202,14 +249,16 @@ def test_renewing_extends_the_owner_s_leases_only(db: Any, database: Database, t
 
 def test_held_names_the_rows_the_owner_still_holds(db: Any, database: Database, table: str) -> None:
     leased = TABLES[table]
-    kept, taken_over, never = add_rows(database, table, 3)
+    kept, taken_over, never, not_asked = add_rows(database, table, 4)
     with database.session() as session:
         leased.take(session, kept, "run-a", NOW, LEASE)
         leased.take(session, taken_over, "run-a", NOW, LEASE)
         leased.take(session, taken_over, "run-b", NOW + LEASE, LEASE)  # after it ran out
+        leased.take(session, not_asked, "run-a", NOW, LEASE)
     with database.session() as session:
         assert leased.held(session, "run-a", [kept, taken_over, never]) == {kept}
         assert leased.held(session, "run-b", [kept, taken_over, never]) == {taken_over}
+        assert leased.held(session, "run-a", []) == set()
 
 
 def test_a_claim_leaves_the_rows_another_claim_is_taking_to_it(
@@ -244,7 +293,7 @@ def test_a_claim_leaves_the_rows_another_claim_is_taking_to_it(
         other.dispose()
     assert first == ids[:2]
     assert meanwhile == ids[2:]
-    skips = db.kind == "postgres" and leased.claims_queue_on is None
+    skips = db.kind == "postgres" and MODELS[table][1] is None  # the outbox queues its claims
     assert done_before_the_first is skips
     assert [owner for owner, _ in leases(db, table).values()] == ["run-a", "run-a", "run-b"]
 
@@ -255,9 +304,19 @@ def test_the_heartbeat_renews_an_owner_s_leases_until_it_stops(db: Any, database
     with database.session() as session:
         CREDENTIALS.take(session, mine, "run-a", NOW, LEASE)
         CREDENTIALS.take(session, theirs, "run-b", NOW, LEASE)
-    with Heartbeat(database.session, CREDENTIALS, "run-a", beats):
+    beat_at: list[float] = []
+
+    def scope() -> Any:
+        beat_at.append(time.monotonic())
+        return database.session()
+
+    started = time.monotonic()
+    with Heartbeat(scope, CREDENTIALS, "run-a", beats):
         time.sleep(0.5)
     stopped = datetime.now(UTC)
+    # every third of the lease, never sooner (a wait may run late, never early)
+    gaps = [later - earlier for earlier, later in pairwise([started, *beat_at])]
+    assert len(gaps) >= 2 and min(gaps) >= beats.total_seconds() / 3 - 0.005, gaps
     renewed = leases(db, "credentials")
     assert renewed[theirs] == ("run-b", NOW + LEASE)
     owner, until = renewed[mine]
@@ -283,10 +342,40 @@ def test_a_heartbeat_that_cannot_reach_the_database_keeps_beating() -> None:
     assert len(tries) >= 3  # a failed renewal is let pass, and the next one comes
 
 
-def test_an_owner_s_name_says_whose_lease_it_is_and_fits_its_column() -> None:
-    import os
-    import socket
+def test_a_heartbeat_left_beating_does_not_keep_its_process_alive() -> None:
+    """A process that ends without stopping its heartbeat ends all the same, rather than
+    renewing its leases for ever."""
+    never_called = Database("postgresql://discovery@127.0.0.1:9/none")
+    heartbeat = Heartbeat(never_called.session, CREDENTIALS, "run-a", LEASE)  # first beat: 20 s
+    with warnings.catch_warnings():  # Python 3.12 warns of a fork while other threads run
+        warnings.simplefilter("ignore", DeprecationWarning)
+        process = multiprocessing.get_context("fork").Process(target=heartbeat.start)
+        process.start()
+    process.join(timeout=10)
+    alive = process.is_alive()
+    if alive:
+        process.kill()
+        process.join()
+    never_called.dispose()
+    assert not alive
+    assert process.exitcode == 0
 
+
+def test_a_long_host_name_is_cut_so_the_owner_fills_its_column_exactly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pod = "refresh-all-7f9c6d5b8-" + "x" * 41  # 63 characters, as long as a host name gets
+    monkeypatch.setattr(socket, "gethostname", lambda: pod)
+    owner = new_owner("stripe-pending")
+    work, host, process, token = owner.split(":")
+    assert (work, process, len(token)) == ("stripe-pending", str(os.getpid()), 8)
+    assert len(owner) == OWNER_LENGTH
+    assert host == pod[: len(host)] and 0 < len(host) < len(pod)
+    # a work name that leaves no room keeps no part of the host
+    assert new_owner("w" * OWNER_LENGTH).split(":")[1] == ""
+
+
+def test_an_owner_s_name_says_whose_lease_it_is_and_fits_its_column() -> None:
     owner = new_owner("stripe-pending")
     work, host, process, token = owner.split(":")
     assert (work, process) == ("stripe-pending", str(os.getpid()))
