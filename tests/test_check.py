@@ -66,6 +66,10 @@ def test_a_refused_token_revokes_the_seller(
     assert row["status"] == "revoked"
     (note,) = cli("notifications", "--user", "u1", "--json").json()
     assert note["detail"]["reconnectUrl"].endswith("userId=u1")
+    refused = db.rows(
+        "SELECT error_type FROM events WHERE user_id = 'u1' AND kind = 'token_refresh_failed'"
+    )
+    assert refused == [{"error_type": "oauth_token_revoked"}]  # in the history as a refresh
 
 
 def test_an_ambiguous_403_is_recorded_not_acted_on(

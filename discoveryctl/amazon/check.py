@@ -4,8 +4,11 @@
 A refresh only proves LWA still hands out tokens; the check proves the SP-API takes them.
 - it answers: the seller is in sync (``last_synced_at``), failures are cleared;
 - 401, or 403 ``Unauthorized`` saying the token is revoked or invalid: the authorization is
-  gone, recorded as a revocation (the seller is told how to reconnect);
-- throttling, 5xx, timeouts: a counted transient failure, status unchanged;
+  gone, with the same verdict as a refresh (``amazon.verdict``: ``expired`` past its
+  re-authorization date, else ``revoked``), recorded as a failed refresh is (the seller is
+  told how to reconnect);
+- throttling, 5xx, timeouts: a counted transient failure, status unchanged, and the seller's
+  next refresh waits the same backoff as after a failed refresh;
 - any other 403 (or an answer nobody planned for): recorded as an event, not acted on.
 
 Checks are paced to the call's usage plan, per seller: each spends one call of the
@@ -23,8 +26,8 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from discoveryctl.amazon.refresh import access_token, apply_verdict, find
-from discoveryctl.amazon.verdict import verdict
+from discoveryctl.amazon.refresh import access_token, apply_verdict, find, record_failure
+from discoveryctl.amazon.verdict import EXPIRED, verdict
 from discoveryctl.db.engine import SessionScope
 from discoveryctl.db.leases import lock_for_update
 from discoveryctl.db.models import Credential, IntegrationStatus, utcnow
@@ -124,11 +127,7 @@ def check_seller(
         token, _ = access_token(session_scope, vault, lwa, user_id, frontend_url=frontend_url)
     except SellerAuthorizationRevoked as error:  # the refresh itself found it gone
         url = reconnect_url(frontend_url, Provider.amazon, user_id)
-        gone = (
-            CheckOutcome.expired
-            if error.error_type == "oauth_token_expired"
-            else CheckOutcome.revoked
-        )
+        gone = CheckOutcome.expired if error.error_type == EXPIRED else CheckOutcome.revoked
         return Checked(user_id, gone, message=error.message, reconnect_url=url)
     with session_scope() as session:
         _, credential = find(session, user_id)
@@ -189,7 +188,12 @@ def record_check(
     integration, credential = find(session, user_id, for_update=True)
     now = utcnow()
     decided = verdict(error, credential.authorized_at, now)
-    apply_verdict(session, integration, credential, decided, now=now, frontend_url=frontend_url)
+    if decided.authorization_gone:  # in the history as a refresh LWA refused
+        record_failure(
+            session, user_id, decided, frontend_url=frontend_url, found=(integration, credential)
+        )
+    else:
+        apply_verdict(session, integration, credential, decided, now=now, frontend_url=frontend_url)
     return CheckOutcome(decided.outcome)
 
 

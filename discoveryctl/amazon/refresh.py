@@ -29,6 +29,8 @@ from sqlalchemy.orm import Session
 
 from discoveryctl.amazon.credentials import for_integration
 from discoveryctl.amazon.verdict import (
+    EXPIRED,
+    REVOKED,
     RefreshOutcome,
     Verdict,
     event_error_type,
@@ -220,7 +222,7 @@ def access_token(
                 raise SellerAuthorizationRevoked(
                     f"the Amazon authorization of {shown(user_id)} is {integration.status}: "
                     f"reconnect at {url}",
-                    error_type=f"oauth_token_{integration.status}",
+                    error_type=EXPIRED if integration.status == Status.expired else REVOKED,
                 )
             taken = claim(
                 session,
@@ -288,11 +290,11 @@ def _refresh_leased(
 
 def raise_for(done: Refresh) -> None:
     """Nothing for a refresh that worked; the error of its kind for one that did not."""
-    if done.outcome in (RefreshOutcome.revoked, RefreshOutcome.expired):
+    if needs_reconnect(done.outcome):
         raise SellerAuthorizationRevoked(
             f"the Amazon authorization of {shown(done.user_id)} is {done.outcome}: "
             f"reconnect at {done.reconnect_url}",
-            error_type=done.error_type or "oauth_token_revoked",
+            error_type=done.error_type or REVOKED,
         )
     if done.outcome == RefreshOutcome.app_rejected:
         raise AppCredentialsRejected(done.message or "LWA rejected the app's credentials")

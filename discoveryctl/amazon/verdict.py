@@ -28,6 +28,9 @@ REAUTHORIZATION = timedelta(days=365)
 """Amazon authorizations must be renewed a year after consent."""
 EXPIRY_WARNING = timedelta(days=30)
 """How long before the re-authorization date the seller is warned."""
+REVOKED = "oauth_token_revoked"
+EXPIRED = "oauth_token_expired"
+"""The error types of an authorization gone, in events and errors (``errorType`` in logs)."""
 
 
 def reauthorization_date(authorized_at: datetime) -> datetime:
@@ -90,8 +93,8 @@ def verdict(error: ProviderError, authorized_at: datetime, now: datetime) -> Ver
     status = error.status_code
     if isinstance(error, SellerAuthorizationRevoked):
         if past_reauthorization(authorized_at, now):
-            return Verdict(RefreshOutcome.expired, "oauth_token_expired", error.message, status)
-        return Verdict(RefreshOutcome.revoked, "oauth_token_revoked", error.message, status)
+            return Verdict(RefreshOutcome.expired, EXPIRED, error.message, status)
+        return Verdict(RefreshOutcome.revoked, REVOKED, error.message, status)
     if isinstance(error, AppCredentialsRejected):
         return Verdict(
             RefreshOutcome.app_rejected, "oauth_app_credentials_rejected", error.message, status

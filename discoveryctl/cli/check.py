@@ -43,13 +43,11 @@ def check(
     from discoveryctl.cli.application import Application
     from discoveryctl.errors import AppCredentialsRejected, NeedsAttention, ProviderError
     from discoveryctl.jobs import attention
-    from discoveryctl.providers.lwa import LwaClient
+    from discoveryctl.providers.lwa import LwaClient, app_from
     from discoveryctl.providers.spapi import SpApiClient
 
     app: Application = ctx.obj
-    from discoveryctl.providers.lwa import app_from as amazon_app_from
-
-    amazon = amazon_app_from(app.config)
+    amazon = app_from(app.config)
     database = app.open_database()
     vault = app.open_vault()
     if user is not None:

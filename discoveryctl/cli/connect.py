@@ -47,7 +47,7 @@ def connect(
     from discoveryctl.amazon.connect import Flow, via_local_server, via_paste
     from discoveryctl.cli.application import Application
     from discoveryctl.errors import InvalidInput
-    from discoveryctl.providers.lwa import LwaClient
+    from discoveryctl.providers.lwa import LwaClient, app_from
 
     app: Application = ctx.obj
     if math.isnan(timeout):
@@ -57,9 +57,7 @@ def connect(
     if (tls_cert is None) != (tls_key is None):
         raise InvalidInput("--tls-cert and --tls-key go together")
     tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
-    from discoveryctl.providers.lwa import app_from as amazon_app_from
-
-    amazon = amazon_app_from(app.config)
+    amazon = app_from(app.config)
     database = app.open_database()
 
     def announce(url: str) -> None:

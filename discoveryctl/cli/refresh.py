@@ -32,12 +32,10 @@ def refresh(
     from discoveryctl.amazon.refresh import raise_for, refresh_seller
     from discoveryctl.cli.application import Application
     from discoveryctl.integrations.vocabulary import isoformat
-    from discoveryctl.providers.lwa import LwaClient
+    from discoveryctl.providers.lwa import LwaClient, app_from
 
     app: Application = ctx.obj
-    from discoveryctl.providers.lwa import app_from as amazon_app_from
-
-    amazon = amazon_app_from(app.config)
+    amazon = app_from(app.config)
     database = app.open_database()
     vault = app.open_vault()
     with LwaClient(amazon) as lwa:
@@ -79,12 +77,10 @@ def access_token(
 
     from discoveryctl.amazon.refresh import access_token as usable_token
     from discoveryctl.cli.application import Application
-    from discoveryctl.providers.lwa import LwaClient
+    from discoveryctl.providers.lwa import LwaClient, app_from
 
     app: Application = ctx.obj
-    from discoveryctl.providers.lwa import app_from as amazon_app_from
-
-    amazon = amazon_app_from(app.config)
+    amazon = app_from(app.config)
     database = app.open_database()
     vault = app.open_vault()
     with LwaClient(amazon) as lwa:

@@ -89,8 +89,13 @@ def refresh_all(
                 app.out.print(f"{user} {p}")
         app.err.print(f"{sellers} Amazon authorizations due, {waiting} Stripe customers pending")
         return
-    with app.progress("refresh", None) as show:
-        result = job.run(database.session, app.config, app.open_vault, plan, progress=show)
+    result = job.run(
+        database.session,
+        app.config,
+        app.open_vault,
+        plan,
+        progress=lambda: app.progress("refresh", None),
+    )
     if as_json:
         app.print_json(result.as_dict())
     else:

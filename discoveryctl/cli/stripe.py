@@ -36,12 +36,10 @@ def ensure_customer(
     """
     from discoveryctl.billing.customers import ensure_customer as ensure
     from discoveryctl.cli.application import Application
-    from discoveryctl.providers.stripe import StripeCustomers
+    from discoveryctl.providers.stripe import StripeCustomers, account_from
 
     app: Application = ctx.obj
-    from discoveryctl.providers.stripe import account_from as stripe_account_from
-
-    account = stripe_account_from(app.config)
+    account = account_from(app.config)
     database = app.open_database()
     with StripeCustomers(account) as customers:
         done = ensure(database.session, customers, user_id=user, email=email, name=name)

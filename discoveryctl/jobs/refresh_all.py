@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -23,6 +24,8 @@ from discoveryctl.db.engine import SessionScope
 from discoveryctl.db.leases import new_owner
 from discoveryctl.errors import AppCredentialsRejected, Interrupted, NeedsAttention
 from discoveryctl.jobs import attention
+from discoveryctl.providers.lwa import AsyncLwaClient, app_from
+from discoveryctl.providers.spapi import AsyncSpApiClient
 from discoveryctl.support.crypto import Vault
 
 STRIPE_CONCURRENCY = 8
@@ -74,34 +77,34 @@ def run(
     vault: Callable[[], Vault],
     plan: Plan,
     *,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[], AbstractContextManager[Callable[[int], None]]] | None = None,
 ) -> Result:
     """Run the job as ``plan`` says. ``vault`` is asked for only when there is Amazon work to
-    do, the Stripe key only when customers are pending."""
+    do, the Stripe key only when customers are pending; ``progress`` is shown while the
+    Amazon run goes on."""
     with session_scope() as session:
         pending = customers.pending_count(session) if plan.stripe else 0
     if not plan.amazon:
         return Result(None, _stripe(session_scope, config, pending, plan, plan.deadline), pending)
-    from discoveryctl.providers.lwa import AsyncLwaClient, app_from
-    from discoveryctl.providers.spapi import AsyncSpApiClient
-
     amazon = app_from(config)
-    summary = amazon_run.run(
-        session_scope,
-        vault(),
-        lambda: AsyncLwaClient(amazon, connections=plan.concurrency),
-        spapi_factory=(
-            (lambda: AsyncSpApiClient(amazon, connections=plan.concurrency))
-            if plan.verify
-            else None
-        ),
-        frontend_url=config.frontend_url,
-        concurrency=plan.concurrency,
-        deadline=plan.deadline,
-        lease=plan.lease,
-        force=plan.force,
-        progress=progress,
-    )
+    keys = vault()
+    with progress() if progress else nullcontext(None) as show:
+        summary = amazon_run.run(
+            session_scope,
+            keys,
+            lambda: AsyncLwaClient(amazon, connections=plan.concurrency),
+            spapi_factory=(
+                (lambda: AsyncSpApiClient(amazon, connections=plan.concurrency))
+                if plan.verify
+                else None
+            ),
+            frontend_url=config.frontend_url,
+            concurrency=plan.concurrency,
+            deadline=plan.deadline,
+            lease=plan.lease,
+            force=plan.force,
+            progress=show,
+        )
     stripe_run = None
     if plan.stripe and not (
         summary.interrupted or summary.app_rejected or summary.deadline_reached
