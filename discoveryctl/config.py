@@ -286,7 +286,7 @@ class Config:
             "a new JWT secret: API tokens and OAuth states signed before are no longer valid",
         )
 
-    def http_url(self, name: str, default: str, *, shown: bool = True) -> str:
+    def http_url(self, name: str, default: str = "", *, shown: bool = True) -> str:
         """The setting ``name`` (else ``default``) as an http(s) URL, refused otherwise;
         ``shown=False`` keeps a secret URL out of the message."""
         value = self.get(name) or default

@@ -70,7 +70,7 @@ def app_from(config: Config) -> AmazonApp:
     """The SP-API app as configured: its LWA credentials, consent settings and endpoint
     overrides (the sandbox)."""
     overrides = {
-        name: config.http_url(name, "") if config.get(name) else None
+        name: config.http_url(name) if config.get(name) else None
         for name in ("AMAZON_SELLER_CENTRAL_URL", "AMAZON_LWA_TOKEN_URL", "AMAZON_SPAPI_URL")
     }
     return AmazonApp(
