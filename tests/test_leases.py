@@ -326,6 +326,25 @@ def test_the_heartbeat_renews_an_owner_s_leases_until_it_stops(db: Any, database
     assert leases(db, "credentials") == renewed  # no beat once stopped
 
 
+def test_a_stopped_heartbeat_beats_no_more_and_its_stop_returns_at_once(
+    db: Any, database: Database
+) -> None:
+    """Stopping ends the beating at once: a stop that never returned would hold up the end of
+    every run (asked from a thread of its own, so a stop that hangs fails this test)."""
+    (mine,) = add_rows(database, "credentials", 1)
+    with database.session() as session:
+        CREDENTIALS.take(session, mine, "run-a", NOW, LEASE)
+    beat = Heartbeat(database.session, CREDENTIALS, "run-a", timedelta(seconds=0.3)).start()
+    time.sleep(0.15)  # one beat
+    stopping = threading.Thread(target=beat.stop, daemon=True)
+    stopping.start()
+    stopping.join(timeout=5)
+    assert not stopping.is_alive()
+    renewed = leases(db, "credentials")
+    time.sleep(0.25)
+    assert leases(db, "credentials") == renewed
+
+
 def test_a_heartbeat_that_cannot_reach_the_database_keeps_beating() -> None:
     unreachable = Database("postgresql://discovery@127.0.0.1:9/none")
     tries: list[float] = []
