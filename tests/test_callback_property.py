@@ -15,7 +15,7 @@ from discoveryctl.amazon import consent
 from discoveryctl.config import Config
 from discoveryctl.db.engine import Database
 from discoveryctl.errors import OAuthCallbackError
-from discoveryctl.providers.lwa import LwaClient
+from discoveryctl.providers.lwa import LwaClient, app_from
 from discoveryctl.sandbox import SandboxConfig, run_in_thread
 
 KNOWN = [
@@ -44,9 +44,7 @@ def flow(db: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("JWT_SECRET", "property-test-secret-" + "y" * 32)
     config = Config(environ=dict(os.environ), keyring=None)
-    from discoveryctl.providers.lwa import app_from as amazon_app_from
-
-    app = amazon_app_from(config)
+    app = app_from(config)
     database = Database(config.database_url)
     with database.session() as session:
         start = consent.begin(

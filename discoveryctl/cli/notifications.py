@@ -108,9 +108,7 @@ def deliver(
     from discoveryctl.integrations import outbox
 
     app: Application = ctx.obj
-    from discoveryctl.alerts.delivery import webhook_from
-
-    webhook = webhook_from(app.config)
+    webhook = delivery.webhook_from(app.config)
     if webhook is None:
         raise ConfigurationError(
             "DISCOVERY_ADMIN_WEBHOOK_URL is not set: " + how_to_set("DISCOVERY_ADMIN_WEBHOOK_URL")

@@ -93,11 +93,10 @@ def run_checks(config: Config, today: date | None = None) -> list[Check]:
         return history_check(count, oldest, retention.MANY_EVENTS)
 
     def outbox() -> Check:
+        from discoveryctl.alerts.delivery import webhook_from
         from discoveryctl.integrations import outbox
 
         assert database is not None
-        from discoveryctl.alerts.delivery import webhook_from
-
         if webhook_from(config) is None:
             return Check("alert deliveries", OK, "no webhook set: admin alerts are not posted")
         with database.session() as session:
@@ -144,11 +143,9 @@ def webhook_check(config: Config) -> Check:
     will do; a webhook only takes POSTs)."""
     import httpx
 
-    from discoveryctl.alerts.delivery import TIMEOUT
+    from discoveryctl.alerts.delivery import TIMEOUT, webhook_from
 
     name = "admin webhook"
-    from discoveryctl.alerts.delivery import webhook_from
-
     webhook = webhook_from(config)
     if webhook is None:
         return Check(

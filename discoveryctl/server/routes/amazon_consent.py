@@ -33,7 +33,7 @@ from discoveryctl.amazon.consent import Reason
 from discoveryctl.db.engine import Database
 from discoveryctl.errors import AppCredentialsRejected, DiscoveryError, OAuthCallbackError
 from discoveryctl.integrations.vocabulary import Region, isoformat
-from discoveryctl.providers.lwa import LwaClient
+from discoveryctl.providers.lwa import LwaClient, app_from
 from discoveryctl.server import schemas
 from discoveryctl.server.deps import CurrentCaller, DatabaseDep, LogDep, Settings, SettingsDep
 
@@ -83,10 +83,8 @@ def connect(
     settings: SettingsDep,
     region: Region = Region.na,
 ) -> Response:
-    from discoveryctl.providers.lwa import app_from as amazon_app_from
-
     config = settings.config
-    amazon = amazon_app_from(config)
+    amazon = app_from(config)
     started = consent.start(
         database.session, config, amazon, user_id=who.user_id, region=region.value, flow="web"
     )
@@ -128,9 +126,7 @@ def login(
         if state is None:
             raise OAuthCallbackError(Reason.missing_state, "this browser started no consent")
         claims = consent.read_state(state, config.jwt_secret())
-        from discoveryctl.providers.lwa import app_from as amazon_app_from
-
-        amazon = amazon_app_from(config)
+        amazon = app_from(config)
         location = consent.login_redirect(amazon, query, state, claims.region)
     except OAuthCallbackError as error:
         return _failed(settings, error.reason)
@@ -167,9 +163,7 @@ def callback(
         error = consent.diagnose(query, config.jwt_secret(), state or "", None)
         return _failed(settings, error.reason)
     try:
-        from discoveryctl.providers.lwa import app_from as amazon_app_from
-
-        amazon = amazon_app_from(config)
+        amazon = app_from(config)
         with LwaClient(amazon) as lwa:
             consent.complete(database.session, config, amazon, lwa, query, expected_state=state)
     except OAuthCallbackError as error:
