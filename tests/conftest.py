@@ -166,6 +166,40 @@ def db(empty_db: TestDatabase, cli: Any) -> TestDatabase:
     return empty_db
 
 
+@pytest.fixture(scope="session")
+def _migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite file migrated to head, once per session: ``sqlite_db`` copies it."""
+    from discoveryctl.db.engine import Database
+    from discoveryctl.db.migrations import upgrade
+
+    path = tmp_path_factory.mktemp("template") / "discovery.db"
+    path.touch()  # an empty file is an empty SQLite database
+    database = Database(f"sqlite:///{path}")
+    upgrade(database)
+    database.dispose()
+    return path
+
+
+@pytest.fixture
+def sqlite_db(
+    _migrated_sqlite: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestDatabase]:
+    """A migrated SQLite file (a copy of one migrated once per session), for the rule tests
+    ``make mutate`` runs thousands of times: a few milliseconds to set up where ``db`` takes a
+    migration. Rules whose SQL differs by dialect are tested on ``db``, which runs both."""
+    import shutil
+
+    path = tmp_path / "discovery.db"
+    shutil.copyfile(_migrated_sqlite, path)
+    key = Fernet.generate_key().decode()
+    url = f"sqlite:///{path}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("DISCOVERY_ENCRYPTION_KEY", key)
+    engine = sa.create_engine(url)
+    yield TestDatabase(url=url, kind="sqlite", engine=engine, key=key)
+    engine.dispose()
+
+
 def _on_postgres(item: pytest.Item) -> bool:
     callspec = getattr(item, "callspec", None)
     return callspec is not None and callspec.params.get("empty_db") == "postgres"
