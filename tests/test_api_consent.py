@@ -361,3 +361,42 @@ def test_no_code_or_state_reaches_a_log_line(
     query = parse_qs(urlsplit(callback).query)
     for secret in (query["spapi_oauth_code"][0], query["state"][0]):
         assert secret not in err
+
+
+def test_a_marketplace_s_seller_connects_in_its_region(web: Web, browser: httpx.Client) -> None:
+    started = web.connect(browser, "inda", marketplace="in")
+    assert started.status_code == 302, started.text
+    assert web.land(browser, started.headers["location"]) == {"status": "connected"}
+    assert status_of(web, "inda")["metadata"]["region"] == "eu"
+
+
+def test_a_marketplace_s_consent_url_is_its_own_seller_central(
+    db: Any, monkeypatch: pytest.MonkeyPatch, browser: httpx.Client
+) -> None:
+    for web in start_web(db, monkeypatch, env={"AMAZON_SELLER_CENTRAL_URL": ""}):
+        answer = browser.get(
+            f"{web.api}{ROUTES}/connect",
+            params={"marketplace": "SG"},
+            headers={**bearer("sana"), "Accept": "application/json"},
+        )
+        assert answer.status_code == 200, answer.text
+        url = answer.json()["data"]["consentUrl"]
+        assert url.startswith("https://sellercentral.amazon.sg/apps/authorize/consent?")
+        (state,) = web.db.rows("SELECT region FROM oauth_states")
+        assert state == {"region": "fe"}
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"marketplace": "XX"}, "'XX' is not an Amazon marketplace"),
+        ({"marketplace": "AU", "region": "na"}, "marketplace AU is in the fe region, not na"),
+    ],
+)
+def test_a_marketplace_that_is_not_one_is_refused(
+    web: Web, browser: httpx.Client, params: dict[str, str], message: str
+) -> None:
+    answer = web.connect(browser, "xavi", **params)
+    assert answer.status_code == 400
+    assert message in answer.json()["error"]
+    assert web.db.rows("SELECT * FROM oauth_states") == []

@@ -196,6 +196,27 @@ def test_login_uri_mode(db: Any, monkeypatch: pytest.MonkeyPatch, cli: Any) -> N
         assert cli("status", "--user", "bob", "--json").json()[0]["status"] == "active"
 
 
+def test_a_marketplace_s_seller_connects_in_its_region(amazon: Amazon, cli: Any) -> None:
+    run = Run("--user", "ayla", "--marketplace", "au", "--no-browser", "--timeout", "30")
+    page = browse(run.consent_url())
+    assert "Amazon account connected" in page.text
+    code, _, stderr = run.finish()
+    assert code == 0, stderr
+    assert "(fe)" in stderr
+    assert cli("status", "--user", "ayla", "--json").json()[0]["metadata"]["region"] == "fe"
+
+
+def test_a_marketplace_s_consent_url_is_its_own_seller_central(
+    amazon: Amazon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AMAZON_SELLER_CENTRAL_URL")  # Amazon's own hosts, not the sandbox's
+    run = Run("--user", "zola", "--marketplace", "ZA", "--no-browser", "--timeout", "1")
+    assert run.consent_url().startswith("https://sellercentral.amazon.co.za/apps/authorize/")
+    code, _, stderr = run.finish()
+    assert code != 0  # nobody consents in time
+    assert "no callback from Amazon within 1 s" in stderr
+
+
 @pytest.mark.parametrize("tries_blocked", [1, 2])
 def test_a_store_blocked_by_another_writer_is_tried_again(
     db: Any, monkeypatch: pytest.MonkeyPatch, cli: Any, tries_blocked: int
@@ -680,6 +701,8 @@ def test_a_wrong_key_stops_connect_before_the_code_is_spent(
         (("--timeout", "inf"), "--timeout must be from 1 to 600 seconds, not inf"),
         (("--timeout", "soon"), "invalid value for '--timeout': 'soon' is not a number"),
         (("--tls-cert", "c.pem"), "--tls-cert and --tls-key go together"),
+        (("--marketplace", "XX"), "'XX' is not an Amazon marketplace: use one of US, CA"),
+        (("--marketplace", "AU", "--region", "eu"), "marketplace AU is in the fe region, not eu"),
     ],
 )
 def test_bad_options_are_usage_errors(amazon: Amazon, args: tuple[str, ...], message: str) -> None:

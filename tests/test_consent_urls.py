@@ -7,11 +7,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from discoveryctl.amazon.consent import seller_region
+from discoveryctl.errors import InvalidInput
 from discoveryctl.providers.lwa import (
+    MARKETPLACES,
     AmazonApp,
     amazon_callback_hosts,
     consent_url,
     login_continue_url,
+    marketplace,
 )
 
 APP = AmazonApp(
@@ -157,3 +161,77 @@ def test_the_allow_list_is_explicit() -> None:
     assert amazon_callback_hosts("na") >= {"amazon.com", "www.amazon.com", "amazon.ca"}
     assert "amazon.de" not in amazon_callback_hosts("na")
     assert "www.amazon.co.jp" in amazon_callback_hosts("fe")
+
+
+# -- every marketplace's own Seller Central ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "region", "host"),
+    [
+        ("US", "na", "sellercentral.amazon.com"),
+        ("CA", "na", "sellercentral.amazon.ca"),
+        ("MX", "na", "sellercentral.amazon.com.mx"),
+        ("BR", "na", "sellercentral.amazon.com.br"),
+        ("UK", "eu", "sellercentral-europe.amazon.com"),
+        ("DE", "eu", "sellercentral-europe.amazon.com"),
+        ("IE", "eu", "sellercentral.amazon.ie"),
+        ("NL", "eu", "sellercentral.amazon.nl"),
+        ("BE", "eu", "sellercentral.amazon.com.be"),
+        ("SE", "eu", "sellercentral.amazon.se"),
+        ("PL", "eu", "sellercentral.amazon.pl"),
+        ("TR", "eu", "sellercentral.amazon.com.tr"),
+        ("AE", "eu", "sellercentral.amazon.ae"),
+        ("SA", "eu", "sellercentral.amazon.sa"),
+        ("EG", "eu", "sellercentral.amazon.eg"),
+        ("ZA", "eu", "sellercentral.amazon.co.za"),
+        ("IN", "eu", "sellercentral.amazon.in"),
+        ("JP", "fe", "sellercentral.amazon.co.jp"),
+        ("AU", "fe", "sellercentral.amazon.com.au"),
+        ("SG", "fe", "sellercentral.amazon.sg"),
+    ],
+)
+def test_a_marketplace_s_seller_goes_to_its_own_seller_central(
+    code: str, region: str, host: str
+) -> None:
+    assert seller_region(None, code.lower()) == (region, code)
+    url = consent_url(APP, region, "s", code)
+    assert url.startswith(f"https://{host}/apps/authorize/consent?")
+    back = login_continue_url(APP, region, CONFIRM, "a", "s", marketplace=code)
+    assert back.startswith(f"https://{host}{CONFIRM}?")  # a relative way back: its own host
+    assert host in amazon_callback_hosts(region)
+    assert marketplace(code).retail in amazon_callback_hosts(region)
+
+
+def test_every_marketplace_is_in_its_region_s_allow_list_only() -> None:
+    assert len(MARKETPLACES) == 23
+    for found in MARKETPLACES.values():
+        for region in ("na", "eu", "fe"):
+            listed = f"sellercentral.{found.retail}" in amazon_callback_hosts(region)
+            assert listed == (region == found.region), found
+
+
+def test_a_region_alone_keeps_its_default_seller_central() -> None:
+    assert seller_region(None, None) == ("na", None)
+    assert seller_region("fe", None) == ("fe", None)
+    assert consent_url(APP, "fe", "s", None).startswith("https://sellercentral.amazon.co.jp/")
+
+
+def test_the_uk_may_be_written_gb() -> None:
+    assert seller_region(None, "gb") == ("eu", "UK")
+    assert seller_region("eu", " Uk ") == ("eu", "UK")
+
+
+def test_an_unknown_marketplace_is_refused_with_the_codes() -> None:
+    with pytest.raises(InvalidInput, match=r"'XX' is not an Amazon marketplace: use one of US, CA"):
+        seller_region(None, "XX")
+
+
+def test_a_region_that_is_not_the_marketplace_s_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="marketplace AU is in the fe region, not na"):
+        seller_region("na", "AU")
+
+
+def test_a_configured_seller_central_wins_over_the_marketplace() -> None:
+    local = AmazonApp(**{**APP.__dict__, "seller_central_url": "http://127.0.0.1:9/"})
+    assert consent_url(local, "fe", "s", "AU").startswith("http://127.0.0.1:9/apps/")

@@ -35,6 +35,7 @@ class Flow:
     lwa: LwaClient
     user_id: str
     region: str
+    marketplace: str | None = None
 
     def start(self, channel: str) -> ConsentStart:
         """Issue the state, after checking the authorization can be stored at all."""
@@ -45,6 +46,7 @@ class Flow:
             user_id=self.user_id,
             region=self.region,
             flow=channel,
+            marketplace=self.marketplace,
         )
 
     def finish(self, params: Query, expected_state: str | None) -> Connected:
@@ -126,7 +128,9 @@ def via_local_server(
     def on_login(query: Query) -> Page:
         assert start is not None
         try:
-            location = consent.login_redirect(flow.app, query, start.state, flow.region)
+            location = consent.login_redirect(
+                flow.app, query, start.state, flow.region, flow.marketplace
+            )
         except OAuthCallbackError as error:
             return Page(400, "Sign-in step failed", error.message)
         return Page(302, "Continue to Amazon", location=location)

@@ -3,8 +3,8 @@ authorization (docs/behaviour.md §5). Independent of the CLI and of any HTTP se
 local callback server, ``--paste`` and the API's routes all go through ``complete``.
 
 A ``state`` is an HS256 JWT signed with ``JWT_SECRET``, valid 10 minutes, bound to one user
-and region, carrying 256 bits of randomness as its id; the id is recorded when issued and
-consumed on the first callback, so a state works once.
+and region (and the seller's marketplace, when given), carrying 256 bits of randomness as its
+id; the id is recorded when issued and consumed on the first callback, so a state works once.
 
 Every failure is an ``OAuthCallbackError`` with its own reason code, recorded as an
 ``oauth_callback_failed`` event; nothing else is stored for a failed callback.
@@ -33,18 +33,21 @@ from discoveryctl.errors import (
     DatabaseConflict,
     DatabaseUnavailable,
     DiscoveryError,
+    InvalidInput,
     OAuthCallbackError,
     ProviderError,
 )
 from discoveryctl.integrations import events, lifecycle, notifications
 from discoveryctl.integrations.vocabulary import Provider, Region, Status, isoformat
 from discoveryctl.providers.lwa import (
+    MARKETPLACES,
     SELLING_PARTNER_ID,
     AmazonApp,
     LwaClient,
     consent_url,
     login_continue_url,
 )
+from discoveryctl.providers.lwa import marketplace as lwa_marketplace
 from discoveryctl.support.crypto import Vault
 from discoveryctl.support.user_ids import valid_user_id
 
@@ -73,6 +76,24 @@ class Reason(StrEnum):
     timeout = "timeout"
 
 
+def seller_region(region: str | None, marketplace: str | None) -> tuple[str, str | None]:
+    """The region and marketplace (its code) a consent starts in: a marketplace brings its
+    own region and Seller Central; a region alone keeps that region's default Seller
+    Central; neither is North America. A region that is not the marketplace's is refused."""
+    if marketplace is None:
+        return region or Region.na.value, None
+    try:
+        found = lwa_marketplace(marketplace)
+    except ValueError as error:
+        raise InvalidInput(str(error)) from None
+    if region is not None and region != found.region:
+        raise InvalidInput(
+            f"marketplace {found.code} is in the {found.region} region, not {region}: "
+            "give the marketplace alone"
+        )
+    return found.region, found.code
+
+
 @dataclass(frozen=True)
 class ConsentStart:
     user_id: str
@@ -99,26 +120,30 @@ def begin(
     user_id: str,
     region: str,
     flow: str,
+    marketplace: str | None = None,
 ) -> ConsentStart:
-    """Issue and record a state for ``user_id`` and build the consent URL."""
+    """Issue and record a state for ``user_id`` and build the consent URL (at the
+    marketplace's own Seller Central when it is known, carried in the state for the login
+    step)."""
     user_id = valid_user_id(user_id)
     if region not in Region.__members__:
         raise ValueError(f"unknown region {region!r}")
+    if marketplace is not None and MARKETPLACES[marketplace].region != region:
+        raise ValueError(f"marketplace {marketplace!r} is not in region {region!r}")
     now = utcnow()
     expires_at = now + STATE_LIFETIME
     state_id = secrets.token_urlsafe(32)  # 256 bits
-    token = jwt.encode(
-        {
-            "sub": user_id,
-            "region": region,
-            "jti": state_id,
-            "aud": STATE_AUDIENCE,
-            "iat": int(now.timestamp()),
-            "exp": int(expires_at.timestamp()),
-        },
-        jwt_secret,
-        algorithm="HS256",
-    )
+    claims: dict[str, Any] = {
+        "sub": user_id,
+        "region": region,
+        "jti": state_id,
+        "aud": STATE_AUDIENCE,
+        "iat": int(now.timestamp()),
+        "exp": int(expires_at.timestamp()),
+    }
+    if marketplace is not None:
+        claims["marketplace"] = marketplace
+    token = jwt.encode(claims, jwt_secret, algorithm="HS256")
     session.add(
         OAuthState(
             id=state_id,
@@ -141,7 +166,7 @@ def begin(
         user_id=user_id,
         region=region,
         state=token,
-        url=consent_url(app, region, token),
+        url=consent_url(app, region, token, marketplace),
         expires_at=expires_at,
     )
 
@@ -154,12 +179,21 @@ def start(
     user_id: str,
     region: str,
     flow: str,
+    marketplace: str | None = None,
 ) -> ConsentStart:
     """``begin``, after checking the authorization can be stored at all: a missing or wrong
     encryption key fails now, not after the seller has consented."""
     with session_scope() as session:
         credentials.open_vault(config, session)
-        return begin(session, app, config.jwt_secret(), user_id=user_id, region=region, flow=flow)
+        return begin(
+            session,
+            app,
+            config.jwt_secret(),
+            user_id=user_id,
+            region=region,
+            flow=flow,
+            marketplace=marketplace,
+        )
 
 
 @dataclass(frozen=True)
@@ -167,6 +201,7 @@ class StateClaims:
     state_id: str
     user_id: str
     region: str
+    marketplace: str | None = None
 
 
 def read_state(token: str, jwt_secret: str) -> StateClaims:
@@ -184,14 +219,16 @@ def read_state(token: str, jwt_secret: str) -> StateClaims:
     except jwt.InvalidTokenError:
         raise OAuthCallbackError(Reason.invalid_state, "the state is not one we issued") from None
     user_id, state_id, region = claims.get("sub"), claims.get("jti"), claims.get("region")
+    marketplace = claims.get("marketplace")
     if (
         not isinstance(user_id, str)
         or not isinstance(state_id, str)
         or not isinstance(region, str)
         or region not in Region.__members__
+        or (marketplace is not None and marketplace not in MARKETPLACES)
     ):
         raise OAuthCallbackError(Reason.invalid_state, "the state is not one we issued")
-    return StateClaims(state_id=state_id, user_id=user_id, region=region)
+    return StateClaims(state_id=state_id, user_id=user_id, region=region, marketplace=marketplace)
 
 
 def printable(text: str, limit: int = 200) -> str:
@@ -482,7 +519,13 @@ def record_failure(
         )
 
 
-def login_redirect(app: AmazonApp, params: Mapping[str, Any], state: str, region: str) -> str:
+def login_redirect(
+    app: AmazonApp,
+    params: Mapping[str, Any],
+    state: str,
+    region: str,
+    marketplace: str | None = None,
+) -> str:
     """The login-URI step: where to send the seller's browser next."""
     callback = _single(params, "amazon_callback_uri")
     amazon_state = _single(params, "amazon_state")
@@ -493,7 +536,9 @@ def login_redirect(app: AmazonApp, params: Mapping[str, Any], state: str, region
         )
     beta = _single(params, "version") == "beta"  # Amazon adds it for a draft app's test
     try:
-        return login_continue_url(app, region, callback, amazon_state, state, beta=beta)
+        return login_continue_url(
+            app, region, callback, amazon_state, state, beta=beta, marketplace=marketplace
+        )
     except ValueError:
         raise OAuthCallbackError(
             Reason.invalid_login_request, "amazon_callback_uri does not point at Amazon"

@@ -25,7 +25,18 @@ def connect(
     user: str = typer.Option(
         ..., "--user", callback=options.user_id, help="The user the seller's account belongs to."
     ),
-    region: Region = typer.Option(Region.na, "--region", help="The seller's Amazon region."),
+    region: Region | None = typer.Option(
+        None,
+        "--region",
+        help="The seller's Amazon region, at its default Seller Central [default: na].",
+    ),
+    marketplace: str | None = typer.Option(
+        None,
+        "--marketplace",
+        metavar="CC",
+        help="The seller's marketplace (two-letter country code, e.g. AU, IN, ZA): consent "
+        "at its own Seller Central; the region follows from it.",
+    ),
     no_browser: bool = typer.Option(
         False, "--no-browser", help="Print the consent URL instead of opening a browser."
     ),
@@ -42,9 +53,10 @@ def connect(
     """Connect (or reconnect) a seller's Amazon account through Seller Central consent.
 
     \b
-    Example: discoveryctl connect amazon --user seller-42 --no-browser
+    Example: discoveryctl connect amazon --user seller-42 --marketplace DE --no-browser
     """
     from discoveryctl.amazon.connect import Flow, via_local_server, via_paste
+    from discoveryctl.amazon.consent import seller_region
     from discoveryctl.cli.application import Application
     from discoveryctl.errors import InvalidInput
     from discoveryctl.providers.lwa import LwaClient, app_from
@@ -57,6 +69,7 @@ def connect(
     if (tls_cert is None) != (tls_key is None):
         raise InvalidInput("--tls-cert and --tls-key go together")
     tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    where, market = seller_region(region.value if region else None, marketplace)
     amazon = app_from(app.config)
     database = app.open_database()
 
@@ -80,7 +93,7 @@ def connect(
         return line
 
     with LwaClient(amazon) as lwa:
-        flow = Flow(database.session, app.config, amazon, lwa, user, region.value)
+        flow = Flow(database.session, app.config, amazon, lwa, user, where, market)
         if paste:
             connected = via_paste(flow, announce=announce, read_pasted=read_pasted)
         else:

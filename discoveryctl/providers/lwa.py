@@ -59,8 +59,12 @@ class AmazonApp:
     token_url: str = LWA_TOKEN_URL
     spapi_url: str | None = None
 
-    def seller_central(self, region: str) -> str:
-        return (self.seller_central_url or SELLER_CENTRAL[region]).rstrip("/")
+    def seller_central(self, region: str, marketplace: str | None = None) -> str:
+        """Where a seller of ``region`` (or of ``marketplace``, when known) authorizes: the
+        configured Seller Central (the sandbox) first, then the marketplace's own."""
+        if self.seller_central_url:
+            return self.seller_central_url.rstrip("/")
+        return MARKETPLACES[marketplace].seller_central if marketplace else SELLER_CENTRAL[region]
 
     def spapi(self, region: str) -> str:
         return (self.spapi_url or SPAPI[region]).rstrip("/")
@@ -85,69 +89,94 @@ def app_from(config: Config) -> AmazonApp:
     )
 
 
-def consent_url(app: AmazonApp, region: str, state: str) -> str:
-    """Where the seller grants consent: Seller Central's authorize page for this app."""
+def consent_url(app: AmazonApp, region: str, state: str, marketplace: str | None = None) -> str:
+    """Where the seller grants consent: their Seller Central's authorize page for this app."""
     params = {"application_id": app.application_id, "state": state}
     params["redirect_uri"] = app.redirect_uri
     if app.draft:
         params["version"] = "beta"
-    return f"{app.seller_central(region)}/apps/authorize/consent?{urlencode(params)}"
+    return f"{app.seller_central(region, marketplace)}/apps/authorize/consent?{urlencode(params)}"
+
+
+@dataclass(frozen=True)
+class Marketplace:
+    """One Amazon marketplace: its country code (as Amazon writes it), its SP-API region, its
+    own Seller Central and its retail host."""
+
+    code: str
+    region: str
+    seller_central: str
+    retail: str
+
+
+# Every marketplace's own Seller Central: a seller must authorize at their marketplace's Seller
+# Central (SP-API "Seller Central URLs",
+# https://developer-docs.amazon.com/sp-api/docs/seller-central-urls), and each marketplace's
+# region is its SP-API endpoint's ("SP-API Endpoints",
+# https://developer-docs.amazon.com/sp-api/docs/sp-api-endpoints: South Africa, Saudi Arabia,
+# Egypt, Turkey, the UAE and India are in Europe). The country codes are Amazon's ("Marketplace
+# IDs", https://developer-docs.amazon.com/sp-api/docs/marketplace-ids): the United Kingdom is UK.
+MARKETPLACES = {
+    m.code: m
+    for m in (
+        Marketplace("US", "na", "https://sellercentral.amazon.com", "amazon.com"),
+        Marketplace("CA", "na", "https://sellercentral.amazon.ca", "amazon.ca"),
+        Marketplace("MX", "na", "https://sellercentral.amazon.com.mx", "amazon.com.mx"),
+        Marketplace("BR", "na", "https://sellercentral.amazon.com.br", "amazon.com.br"),
+        Marketplace("UK", "eu", "https://sellercentral-europe.amazon.com", "amazon.co.uk"),
+        Marketplace("DE", "eu", "https://sellercentral-europe.amazon.com", "amazon.de"),
+        Marketplace("FR", "eu", "https://sellercentral-europe.amazon.com", "amazon.fr"),
+        Marketplace("IT", "eu", "https://sellercentral-europe.amazon.com", "amazon.it"),
+        Marketplace("ES", "eu", "https://sellercentral-europe.amazon.com", "amazon.es"),
+        Marketplace("IE", "eu", "https://sellercentral.amazon.ie", "amazon.ie"),
+        Marketplace("NL", "eu", "https://sellercentral.amazon.nl", "amazon.nl"),
+        Marketplace("BE", "eu", "https://sellercentral.amazon.com.be", "amazon.com.be"),
+        Marketplace("SE", "eu", "https://sellercentral.amazon.se", "amazon.se"),
+        Marketplace("PL", "eu", "https://sellercentral.amazon.pl", "amazon.pl"),
+        Marketplace("TR", "eu", "https://sellercentral.amazon.com.tr", "amazon.com.tr"),
+        Marketplace("AE", "eu", "https://sellercentral.amazon.ae", "amazon.ae"),
+        Marketplace("SA", "eu", "https://sellercentral.amazon.sa", "amazon.sa"),
+        Marketplace("EG", "eu", "https://sellercentral.amazon.eg", "amazon.eg"),
+        Marketplace("ZA", "eu", "https://sellercentral.amazon.co.za", "amazon.co.za"),
+        Marketplace("IN", "eu", "https://sellercentral.amazon.in", "amazon.in"),
+        Marketplace("JP", "fe", "https://sellercentral.amazon.co.jp", "amazon.co.jp"),
+        Marketplace("AU", "fe", "https://sellercentral.amazon.com.au", "amazon.com.au"),
+        Marketplace("SG", "fe", "https://sellercentral.amazon.sg", "amazon.sg"),
+    )
+}
+_ALIASES = {"GB": "UK"}  # the ISO code of the United Kingdom, for those who type it
+
+
+def marketplace(code: str) -> Marketplace:
+    """The marketplace of a two-letter country code (any case); ValueError naming the codes
+    when there is none."""
+    wanted = code.strip().upper()
+    found = MARKETPLACES.get(_ALIASES.get(wanted, wanted))
+    if found is None:
+        raise ValueError(
+            f"{code!r} is not an Amazon marketplace: use one of {', '.join(MARKETPLACES)}"
+        )
+    return found
 
 
 # Where Amazon may send the login-URI step back to, per region: Amazon documents the
 # ``amazon_callback_uri`` as ``https://amazon.com/apps/authorize/confirm/<application id>``
 # (SP-API "Website Authorization Workflow", step 4:
 # https://developer-docs.amazon.com/sp-api/docs/website-authorization-workflow), so amazon.com
-# is accepted in every region, with the region's Seller Central hosts and its marketplaces'
-# retail hosts. Nothing else: the step must never be an open redirect.
+# is accepted in every region, with the region's marketplaces' Seller Central and retail hosts
+# (and the country hosts of the marketplaces that share sellercentral-europe). Nothing else:
+# the step must never be an open redirect.
+_SHARED_EUROPE = ("co.uk", "de", "fr", "it", "es")
 _AMAZON_CALLBACK_HOSTS = {
-    "na": ("amazon.com", "amazon.ca", "amazon.com.mx", "amazon.com.br"),
-    "eu": (
-        "amazon.com",
-        "amazon.co.uk",
-        "amazon.de",
-        "amazon.fr",
-        "amazon.it",
-        "amazon.es",
-        "amazon.nl",
-        "amazon.se",
-        "amazon.pl",
-        "amazon.com.be",
-        "amazon.ie",
-        "amazon.com.tr",
-        "amazon.ae",
-        "amazon.sa",
-        "amazon.eg",
-        "amazon.in",
-    ),
-    "fe": ("amazon.com", "amazon.co.jp", "amazon.com.au", "amazon.sg"),
+    region: ("amazon.com", *(m.retail for m in MARKETPLACES.values() if m.region == region))
+    for region in SELLER_CENTRAL
 }
 _SELLER_CENTRAL_HOSTS = {
-    "na": (
-        "sellercentral.amazon.com",
-        "sellercentral.amazon.ca",
-        "sellercentral.amazon.com.mx",
-        "sellercentral.amazon.com.br",
-    ),
-    "eu": (
-        "sellercentral-europe.amazon.com",
-        "sellercentral.amazon.co.uk",
-        "sellercentral.amazon.de",
-        "sellercentral.amazon.fr",
-        "sellercentral.amazon.it",
-        "sellercentral.amazon.es",
-        "sellercentral.amazon.nl",
-        "sellercentral.amazon.se",
-        "sellercentral.amazon.pl",
-        "sellercentral.amazon.com.be",
-        "sellercentral.amazon.ie",
-        "sellercentral.amazon.com.tr",
-        "sellercentral.amazon.ae",
-        "sellercentral.amazon.sa",
-        "sellercentral.amazon.eg",
-        "sellercentral.amazon.in",
-    ),
-    "fe": ("sellercentral.amazon.co.jp", "sellercentral.amazon.com.au", "sellercentral.amazon.sg"),
+    region: (
+        *(urlsplit(m.seller_central).netloc for m in MARKETPLACES.values() if m.region == region),
+        *((f"sellercentral.amazon.{tld}" for tld in _SHARED_EUROPE) if region == "eu" else ()),
+    )
+    for region in SELLER_CENTRAL
 }
 
 
@@ -165,6 +194,7 @@ def login_continue_url(
     state: str,
     *,
     beta: bool = False,
+    marketplace: str | None = None,
 ) -> str:
     """The login-URI step: send the seller back to Amazon with our state.
 
@@ -173,7 +203,7 @@ def login_continue_url(
     Central), so the login step cannot be used as an open redirect. ``version=beta`` is added
     for a draft app, or when Amazon sent it with the login request (``beta``).
     """
-    base = app.seller_central(region)
+    base = app.seller_central(region, marketplace)
     target = urljoin(base + "/", amazon_callback_uri)
     where, home = urlsplit(target), urlsplit(base)
     if not _is_amazon(where, home, region):

@@ -25,7 +25,7 @@ import secrets
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
 
-from fastapi import APIRouter, Cookie, Request
+from fastapi import APIRouter, Cookie, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from discoveryctl.amazon import consent
@@ -81,12 +81,27 @@ def connect(
     who: CurrentCaller,
     database: DatabaseDep,
     settings: SettingsDep,
-    region: Region = Region.na,
+    region: Region | None = None,
+    marketplace: Annotated[
+        str | None,
+        Query(
+            description="The seller's marketplace (two-letter country code, e.g. AU): consent "
+            "at its own Seller Central; the region follows from it.",
+            max_length=2,
+        ),
+    ] = None,
 ) -> Response:
     config = settings.config
+    where, market = consent.seller_region(region.value if region else None, marketplace)
     amazon = app_from(config)
     started = consent.start(
-        database.session, config, amazon, user_id=who.user_id, region=region.value, flow="web"
+        database.session,
+        config,
+        amazon,
+        user_id=who.user_id,
+        region=where,
+        flow="web",
+        marketplace=market,
     )
     data = {"consentUrl": started.url, "expiresAt": isoformat(started.expires_at)}
     answer: Response
@@ -127,7 +142,7 @@ def login(
             raise OAuthCallbackError(Reason.missing_state, "this browser started no consent")
         claims = consent.read_state(state, config.jwt_secret())
         amazon = app_from(config)
-        location = consent.login_redirect(amazon, query, state, claims.region)
+        location = consent.login_redirect(amazon, query, state, claims.region, claims.marketplace)
     except OAuthCallbackError as error:
         return _failed(settings, error.reason)
     except Exception as error:
