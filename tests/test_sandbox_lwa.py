@@ -118,7 +118,24 @@ def test_missing_parameters_are_invalid_request(
     }
 
 
-def test_a_code_grant_without_its_redirect_uri_is_invalid_request(
+def test_a_code_grant_without_a_redirect_uri_is_granted_as_real_clients_send_it(
+    client: httpx.Client, sandbox: Sandbox
+) -> None:
+    seller_id = sandbox.state.consenting_seller(None)
+    code = sandbox.state.issue_code(seller_id, sandbox.config.redirect_uris[0], ttl=300)
+    form = {  # python-amazon-sp-api's authorize_auth_code sends exactly these
+        "grant_type": "authorization_code",
+        "code": code,
+        "client_id": sandbox.config.client_id,
+        "client_secret": sandbox.config.client_secret,
+    }
+    response = client.post("/auth/o2/token", data=form)
+    assert response.status_code == 200, response.text
+    assert set(response.json()) >= {"access_token", "refresh_token", "expires_in"}
+    assert client.post("/auth/o2/token", data=form).status_code == 400  # a code works once
+
+
+def test_a_code_grant_naming_another_redirect_uri_is_invalid_grant(
     client: httpx.Client, sandbox: Sandbox
 ) -> None:
     seller_id = sandbox.state.consenting_seller(None)
@@ -129,11 +146,11 @@ def test_a_code_grant_without_its_redirect_uri_is_invalid_request(
         "client_id": sandbox.config.client_id,
         "client_secret": sandbox.config.client_secret,
     }
-    response = client.post("/auth/o2/token", data=form)
+    response = client.post("/auth/o2/token", data=form | {"redirect_uri": "http://evil/cb"})
     assert response.status_code == 400
     assert response.json() == {
-        "error": "invalid_request",
-        "error_description": "The request is missing a required parameter : redirect_uri",
+        "error": "invalid_grant",
+        "error_description": "The request has an invalid grant parameter : redirect_uri",
     }
     accepted = client.post(
         "/auth/o2/token", data=form | {"redirect_uri": sandbox.config.redirect_uris[0]}

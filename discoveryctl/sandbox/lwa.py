@@ -62,13 +62,12 @@ async def token(request: Request, config: SandboxConfig, state: SandboxState) ->
     if grant_type == "refresh_token":
         outcome = await _refresh(state, config, grant)
     else:
-        # The code grant names the redirect URI the code was issued for: LWA lists it among
-        # the request's parameters (client_secret alone is marked optional), and RFC 6749
-        # §4.1.3 requires it whenever the authorization request carried one, as SP-API consent
-        # does. https://developer.amazon.com/docs/amazon-data-portability/lwa-access-token.html
-        redirect_uri = form.get("redirect_uri")
-        if not redirect_uri:
-            return _missing("redirect_uri")
+        # A code grant that names a redirect URI must name the one the code was issued for
+        # (RFC 6749 §4.1.3). One that names none is accepted: clients that work against LWA
+        # send none (python-amazon-sp-api's `authorize_auth_code` posts grant_type, code,
+        # client_id and client_secret alone), although LWA's page lists the parameter
+        # (https://developer.amazon.com/docs/amazon-data-portability/lwa-access-token.html).
+        redirect_uri = form.get("redirect_uri") or None
         outcome = await _exchange_code(state, config, grant, redirect_uri)
     if isinstance(outcome, Response):
         return outcome
@@ -103,7 +102,7 @@ async def _refresh(
 
 
 async def _exchange_code(
-    state: SandboxState, config: SandboxConfig, code: str, redirect_uri: str
+    state: SandboxState, config: SandboxConfig, code: str, redirect_uri: str | None
 ) -> Tokens | Response:
     seller_id = state.seller_of_code(code)
     if seller_id is not None:

@@ -233,16 +233,17 @@ class SandboxState:
         return entry[0]
 
     def exchange_code(
-        self, code: str, redirect_uri: str, access_ttl: float
+        self, code: str, redirect_uri: str | None, access_ttl: float
     ) -> Tokens | Literal["invalid_code", "redirect_mismatch"]:
-        """Use a code once: a new refresh token for its seller and an access token."""
+        """Use a code once: a new refresh token for its seller and an access token. A redirect
+        URI, when given, must be the one the code was issued for."""
         with self._lock:
             entry = self._codes.get(code)
             if entry is None or entry[2] <= self.clock.now():
                 self._codes.pop(code, None)
                 return "invalid_code"
             seller_id, bound_redirect_uri, _ = entry
-            if redirect_uri != bound_redirect_uri:
+            if redirect_uri is not None and redirect_uri != bound_redirect_uri:
                 return "redirect_mismatch"
             del self._codes[code]
             refresh_token = self._issue_refresh_token(seller_id)
