@@ -41,6 +41,7 @@ def test_healthy_installation(
     assert found["database integrity"][0] == "ok"
     assert found["encryption key"] == ("ok", "decrypts all 2 stored credentials")
     assert found["LWA secret age"] == ("ok", "10 days old")
+    assert found["Stripe API version"] == ("ok", "2026-10-28.endive, sent on every request")
 
 
 def test_problems_are_named(

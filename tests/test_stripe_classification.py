@@ -29,10 +29,13 @@ def answer(
     message: str | None = "Stripe says   so\nhere",
     request_id: str | None = "req_123",
     json: bool = True,
+    replayed: bool = False,
 ) -> stripe.StripeError:
     headers = {} if request_id is None else {"request-id": request_id}
     if should_retry is not None:
         headers["stripe-should-retry"] = should_retry
+    if replayed:
+        headers["idempotent-replayed"] = "true"
     body: dict[str, Any] | None = {"error": {"message": message, "type": "api_error"}}
     if code is not None and body is not None:
         body["error"]["code"] = code
@@ -90,6 +93,11 @@ CASES = [
         "stripe_email_invalid",
     ),
     (answer(stripe.InvalidRequestError, 404), ProviderError, "stripe_invalid_request"),
+    (
+        answer(stripe.InvalidRequestError, 400, code="rate_limit"),  # the legacy rate limit
+        TransientProviderError,
+        "stripe_rate_limited",
+    ),
 ]
 
 
@@ -132,3 +140,25 @@ def test_without_a_request_id_or_a_message_the_error_is_still_named() -> None:
     bare = classify(answer(stripe.APIError, 502, message=None, request_id=None))
     assert bare.message == "Stripe failed: APIError"
     assert bare.request_id is None
+
+
+@pytest.mark.parametrize("should_retry", [None, "false", "true"])
+def test_a_500_to_a_keyed_create_leaves_the_outcome_unknown_whatever_the_headers(
+    should_retry: str | None,
+) -> None:
+    found = classify(answer(stripe.APIError, 500, should_retry=should_retry), keyed=True)
+    assert type(found) is StripeOutcomeUnknown
+    assert found.error_type == "stripe_outcome_unknown"
+
+
+def test_other_failures_of_a_keyed_create_are_what_they_are_elsewhere() -> None:
+    assert type(classify(answer(stripe.APIError, 502), keyed=True)) is TransientProviderError
+    assert classify(answer(stripe.APIError, 500)).error_type == "stripe_server_error"
+
+
+def test_a_replayed_error_says_so() -> None:
+    found = classify(answer(stripe.APIError, 500, replayed=True), keyed=True)
+    assert found.message == (
+        "Stripe failed after it began (a replay of an earlier try): Stripe says so here "
+        "(request req_123)"
+    )

@@ -7,8 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from discoveryctl.errors import AppCredentialsRejected, TransientProviderError
-from discoveryctl.providers.stripe import StripeAccount, StripeCustomers
+from discoveryctl.errors import (
+    AppCredentialsRejected,
+    StripeOutcomeUnknown,
+    TransientProviderError,
+)
+from discoveryctl.providers.stripe import STRIPE_API_VERSION, StripeAccount, StripeCustomers
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
 
 KEY = SandboxConfig().stripe_api_key
@@ -43,6 +47,27 @@ def test_a_create_sends_the_user_and_the_key_and_a_retry_is_a_replay(
     assert (again.customer_id, again.replayed) == (made.customer_id, True)
     nameless = client.create(user_id="u2", email="b@example.com", name=None, idempotency_key="k2")
     assert sandbox.state.customer(nameless.customer_id)["name"] is None  # type: ignore[index]
+
+
+def test_every_request_names_the_pinned_api_version(
+    client: StripeCustomers, sandbox: Sandbox
+) -> None:
+    client.create(user_id="u1", email="a@example.com", name=None, idempotency_key="k1")
+    sandbox.state.clock.advance(120)  # past the search lag: the search runs too
+    client.find(user_id="u9", email="z@example.com")
+    stats = sandbox.state.stats()
+    assert stats["requests"]["GET /v1/customers/search"] == 1
+    assert stats["stripe_versions"] == {STRIPE_API_VERSION: 3}
+
+
+def test_a_replayed_500_without_its_header_leaves_the_outcome_unknown(
+    client: StripeCustomers, sandbox: Sandbox
+) -> None:
+    sandbox.state.set_behaviour("stripe", "stripe_500_after_create", times=1)
+    for _ in range(2):  # the first answer, then the key's replay (no Stripe-Should-Retry)
+        with pytest.raises(StripeOutcomeUnknown):
+            client.create(user_id="u1", email="a@example.com", name=None, idempotency_key="k1")
+    assert len(sandbox.state.customers_for("u1")) == 1
 
 
 def test_a_failure_leaves_as_the_core_s_error(client: StripeCustomers, sandbox: Sandbox) -> None:

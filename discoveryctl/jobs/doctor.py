@@ -134,6 +134,9 @@ def run_checks(config: Config, today: date | None = None) -> list[Check]:
             )
         )
     checks.append(_lwa_secret_age(config, today or datetime.now(UTC).date()))
+    from discoveryctl.providers.stripe import STRIPE_API_VERSION
+
+    checks.append(Check("Stripe API version", OK, f"{STRIPE_API_VERSION}, sent on every request"))
     attempt("admin webhook", lambda: webhook_check(config))
     return checks
 

@@ -34,6 +34,11 @@ from discoveryctl.errors import (
 from discoveryctl.support.retrying import IN_RUN, RetryPolicy
 
 STRIPE_API_BASE = "https://api.stripe.com"
+STRIPE_API_VERSION = "2026-10-28.endive"
+"""The Stripe API version this code was written against (stripe-python 16.1.0's own), sent
+as ``Stripe-Version`` on every request ("Versioning", https://docs.stripe.com/api/versioning:
+without it, requests get the account's default version, which an upgrade in the Dashboard
+changes). ``doctor`` shows it."""
 TIMEOUT_SECONDS = 30.0
 """One call's limit (stripe-python's own default is 80 s, too long for a cron run)."""
 
@@ -97,6 +102,7 @@ class StripeCustomers:
             base_addresses={"api": account.api_base},
             http_client=self._http,  # pragma: no mutate
             max_network_retries=0,  # pragma: no mutate
+            stripe_version=STRIPE_API_VERSION,
         )
 
     def __enter__(self) -> StripeCustomers:
@@ -126,14 +132,13 @@ class StripeCustomers:
                 {"idempotency_key": idempotency_key},
             )
         except stripe.StripeError as error:
-            raise classify(error) from None
+            raise classify(error, keyed=True) from None
         response = customer.last_response  # the SDK sets it on every object it returns
         assert response is not None
         return CreatedCustomer(
             customer_id=customer.id,
             request_id=response.request_id,
-            # Mutation testing: header names are case-insensitive ("IDEMPOTENT-REPLAYED").
-            replayed=response.headers.get("idempotent-replayed") == "true",  # pragma: no mutate
+            replayed=_replayed(response.headers),
         )
 
     def find(self, *, user_id: str, email: str, search: bool = True) -> str | None:
@@ -169,8 +174,9 @@ def _quoted(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def classify(error: stripe.StripeError) -> ProviderError:
-    """What a Stripe failure means for the run."""
+def classify(error: stripe.StripeError, *, keyed: bool = False) -> ProviderError:
+    """What a Stripe failure means for the run; ``keyed``: the request carried an idempotency
+    key (a create), so a 500 may be one the key keeps."""
     status = error.http_status
     request = f" (request {error.request_id})" if error.request_id else ""
 
@@ -201,18 +207,23 @@ def classify(error: stripe.StripeError) -> ProviderError:
         )
     if isinstance(error, stripe.APIConnectionError):
         return transient("stripe_connection_error")
-    should_retry = (error.headers or {}).get("stripe-should-retry")
-    if should_retry == "true":
-        return transient(f"stripe_{_code(error) or status}")
-    if status == 500 and should_retry == "false":
-        # stripe-python's _should_retry: a 500 the idempotency framework "would typically
-        # replay anyway": the customer may or may not exist, and the key answers 500 from now on.
+    headers = error.headers or {}
+    should_retry = headers.get("stripe-should-retry")
+    if status == 500 and (keyed or should_retry == "false"):
+        # "Idempotent requests": once execution began, the key keeps the status and body,
+        # "including 500 errors" (the page promises nothing of the headers, so a replayed 500
+        # may come without Stripe-Should-Retry). stripe-python's _should_retry: a 500 the
+        # idempotency framework "would typically replay anyway". The customer may or may
+        # not exist, and the key answers 500 from now on: look before sending again.
+        replayed = " (a replay of an earlier try)" if _replayed(headers) else ""
         return StripeOutcomeUnknown(
-            f"Stripe failed after it began: {_summary(error)}{request}",
+            f"Stripe failed after it began{replayed}: {_summary(error)}{request}",
             error_type="stripe_outcome_unknown",
             status_code=status,
             request_id=error.request_id,
         )
+    if should_retry == "true":
+        return transient(f"stripe_{_code(error) or status}")
     if should_retry == "false":  # Stripe says a retry now would not help: the next run's
         return ProviderError(
             f"Stripe failed ({status}) and asked not to be retried: {_summary(error)}{request}",
@@ -222,7 +233,9 @@ def classify(error: stripe.StripeError) -> ProviderError:
         )
     if status == 409:
         return transient("stripe_idempotency_key_in_use")  # "Error codes": still in flight
-    if status == 429:
+    if status == 429 or (status == 400 and _code(error) == "rate_limit"):
+        # "Error codes": rate_limit, "too many requests hit the API too quickly"; Stripe
+        # answered it with 400 before the 429 existed ("Rate limits"), so either is a wait.
         return transient("stripe_rate_limited")
     if status is None or status >= 500:  # an edge page with no JSON is an APIError too
         return transient("stripe_server_error")
@@ -232,6 +245,13 @@ def classify(error: stripe.StripeError) -> ProviderError:
         status_code=status,
         request_id=error.request_id,
     )
+
+
+def _replayed(headers: Any) -> bool:
+    """Whether Stripe answered with what an earlier request under the same key got
+    (``Idempotent-Replayed: true``, "Advanced error handling"), on a success or an error."""
+    # Mutation testing: header names are case-insensitive ("IDEMPOTENT-REPLAYED").
+    return bool(headers.get("idempotent-replayed") == "true")  # pragma: no mutate
 
 
 def _code(error: stripe.StripeError) -> str | None:

@@ -21,7 +21,7 @@ class SandboxConfig:
     stripe_search_lag_seconds: float = 60.0
     """How long, by the sandbox clock, a new customer stays invisible to search (0: at once)."""
     stripe_rate_limits: bool = True
-    """Stripe's test-mode rate limits: 25 reads and 25 writes a second, 20 searches a second."""
+    """Stripe's sandbox rate limits: 25 operations a second in total, 20 searches a second."""
     redirect_uris: tuple[str, ...] = ("http://127.0.0.1:8765/callback",)
     login_uri: str | None = None
     amazon_callback_base: str = "https://amazon.com"

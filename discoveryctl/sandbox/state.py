@@ -57,7 +57,7 @@ BEHAVIOURS: dict[str, BehaviourSpec] = {
     "stripe_edge_4xx": BehaviourSpec("stripe", frozenset({"edge_status"})),
     "stripe_slow": BehaviourSpec("stripe", frozenset({"ms"}), frozenset({"ms"})),
     "stripe_drop_after_create": BehaviourSpec("stripe"),
-    "stripe_500_after_create": BehaviourSpec("stripe"),
+    "stripe_500_after_create": BehaviourSpec("stripe", frozenset({"replay_should_retry"})),
     "stripe_search_lag": BehaviourSpec("stripe", frozenset({"ms"}), frozenset({"ms"})),
 }
 """Every behaviour by name. Each also takes ``times=N`` (apply to the next N requests, then
@@ -72,6 +72,7 @@ _PARAM_RANGES = {
     "revoke_old": (0, 1),
     "should_retry": (0, 1),
     "writes": (0, 1),
+    "replay_should_retry": (0, 1),
     "edge_status": (400, 499),
 }
 
@@ -95,7 +96,8 @@ class Tokens:
 
 @dataclass
 class StoredResponse:
-    """What an idempotent Stripe request answered, kept to be replayed byte for byte."""
+    """What an idempotent Stripe request answered, kept to be replayed: its status and body
+    byte for byte, and only the headers a switch asks for."""
 
     status: int
     body: bytes
@@ -148,6 +150,7 @@ class SandboxState:
         self._idempotency: dict[str, _IdempotencyRecord] = {}
         self._stripe_admitted: dict[str, deque[float]] = {}  # rate-limit bucket → times
         self._requests: Counter[str] = Counter()
+        self._stripe_versions: Counter[str] = Counter()
         self._grants: Counter[str] = Counter({"authorization_code": 0, "refresh_token": 0})
         self._refreshes: Counter[str] = Counter()
         self._client_secret: str | None = None  # the LWA client secret, if rotated
@@ -493,9 +496,15 @@ class SandboxState:
         with self._lock:
             self._requests[route] += 1
 
+    def record_stripe_version(self, version: str | None) -> None:
+        """Count one Stripe request by the ``Stripe-Version`` it named ("" for none)."""
+        with self._lock:
+            self._stripe_versions[version or ""] += 1
+
     def stats(self) -> dict[str, Any]:
-        """Requests per route, customers per user, successful grants by type, and refresh
-        requests per seller (whatever their outcome)."""
+        """Requests per route, customers per user, successful grants by type, refresh
+        requests per seller (whatever their outcome), and Stripe requests by the API version
+        they named."""
         with self._lock:
             per_user: Counter[str] = Counter(
                 c["metadata"]["user_id"]
@@ -507,6 +516,7 @@ class SandboxState:
                 "customers_per_user": dict(per_user),
                 "grants": dict(self._grants),
                 "refreshes_per_seller": dict(self._refreshes),
+                "stripe_versions": dict(self._stripe_versions),
             }
 
 

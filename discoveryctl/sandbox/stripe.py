@@ -41,10 +41,11 @@ may, measured from the key's first use on the sandbox clock."""
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 """Per "Idempotent requests": "Idempotency keys are up to 255 characters long"."""
 
-RATE_LIMITS = {"read": 25, "write": 25, "search": 20}
-"""Per "Rate limits": 25 read and 25 write operations a second in test mode, and 20 read
-operations a second over all search endpoints. Whether a search also counts against the 25
-reads is not documented; the sandbox counts it against both."""
+RATE_LIMITS = {"all": 25, "search": 20}
+"""Per "Rate limits" (https://docs.stripe.com/rate-limits, as it reads now): a sandbox's
+global limit is 25 operations a second over every endpoint (live mode: 100), each endpoint's
+own default limit is 25 a second too (never the stricter here), and search endpoints allow 20
+a second, which also count against the global limit."""
 
 _CUSTOMER_FIELDS = ("email", "name", "description", "phone")
 _METADATA = re.compile(r"metadata\[(?P<key>[^\]]+)\]\Z")
@@ -59,32 +60,32 @@ _NO_KEY = (
     "https://support.stripe.com/."
 )
 
-Bucket = Literal["read", "write", "search"]
+Bucket = Literal["all", "search"]
 Endpoint = Callable[[Request, SandboxConfig, SandboxState, str], Awaitable[Response]]
 
 
 async def create_customer(request: Request, config: SandboxConfig, state: SandboxState) -> Response:
     """``POST /v1/customers``."""
-    return await _serve(request, config, state, _create, ("write",))
+    return await _serve(request, config, state, _create, ("all",), writing=True)
 
 
 async def list_customers(request: Request, config: SandboxConfig, state: SandboxState) -> Response:
     """``GET /v1/customers``, newest first, filtered by ``email`` and ``created``."""
-    return await _serve(request, config, state, _list, ("read",))
+    return await _serve(request, config, state, _list, ("all",))
 
 
 async def search_customers(
     request: Request, config: SandboxConfig, state: SandboxState
 ) -> Response:
     """``GET /v1/customers/search?query=``."""
-    return await _serve(request, config, state, _search, ("read", "search"))
+    return await _serve(request, config, state, _search, ("all", "search"))
 
 
 async def retrieve_customer(
     request: Request, config: SandboxConfig, state: SandboxState
 ) -> Response:
     """``GET /v1/customers/{id}``."""
-    return await _serve(request, config, state, _retrieve, ("read",))
+    return await _serve(request, config, state, _retrieve, ("all",))
 
 
 def server_error(status: int) -> Response:
@@ -100,9 +101,14 @@ async def _serve(
     state: SandboxState,
     endpoint: Endpoint,
     buckets: tuple[Bucket, ...],
+    *,
+    writing: bool = False,
 ) -> Response:
     """Apply, in order, the edge, authentication, the rate limiters and the switches that
     act before an endpoint runs, then run it."""
+    # "Versioning": a request may name the API version it was written against; the sandbox
+    # answers every version alike and counts what it was sent (stats()["stripe_versions"]).
+    state.record_stripe_version(request.header("stripe-version"))
     edge = _edge_page(state)
     if edge is not None:
         return edge
@@ -110,7 +116,7 @@ async def _serve(
     response = (
         _authenticate(request, config)
         or _rate_limit(config, state, buckets)
-        or _refuse_before_executing(state, writing="write" in buckets)
+        or _refuse_before_executing(state, writing=writing)
     )
     if response is None:
         response = await endpoint(request, config, state, request_id)
@@ -347,14 +353,19 @@ async def _execute_create(
         }
     )
     response = json_response(200, customer)
-    if state.take_behaviour(STRIPE, "stripe_500_after_create") is not None:
+    replayed_headers: tuple[tuple[str, str], ...] = ()
+    failed = state.take_behaviour(STRIPE, "stripe_500_after_create")
+    if failed is not None:
         # "Idempotent requests": Stripe failed after it began executing, the customer may
         # exist, and the 500 is what the key replays from now on ("including 500 errors").
+        # The page says the status and body are saved; no source says which headers come
+        # with a replay, so none do unless ``replay_should_retry=1`` asks for the header.
         response = _api_error(500)
+        if failed.get("replay_should_retry"):
+            replayed_headers = (("stripe-should-retry", "false"),)
     if key is not None:
         state.store_idempotent_response(
-            key,
-            StoredResponse(response.status, response.body, request_id, tuple(response.headers)),
+            key, StoredResponse(response.status, response.body, request_id, replayed_headers)
         )
     response.lost_in_transit = state.take_behaviour(STRIPE, "stripe_drop_after_create") is not None
     return response
