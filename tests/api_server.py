@@ -5,8 +5,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 
@@ -23,13 +24,19 @@ def listening() -> socket.socket:
 
 
 @contextmanager
-def serving(keepalive: float = 15.0, listener: socket.socket | None = None) -> Iterator[str]:
-    """The API over the database and settings the environment names; yields its base URL."""
+def serving(
+    keepalive: float = 15.0,
+    listener: socket.socket | None = None,
+    wrap: Callable[[Any], Any] | None = None,
+) -> Iterator[str]:
+    """The API over the database and settings the environment names; yields its base URL.
+    ``wrap`` puts something in front of the API on the same origin (a front end's pages)."""
     listener = listener or listening()
     port = listener.getsockname()[1]
+    app = create_app(Config(), keepalive=keepalive)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(Config(), keepalive=keepalive),
+            wrap(app) if wrap is not None else app,
             host="127.0.0.1",
             port=port,
             log_config=None,

@@ -4,6 +4,8 @@ sockets: the whole flow, each failure reason, and a consent link that is not the
 
 from __future__ import annotations
 
+import html
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -154,22 +156,138 @@ def test_a_seller_connects_from_the_browser(web: Web, browser: httpx.Client) -> 
     assert web.sandbox.state.stats()["grants"]["authorization_code"] == 2
 
 
+def confirmation_form(page: httpx.Response) -> dict[str, str]:
+    """The hidden fields of the login step's confirmation page."""
+    assert page.status_code == 200, (page.status_code, page.headers.get("location"))
+    assert page.headers["x-frame-options"] == "DENY"
+    fields = re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', page.text)
+    return {html.unescape(name): html.unescape(value) for name, value in fields}
+
+
+def login_link(web: Web, browser: httpx.Client, user: str) -> str:
+    """Start a consent for ``user`` in ``browser`` and consent at Amazon: the login-URI link
+    Amazon sends the browser to."""
+    to_login = browser.get(web.consent_url(browser, user))
+    assert to_login.status_code == 302
+    login: str = to_login.headers["location"]
+    assert urlsplit(login).path == f"{ROUTES}/login"
+    return login
+
+
 def test_login_uri_mode_from_the_browser(
     db: Any, monkeypatch: pytest.MonkeyPatch, browser: httpx.Client
 ) -> None:
     for web in start_web(db, monkeypatch, login=True):
-        to_login = browser.get(web.consent_url(browser, "bob"))
-        assert to_login.status_code == 302
-        login = to_login.headers["location"]
-        assert urlsplit(login).path == f"{ROUTES}/login"
-        back_to_amazon = browser.get(login)
-        assert back_to_amazon.status_code == 302
+        page = browser.get(login_link(web, browser, "bob"))
+        form = confirmation_form(page)  # a page to confirm, never a redirect on a GET
+        seller = form["selling_partner_id"]
+        assert f'<strong id="seller">{seller}</strong>' in page.text
+        assert '<strong id="user">bob</strong>' in page.text
+        back_to_amazon = browser.post(f"{web.api}{ROUTES}/login", data=form)
+        assert back_to_amazon.status_code == 303
         confirm = back_to_amazon.headers["location"]
         assert confirm.startswith(
             f"https://amazon.com/apps/authorize/confirm/{web.sandbox.config.application_id}?"
         )
+        again = browser.post(f"{web.api}{ROUTES}/login", data=form)  # once per consent
+        assert again.headers["location"] == f"{LANDING}?error=login_reused"
         assert web.land(browser, confirm) == {"status": "connected"}
         assert status_of(web, "bob")["status"] == "active"
+
+
+def test_a_login_step_someone_else_started_connects_nothing(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mallory consents for her own seller account and sends the login link Amazon gave her
+    to Victor, who has a consent of his own open: his user must not end up with her seller."""
+    for web in start_web(db, monkeypatch, login=True):
+        with httpx.Client(timeout=10) as mallory:
+            bait = login_link(web, mallory, "mallory")
+            her_form = confirmation_form(mallory.get(bait))
+        with httpx.Client(timeout=10) as victor:
+            web.consent_url(victor, "victor")  # his own consent under way
+            page = victor.get(bait)
+            shown = confirmation_form(page)  # a page naming him and her seller: no redirect
+            assert '<strong id="user">victor</strong>' in page.text
+            assert shown["selling_partner_id"] == her_form["selling_partner_id"]
+            post = f"{web.api}{ROUTES}/login"
+            forged = {k: v for k, v in shown.items() if k != "login_token"}
+            for attempt in (forged, {**forged, "login_token": her_form["login_token"]}):
+                refused = victor.post(post, data=attempt)  # a page elsewhere posting for him
+                assert refused.headers["location"] == f"{LANDING}?error=login_not_confirmed"
+        assert web.credentials() == []
+        assert web.sandbox.state.stats()["grants"]["authorization_code"] == 0
+        assert status_of_nobody(web, "victor") and status_of_nobody(web, "mallory")
+
+
+def test_the_yearly_re_authorization_started_at_amazon_reconnects_the_signed_in_user(
+    db: Any, monkeypatch: pytest.MonkeyPatch, browser: httpx.Client
+) -> None:
+    for web in start_web(db, monkeypatch, login=True):
+        # Rae connected a year ago, from the EU marketplace of Germany.
+        started = web.connect(browser, "rae", marketplace="DE")
+        login = browser.get(started.headers["location"]).headers["location"]
+        form = confirmation_form(browser.get(login))
+        confirm = browser.post(f"{web.api}{ROUTES}/login", data=form).headers["location"]
+        assert web.land(browser, confirm) == {"status": "connected"}
+        seller = status_of(web, "rae")["metadata"]["selling_partner_id"]
+
+        # Amazon asks her to re-authorize: she starts at Seller Central, in a new browser.
+        with httpx.Client(timeout=10) as fresh:
+            entry = fresh.get(
+                f"{web.sandbox.url}/apps/manage/authorize",
+                params={
+                    "application_id": web.sandbox.config.application_id,
+                    "selling_partner_id": seller,
+                },
+            )
+            assert entry.status_code == 302
+            to_front_end = fresh.get(entry.headers["location"])  # our login URI, no cookie
+            assert to_front_end.status_code == 302
+            where = urlsplit(to_front_end.headers["location"])
+            assert f"{where.scheme}://{where.netloc}{where.path}" == f"{LANDING}/authorize"
+            amazon_asked = {k: v[0] for k, v in parse_qs(where.query).items()}
+            assert amazon_asked["selling_partner_id"] == seller
+            # The front end signs her in and confirms with her bearer token.
+            answer = fresh.post(
+                f"{web.api}{ROUTES}/authorize",
+                json=amazon_asked,
+                headers={**bearer("rae"), "Accept": "application/json"},
+            )
+            assert answer.status_code == 200, answer.text
+            assert COOKIE in fresh.cookies  # this browser's consent, for the callback
+            assert web.land(fresh, answer.json()["data"]["continueUrl"]) == {"status": "connected"}
+        data = status_of(web, "rae")
+        assert (data["status"], data["metadata"]["region"]) == ("active", "eu")
+        assert len(web.credentials()) == 1
+        assert web.sandbox.state.stats()["grants"]["authorization_code"] == 2
+        flows = web.db.rows(
+            "SELECT flow FROM oauth_states WHERE user_id = 'rae' ORDER BY created_at"
+        )
+        assert [f["flow"] for f in flows] == ["web", "amazon_started"]
+
+
+def test_a_consent_started_at_amazon_needs_the_signed_in_caller_and_amazon_s_request(
+    db: Any, monkeypatch: pytest.MonkeyPatch, browser: httpx.Client
+) -> None:
+    for web in start_web(db, monkeypatch, login=True):
+        asked = {
+            "amazon_callback_uri": f"https://amazon.com/apps/authorize/confirm/{'x' * 8}",
+            "amazon_state": "amazon-state",
+            "selling_partner_id": "A1B2C3D4E5F6G7",
+        }
+        route = f"{web.api}{ROUTES}/authorize"
+        assert browser.post(route, json=asked).status_code == 401
+        evil = {**asked, "amazon_callback_uri": "https://evil.example.com/steal"}
+        refused = browser.post(route, json=evil, headers=bearer("una"))
+        assert refused.status_code == 400
+        assert refused.json()["error"] == (
+            "amazon_callback_uri does not point at Amazon (invalid_login_request)"
+        )
+        assert web.db.rows("SELECT * FROM oauth_states") == []  # nothing issued
+        unknown = browser.post(route, json={**asked, "extra": 1}, headers=bearer("una"))
+        assert unknown.status_code == 400  # a field Amazon does not send
+        assert web.credentials() == []
 
 
 def test_the_cookie_is_secure_when_amazon_sends_the_browser_back_over_https(
@@ -284,16 +402,15 @@ def test_a_consent_link_someone_else_started_connects_nothing(web: Web) -> None:
     assert status_of_nobody(web, "mallory")
 
 
-def test_the_login_step_needs_this_browser_s_consent_and_an_amazon_address(
-    web: Web, browser: httpx.Client
-) -> None:
+def test_the_login_step_needs_an_amazon_address(web: Web, browser: httpx.Client) -> None:
     login = f"{web.api}{ROUTES}/login"
     params = {
         "amazon_callback_uri": f"https://amazon.com/apps/authorize/confirm/{'x' * 8}",
         "amazon_state": "amazon-state",
         "selling_partner_id": "A1B2C3D4E5F6G7",
     }
-    assert web.land(browser, f"{login}?{urlencode(params)}") == {"error": "missing_state"}
+    without = browser.get(f"{login}?{urlencode({**params, 'amazon_state': ''})}")
+    assert without.headers["location"] == f"{LANDING}?error=invalid_login_request"
     web.consent_url(browser, "fay")
     elsewhere = {**params, "amazon_callback_uri": "https://evil.example.com/steal"}
     assert web.land(browser, f"{login}?{urlencode(elsewhere)}") == {

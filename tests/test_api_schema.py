@@ -59,6 +59,16 @@ parameters are ignored, as HTTP servers do. Every answer is still checked agains
 and for a server error."""
 
 
+AGREEMENT_UNSAID = {
+    "GET /api/v1/integrations/amazon/connect",
+    "POST /api/v1/integrations/amazon/authorize",
+}
+"""Operations whose parameters may each fit the schema and still not fit together or not be
+Amazon's (a marketplace outside the region asked for, a way back that is not on Amazon's
+hosts): a 400 naming why is their right answer, so for them alone a schema-valid request may
+be refused. Their answers are still checked against the schema, and for a server error."""
+
+
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_no_server_error_and_no_answer_outside_the_schema(
     api_schema: Any, mode: GenerationMode
@@ -70,6 +80,11 @@ def test_no_server_error_and_no_answer_outside_the_schema(
     assert len(operations) >= 10
 
     for operation in operations:
+        excluded = NOT_CHECKED + (
+            [schemathesis.checks.positive_data_acceptance]
+            if operation.label in AGREEMENT_UNSAID
+            else []
+        )
 
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(
@@ -80,7 +95,9 @@ def test_no_server_error_and_no_answer_outside_the_schema(
         )
         def check(case: Any) -> None:
             case.call_and_validate(
-                headers=headers, allow_redirects=False, excluded_checks=NOT_CHECKED
+                headers=headers,
+                allow_redirects=False,
+                excluded_checks=excluded,
             )
 
         try:

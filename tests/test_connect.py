@@ -4,9 +4,11 @@ the seller's browser, over real sockets."""
 from __future__ import annotations
 
 import datetime as dt
+import html
 import ipaddress
 import json
 import os
+import re
 import secrets
 import socket
 import ssl
@@ -181,8 +183,9 @@ def test_login_uri_mode(db: Any, monkeypatch: pytest.MonkeyPatch, cli: Any) -> N
             login = to_login.headers["location"]
             assert urlsplit(login).path == "/login"
             assert "amazon_callback_uri" in parse_qs(urlsplit(login).query)
-            back_to_amazon = browser.get(login)
-            assert back_to_amazon.status_code == 302
+            form = hidden_fields(browser.get(login))  # a page to confirm, then its POST
+            back_to_amazon = browser.post(login, data=form)
+            assert back_to_amazon.status_code == 303
             confirm = back_to_amazon.headers["location"]
             application_id = amazon.sandbox.config.application_id
             assert confirm.startswith(
@@ -769,6 +772,14 @@ def test_a_trickling_client_does_not_hold_the_flow_past_its_timeout(amazon: Amaz
     assert time.monotonic() - began < 10
 
 
+def hidden_fields(page: httpx.Response) -> dict[str, str]:
+    """The confirmation page's form."""
+    assert page.status_code == 200, page.text
+    assert page.headers["x-frame-options"] == "DENY"
+    fields = re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', page.text)
+    return {html.unescape(name): html.unescape(value) for name, value in fields}
+
+
 def test_the_login_step_returns_only_to_amazon(amazon: Amazon) -> None:
     run = Run("--user", "tia", "--no-browser", "--timeout", "20")
     run.consent_url()
@@ -778,7 +789,12 @@ def test_the_login_step_returns_only_to_amazon(amazon: Amazon) -> None:
     with httpx.Client(timeout=5) as browser:
 
         def step(target: str, **extra: str) -> httpx.Response:
-            params = {"amazon_callback_uri": target, "amazon_state": "s", **extra}
+            params = {
+                "amazon_callback_uri": target,
+                "amazon_state": "s",
+                "selling_partner_id": "A1B2C3D4E5F6G7",
+                **extra,
+            }
             return browser.get(login, params=params)
 
         for target in (
@@ -802,15 +818,46 @@ def test_the_login_step_returns_only_to_amazon(amazon: Amazon) -> None:
             f"https://www.amazon.com{confirm}",
             f"https://sellercentral.amazon.com{confirm}",
             f"https://AMAZON.com{confirm}",
+            "/apps/authorize/confirm",
         ):
-            answer = step(target)
-            assert answer.status_code == 302, target
-            assert answer.headers["location"].startswith(target + "?"), target
-        relative = step("/apps/authorize/confirm")
-        assert relative.status_code == 302
+            assert hidden_fields(step(target))["amazon_callback_uri"] == target
+        form = hidden_fields(step("/apps/authorize/confirm"))
+        relative = browser.post(login, data=form)
+        assert relative.status_code == 303
         assert relative.headers["location"].startswith(amazon.sandbox.url + "/apps/authorize/")
+        again = browser.post(login, data=form)  # once per consent
+        assert again.status_code == 400
+        assert "already confirmed" in again.text
     run.process.kill()
     run.finish()
+
+
+def test_a_login_step_someone_else_sent_connects_nothing(amazon: Amazon) -> None:
+    """Mallory sends the operator a login-step link for her seller account while the
+    operator's own `connect` is waiting: a page names her seller, and nothing but that page's
+    own form continues; the operator's user is not connected to her account."""
+    run = Run("--user", "otto", "--no-browser", "--timeout", "20")
+    run.consent_url()
+    login = amazon.redirect_uri.rsplit("/", 1)[0] + "/login"
+    bait = {
+        "amazon_callback_uri": "https://amazon.com/apps/authorize/confirm/amzn1.sp.solution.x",
+        "amazon_state": "mallorys-amazon-state",
+        "selling_partner_id": "AMALLORYSELLER",
+    }
+    with httpx.Client(timeout=5) as browser:
+        page = browser.get(login, params=bait)
+        assert "AMALLORYSELLER" in page.text and "otto" in page.text
+        assert "location" not in page.headers  # no redirect on a GET
+        for token in (None, "x" * 43):  # a page elsewhere posting the form without its token
+            form = {**bait, **({"login_token": token} if token else {})}
+            refused = browser.post(login, data=form)
+            assert refused.status_code == 400
+            assert "not confirmed" in refused.text
+        assert browser.put(login).status_code == 405
+    run.process.kill()
+    run.finish()
+    assert amazon.credentials() == []
+    assert amazon.sandbox.state.stats()["grants"]["authorization_code"] == 0
 
 
 def test_the_login_step_passes_on_version_beta_that_amazon_sent(
@@ -820,14 +867,15 @@ def test_the_login_step_passes_on_version_beta_that_amazon_sent(
         run = Run("--user", "uma", "--no-browser", "--timeout", "20")
         run.consent_url()
         login = amazon.redirect_uri.rsplit("/", 1)[0] + "/login"
-        target = "https://amazon.com/apps/authorize/confirm/amzn1.sp.solution.x"
+        asked = {
+            "amazon_callback_uri": "https://amazon.com/apps/authorize/confirm/amzn1.sp.solution.x",
+            "amazon_state": "s",
+            "selling_partner_id": "A1B2C3D4E5F6G7",
+        }
         with httpx.Client(timeout=5) as browser:
-            plain = browser.get(login, params={"amazon_callback_uri": target, "amazon_state": "s"})
-            beta = browser.get(
-                login,
-                params={"amazon_callback_uri": target, "amazon_state": "s", "version": "beta"},
-            )
-        assert "version" not in parse_qs(urlsplit(plain.headers["location"]).query)
-        assert parse_qs(urlsplit(beta.headers["location"]).query)["version"] == ["beta"]
+            assert "version" not in hidden_fields(browser.get(login, params=asked))
+            beta = hidden_fields(browser.get(login, params={**asked, "version": "beta"}))
+            onward = browser.post(login, data=beta)
+        assert parse_qs(urlsplit(onward.headers["location"]).query)["version"] == ["beta"]
         run.process.kill()
         run.finish()

@@ -251,6 +251,36 @@ def test_login_uri_mode_goes_through_the_apps_login_page(login_sandbox: Sandbox)
         assert "amazon_state" in replayed.text
 
 
+def test_a_consent_started_at_amazon_goes_to_the_login_uri_without_a_state_of_the_app_s(
+    login_sandbox: Sandbox,
+) -> None:
+    sandbox = login_sandbox
+    app_id = sandbox.config.application_id
+    seller = sandbox.state.add_seller().selling_partner_id
+    with httpx.Client(base_url=sandbox.url) as client:
+        entry = client.get(
+            "/apps/manage/authorize",
+            params={"application_id": app_id, "selling_partner_id": seller},
+        )
+        target, login = redirected_to(entry)
+        assert target == LOGIN_URI
+        assert set(login) == {"amazon_callback_uri", "amazon_state", "selling_partner_id"}
+        assert login["selling_partner_id"] == seller
+        callback = sandbox.browser_url(login["amazon_callback_uri"])
+        target, query = redirected_to(client.get(callback, params=confirm_params(login)))
+        assert (target, query["selling_partner_id"]) == (REDIRECT_URI, seller)
+        unknown = client.get("/apps/manage/authorize", params={"application_id": "other"})
+        assert unknown.status_code == 400
+
+
+def test_a_consent_started_at_amazon_needs_a_login_uri(sandbox: Sandbox) -> None:
+    with httpx.Client(base_url=sandbox.url) as client:
+        params = {"application_id": sandbox.config.application_id}
+        answer = client.get("/apps/manage/authorize", params=params)
+    assert answer.status_code == 400
+    assert "no login URI" in answer.text
+
+
 def test_a_published_app_gets_no_version_beta_on_its_login_page() -> None:
     config = SandboxConfig(login_uri=LOGIN_URI, draft=False)
     with run_in_thread(config) as sandbox, httpx.Client(base_url=sandbox.url) as client:

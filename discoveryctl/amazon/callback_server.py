@@ -1,7 +1,8 @@
 """The one-shot local server that receives Amazon's consent redirect (docs/behaviour.md §5).
 
 It listens on 127.0.0.1 only, at the port of ``AMAZON_REDIRECT_URI``, serves that URI's path
-and ``/login``, and answers everything else with a small error page. It never decides
+and ``/login`` (a GET, and the POST of its confirmation form), and answers everything else
+with a small error page. It never decides
 anything itself: each request is handed to the flow's callbacks, which return the page to
 show and whether the flow is finished. A request that makes a callback raise gets a 500 page;
 the server keeps serving.
@@ -31,8 +32,9 @@ LOOPBACK = "127.0.0.1"
 LOGIN_PATH = "/login"
 REQUEST_TIMEOUT_SECONDS = 5
 MAX_QUERY_BYTES = 8192
+MAX_FORM_BYTES = 16384
 HANDLER_GRACE_SECONDS = 2.0
-CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
+CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Page:
     message: str = ""
     location: str | None = None
     finished: bool = False
+    html: str | None = None  # a whole page of the flow's own, instead of title and message
 
 
 Query = dict[str, list[str]]
@@ -51,6 +54,8 @@ CallbackHandler = Callable[[Query], Page]
 
 
 def render(page: Page) -> bytes:
+    if page.html is not None:
+        return page.html.encode()
     title, message = html.escape(page.title), html.escape(page.message)
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
@@ -67,13 +72,14 @@ class CallbackServer:
         redirect_uri: str,
         on_callback: CallbackHandler,
         on_login: CallbackHandler,
+        on_confirm: CallbackHandler,
         tls: tuple[Path, Path] | None = None,
     ) -> None:
         parts = urlsplit(redirect_uri)
         self.path = parts.path or "/"
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.finished = False
-        handler = _handler_class(self, on_callback, on_login)
+        handler = _handler_class(self, on_callback, on_login, on_confirm)
         context = _tls_context(tls) if tls is not None else None
         self._server = _OneShotServer((LOOPBACK, self.port), handler, context)
         try:
@@ -168,7 +174,10 @@ class _OneShotServer(ThreadingMixIn, HTTPServer):
 
 
 def _handler_class(
-    server: CallbackServer, on_callback: CallbackHandler, on_login: CallbackHandler
+    server: CallbackServer,
+    on_callback: CallbackHandler,
+    on_login: CallbackHandler,
+    on_confirm: CallbackHandler,
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         timeout = REQUEST_TIMEOUT_SECONDS
@@ -198,10 +207,27 @@ def _handler_class(
                 get_logger().exception("callback_handler_crashed", path=urlsplit(self.path).path)
                 return Page(500, "Something went wrong", "The connection was not completed.")
 
-        def _refuse(self) -> None:
-            self._send(Page(405, "Method not allowed"), allow="GET")
+        def do_POST(self) -> None:
+            """The login step's confirmation form, and nothing else."""
+            if urlsplit(self.path).path != LOGIN_PATH:
+                self._refuse()
+                return
+            try:
+                length = int(self.headers.get("Content-Length") or "")
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_FORM_BYTES:
+                self.close_connection = True
+                self._send(Page(413 if length > 0 else 411, "Request not accepted"))
+                return
+            body = self.rfile.read(length).decode("utf-8", "replace")
+            self._send(self._call(on_confirm, parse_qs(body, keep_blank_values=True)))
 
-        do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse
+        def _refuse(self) -> None:
+            allow = "GET, POST" if urlsplit(self.path).path == LOGIN_PATH else "GET"
+            self._send(Page(405, "Method not allowed"), allow=allow)
+
+        do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse
 
         def _send(self, page: Page, allow: str | None = None) -> None:
             body = render(page)
@@ -216,6 +242,7 @@ def _handler_class(
             self.send_header("Cache-Control", "no-store")
             self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+            self.send_header("X-Frame-Options", "DENY")
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from discoveryctl.amazon import consent
-from discoveryctl.amazon.callback_server import CallbackServer, Page, Query
+from discoveryctl.amazon import consent, login_step
+from discoveryctl.amazon.callback_server import LOGIN_PATH, CallbackServer, Page, Query
 from discoveryctl.amazon.consent import Connected, ConsentStart, Reason
 from discoveryctl.config import Config
 from discoveryctl.db.engine import SessionScope
@@ -126,16 +126,28 @@ def via_local_server(
             )
 
     def on_login(query: Query) -> Page:
+        """Amazon's login step: a page to confirm, never a redirect on a GET."""
         assert start is not None
         try:
-            location = consent.login_redirect(
-                flow.app, query, start.state, flow.region, flow.marketplace
+            asked = login_step.confirmation(flow.app, start.state, flow.config.jwt_secret(), query)
+        except OAuthCallbackError as error:
+            return Page(400, "Sign-in step failed", error.message)
+        return Page(200, "Connect Amazon", html=login_step.page(asked, LOGIN_PATH))
+
+    def on_confirm(form: Query) -> Page:
+        """The confirmation's POST: on to Amazon, once, with the page's own token."""
+        assert start is not None
+        try:
+            location = login_step.confirm(
+                flow.session_scope, flow.app, flow.config.jwt_secret(), start.state, form
             )
         except OAuthCallbackError as error:
             return Page(400, "Sign-in step failed", error.message)
-        return Page(302, "Continue to Amazon", location=location)
+        return Page(303, "Continue to Amazon", location=location)
 
-    with CallbackServer(flow.app.redirect_uri, on_callback, on_login, tls=tls) as server:
+    with CallbackServer(
+        flow.app.redirect_uri, on_callback, on_login, on_confirm, tls=tls
+    ) as server:
         start = flow.start("local")
         announce(start.url)
         server.serve(timeout)

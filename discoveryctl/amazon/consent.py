@@ -45,7 +45,6 @@ from discoveryctl.providers.lwa import (
     AmazonApp,
     LwaClient,
     consent_url,
-    login_continue_url,
 )
 from discoveryctl.providers.lwa import marketplace as lwa_marketplace
 from discoveryctl.support.crypto import Vault
@@ -72,6 +71,8 @@ class Reason(StrEnum):
     code_exchange_failed = "code_exchange_failed"
     app_credentials_rejected = "app_credentials_rejected"
     invalid_login_request = "invalid_login_request"
+    login_not_confirmed = "login_not_confirmed"
+    login_reused = "login_reused"
     store_failed = "store_failed"
     timeout = "timeout"
 
@@ -247,7 +248,7 @@ def diagnose(
     return OAuthCallbackError(Reason.invalid_state, "the state does not belong to this flow")
 
 
-def _single(params: Mapping[str, Any], name: str) -> str | None:
+def single(params: Mapping[str, Any], name: str) -> str | None:
     """One query parameter's value; a repeated or empty parameter counts as missing."""
     value = params.get(name)
     if isinstance(value, list | tuple):
@@ -255,6 +256,22 @@ def _single(params: Mapping[str, Any], name: str) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None
     return value.strip()
+
+
+def selling_partner(params: Mapping[str, Any], what: str) -> str:
+    """The ``selling_partner_id`` Amazon sent with a ``what`` (callback, login request), or why
+    it is not one Amazon issues."""
+    seller = single(params, "selling_partner_id")
+    if seller is None:
+        raise OAuthCallbackError(
+            Reason.missing_selling_partner_id, f"the {what} carries no selling_partner_id"
+        )
+    if not SELLING_PARTNER_ID.fullmatch(seller):
+        raise OAuthCallbackError(
+            Reason.invalid_selling_partner_id,
+            f"the {what}'s selling_partner_id {printable(seller, 80)} is not one Amazon issues",
+        )
+    return seller
 
 
 def validate(
@@ -268,13 +285,13 @@ def validate(
 
     Returns the state's claims, the ``spapi_oauth_code`` and the ``selling_partner_id``.
     """
-    error = _single(params, "error")
+    error = single(params, "error")
     if error is not None:
-        description = _single(params, "error_description") or error
+        description = single(params, "error_description") or error
         raise OAuthCallbackError(
             Reason.access_denied, f"Amazon did not grant consent: {printable(description)}"
         )
-    token = _single(params, "state")
+    token = single(params, "state")
     if token is None:
         raise OAuthCallbackError(Reason.missing_state, "the callback carries no state")
     claims = read_state(token, jwt_secret)
@@ -286,20 +303,10 @@ def validate(
         raise OAuthCallbackError(
             Reason.invalid_state, "the state does not belong to this connect flow"
         )
-    code = _single(params, "spapi_oauth_code")
+    code = single(params, "spapi_oauth_code")
     if code is None:
         raise OAuthCallbackError(Reason.missing_code, "the callback carries no authorization code")
-    seller = _single(params, "selling_partner_id")
-    if seller is None:
-        raise OAuthCallbackError(
-            Reason.missing_selling_partner_id, "the callback carries no selling_partner_id"
-        )
-    if not SELLING_PARTNER_ID.fullmatch(seller):
-        raise OAuthCallbackError(
-            Reason.invalid_selling_partner_id,
-            f"the callback's selling_partner_id {printable(seller, 80)} is not one Amazon issues",
-        )
-    return claims, code, seller
+    return claims, code, selling_partner(params, "callback")
 
 
 def consume(session: Session, claims: StateClaims) -> None:
@@ -517,29 +524,3 @@ def record_failure(
             reason=str(reason),
             message=message,
         )
-
-
-def login_redirect(
-    app: AmazonApp,
-    params: Mapping[str, Any],
-    state: str,
-    region: str,
-    marketplace: str | None = None,
-) -> str:
-    """The login-URI step: where to send the seller's browser next."""
-    callback = _single(params, "amazon_callback_uri")
-    amazon_state = _single(params, "amazon_state")
-    if callback is None or amazon_state is None:
-        raise OAuthCallbackError(
-            Reason.invalid_login_request,
-            "the login request lacks amazon_callback_uri or amazon_state",
-        )
-    beta = _single(params, "version") == "beta"  # Amazon adds it for a draft app's test
-    try:
-        return login_continue_url(
-            app, region, callback, amazon_state, state, beta=beta, marketplace=marketplace
-        )
-    except ValueError:
-        raise OAuthCallbackError(
-            Reason.invalid_login_request, "amazon_callback_uri does not point at Amazon"
-        ) from None

@@ -153,6 +153,8 @@ class OAuthState(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     consumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    login_confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """When the login-URI step was confirmed for this state (once per state)."""
 
 
 class Event(Base):

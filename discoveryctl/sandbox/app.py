@@ -45,6 +45,7 @@ class Route:
 ROUTES = (
     Route("GET", "/apps/authorize/consent", "consent", consent.consent),
     Route("GET", consent.CONFIRM_PATH, "consent", consent.confirm),
+    Route("GET", consent.MANAGE_YOUR_APPS_PATH, "consent", consent.authorize_at_amazon),
     Route("POST", lwa.TOKEN_PATH, "lwa", lwa.token),
     Route("GET", spapi.PARTICIPATIONS_PATH, "spapi", spapi.marketplace_participations),
     Route("POST", stripe.CUSTOMERS_PATH, "stripe", stripe.create_customer),

@@ -50,6 +50,35 @@ async def consent(request: Request, config: SandboxConfig, state: SandboxState) 
     return redirect(_with_query(config.login_uri, login))
 
 
+MANAGE_YOUR_APPS_PATH = "/apps/manage/authorize"
+
+
+async def authorize_at_amazon(
+    request: Request, config: SandboxConfig, state: SandboxState
+) -> Response:
+    """A consent started at Amazon: the seller chose *Authorize* or *Re-authorize* in Seller
+    Central's *Manage Your Apps* (or *Authorize now* in the Appstore) and "Login to [your
+    application name] now", and Amazon "loads your Login URI … with the following query
+    parameters": amazon_callback_uri, amazon_state, selling_partner_id ("Renew Selling Partner
+    Appstore Authorization Workflow", step 1,
+    https://developer-docs.amazon.com/sp-api/docs/selling-partner-appstore-authorization-workflow-renew;
+    "Renew Authorizations", https://developer-docs.amazon.com/sp-api/docs/renew-authorizations:
+    every 365 days). The address of that button is not public: this path is the sandbox's
+    own. No ``state`` of the app's and no ``version=beta`` (that marks a test workflow started
+    at the authorization URI)."""
+    if request.query.get("application_id") != config.application_id:
+        return _unknown_application()
+    if config.login_uri is None:
+        return _error_page(None, "This application has no login URI to continue at.")
+    seller_id = state.consenting_seller(request.query.get("selling_partner_id") or None)
+    login = {
+        "amazon_callback_uri": callback_uri(config),
+        "amazon_state": state.open_amazon_state(seller_id, config.code_ttl),
+        "selling_partner_id": seller_id,
+    }
+    return redirect(_with_query(config.login_uri, login))
+
+
 def callback_uri(config: SandboxConfig) -> str:
     """The ``amazon_callback_uri`` login-URI mode hands the app: absolute, on Amazon's host."""
     path = CONFIRM_PATH.replace("{application_id}", config.application_id)

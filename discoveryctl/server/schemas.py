@@ -9,9 +9,9 @@ documentation. ``answers`` puts them, and the error answers, on a route.
 # No ``from __future__ import annotations``: pydantic reads the annotations.
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from discoveryctl.integrations.vocabulary import Provider, Status
+from discoveryctl.integrations.vocabulary import Provider, Region, Status
 
 
 class _Closed(BaseModel):
@@ -122,6 +122,27 @@ class Consent(_Closed):
 class ConsentAnswer(_Closed):
     success: Literal[True]
     data: Consent
+
+
+class Continue(_Closed):
+    continueUrl: str
+    expiresAt: str
+
+
+class ContinueAnswer(_Closed):
+    success: Literal[True]
+    data: Continue
+
+
+class AmazonStarted(_Closed):
+    """A consent started at Amazon, as its login-URI request carried it (a request body)."""
+
+    amazon_callback_uri: str = Field(max_length=2048)
+    amazon_state: str = Field(max_length=2048)
+    selling_partner_id: str = Field(max_length=64)
+    version: Literal["beta"] | None = None
+    marketplace: str | None = Field(default=None, max_length=2)
+    region: Region | None = None
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -9,7 +9,12 @@ events.
   callback only accepts the state of the browser that started: a consent link someone else
   started cannot connect a seller to their account (RFC 6749 §10.12, state bound to the user
   agent).
-- ``…/amazon/login``: Amazon's login-URI step, answered with the cookie's state.
+- ``…/amazon/login``: Amazon's login-URI step. With this browser's consent cookie, a page
+  naming the user and the selling partner, continued only by its own POST (a token bound to
+  this browser's state, once per consent); without one (a consent started at Amazon: the
+  yearly re-authorization, the Appstore), to the front end, which signs the seller in and
+  continues through ``…/amazon/authorize`` with its bearer token
+  (``discoveryctl.amazon.login_step``).
 - ``…/amazon/callback``: Amazon's redirect with the code; the browser ends at
   ``FRONTEND_URL/integrations/amazon?status=connected``, or ``?error=<reason>``.
 
@@ -25,13 +30,18 @@ import secrets
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
 
-from fastapi import APIRouter, Cookie, Query, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi import APIRouter, Cookie, Depends, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from discoveryctl.amazon import consent
+from discoveryctl.amazon import consent, login_step
 from discoveryctl.amazon.consent import Reason
 from discoveryctl.db.engine import Database
-from discoveryctl.errors import AppCredentialsRejected, DiscoveryError, OAuthCallbackError
+from discoveryctl.errors import (
+    AppCredentialsRejected,
+    DiscoveryError,
+    InvalidInput,
+    OAuthCallbackError,
+)
 from discoveryctl.integrations.vocabulary import Region, isoformat
 from discoveryctl.providers.lwa import LwaClient, app_from
 from discoveryctl.server import schemas
@@ -48,9 +58,11 @@ _NO_REFERRER = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 """On every answer: the callback's address carries a code and a state."""
 
 
-def outcome_url(frontend_url: str, **outcome: str) -> str:
-    """Where the browser ends: the front end's Amazon page, with the outcome."""
-    return f"{frontend_url.rstrip('/')}/integrations/amazon?{urlencode(outcome)}"
+def outcome_url(frontend_url: str, page: str = "", **outcome: str) -> str:
+    """Where the browser ends: the front end's Amazon page (or one below it), with the
+    outcome."""
+    path = f"/integrations/amazon/{page}" if page else "/integrations/amazon"
+    return f"{frontend_url.rstrip('/')}{path}?{urlencode(outcome)}"
 
 
 router = APIRouter(prefix=COOKIE_PATH)
@@ -109,24 +121,36 @@ def connect(
         answer = JSONResponse({"success": True, "data": data}, headers=_NO_REFERRER)
     else:
         answer = _finish(settings, started.url, keep_cookie=True)
+    _set_cookie(answer, settings, started.state)
+    return answer
+
+
+def _set_cookie(answer: Response, settings: Settings, state: str) -> None:
+    """This browser's consent: its state in an ``HttpOnly`` cookie for these routes alone."""
     answer.set_cookie(
         COOKIE,
-        started.state,
+        state,
         max_age=int(consent.STATE_LIFETIME.total_seconds()),
         path=COOKIE_PATH,
         secure=settings.secure_cookies,
         httponly=True,
         samesite="lax",  # sent on Amazon's top-level redirects back to us
     )
-    return answer
 
 
 @router.get(
     "/login",
-    summary="Amazon's login-URI step: 302 back to Amazon with the browser's state",
-    status_code=302,
-    response_class=RedirectResponse,
-    responses={302: {"description": "Back to Amazon, or to the front end with `?error=`."}},
+    summary="Amazon's login-URI step: a page to confirm, or the front end's sign-in",
+    status_code=200,
+    response_class=HTMLResponse,
+    responses={
+        200: {"description": "The confirmation page (a consent this browser started)."},
+        302: {
+            "description": "A consent started at Amazon (no consent cookie): to "
+            "`FRONTEND_URL/integrations/amazon/authorize` with Amazon's parameters, where "
+            "the seller signs in and confirms; or to the front end with `?error=`."
+        },
+    },
 )
 def login(
     request: Request,
@@ -134,20 +158,102 @@ def login(
     settings: SettingsDep,
     log: LogDep,
     state: Annotated[str | None, Cookie(alias=COOKIE)] = None,
-) -> RedirectResponse:
+) -> Response:
     config = settings.config
     query = parse_qs(request.url.query, keep_blank_values=True)
     try:
-        if state is None:
-            raise OAuthCallbackError(Reason.missing_state, "this browser started no consent")
-        claims = consent.read_state(state, config.jwt_secret())
-        amazon = app_from(config)
-        location = consent.login_redirect(amazon, query, state, claims.region, claims.marketplace)
+        if state is None:  # started at Amazon: the front end signs the seller in
+            asked = login_step.login_request(query)
+            to = f"{outcome_url(config.frontend_url, 'authorize')}{urlencode(asked.fields())}"
+            return _finish(settings, to, keep_cookie=True)
+        confirmation = login_step.confirmation(app_from(config), state, config.jwt_secret(), query)
     except OAuthCallbackError as error:
         return _failed(settings, error.reason)
     except Exception as error:
         return _server_error(settings, database, log, error, state, "consent_login_failed")
-    return _finish(settings, location, keep_cookie=True)
+    return HTMLResponse(
+        login_step.page(confirmation, f"{COOKIE_PATH}/login"),
+        headers={**_NO_REFERRER, **login_step.PAGE_HEADERS},
+    )
+
+
+async def _form(request: Request) -> dict[str, list[str]]:
+    """A posted form (``application/x-www-form-urlencoded``), at most 16 KiB."""
+    body = await request.body()
+    if len(body) > 16 * 1024:
+        return {}
+    return parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+
+
+@router.post(
+    "/login",
+    summary="The login step confirmed: 303 back to Amazon, once per consent",
+    status_code=303,
+    response_class=RedirectResponse,
+    responses={303: {"description": "Back to Amazon, or to the front end with `?error=`."}},
+)
+def confirm_login(
+    database: DatabaseDep,
+    settings: SettingsDep,
+    log: LogDep,
+    form: Annotated[dict[str, list[str]], Depends(_form)],
+    state: Annotated[str | None, Cookie(alias=COOKIE)] = None,
+) -> RedirectResponse:
+    config = settings.config
+    try:
+        if state is None:
+            raise OAuthCallbackError(Reason.missing_state, "this browser started no consent")
+        amazon = app_from(config)
+        location = login_step.confirm(database.session, amazon, config.jwt_secret(), state, form)
+    except OAuthCallbackError as error:
+        return _failed(settings, error.reason, status=303)
+    except Exception as error:
+        return _server_error(settings, database, log, error, state, "consent_login_failed")
+    return _finish(settings, location, keep_cookie=True, status=303)
+
+
+@router.post(
+    "/authorize",
+    summary="Continue a consent started at Amazon (Manage Your Apps, the Appstore)",
+    description=(
+        "For the front end, once the seller has signed in and confirmed: the login-URI "
+        "parameters Amazon sent (`amazon_callback_uri`, `amazon_state`, "
+        "`selling_partner_id`, `version`), optionally `marketplace` or `region` (default: the "
+        "caller's current Amazon region). Issues a consent state for the caller (also set in "
+        'the `HttpOnly` cookie) and answers `200 {"success": true, "data": {"continueUrl", '
+        '"expiresAt"}}`: the front end sends the browser to `continueUrl`.'
+    ),
+    responses={
+        200: {"model": schemas.ContinueAnswer},
+        400: {"description": "Not a login request Amazon sends, or no such marketplace."},
+        401: schemas.ERRORS[401],
+        503: schemas.ERRORS[503],
+    },
+)
+def authorize(
+    who: CurrentCaller,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    body: schemas.AmazonStarted,
+) -> JSONResponse:
+    config = settings.config
+    params = body.model_dump(exclude_none=True, exclude={"marketplace", "region"})
+    try:
+        started, location = login_step.start_at_amazon(
+            database.session,
+            config,
+            app_from(config),
+            user_id=who.user_id,
+            params=params,
+            region=body.region.value if body.region else None,
+            marketplace=body.marketplace,
+        )
+    except OAuthCallbackError as error:
+        raise InvalidInput(error.message) from None
+    data = {"continueUrl": location, "expiresAt": isoformat(started.expires_at)}
+    answer = JSONResponse({"success": True, "data": data}, headers=_NO_REFERRER)
+    _set_cookie(answer, settings, started.state)
+    return answer
 
 
 @router.get(
@@ -192,8 +298,10 @@ def callback(
     )
 
 
-def _finish(settings: Settings, to: str, *, keep_cookie: bool) -> RedirectResponse:
-    response = RedirectResponse(to, status_code=302, headers=_NO_REFERRER)
+def _finish(
+    settings: Settings, to: str, *, keep_cookie: bool, status: int = 302
+) -> RedirectResponse:
+    response = RedirectResponse(to, status_code=status, headers=_NO_REFERRER)
     if not keep_cookie:
         response.delete_cookie(
             COOKIE, path=COOKIE_PATH, secure=settings.secure_cookies, httponly=True
@@ -201,11 +309,13 @@ def _finish(settings: Settings, to: str, *, keep_cookie: bool) -> RedirectRespon
     return response
 
 
-def _failed(settings: Settings, reason: str, *, keep_cookie: bool = True) -> RedirectResponse:
+def _failed(
+    settings: Settings, reason: str, *, keep_cookie: bool = True, status: int = 302
+) -> RedirectResponse:
     """To the front end with ``reason``; the consent under way, if any, stays open unless its
     state was spent (any site can send a browser to these routes)."""
     to = outcome_url(settings.config.frontend_url, error=reason)
-    return _finish(settings, to, keep_cookie=keep_cookie)
+    return _finish(settings, to, keep_cookie=keep_cookie, status=status)
 
 
 def _server_error(
