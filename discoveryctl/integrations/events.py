@@ -82,36 +82,36 @@ its audience and key; users read theirs on the notifications route), alert deliv
 replaced idempotency key, a duplicate Stripe customer."""
 
 
-def _recorded_as(outcome: str, *kinds: Kind) -> dict[Kind, frozenset[str]]:
-    return {kind: frozenset({outcome}) for kind in kinds}
-
-
 OUTCOMES: dict[Kind, frozenset[str]] = {
-    **_recorded_as(INFO, *Kind),
+    **dict.fromkeys(Kind, frozenset({INFO})),
     Kind.status_changed: frozenset({INFO, FAILURE}),  # failure: revoked or expired
-    **_recorded_as(
-        SUCCESS,
-        Kind.credentials_imported,
-        Kind.oauth_callback_succeeded,
-        Kind.token_refreshed,
-        Kind.seller_checked,
-        Kind.stripe_customer_created,
-        Kind.stripe_customer_adopted,
-        Kind.keys_rotated,
-        Kind.events_pruned,
-        Kind.alert_delivered,
+    **dict.fromkeys(
+        (
+            Kind.credentials_imported,
+            Kind.oauth_callback_succeeded,
+            Kind.token_refreshed,
+            Kind.seller_checked,
+            Kind.stripe_customer_created,
+            Kind.stripe_customer_adopted,
+            Kind.keys_rotated,
+            Kind.events_pruned,
+            Kind.alert_delivered,
+        ),
+        frozenset({SUCCESS}),
     ),
-    **_recorded_as(
-        FAILURE,
-        Kind.seller_switched,
-        Kind.oauth_callback_failed,
-        Kind.token_refresh_failed,
-        Kind.token_refresh_retried,
-        Kind.seller_check_failed,
-        Kind.stripe_customer_attempt,
-        Kind.stripe_customer_failed,
-        Kind.stripe_duplicate_customer,
-        Kind.alert_delivery_failed,
+    **dict.fromkeys(
+        (
+            Kind.seller_switched,
+            Kind.oauth_callback_failed,
+            Kind.token_refresh_failed,
+            Kind.token_refresh_retried,
+            Kind.seller_check_failed,
+            Kind.stripe_customer_attempt,
+            Kind.stripe_customer_failed,
+            Kind.stripe_duplicate_customer,
+            Kind.alert_delivery_failed,
+        ),
+        frozenset({FAILURE}),
     ),
 }
 """The outcomes each kind is recorded with: an attempt is a success or a failure, never
@@ -245,40 +245,33 @@ def status_change_view(event: sa.Row[Any]) -> dict[str, Any]:
     }
 
 
-def _rows() -> sa.Select[Any]:
-    table = table_of(Event)
-    return sa.select(
-        table.c.id,
-        table.c.user_id,
-        table.c.provider,
-        table.c.kind,
-        table.c.occurred_at,
-        table.c.detail,
-    )
-
-
+_EVENTS = table_of(Event)
+_ROWS: sa.Select[Any] = sa.select(
+    _EVENTS.c.id,
+    _EVENTS.c.user_id,
+    _EVENTS.c.provider,
+    _EVENTS.c.kind,
+    _EVENTS.c.occurred_at,
+    _EVENTS.c.detail,
+)
 _NEWER = (
-    _rows()
-    .where(table_of(Event).c.id > sa.bindparam("after"))
-    .order_by(table_of(Event).c.id)
+    _ROWS.where(_EVENTS.c.id > sa.bindparam("after"))
+    .order_by(_EVENTS.c.id)
     .limit(sa.bindparam("limit"))
 )
-_WITH_IDS = (
-    _rows()
-    .where(table_of(Event).c.id.in_(sa.bindparam("ids", expanding=True)))
-    .order_by(table_of(Event).c.id)
+_WITH_IDS = _ROWS.where(_EVENTS.c.id.in_(sa.bindparam("ids", expanding=True))).order_by(
+    _EVENTS.c.id
 )
 _CHANGES_OF = (
-    _rows()
-    .where(
-        table_of(Event).c.user_id == sa.bindparam("user_id"),
-        table_of(Event).c.id > sa.bindparam("after"),
-        table_of(Event).c.kind == Kind.status_changed,
+    _ROWS.where(
+        _EVENTS.c.user_id == sa.bindparam("user_id"),
+        _EVENTS.c.id > sa.bindparam("after"),
+        _EVENTS.c.kind == Kind.status_changed,
     )
-    .order_by(table_of(Event).c.id)
+    .order_by(_EVENTS.c.id)
     .limit(sa.bindparam("limit"))
 )
-_LAST_ID = sa.select(sa.func.max(table_of(Event).c.id))
+_LAST_ID = sa.select(sa.func.max(_EVENTS.c.id))
 """Built once: the live stream's poller runs them twice a second, and building costs more than
 running them."""
 

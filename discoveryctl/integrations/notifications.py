@@ -54,7 +54,10 @@ def notify(
         existing = batch.open.get(key)
     else:
         batch = None
-        existing = _open(session, key)
+        # Looked up first, though the unique index would refuse a second one and the fallback
+        # below return the first: a repeat would cost a failed insert, a savepoint's rollback
+        # and, on PostgreSQL, an error in the database's log.
+        existing = _open(session, key)  # pragma: no mutate  (see above)
     if existing is not None:
         return existing, False
     notification = Notification(

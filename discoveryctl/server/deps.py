@@ -79,24 +79,21 @@ class BearerToken(HTTPBearer):
     ``HTTPBearer``, so OpenAPI names the scheme on every route that needs it; one dependency
     with nothing below it, checked on the event loop (no thread hop)."""
 
-    def __init__(self) -> None:
-        super().__init__(
-            scheme_name="HTTPBearer",
-            description="An HS256 JWT whose `sub` is the user.",
-            auto_error=False,
-        )
-
     async def __call__(self, request: Request) -> tokens.Caller:  # type: ignore[override]
         settings: Settings = request.app.state.settings
         return tokens.caller_of(
             settings.jwt_secret,
-            request.headers.get("authorization"),
+            request.headers.get("authorization"),  # pragma: no mutate  (any case: the same header)
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
         )
 
 
-bearer_token = BearerToken()
+bearer_token = BearerToken(
+    scheme_name="HTTPBearer",
+    description="An HS256 JWT whose `sub` is the user.",
+    auto_error=False,  # unused: ``__call__`` answers every request itself
+)
 
 CurrentCaller = Annotated[tokens.Caller, Depends(bearer_token)]
 SettingsDep = Annotated[Settings, Depends(settings_of)]
