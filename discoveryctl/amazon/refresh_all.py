@@ -137,9 +137,12 @@ def due_now(
     margin: timedelta = DEFAULT_MARGIN,
     max_age: timedelta = DEFAULT_MAX_AGE,
     force: bool = False,
+    now: datetime | None = None,
 ) -> list[Due]:
-    """Every authorization a run would refresh now (``--dry-run``), claiming nothing."""
-    rows = session.execute(_due_query(utcnow(), margin, max_age, force))
+    """Every authorization a run would refresh ``now`` (the clock's unless given;
+    ``--dry-run``), claiming nothing."""
+    moment = utcnow() if now is None else now
+    rows = session.execute(_due_query(moment, margin, max_age, force))
     return [Due(*row) for row in rows]
 
 
@@ -154,11 +157,13 @@ def claim_batch(
     max_age: timedelta = DEFAULT_MAX_AGE,
     force: bool = False,
     checks: bool = False,
+    now: datetime | None = None,
 ) -> list[Due]:
     """Take the lease on up to ``limit`` due authorizations past credential id ``after``
     (a run walks the table once, in id order, and never comes back), atomically; with
-    ``checks``, also one SP-API check from the allowance of each seller that has one."""
-    claim = CREDENTIALS.claim(session)  # SQLite: its write lock from the walk to the lease
+    ``checks``, also one SP-API check from the allowance of each seller that has one.
+    ``now``: the database's clock unless given."""
+    claim = CREDENTIALS.claim(session, now)  # SQLite: its write lock from the walk to the lease
     now = claim.now
     credential = table_of(Credential)
     while True:
@@ -427,8 +432,10 @@ def run(
     max_age: timedelta = DEFAULT_MAX_AGE,
     stop: asyncio.Event | None = None,
     progress: Callable[[int], None] | None = None,
+    grace: float = STOP_GRACE_SECONDS,
 ) -> Summary:
-    """Refresh every due authorization; ``deadline`` (seconds from now) stops claiming."""
+    """Refresh every due authorization; ``deadline`` (seconds from now) stops claiming, and
+    after it or a ``stop`` the calls in flight have ``grace`` seconds to end."""
     return asyncio.run(
         _run(
             session_scope,
@@ -444,6 +451,7 @@ def run(
             max_age=max_age,
             stop=stop,
             progress=progress,
+            grace=grace,
         )
     )
 
@@ -463,6 +471,7 @@ async def _run(
     max_age: timedelta,
     stop: asyncio.Event | None,
     progress: Callable[[int], None] | None,
+    grace: float,
 ) -> Summary:
     """A pipeline: while one batch's calls are in flight, the next ones are claimed and
     queued behind the same gate, and the one before is written in a thread, so the gate
@@ -490,7 +499,7 @@ async def _run(
     alerted = False
     # A batch slower than the lease (throttling, timeouts) is not claimed by another run
     heartbeat = Heartbeat(session_scope, CREDENTIALS, owner, lease)
-    watcher = asyncio.create_task(_watch(stop, ends, closing, summary))
+    watcher = asyncio.create_task(_watch(stop, ends, closing, summary, grace))
     try:
         heartbeat.start()
         async with contextlib.AsyncExitStack() as clients:
@@ -502,7 +511,7 @@ async def _run(
             while outstanding or not (exhausted or closing.is_closed()):
                 if ends is not None and time.monotonic() >= ends:
                     summary.deadline_reached = True
-                    closing.close()
+                    closing.close(grace)
                 if not (exhausted or closing.is_closed()):
                     batch = await asyncio.to_thread(
                         _claim_due,
@@ -597,7 +606,7 @@ def _claim_due(session_scope: SessionScope, owner: str, limit: int, **options: A
 
 
 async def _watch(
-    stop: asyncio.Event, ends: float | None, closing: Closing, summary: Summary
+    stop: asyncio.Event, ends: float | None, closing: Closing, summary: Summary, grace: float
 ) -> None:
     """Close the run at a stop (Ctrl-C, SIGTERM) or at its deadline, whichever comes first."""
     left = None if ends is None else max(ends - time.monotonic(), 0.0)
@@ -605,7 +614,7 @@ async def _watch(
         await asyncio.wait_for(stop.wait(), timeout=left)
     if not stop.is_set():
         summary.deadline_reached = True
-    closing.close()
+    closing.close(grace)
 
 
 async def _answers(tasks: list[asyncio.Task[Answer | None]], closing: Closing) -> list[Answer]:

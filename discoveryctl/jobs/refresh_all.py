@@ -85,7 +85,8 @@ def run(
     with session_scope() as session:
         pending = customers.pending_count(session) if plan.stripe else 0
     if not plan.amazon:
-        return Result(None, _stripe(session_scope, config, pending, plan, plan.deadline), pending)
+        ends = stripe_ends(plan.deadline, 0.0, time.monotonic())
+        return Result(None, _stripe(session_scope, config, pending, plan, ends), pending)
     amazon = app_from(config)
     keys = vault()
     with progress() if progress else nullcontext(None) as show:
@@ -109,13 +110,22 @@ def run(
     if plan.stripe and not (
         summary.interrupted or summary.app_rejected or summary.deadline_reached
     ):
-        left = None if plan.deadline is None else plan.deadline - summary.seconds
-        stripe_run = _stripe(session_scope, config, pending, plan, left)
+        ends = stripe_ends(plan.deadline, summary.seconds, time.monotonic())
+        stripe_run = _stripe(session_scope, config, pending, plan, ends)
     return Result(summary, stripe_run, pending)
 
 
+def stripe_ends(deadline: float | None, spent: float, now: float) -> float | None:
+    """When the Stripe half must end (on the monotonic clock, read at ``now``): what is left
+    of the run's ``deadline`` once the Amazon half has ``spent`` its seconds, and never
+    before ``now``; no deadline, no end."""
+    if deadline is None:
+        return None
+    return now + max(deadline - spent, 0.0)
+
+
 def _stripe(
-    session_scope: SessionScope, config: Config, pending: int, plan: Plan, seconds: float | None
+    session_scope: SessionScope, config: Config, pending: int, plan: Plan, ends: float | None
 ) -> PendingRun:
     """Create the pending Stripe customers (none pending: no call, no key needed)."""
     if not pending:
@@ -129,7 +139,7 @@ def _stripe(
         owner=new_owner("stripe-pending"),
         concurrency=STRIPE_CONCURRENCY,
         lease=plan.lease,
-        ends=None if seconds is None else time.monotonic() + max(seconds, 0.0),
+        ends=ends,
     )
 
 

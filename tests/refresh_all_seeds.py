@@ -1,0 +1,42 @@
+"""Sellers written straight into a migrated database, for the rule tests of ``refresh-all``:
+one integration and its credential per seller, every time given."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from discoveryctl.db.engine import Database
+from discoveryctl.db.models import Credential, IntegrationStatus
+from discoveryctl.support.crypto import Vault
+
+NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+FRONTEND = "http://localhost:3000"
+
+
+def add_seller(
+    database: Database,
+    vault: Vault,
+    user: str,
+    *,
+    token: str | None = None,
+    status: str = "active",
+    provider: str = "amazon",
+    authorized_at: datetime = NOW - timedelta(days=10),
+    **columns: Any,
+) -> int:
+    """``user``'s integration and credential (its refresh token encrypted with ``vault``,
+    other credential ``columns`` as given); the credential's id."""
+    with database.session() as session:
+        integration = IntegrationStatus(user_id=user, provider=provider, status=status)
+        credential = Credential(
+            integration=integration,
+            selling_partner_id=f"SP-{user}",
+            region="na",
+            refresh_token=vault.encrypt(token or f"Atzr|{user}"),
+            authorized_at=authorized_at,
+            **columns,
+        )
+        session.add(credential)
+        session.flush()
+        return credential.id
