@@ -6,8 +6,12 @@ test_connect.py and test_browser.py."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -89,16 +93,34 @@ def test_a_login_request_without_a_part_is_refused(missing: str, expected: str) 
     with pytest.raises(OAuthCallbackError) as error:
         login_request({k: v for k, v in ASKED.items() if k != missing})
     assert reason(error) == expected
+    assert error.value.message == MESSAGES[expected]
+
+
+MESSAGES = {
+    "invalid_login_request": "the login request lacks amazon_callback_uri or amazon_state "
+    "(invalid_login_request)",
+    "missing_selling_partner_id": "the login request carries no selling_partner_id "
+    "(missing_selling_partner_id)",
+}
 
 
 def test_a_selling_partner_id_amazon_does_not_issue_is_refused() -> None:
     with pytest.raises(OAuthCallbackError) as error:
         login_request({**ASKED, "selling_partner_id": ["A1\x1b[31m"]})
     assert reason(error) == "invalid_selling_partner_id"
-    assert "\x1b" not in error.value.message
+    assert error.value.message == (
+        "the login request's selling_partner_id A1 [31m is not one Amazon issues "
+        "(invalid_selling_partner_id)"
+    )
 
 
 # -- the confirmation ------------------------------------------------------------------------
+
+
+def test_the_token_is_an_hmac_of_the_state_and_amazon_s_step() -> None:
+    mac = hmac.new(SECRET.encode(), b"login-step\0state-1\0amazon-1", hashlib.sha256)
+    expected = base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
+    assert login_token("state-1", SECRET, "amazon-1") == expected
 
 
 def test_the_token_binds_the_state_the_secret_and_amazon_s_step() -> None:
@@ -129,6 +151,23 @@ def test_the_confirmation_names_the_user_and_the_seller_and_carries_the_token(
     assert confirmed_at(database) == [None]  # showing the page records nothing
 
 
+def test_the_page_is_this_and_nothing_more() -> None:
+    shown = login_step.Confirmation("ula", "A1", {"amazon_state": "s", "version": "beta"}, "t")
+    assert login_step.page(shown, "/login") == (
+        '<!doctype html><html><head><meta charset="utf-8"><title>Connect Amazon</title>'
+        "</head><body><h1>Connect Amazon</h1>"
+        '<p>Connect the Amazon seller account <strong id="seller">A1</strong> to '
+        '<strong id="user">ula</strong>?</p>'
+        "<p>Continue only if you started this from your own account just now.</p>"
+        '<form method="post" action="/login">'
+        '<input type="hidden" name="amazon_state" value="s">'
+        '<input type="hidden" name="version" value="beta">'
+        '<input type="hidden" name="login_token" value="t">'
+        '<button type="submit" id="continue">Continue to Amazon</button></form>'
+        "</body></html>"
+    )
+
+
 def test_the_page_escapes_what_it_shows() -> None:
     shown = login_step.Confirmation("<b>u</b>", "A1", {"amazon_state": '"><x>'}, "t")
     page = login_step.page(shown, '/login?"x')
@@ -146,22 +185,55 @@ def test_a_confirmation_for_a_way_back_that_is_not_amazon_s_is_refused(
             APP, state, SECRET, {**ASKED, "amazon_callback_uri": ["https://evil.test/x"]}
         )
     assert reason(error) == "invalid_login_request"
+    assert error.value.message == (
+        "amazon_callback_uri does not point at Amazon (invalid_login_request)"
+    )
 
 
 def test_the_confirmation_continues_once_and_only_with_its_token(database: Database) -> None:
     state = issue(database)
     form = {**ASKED, "login_token": [login_token(state, SECRET, "amazon-state-1")]}
+    other = issue(database, "ola")  # another consent, unconfirmed throughout
     for wrong in ({**ASKED}, {**ASKED, "login_token": ["x" * 43]}):
         with pytest.raises(OAuthCallbackError) as error:
             login_step.confirm(database.session, APP, SECRET, state, wrong)
         assert reason(error) == "login_not_confirmed"
-    assert confirmed_at(database) == [None]
+        assert error.value.message == (
+            "the sign-in step was not confirmed on the page this browser was shown "
+            "(login_not_confirmed)"
+        )
+    assert confirmed_at(database) == [None, None]
     location = login_step.confirm(database.session, APP, SECRET, state, form)
-    assert location.startswith(CONFIRM + "?amazon_state=amazon-state-1&state=")
-    assert confirmed_at(database) != [None]
+    assert location == (
+        f"{CONFIRM}?amazon_state=amazon-state-1&state={state}"
+        f"&redirect_uri={quote(APP.redirect_uri, safe='')}"
+    )
+    assert confirmed_at(database)[1] is None and confirmed_at(database)[0] is not None
     with pytest.raises(OAuthCallbackError) as error:
         login_step.confirm(database.session, APP, SECRET, state, form)
     assert reason(error) == "login_reused"
+    assert error.value.message == (
+        "this consent's sign-in step was already confirmed (login_reused)"
+    )
+    login_step.confirm(  # the other consent's own confirmation still works
+        database.session,
+        APP,
+        SECRET,
+        other,
+        {**ASKED, "login_token": [login_token(other, SECRET, "amazon-state-1")]},
+    )
+
+
+def test_the_way_back_keeps_amazon_s_beta_and_the_marketplace_s_host(database: Database) -> None:
+    with database.session() as session:
+        state = consent.begin(
+            session, APP, SECRET, user_id="ida", region="eu", flow="web", marketplace="IN"
+        ).state
+    relative = {**ASKED, "amazon_callback_uri": ["/apps/authorize/confirm/x"], "version": ["beta"]}
+    form = {**relative, "login_token": [login_token(state, SECRET, "amazon-state-1")]}
+    location = login_step.confirm(database.session, APP, SECRET, state, form)
+    assert location.startswith("https://sellercentral.amazon.in/apps/authorize/confirm/x?")
+    assert parse_qs(urlsplit(location).query)["version"] == ["beta"]
 
 
 def test_a_consent_whose_callback_came_cannot_be_confirmed(database: Database) -> None:
@@ -207,6 +279,8 @@ def test_a_consent_started_at_amazon_is_the_signed_in_user_s_confirmed_at_once(
     region, location = started_at_amazon(database, "vera")
     assert region == "na"  # no Amazon account yet, nothing asked: North America
     assert location.startswith(CONFIRM + "?amazon_state=amazon-state-1&state=")
+    (state,) = parse_qs(urlsplit(location).query)["state"]
+    assert consent.read_state(state, SECRET).user_id == "vera"
     with database.engine.connect() as connection:
         row = connection.execute(
             sa.text("SELECT user_id, flow, login_confirmed_at FROM oauth_states")
@@ -223,6 +297,9 @@ def test_a_re_authorization_keeps_the_user_s_region_unless_asked(
     assert started_at_amazon(database, "wes")[0] == "fe"
     assert started_at_amazon(database, "wes", region="eu")[0] == "eu"
     assert started_at_amazon(database, "wes", marketplace="IN")[0] == "eu"
+    relative = {**ASKED, "amazon_callback_uri": ["/apps/authorize/confirm/x"]}
+    _, location = started_at_amazon(database, "wes", relative, marketplace="IN")
+    assert location.startswith("https://sellercentral.amazon.in/apps/authorize/confirm/x?")
     assert started_at_amazon(database, "xia")[0] == "na"  # another user's region is not hers
 
 

@@ -33,9 +33,11 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from html import escape
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import Session
 
 from discoveryctl.amazon import consent
 from discoveryctl.amazon.consent import ConsentStart, Reason, StateClaims, single
@@ -43,7 +45,6 @@ from discoveryctl.config import Config
 from discoveryctl.db.engine import SessionScope
 from discoveryctl.db.models import Credential, IntegrationStatus, OAuthState, utcnow
 from discoveryctl.errors import OAuthCallbackError
-from discoveryctl.integrations.vocabulary import Provider
 from discoveryctl.providers.lwa import AmazonApp, login_continue_url
 from discoveryctl.support.user_ids import valid_user_id
 
@@ -103,6 +104,12 @@ def continue_url(app: AmazonApp, request: LoginRequest, state: str, claims: Stat
         ) from None
 
 
+def _check_way_back(app: AmazonApp, request: LoginRequest, claims: StateClaims) -> None:
+    """Refuse, before anything is shown or recorded, a request whose way back is not
+    Amazon's (the state in the URL does not change that answer)."""
+    continue_url(app, request, "", claims)  # pragma: no mutate  (a placeholder state)
+
+
 def login_token(state: str, jwt_secret: str, amazon_state: str) -> str:
     """What the confirmation must carry: a MAC (HMAC-SHA256 under ``JWT_SECRET``) of this
     browser's state and Amazon's step, so only the page this browser was shown can confirm."""
@@ -129,7 +136,7 @@ def confirmation(
     that could not continue to Amazon is refused here already."""
     claims = consent.read_state(state, jwt_secret)
     request = login_request(params)
-    continue_url(app, request, state, claims)
+    _check_way_back(app, request, claims)
     return Confirmation(
         user_id=claims.user_id,
         selling_partner_id=request.selling_partner_id,
@@ -180,17 +187,13 @@ def start_at_amazon(
     request = login_request(params)
     if region is None and marketplace is None:
         with session_scope() as session:
-            region = session.scalar(
+            region = session.scalar(  # (a credential is an Amazon integration's)
                 sa.select(Credential.region)
-                .join(IntegrationStatus, IntegrationStatus.id == Credential.integration_id)
-                .where(
-                    IntegrationStatus.user_id == valid_user_id(user_id),
-                    IntegrationStatus.provider == Provider.amazon,
-                )
+                .join(IntegrationStatus)
+                .where(IntegrationStatus.user_id == valid_user_id(user_id))
             )
     where, market = consent.seller_region(region, marketplace)
-    # Refused before anything is recorded: a way back that is not Amazon's.
-    continue_url(app, request, "", StateClaims("", user_id, where, market))
+    _check_way_back(app, request, StateClaims("", user_id, where, market))
     started = consent.start(
         session_scope,
         config,
@@ -207,7 +210,7 @@ def start_at_amazon(
     return started, location
 
 
-def _mark_confirmed(session: Any, claims: StateClaims) -> None:
+def _mark_confirmed(session: Session, claims: StateClaims) -> None:
     """The step is confirmed once per state, and never after its callback."""
     result = session.execute(
         sa.update(OAuthState)
@@ -218,7 +221,7 @@ def _mark_confirmed(session: Any, claims: StateClaims) -> None:
         )
         .values(login_confirmed_at=utcnow())
     )
-    if getattr(result, "rowcount", 0) != 1:
+    if cast("CursorResult[Any]", result).rowcount != 1:
         raise OAuthCallbackError(
             Reason.login_reused, "this consent's sign-in step was already confirmed"
         )
