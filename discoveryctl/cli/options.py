@@ -10,3 +10,12 @@ def user_id(value: str | None) -> str | None:
     from discoveryctl.support.user_ids import valid_user_id
 
     return valid_user_id(value)
+
+
+def email(value: str | None) -> str | None:
+    """``--email``: the one email rule (``discoveryctl.support.emails``), before any call."""
+    if value is None:
+        return None
+    from discoveryctl.support.emails import valid_email
+
+    return valid_email(value)

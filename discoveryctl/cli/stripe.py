@@ -17,7 +17,7 @@ group = typer.Typer(
 def ensure_customer(
     ctx: typer.Context,
     user: str = typer.Option(..., "--user", callback=options.user_id, help="The user id."),
-    email: str = typer.Option(..., "--email", help="The customer's email."),
+    email: str = typer.Option(..., "--email", callback=options.email, help="The customer's email."),
     name: str | None = typer.Option(None, "--name", help="The customer's name."),
     as_json: bool = typer.Option(False, "--json", help="The customer as JSON on stdout."),
 ) -> None:

@@ -23,6 +23,7 @@ from discoveryctl.db.models import (
 )
 from discoveryctl.errors import InvalidInput
 from discoveryctl.integrations.vocabulary import Provider, Region
+from discoveryctl.support.emails import is_email
 from discoveryctl.support.user_ids import refusal_of, valid_user_id
 
 MAX_LINE_BYTES = 64 * 1024
@@ -32,7 +33,6 @@ _AMAZON_OPTIONAL = {"authorized_at"}
 _STRIPE_FIELDS = {"user_id", "provider", "email"}
 _STRIPE_OPTIONAL = {"customer_id"}
 _SELLER_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _CUSTOMER_ID = re.compile(r"^cus_[A-Za-z0-9]{1,60}$")
 _AMAZON = Provider.amazon.value
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
@@ -96,7 +96,7 @@ def parse_line(raw: bytes) -> Line:
     if provider == Provider.stripe:
         _check_fields(data, _STRIPE_FIELDS, _STRIPE_OPTIONAL)
         email = _text(data, "email")
-        if not _EMAIL.match(email) or len(email) > 320:
+        if not is_email(email):
             raise Rejected(f"email {email!r} is not an email address")
         customer_id = data.get("customer_id")
         if customer_id is not None and (
