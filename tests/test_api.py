@@ -222,6 +222,7 @@ def test_openapi_names_every_route_and_its_bearer_auth(api: str) -> None:
         "/api/v1/integrations/events",
         "/api/v1/integrations/amazon/connect",
         "/api/v1/integrations/amazon/login",
+        "/api/v1/integrations/amazon/authorize",
         "/api/v1/integrations/amazon/callback",
         "/api/v1/integrations/history",
         "/api/v1/notifications",
@@ -238,6 +239,10 @@ def test_openapi_names_every_route_and_its_bearer_auth(api: str) -> None:
     assert spec["paths"]["/api/v1/integrations/amazon/connect"]["get"]["security"] == [
         {"HTTPBearer": []}
     ]
+    assert spec["paths"]["/api/v1/integrations/amazon/authorize"]["post"]["security"] == [
+        {"HTTPBearer": []}
+    ]
+    assert set(spec["paths"]["/api/v1/integrations/amazon/login"]) == {"get", "post"}
     for browser_only in ("login", "callback"):  # Amazon sends the browser: no token
         route = spec["paths"][f"/api/v1/integrations/amazon/{browser_only}"]["get"]
         assert "security" not in route and "302" in route["responses"]
