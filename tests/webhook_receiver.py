@@ -34,6 +34,7 @@ class Receiver:
     hold: float = 3.0
     most_in_flight: int = 0
     on_request: Callable[[], None] | None = None  # run while each request is held
+    answer_headers: dict[str, str] = field(default_factory=dict)  # sent with every answer
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _in_flight: int = 0
     _arrived: threading.Condition = field(default_factory=threading.Condition)
@@ -68,6 +69,8 @@ def receiving(path: str = "/services/T000/B000/secret-token") -> Iterator[Receiv
             answer = b"ok" if status < 300 else b"error"
             self.send_response(status)
             self.send_header("Content-Length", str(len(answer)))
+            for name, value in receiver.answer_headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(answer)
 
@@ -77,7 +80,9 @@ def receiving(path: str = "/services/T000/B000/secret-token") -> Iterator[Receiv
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     receiver = Receiver(f"http://127.0.0.1:{server.server_address[1]}{path}")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield receiver

@@ -66,7 +66,7 @@ def needs_reconnect(status: str) -> bool:
 
 
 def consecutive_failures(meta: Mapping[str, Any]) -> int:
-    value = meta.get(CONSECUTIVE_FAILURES, 0)
+    value = meta.get(CONSECUTIVE_FAILURES)
     return value if isinstance(value, int) else 0
 
 
@@ -79,7 +79,8 @@ def is_unhealthy(status: str, meta: Mapping[str, Any]) -> bool:
 def reconnect_url(frontend_url: str, provider: str, user_id: str) -> str:
     return (
         f"{frontend_url.rstrip('/')}/integrations/{provider}/connect"
-        f"?reconnect=true&userId={quote(user_id, safe='')}"
+        f"?reconnect=true&userId={quote(user_id, safe='')}"  # pragma: no mutate  (*)
+        # (*) safe="XXXX" escapes the same (letters are safe anyway); the tests prove "/" escaped
     )
 
 
