@@ -7,8 +7,10 @@ at collection, with one loud line at the end, except under CI, where it fails.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -166,18 +168,32 @@ def db(empty_db: TestDatabase, cli: Any) -> TestDatabase:
     return empty_db
 
 
-@pytest.fixture(scope="session")
-def _migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One SQLite file migrated to head, once per session: ``sqlite_db`` copies it."""
+def _migrated_sqlite_file() -> Path:
+    """One SQLite file migrated to head, named after the migrations' own content: made once
+    per machine and kept in the temporary folder, so every pytest session (each mutant of
+    ``make mutate`` is one, each xdist worker too) copies it instead of migrating. Written
+    beside its name and renamed into place, so sessions that start together never read half
+    a file."""
     from discoveryctl.db.engine import Database
     from discoveryctl.db.migrations import upgrade
 
-    path = tmp_path_factory.mktemp("template") / "discovery.db"
-    path.touch()  # an empty file is an empty SQLite database
-    database = Database(f"sqlite:///{path}")
-    upgrade(database)
-    database.dispose()
+    digest = hashlib.sha256()
+    for revision in sorted((Path(__file__).parent.parent / "migrations").rglob("*.py")):
+        digest.update(revision.name.encode() + revision.read_bytes())
+    path = Path(tempfile.gettempdir()) / f"discoveryctl-migrated-{digest.hexdigest()[:16]}.db"
+    if not path.exists():
+        partial = path.with_suffix(f".{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        partial.touch()  # an empty file is an empty SQLite database
+        database = Database(f"sqlite:///{partial}")
+        upgrade(database)
+        database.dispose()
+        os.replace(partial, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def _migrated_sqlite() -> Path:
+    return _migrated_sqlite_file()
 
 
 @pytest.fixture
