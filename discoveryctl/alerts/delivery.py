@@ -451,7 +451,7 @@ def _record(
         error_type=error_type,
         delivery_id=row.delivery_id,
         notification_id=notification.id,
-        state=row.state,  # pragma: no mutate  (stored redacted, as any "state": reported)
+        alert_state=row.state,  # (a "state" would be taken for OAuth's and redacted)
         given_up=outcome in (REFUSED, EXPIRED),
         **{name: value for name, value in detail.items() if value is not None},
     )
