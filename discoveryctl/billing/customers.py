@@ -107,16 +107,19 @@ def ensure_customer(
     email: str,
     name: str | None = None,
     now: Callable[[], datetime] = utcnow,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Onboarded:
     """The user's Stripe customer: the one already recorded (no call), or one found or made
     now. Raises ``ParametersFrozen`` when a pending customer was started with another email
     or name, ``AppCredentialsRejected`` when Stripe refuses the key (the admins are told
     once, no user is marked), and ``ProviderError`` when Stripe refused or kept failing
-    (the user's integration records it)."""
+    (the user's integration records it). ``sleep``: how the waits between tries are spent."""
     tries: list[Attempt] = []
     try:
         return ONE_CREATE.call(
-            lambda: _try_once(session_scope, customers, user_id, email, name, now), tries=tries
+            lambda: _try_once(session_scope, customers, user_id, email, name, now),
+            tries=tries,
+            sleep=sleep,
         )
     except AppCredentialsRejected as error:
         with session_scope() as session:
@@ -557,6 +560,8 @@ def retry_pending(
     concurrency: int,
     lease: timedelta,
     ends: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> PendingRun:
     """Make the customer of every pending user, ``concurrency`` calls at a time, each user
     under this run's lease (overlapping runs take different users). A user whose try failed
@@ -564,7 +569,8 @@ def retry_pending(
     after ``RUN_ATTEMPTS`` tries the run gives up on it (the user is told, the next run tries
     again). A refused API key stops the run: nothing more is claimed or tried, no user is
     marked. At ``ends`` (monotonic) nothing more is claimed or tried either: the calls in
-    flight end, and the users not done are left, unmarked, to the next run."""
+    flight end, and the users not done are left, unmarked, to the next run. ``clock`` (the
+    time ``ends`` is on) and ``sleep``: how the run reads the time and waits out backoffs."""
     run = PendingRun()
     local = threading.local()
     opened: list[StripeCustomers] = []
@@ -586,7 +592,7 @@ def retry_pending(
         except ProviderError as error:
             return error
 
-    queue = _Queue(concurrency, ends)
+    queue = _Queue(concurrency, ends, clock=clock, sleep=sleep)
     try:
         with (
             # the leases renewed while the run holds them, however long Stripe takes
@@ -648,9 +654,18 @@ class _Queue:
     are claimed whenever fewer than two rounds of calls are left, so a user waiting out its
     backoff never holds up the others, nor the next claim."""
 
-    def __init__(self, concurrency: int, ends: float | None = None) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        ends: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.concurrency = concurrency
-        self.ends = ends  # monotonic: past it, nothing more is claimed or started
+        self.ends = ends  # on ``clock``: past it, nothing more is claimed or started
+        self.clock = clock
+        self.sleep = sleep
         self.after = 0  # the highest row claimed: each user once a run
         self.exhausted = False
         self.finished: list[int] = []  # rows done with, their leases not yet let go
@@ -668,7 +683,7 @@ class _Queue:
             return False
         if len(self._ready) < wanted:
             return True
-        now = time.monotonic()
+        now = self.clock()
         due = sum(1 for at, *_ in heapq.nsmallest(wanted, self._ready) if at <= now)
         return due < wanted
 
@@ -681,12 +696,12 @@ class _Queue:
             self._push(0.0, pending, 0)
 
     def again(self, pending: _Pending, tries: int, error: ProviderError) -> None:
-        self._push(time.monotonic() + STRIPE_PYTHON_SCHEDULE.delay(tries, error), pending, tries)
+        self._push(self.clock() + STRIPE_PYTHON_SCHEDULE.delay(tries, error), pending, tries)
 
     def out_of_time(self) -> bool:
         """Past ``ends``: claim no more, and let go of the users not being tried (their
         leases go with the run's). True when that left a user, or maybe one, undone."""
-        if self.ends is None or time.monotonic() < self.ends:
+        if self.ends is None or self.clock() < self.ends:
             return False
         left = not self.exhausted or bool(self._ready)
         self.exhausted = True
@@ -701,7 +716,7 @@ class _Queue:
     ) -> list[tuple[_Pending, TryResult, int]]:
         """Start what is due, then wait for a call to end (or, with a worker free, for the
         next backoff to end, or a moment when more should be claimed)."""
-        now = time.monotonic()
+        now = self.clock()
         while self._ready and self._ready[0][0] <= now and len(self._running) < self.concurrency:
             _, _, pending, tries = heapq.heappop(self._ready)
             self._running[pool.submit(one_try, pending)] = (pending, tries + 1)
@@ -711,7 +726,7 @@ class _Queue:
         if self.wants_more():
             timeout = 0.0
         if not self._running:
-            time.sleep(timeout or 0.0)
+            self.sleep(timeout or 0.0)
             return []
         finished, _ = wait(self._running, timeout=timeout, return_when=FIRST_COMPLETED)
         results = []
