@@ -166,6 +166,15 @@ def events_of(
         return [(e.kind, e.outcome, e.error_type, e.detail) for e in session.scalars(query)]
 
 
+def parties(scope: SessionScope) -> set[tuple[str | None, str | None]]:
+    """The (user, provider) of every event recorded."""
+    with scope() as session:
+        return {
+            (user, provider)
+            for user, provider in session.execute(sa.select(Event.user_id, Event.provider))
+        }
+
+
 def notifications_of(scope: SessionScope) -> list[dict[str, Any]]:
     with scope() as session:
         return [

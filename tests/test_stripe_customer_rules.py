@@ -19,10 +19,13 @@ scripted Stripe (tests/stripe_stand_in.py), the waits between tries recorded, no
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from stripe_stand_in import (  # noqa: F401  (the fixtures)
     NOW,
     Clock,
@@ -32,6 +35,7 @@ from stripe_stand_in import (  # noqa: F401  (the fixtures)
     integration,
     migrated_template_fixture,
     notifications_of,
+    parties,
     row,
     scope_fixture,
     stand_in_fixture,
@@ -44,7 +48,7 @@ from discoveryctl.billing.customers import (
     ensure_customer,
     new_idempotency_key,
 )
-from discoveryctl.db.engine import SessionScope
+from discoveryctl.db.engine import Database, SessionScope
 from discoveryctl.db.models import StripeCustomer
 from discoveryctl.errors import (
     AppCredentialsRejected,
@@ -168,6 +172,7 @@ def test_the_row_and_its_key_are_committed_before_the_create_which_sends_them(
             {"from": "pending", "to": "active", "reason": "customer_created"},
         ),
     ]
+    assert parties(scope) == {("u1", "stripe")}
     status = integration(scope, "u1")
     assert status is not None and status[0] == "active"
     assert "last_synced_at" in status[1] and "consecutive_failures" not in status[1]
@@ -310,6 +315,7 @@ def test_a_key_24_hours_old_is_looked_up_and_the_customer_found_adopted(
     assert stand_in.creates == []
     stored = row(scope, "u1")
     assert (stored.customer_id, stored.idempotency_key, stored.attempts) == ("cus_made", key, 2)
+    assert parties(scope) == {("u1", "stripe")}
     assert events_of(scope, "stripe_customer_adopted", "status_changed")[-2:] == [
         (
             "stripe_customer_adopted",
@@ -331,8 +337,12 @@ def test_a_key_24_hours_old_with_no_customer_at_stripe_is_replaced_and_the_new_o
 ) -> None:
     key = started(scope, stand_in)
     later = NOW + KEY_LIFETIME + timedelta(hours=1)
+    seen: list[StripeCustomer] = []
+    stand_in.create_answers.append(lambda request: seen.append(row(scope, "u1")) or "cus_1")
     made = ensure(scope, stand_in, at=later)
     assert made.how == "created"
+    assert (seen[0].idempotency_key_created_at, seen[0].updated_at) == (later, later)
+    assert parties(scope) == {("u1", "stripe")}
     stored = row(scope, "u1")
     assert stored.idempotency_key not in (None, key)
     assert stored.idempotency_key_created_at == later
@@ -494,6 +504,7 @@ def test_a_different_customer_stripe_made_after_one_was_recorded_is_reported_as_
             "open": True,
         }
     ]
+    assert parties(scope) == {("u1", "stripe")}
 
 
 def test_the_same_customer_recorded_meanwhile_is_no_duplicate(
@@ -534,6 +545,7 @@ def test_transient_failures_are_tried_again_after_stripes_waits_and_each_is_reco
     ]
     stored = row(scope, "u1")
     assert (stored.attempts, stored.last_error, stored.customer_id) == (3, None, "cus_u1")
+    assert parties(scope) == {("u1", "stripe")}
 
 
 def test_a_failed_try_counts_on_the_row_with_its_error(
@@ -577,6 +589,7 @@ def test_after_four_transient_failures_the_user_is_told_and_the_integration_coun
         }
     ]
     assert row(scope, "u1").attempts == 4
+    assert parties(scope) == {("u1", "stripe")}
 
 
 def test_a_failure_stripe_says_not_to_retry_is_given_up_at_once(
@@ -637,3 +650,109 @@ def test_a_refused_api_key_during_a_lookup_marks_no_user_either(
         ensure(scope, stand_in)
     assert [n["kind"] for n in notifications_of(scope)] == ["app_credentials_rejected"]
     assert events_of(scope, "stripe_customer_failed") == []
+
+
+def test_only_the_users_own_row_gets_a_key(scope: SessionScope, stand_in: StripeStandIn) -> None:
+    _imported(scope, None, with_integration=True)
+    with scope() as session:
+        session.add(StripeCustomer(user_id="u2", email="u2@example.com", attempts=0))
+    ensure(scope, stand_in)
+    assert row(scope, "u1").idempotency_key is not None
+    assert row(scope, "u2").idempotency_key is None
+
+
+def test_failures_that_persist_tell_the_admins_at_the_third_command(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    for _ in range(3):
+        stand_in.create_answers.append(ProviderError("no", error_type="stripe_400"))
+        with pytest.raises(ProviderError):
+            ensure(scope, stand_in)
+    assert [(n["audience"], n["kind"]) for n in notifications_of(scope)] == [
+        ("user", "stripe_onboarding_failed"),
+        ("admin", "repeated_failures"),
+    ]
+    status = integration(scope, "u1")
+    assert status is not None and status[1]["consecutive_failures"] == 3
+
+
+@pytest.mark.postgres
+def test_a_new_customer_is_stored_alike_on_both_databases(db: Any, stand_in: StripeStandIn) -> None:
+    database = Database(db.url)
+    try:
+        made = ensure(database.session, stand_in)
+        again = ensure(database.session, stand_in)
+    finally:
+        database.dispose()
+    assert (made.how, again.how) == ("created", "existing")
+    assert db.rows("SELECT user_id, customer_id, attempts FROM stripe_customers") == [
+        {"user_id": "u1", "customer_id": "cus_u1", "attempts": 1}
+    ]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("answer", ["cus_1", ProviderError("no", error_type="stripe_400")])
+def test_the_integration_is_counted_on_under_its_lock_and_keeps_another_writers_change(
+    db: Any, stand_in: StripeStandIn, answer: str | ProviderError
+) -> None:
+    """While Stripe answers, another process holds the user's integration and counts a
+    reconnect in its metadata: the customer's success, or its failure, is written after
+    that change and keeps it (issue 8)."""
+    database = Database(db.url)
+    ensure(database.session, stand_in, user_id="u0")  # the engine and its statements, warm
+    holding, stop = threading.Event(), threading.Event()
+
+    def other_writer() -> None:
+        with database.session() as session:
+            found = lifecycle.find(session, "u1", "stripe", for_update=True)
+            assert found is not None
+            lifecycle.update_meta(found, reconnect_attempts=1)
+            session.flush()
+            holding.set()
+            stop.wait(0.3)  # the answer is being written meanwhile: it waits for us
+
+    other = threading.Thread(target=other_writer)
+
+    def create(request: dict[str, Any]) -> str | ProviderError:
+        other.start()
+        assert holding.wait(10)
+        return answer
+
+    stand_in.create_answers.append(create)
+    try:
+        with contextlib.suppress(ProviderError):
+            ensure(database.session, stand_in)
+        other.join()
+        status = integration(database.session, "u1")
+    finally:
+        database.dispose()
+    assert status is not None and status[1]["reconnect_attempts"] == 1
+    assert ("last_synced_at" if answer == "cus_1" else "consecutive_failures") in status[1]
+
+
+@pytest.mark.postgres
+def test_a_key_another_process_mints_first_for_an_imported_customer_is_the_one_kept(
+    db: Any, stand_in: StripeStandIn
+) -> None:
+    """Between this command's read of the key-less row and its write of a key, another
+    process writes its own: that one stands, and is the one sent."""
+    if db.kind != "postgres":
+        pytest.skip("on SQLite the first writer holds the whole database: no such moment")
+    database = Database(db.url)
+    _imported(database.session, None, with_integration=True)
+
+    rekeyed: list[str] = []
+
+    def meanwhile(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("UPDATE stripe_customers SET name=") and not rekeyed:
+            rekeyed.append("theirs")  # our write of the key (and name) is about to go out
+            with database.session() as session:
+                theirs = session.get_one(StripeCustomer, 1)
+                theirs.idempotency_key, theirs.idempotency_key_created_at = "theirs", NOW
+
+    sa.event.listen(database.engine, "before_cursor_execute", meanwhile)
+    try:
+        ensure(database.session, stand_in)
+    finally:
+        database.dispose()
+    assert [c["idempotency_key"] for c in stand_in.creates] == ["theirs"]

@@ -15,7 +15,10 @@ claims; docs/behaviour.md §6), against a migrated SQLite copy and a scripted St
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -43,7 +46,7 @@ from discoveryctl.billing.customers import (
     pending_users,
     retry_pending,
 )
-from discoveryctl.db.engine import SessionScope
+from discoveryctl.db.engine import Database, SessionScope
 from discoveryctl.db.models import StripeCustomer, utcnow
 from discoveryctl.errors import AppCredentialsRejected, ProviderError, TransientProviderError
 from discoveryctl.integrations import lifecycle
@@ -195,6 +198,43 @@ def test_a_user_another_run_holds_or_whose_customer_exists_is_not_taken(
         assert pending_count(session) == 1 and pending_users(session) == ["theirs"]
 
 
+def test_a_user_the_run_gave_up_on_is_not_taken_again_by_its_next_claim(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    """The last of a claim fails for good and its lease is let go: the next claim starts
+    past it."""
+    pending(scope, "u1", "u2", "u3", "u4", "u5")
+    stand_in.create_answers += ["cus_1", "cus_2", "cus_3", ProviderError("no")]
+    done = run(scope, stand_in, Clock())
+    assert done.outcomes == {"created": 4, "failed": 1}
+    assert [c["user_id"] for c in stand_in.creates] == ["u1", "u2", "u3", "u4", "u5"]
+
+
+def test_the_runs_leases_are_renewed_while_stripe_is_slower_than_them(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    pending(scope, "u1")
+    seen: list[Any] = []
+
+    def slow(request: dict[str, Any]) -> str:
+        seen.append(row(scope, "u1").lease_expires_at)
+        time.sleep(0.5)  # Stripe takes longer than a third of the lease: a beat renews it
+        seen.append(row(scope, "u1").lease_expires_at)
+        return "cus_u1"
+
+    stand_in.create_answers.append(slow)
+    done = retry_pending(
+        scope,
+        stand_in.as_client,
+        owner=OWNER,
+        concurrency=1,
+        lease=timedelta(seconds=0.9),
+    )
+    assert done.outcomes == {"created": 1}
+    claimed, renewed = seen
+    assert renewed > claimed
+
+
 def test_pending_users_are_listed_in_the_order_a_run_takes_them(scope: SessionScope) -> None:
     pending(scope, "b", "a", "c")
     with scope() as session:
@@ -260,16 +300,17 @@ def test_after_six_failed_tries_the_run_gives_up_on_the_user_and_tells_them(
 def test_a_failure_stripe_says_not_to_retry_is_given_up_at_once(
     scope: SessionScope, stand_in: StripeStandIn
 ) -> None:
-    pending(scope, "u1", "u2")
+    pending(scope, "u1", "u2", "u3")
     clock = Clock()
-    stand_in.create_answers.append(ProviderError("no", error_type="stripe_400"))
+    stand_in.create_answers += [ProviderError("no", error_type="stripe_400")] * 2
     done = run(scope, stand_in, clock)
-    assert done.outcomes == {"failed": 1, "created": 1}
-    assert [c["user_id"] for c in stand_in.creates] == ["u1", "u2"]
-    assert events_of(scope, "stripe_customer_failed") == [
-        ("stripe_customer_failed", "failure", "stripe_400", {"tries": 1})
-    ]
-    assert [n["user_id"] for n in notifications_of(scope)] == ["u1"]
+    assert done.outcomes == {"failed": 2, "created": 1}
+    assert [c["user_id"] for c in stand_in.creates] == ["u1", "u2", "u3"]
+    assert (
+        events_of(scope, "stripe_customer_failed")
+        == [("stripe_customer_failed", "failure", "stripe_400", {"tries": 1})] * 2
+    )
+    assert [n["user_id"] for n in notifications_of(scope)] == ["u1", "u2"]
 
 
 def test_a_refused_api_key_stops_the_run_marks_no_user_and_tells_the_admins_once(
@@ -385,7 +426,6 @@ def test_a_user_failing_with_retry_after_is_due_that_much_later() -> None:
     queue.again(_user(1), 1, throttled)
     queue._ready.pop(0)  # the first push, already tried
     assert queue.wants_more() is False  # no more to claim: the run is out of users
-    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         assert queue.step(pool, lambda user: throttled) == []  # none due: it sleeps
@@ -400,7 +440,6 @@ def test_a_queue_that_wants_more_does_not_sleep_on_a_backoff() -> None:
     queue = _Queue(concurrency=1, clock=clock, sleep=clock.sleep)
     queue.again(_user(1), 1, TransientProviderError("slow down", retry_after=3.0))
     assert queue.wants_more()
-    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         assert queue.step(pool, lambda user: TransientProviderError("x")) == []
@@ -416,3 +455,61 @@ def test_users_due_now_count_as_work_in_hand_and_those_waiting_do_not(due_in: fl
     for row_id in (1, 2):
         queue._push(clock.at + due_in, _user(row_id), 1)
     assert queue.wants_more() is (due_in > 0)
+
+
+def test_claimed_users_are_due_at_once() -> None:
+    clock = Clock(at=0.0)
+    queue = _Queue(concurrency=1, clock=clock, sleep=clock.sleep)
+    queue.add([_user(1)])
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ((user, _, tries),) = queue.step(pool, lambda user: TransientProviderError("x"))
+    assert (user.row_id, tries, clock.slept) == (1, 1, [])
+
+
+def test_a_call_that_ends_is_handled_while_another_is_still_in_flight_and_more_are_claimed() -> (
+    None
+):
+    """Two at a time: the quick call's result comes back while the slow one runs on, and
+    the queue, with less than two rounds in hand, asks for more meanwhile."""
+    clock = Clock()
+    queue = _Queue(concurrency=2, clock=clock, sleep=clock.sleep)
+    queue.add([_user(1), _user(2)])
+    slow_may_end = threading.Event()
+    failsafe = threading.Timer(2.0, slow_may_end.set)  # a queue that waits for it ends too
+    failsafe.start()
+
+    def one_try(user: _Pending) -> TransientProviderError:
+        if user.row_id == 1:
+            slow_may_end.wait()
+        return TransientProviderError(f"user {user.row_id}")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        handled = []
+        while not handled:
+            assert not slow_may_end.is_set()
+            handled = queue.step(pool, one_try)
+        assert queue.wants_more()  # one in flight, none in hand: claim more now
+        assert [user.row_id for user, _, _ in handled] == [2]
+        slow_may_end.set()
+    failsafe.cancel()
+
+
+@pytest.mark.postgres
+def test_users_are_taken_in_id_order_whatever_order_the_table_keeps_them_in(
+    db: Any, stand_in: StripeStandIn
+) -> None:
+    """PostgreSQL writes an updated row anew, after the others: read without an order, the
+    first user would come last, and a claim of four would pass over it for good."""
+    database = Database(db.url)
+    try:
+        users = [f"u{n}" for n in range(1, 6)]
+        pending(database.session, *users)
+        with database.session() as session:
+            session.get_one(StripeCustomer, 1).name = "First"
+        with database.session() as session:
+            assert pending_users(session) == users
+        done = run(database.session, stand_in, Clock())
+    finally:
+        database.dispose()
+    assert done.outcomes == {"created": 5}
+    assert [c["user_id"] for c in stand_in.creates] == users

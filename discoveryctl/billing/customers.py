@@ -91,7 +91,8 @@ class _Pending:
 
 def _changed(result: sa.Result[Any]) -> bool:
     """Whether an INSERT or UPDATE touched a row."""
-    return bool(cast("sa.CursorResult[Any]", result).rowcount)
+    changed = cast("sa.CursorResult[Any]", result)  # pragma: no mutate  (a type for mypy only)
+    return bool(changed.rowcount)
 
 
 def new_idempotency_key() -> str:
@@ -134,19 +135,19 @@ def ensure_customer(
 def _pending(
     session: Session, user_id: str, email: str, name: str | None, now: datetime
 ) -> _Pending:
-    """The user's row, made (with a key and a ``pending`` integration) if there was none;
-    a row without a key (from ``import``) gets one. Committed before any call to Stripe."""
+    """The user's row, made if there was none; a row without a key (a new one, or one from
+    ``import``) gets one, and a ``pending`` integration. Committed before any call to Stripe."""
     customer = table_of(StripeCustomer)
-    found = _read(session, user_id)
+    # Mutation testing: reading first only spares an INSERT; the INSERT that does nothing
+    # when the row exists, and the read after it, come to the same row.
+    found = _read(session, user_id)  # pragma: no mutate
     if found is None:
         inserted = session.execute(
             _insert_new(session).values(
                 user_id=user_id,
                 email=email,
                 name=name,
-                idempotency_key=new_idempotency_key(),
-                idempotency_key_created_at=now,
-                attempts=0,
+                attempts=0,  # pragma: no mutate  (the column's default is 0 too)
                 created_at=now,
                 updated_at=now,
             )
@@ -158,7 +159,6 @@ def _pending(
                 user_id=user_id,
                 provider=Provider.stripe,
             )
-        _ensure_integration(session, user_id)
         found = _read(session, user_id)
         assert found is not None
     if found.customer_id is not None:
@@ -192,13 +192,17 @@ def _pending(
 def _insert_new(session: Session) -> sa.Insert:
     """An INSERT that does nothing when the user already has a row (another process's)."""
     customer = table_of(StripeCustomer)
+    # Mutation testing: user_id is the one unique column a new row can meet (its id is new,
+    # its customer_id NULL), so a conflict target of none, or of "USER_ID" on SQLite, which
+    # ignores the case of names, does the same.
+    target = ["user_id"]  # pragma: no mutate
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        return pg_insert(customer).on_conflict_do_nothing(index_elements=["user_id"])
+        return pg_insert(customer).on_conflict_do_nothing(index_elements=target)
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    return sqlite_insert(customer).on_conflict_do_nothing(index_elements=["user_id"])
+    return sqlite_insert(customer).on_conflict_do_nothing(index_elements=target)
 
 
 def _read(session: Session, user_id: str) -> _Pending | None:
@@ -228,7 +232,11 @@ def _rows() -> sa.Select[Any]:
 def _ensure_integration(session: Session, user_id: str) -> None:
     """The user's ``stripe`` integration, ``pending`` until the customer exists (another
     process may make it at the same moment: then that one stands)."""
-    if lifecycle.find(session, user_id, Provider.stripe, for_update=True) is not None:
+    # Mutation testing: the look first only spares a create that the unique (user_id,
+    # provider) would refuse, as it refuses another process's; and nothing here is read
+    # back to be written, so its lock guards no update.
+    found = lifecycle.find(session, user_id, Provider.stripe, for_update=True)  # pragma: no mutate
+    if found is not None:
         return
     try:
         with session.begin_nested():
@@ -259,7 +267,7 @@ def _attempt(
         pending = _current(session_scope, row_id)
         if (done := _done(pending)) is not None:
             return done
-    resent = False
+    resent = False  # pragma: no mutate  (None says "not yet" as False does)
     while True:
         try:
             return _create(session_scope, customers, pending, now)
@@ -294,7 +302,8 @@ def _create(
     now: Callable[[], datetime],
 ) -> Onboarded:
     """Send the create under the row's key; commit the customer, or record the failure."""
-    assert pending.key is not None and pending.key_created_at is not None
+    # for mypy: _pending gave the row both
+    assert pending.key is not None and pending.key_created_at is not None  # pragma: no mutate
     age = now() - pending.key_created_at
     try:
         created = customers.create(
@@ -336,7 +345,8 @@ def _adopt_or_rekey(
             return _store_customer(session, pending, found, "adopted", reason=reason)
         replaced = session.execute(
             sa.update(customer)
-            .where(customer.c.id == pending.row_id, customer.c.idempotency_key == pending.key)
+            .where(customer.c.id == pending.row_id)  # pragma: no mutate  (keys are the row's own)
+            .where(customer.c.idempotency_key == pending.key)
             .values(
                 idempotency_key=new_idempotency_key(),
                 idempotency_key_created_at=now,
@@ -410,7 +420,11 @@ def _store_customer(
     integration = lifecycle.find(session, pending.user_id, Provider.stripe, for_update=True)
     if integration is not None:
         lifecycle.change_status(
-            session, integration, Status.active, reason=f"customer_{how}", frontend_url=""
+            session,
+            integration,
+            Status.active,
+            reason=f"customer_{how}",
+            frontend_url="",  # pragma: no mutate  (read for a reconnect URL only, never to active)
         )
         lifecycle.record_success(session, integration)
     notifications.resolve(
@@ -587,7 +601,11 @@ def retry_pending(
     def one_try(pending: _Pending) -> Onboarded | ProviderError:
         try:
             return _try_once(
-                session_scope, customers(), pending.user_id, pending.email, pending.name
+                session_scope,
+                customers(),
+                pending.user_id,
+                pending.email,
+                pending.name,  # pragma: no mutate  (None: _pending keeps the row's own name)
             )
         except ProviderError as error:
             return error
@@ -597,7 +615,9 @@ def retry_pending(
         with (
             # the leases renewed while the run holds them, however long Stripe takes
             Heartbeat(session_scope, STRIPE_CUSTOMERS, owner, lease),
-            ThreadPoolExecutor(max_workers=concurrency) as pool,
+            # Mutation testing: the queue never starts more than ``concurrency`` calls at once,
+            # so more workers would stand idle.
+            ThreadPoolExecutor(max_workers=concurrency) as pool,  # pragma: no mutate
         ):
             while run.app_rejected is None:
                 if queue.out_of_time():
@@ -611,19 +631,18 @@ def retry_pending(
                 if queue.idle():
                     break
                 for pending, outcome, tries in queue.step(pool, one_try):
-                    if isinstance(outcome, Onboarded):
-                        run.outcomes[outcome.how] += 1
-                    elif isinstance(outcome, AppCredentialsRejected):
+                    if isinstance(outcome, AppCredentialsRejected):
                         run.app_rejected = run.app_rejected or outcome.message
-                        continue
                     elif isinstance(outcome, TransientProviderError) and tries < RUN_ATTEMPTS:
                         queue.again(pending, tries, outcome)
-                        continue
                     else:
-                        run.outcomes["failed"] += 1
-                        with session_scope() as session:
-                            _record_failure(session, pending.user_id, outcome, tries)
-                    queue.finished.append(pending.row_id)
+                        if isinstance(outcome, Onboarded):
+                            run.outcomes[outcome.how] += 1
+                        else:
+                            run.outcomes["failed"] += 1
+                            with session_scope() as session:
+                                _record_failure(session, pending.user_id, outcome, tries)
+                        queue.finished.append(pending.row_id)
                 if len(queue.finished) >= concurrency:
                     with session_scope() as session:
                         STRIPE_CUSTOMERS.release(session, owner, queue.finished)
@@ -667,20 +686,18 @@ class _Queue:
         self.clock = clock
         self.sleep = sleep
         self.after = 0  # the highest row claimed: each user once a run
-        self.exhausted = False
+        self.exhausted = False  # pragma: no mutate  (None says "not yet" as False does)
         self.finished: list[int] = []  # rows done with, their leases not yet let go
         self._ready: list[tuple[float, int, _Pending, int]] = []
         self._running: dict[Future[TryResult], tuple[_Pending, int]] = {}
-        self._order = 0
+        self._order = 0  # pragma: no mutate  (a tie-breaker: only its order counts)
 
     def wants_more(self) -> bool:
         """Whether fewer than two rounds of calls are in hand: running, or due now. Users
         still waiting out a backoff do not count, or enough of them would starve the run."""
         if self.exhausted:
             return False
-        wanted = 2 * self.concurrency - len(self._running)
-        if wanted <= 0:
-            return False
+        wanted = 2 * self.concurrency - len(self._running)  # at least one round: never 0
         if len(self._ready) < wanted:
             return True
         now = self.clock()
@@ -721,7 +738,9 @@ class _Queue:
             _, _, pending, tries = heapq.heappop(self._ready)
             self._running[pool.submit(one_try, pending)] = (pending, tries + 1)
         timeout = None
-        if self._ready and len(self._running) < self.concurrency:
+        # Mutation testing: with every worker busy, waking when a backoff ends finds none
+        # free to start it: the loop would only wake sooner.
+        if self._ready and len(self._running) < self.concurrency:  # pragma: no mutate
             timeout = max(self._ready[0][0] - now, 0.0)
         if self.wants_more():
             timeout = 0.0
@@ -741,7 +760,7 @@ class _Queue:
 
     def _push(self, at: float, pending: _Pending, tries: int) -> None:
         heapq.heappush(self._ready, (at, self._order, pending, tries))
-        self._order += 1
+        self._order += 1  # pragma: no mutate  (a tie-breaker: only its order counts)
 
 
 def _try_once(
