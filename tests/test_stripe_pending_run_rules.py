@@ -40,6 +40,7 @@ from stripe_stand_in import (  # noqa: F401  (the fixtures)
 from discoveryctl.billing.customers import (
     RUN_ATTEMPTS,
     PendingRun,
+    TryResult,
     _Pending,
     _Queue,
     pending_count,
@@ -466,46 +467,60 @@ def test_claimed_users_are_due_at_once() -> None:
     assert (user.row_id, tries, clock.slept) == (1, 1, [])
 
 
-def test_a_call_that_ends_is_handled_while_another_is_still_in_flight_and_more_are_claimed() -> (
-    None
-):
-    """Two at a time: the quick call's result comes back while the slow one runs on, and
-    the queue, with less than two rounds in hand, asks for more meanwhile."""
+def _calls_held(*row_ids: int) -> tuple[Callable[[_Pending], TryResult], threading.Event]:
+    """A try that does not end, for the users ``row_ids``, until the event is set (by the test,
+    or after 2 s, so that a queue waiting for it ends too); the others end at once."""
+    may_end = threading.Event()
+    failsafe = threading.Timer(2.0, may_end.set)
+    failsafe.daemon = True
+    failsafe.start()
+
+    def one_try(user: _Pending) -> TryResult:
+        if user.row_id in row_ids:
+            may_end.wait()
+        return TransientProviderError(f"user {user.row_id}")
+
+    return one_try, may_end
+
+
+def test_a_call_that_ends_is_handled_while_another_is_still_in_flight() -> None:
     clock = Clock()
     queue = _Queue(concurrency=2, clock=clock, sleep=clock.sleep)
     queue.add([_user(1), _user(2)])
-    slow_may_end = threading.Event()
-    failsafe = threading.Timer(2.0, slow_may_end.set)  # a queue that waits for it ends too
-    failsafe.start()
-
-    def one_try(user: _Pending) -> TransientProviderError:
-        if user.row_id == 1:
-            slow_may_end.wait()
-        return TransientProviderError(f"user {user.row_id}")
-
+    queue.add([])  # no more to claim: the queue waits for a call to end
+    one_try, may_end = _calls_held(1)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        handled = []
-        while not handled:
-            assert not slow_may_end.is_set()
-            handled = queue.step(pool, one_try)
-        assert queue.wants_more()  # one in flight, none in hand: claim more now
+        handled = queue.step(pool, one_try)
+        assert not may_end.is_set()  # the quick one came back on its own
         assert [user.row_id for user, _, _ in handled] == [2]
-        slow_may_end.set()
-    failsafe.cancel()
+        may_end.set()
+
+
+def test_while_calls_are_in_flight_a_queue_short_of_work_comes_back_to_claim_more() -> None:
+    clock = Clock()
+    queue = _Queue(concurrency=2, clock=clock, sleep=clock.sleep)
+    queue.add([_user(1), _user(2)])
+    one_try, may_end = _calls_held(1, 2)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        assert queue.step(pool, one_try) == []  # both in flight, none in hand
+        assert not may_end.is_set() and queue.wants_more()
+        may_end.set()
+    assert clock.slept == []
 
 
 @pytest.mark.postgres
 def test_users_are_taken_in_id_order_whatever_order_the_table_keeps_them_in(
     db: Any, stand_in: StripeStandIn
 ) -> None:
-    """PostgreSQL writes an updated row anew, after the others: read without an order, the
-    first user would come last, and a claim of four would pass over it for good."""
+    """PostgreSQL writes a row whose indexed column changed anew, after the others: read
+    without an order, the first user would come last, and a claim of four would pass over
+    it for good."""
     database = Database(db.url)
     try:
         users = [f"u{n}" for n in range(1, 6)]
-        pending(database.session, *users)
+        pending(database.session, "first", *users[1:])
         with database.session() as session:
-            session.get_one(StripeCustomer, 1).name = "First"
+            session.get_one(StripeCustomer, 1).user_id = "u1"
         with database.session() as session:
             assert pending_users(session) == users
         done = run(database.session, stand_in, Clock())
