@@ -91,7 +91,8 @@ class _Pending:
 
 def _changed(result: sa.Result[Any]) -> bool:
     """Whether an INSERT or UPDATE touched a row."""
-    return bool(cast("sa.CursorResult[Any]", result).rowcount)
+    changed = cast("sa.CursorResult[Any]", result)  # pragma: no mutate  (a type for mypy only)
+    return bool(changed.rowcount)
 
 
 def new_idempotency_key() -> str:
@@ -107,16 +108,19 @@ def ensure_customer(
     email: str,
     name: str | None = None,
     now: Callable[[], datetime] = utcnow,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Onboarded:
     """The user's Stripe customer: the one already recorded (no call), or one found or made
     now. Raises ``ParametersFrozen`` when a pending customer was started with another email
     or name, ``AppCredentialsRejected`` when Stripe refuses the key (the admins are told
     once, no user is marked), and ``ProviderError`` when Stripe refused or kept failing
-    (the user's integration records it)."""
+    (the user's integration records it). ``sleep``: how the waits between tries are spent."""
     tries: list[Attempt] = []
     try:
         return ONE_CREATE.call(
-            lambda: _try_once(session_scope, customers, user_id, email, name, now), tries=tries
+            lambda: _try_once(session_scope, customers, user_id, email, name, now),
+            tries=tries,
+            sleep=sleep,
         )
     except AppCredentialsRejected as error:
         with session_scope() as session:
@@ -131,21 +135,21 @@ def ensure_customer(
 def _pending(
     session: Session, user_id: str, email: str, name: str | None, now: datetime
 ) -> _Pending:
-    """The user's row, made (with a key and a ``pending`` integration) if there was none;
-    a row without a key (from ``import``) gets one. Committed before any call to Stripe."""
+    """The user's row, made if there was none; a row without a key (a new one, or one from
+    ``import``) gets one, and a ``pending`` integration. Committed before any call to Stripe."""
     customer = table_of(StripeCustomer)
-    found = _read(session, user_id)
+    # Mutation testing: reading first only spares an INSERT; the INSERT that does nothing
+    # when the row exists, and the read after it, come to the same row.
+    found = _read(session, user_id)  # pragma: no mutate
     if found is None:
         inserted = session.execute(
             _insert_new(session).values(
                 user_id=user_id,
                 email=email,
-                name=name,
-                idempotency_key=new_idempotency_key(),
-                idempotency_key_created_at=now,
-                attempts=0,
+                name=name,  # pragma: no mutate  (the key's UPDATE below writes it too)
+                attempts=0,  # pragma: no mutate  (the column's default is 0 too)
                 created_at=now,
-                updated_at=now,
+                updated_at=now,  # pragma: no mutate  (the key's UPDATE below writes it too)
             )
         )
         if _changed(inserted):
@@ -155,7 +159,6 @@ def _pending(
                 user_id=user_id,
                 provider=Provider.stripe,
             )
-        _ensure_integration(session, user_id)
         found = _read(session, user_id)
         assert found is not None
     if found.customer_id is not None:
@@ -189,13 +192,17 @@ def _pending(
 def _insert_new(session: Session) -> sa.Insert:
     """An INSERT that does nothing when the user already has a row (another process's)."""
     customer = table_of(StripeCustomer)
+    # Mutation testing: user_id is the one unique column a new row can meet (its id is new,
+    # its customer_id NULL), so a conflict target of none, or of "USER_ID" on SQLite, which
+    # ignores the case of names, does the same.
+    on = ["user_id"]  # pragma: no mutate
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        return pg_insert(customer).on_conflict_do_nothing(index_elements=["user_id"])
+        return pg_insert(customer).on_conflict_do_nothing(index_elements=on)  # pragma: no mutate
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    return sqlite_insert(customer).on_conflict_do_nothing(index_elements=["user_id"])
+    return sqlite_insert(customer).on_conflict_do_nothing(index_elements=on)  # pragma: no mutate
 
 
 def _read(session: Session, user_id: str) -> _Pending | None:
@@ -225,7 +232,11 @@ def _rows() -> sa.Select[Any]:
 def _ensure_integration(session: Session, user_id: str) -> None:
     """The user's ``stripe`` integration, ``pending`` until the customer exists (another
     process may make it at the same moment: then that one stands)."""
-    if lifecycle.find(session, user_id, Provider.stripe, for_update=True) is not None:
+    # Mutation testing: the look first only spares a create that the unique (user_id,
+    # provider) would refuse, as it refuses another process's; and nothing here is read
+    # back to be written, so its lock guards no update.
+    found = lifecycle.find(session, user_id, Provider.stripe, for_update=True)  # pragma: no mutate
+    if found is not None:
         return
     try:
         with session.begin_nested():
@@ -256,7 +267,7 @@ def _attempt(
         pending = _current(session_scope, row_id)
         if (done := _done(pending)) is not None:
             return done
-    resent = False
+    resent = False  # pragma: no mutate  (None says "not yet" as False does)
     while True:
         try:
             return _create(session_scope, customers, pending, now)
@@ -291,7 +302,8 @@ def _create(
     now: Callable[[], datetime],
 ) -> Onboarded:
     """Send the create under the row's key; commit the customer, or record the failure."""
-    assert pending.key is not None and pending.key_created_at is not None
+    # for mypy: _pending gave the row both
+    assert pending.key is not None and pending.key_created_at is not None  # pragma: no mutate
     age = now() - pending.key_created_at
     try:
         created = customers.create(
@@ -333,7 +345,8 @@ def _adopt_or_rekey(
             return _store_customer(session, pending, found, "adopted", reason=reason)
         replaced = session.execute(
             sa.update(customer)
-            .where(customer.c.id == pending.row_id, customer.c.idempotency_key == pending.key)
+            .where(customer.c.id == pending.row_id)  # pragma: no mutate  (keys are the row's own)
+            .where(customer.c.idempotency_key == pending.key)
             .values(
                 idempotency_key=new_idempotency_key(),
                 idempotency_key_created_at=now,
@@ -407,9 +420,15 @@ def _store_customer(
     integration = lifecycle.find(session, pending.user_id, Provider.stripe, for_update=True)
     if integration is not None:
         lifecycle.change_status(
-            session, integration, Status.active, reason=f"customer_{how}", frontend_url=""
+            session,
+            integration,
+            Status.active,
+            reason=f"customer_{how}",
+            frontend_url="",  # pragma: no mutate  (read for a reconnect URL only, never to active)
         )
-        lifecycle.record_success(session, integration)
+        # Mutation testing: its session only resolves alerts while failures are counted, and
+        # the change to active has just cleared them.
+        lifecycle.record_success(session, integration)  # pragma: no mutate
     notifications.resolve(
         session, notifications.dedupe_key(ONBOARDING_FAILED, Provider.stripe, pending.user_id)
     )
@@ -557,6 +576,8 @@ def retry_pending(
     concurrency: int,
     lease: timedelta,
     ends: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> PendingRun:
     """Make the customer of every pending user, ``concurrency`` calls at a time, each user
     under this run's lease (overlapping runs take different users). A user whose try failed
@@ -564,7 +585,8 @@ def retry_pending(
     after ``RUN_ATTEMPTS`` tries the run gives up on it (the user is told, the next run tries
     again). A refused API key stops the run: nothing more is claimed or tried, no user is
     marked. At ``ends`` (monotonic) nothing more is claimed or tried either: the calls in
-    flight end, and the users not done are left, unmarked, to the next run."""
+    flight end, and the users not done are left, unmarked, to the next run. ``clock`` (the
+    time ``ends`` is on) and ``sleep``: how the run reads the time and waits out backoffs."""
     run = PendingRun()
     local = threading.local()
     opened: list[StripeCustomers] = []
@@ -581,17 +603,23 @@ def retry_pending(
     def one_try(pending: _Pending) -> Onboarded | ProviderError:
         try:
             return _try_once(
-                session_scope, customers(), pending.user_id, pending.email, pending.name
+                session_scope,
+                customers(),
+                pending.user_id,
+                pending.email,
+                pending.name,  # pragma: no mutate  (None: _pending keeps the row's own name)
             )
         except ProviderError as error:
             return error
 
-    queue = _Queue(concurrency, ends)
+    queue = _Queue(concurrency, ends, clock=clock, sleep=sleep)
     try:
         with (
             # the leases renewed while the run holds them, however long Stripe takes
             Heartbeat(session_scope, STRIPE_CUSTOMERS, owner, lease),
-            ThreadPoolExecutor(max_workers=concurrency) as pool,
+            # Mutation testing: the queue never starts more than ``concurrency`` calls at once,
+            # so more workers would stand idle.
+            ThreadPoolExecutor(max_workers=concurrency) as pool,  # pragma: no mutate
         ):
             while run.app_rejected is None:
                 if queue.out_of_time():
@@ -605,19 +633,18 @@ def retry_pending(
                 if queue.idle():
                     break
                 for pending, outcome, tries in queue.step(pool, one_try):
-                    if isinstance(outcome, Onboarded):
-                        run.outcomes[outcome.how] += 1
-                    elif isinstance(outcome, AppCredentialsRejected):
+                    if isinstance(outcome, AppCredentialsRejected):
                         run.app_rejected = run.app_rejected or outcome.message
-                        continue
                     elif isinstance(outcome, TransientProviderError) and tries < RUN_ATTEMPTS:
                         queue.again(pending, tries, outcome)
-                        continue
                     else:
-                        run.outcomes["failed"] += 1
-                        with session_scope() as session:
-                            _record_failure(session, pending.user_id, outcome, tries)
-                    queue.finished.append(pending.row_id)
+                        if isinstance(outcome, Onboarded):
+                            run.outcomes[outcome.how] += 1
+                        else:
+                            run.outcomes["failed"] += 1
+                            with session_scope() as session:
+                                _record_failure(session, pending.user_id, outcome, tries)
+                        queue.finished.append(pending.row_id)
                 if len(queue.finished) >= concurrency:
                     with session_scope() as session:
                         STRIPE_CUSTOMERS.release(session, owner, queue.finished)
@@ -648,27 +675,34 @@ class _Queue:
     are claimed whenever fewer than two rounds of calls are left, so a user waiting out its
     backoff never holds up the others, nor the next claim."""
 
-    def __init__(self, concurrency: int, ends: float | None = None) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        ends: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.concurrency = concurrency
-        self.ends = ends  # monotonic: past it, nothing more is claimed or started
+        self.ends = ends  # on ``clock``: past it, nothing more is claimed or started
+        self.clock = clock
+        self.sleep = sleep
         self.after = 0  # the highest row claimed: each user once a run
-        self.exhausted = False
+        self.exhausted = False  # pragma: no mutate  (None says "not yet" as False does)
         self.finished: list[int] = []  # rows done with, their leases not yet let go
         self._ready: list[tuple[float, int, _Pending, int]] = []
         self._running: dict[Future[TryResult], tuple[_Pending, int]] = {}
-        self._order = 0
+        self._order = 0  # pragma: no mutate  (a tie-breaker: only its order counts)
 
     def wants_more(self) -> bool:
         """Whether fewer than two rounds of calls are in hand: running, or due now. Users
         still waiting out a backoff do not count, or enough of them would starve the run."""
         if self.exhausted:
             return False
-        wanted = 2 * self.concurrency - len(self._running)
-        if wanted <= 0:
-            return False
+        wanted = 2 * self.concurrency - len(self._running)  # at least one round: never 0
         if len(self._ready) < wanted:
             return True
-        now = time.monotonic()
+        now = self.clock()
         due = sum(1 for at, *_ in heapq.nsmallest(wanted, self._ready) if at <= now)
         return due < wanted
 
@@ -681,12 +715,12 @@ class _Queue:
             self._push(0.0, pending, 0)
 
     def again(self, pending: _Pending, tries: int, error: ProviderError) -> None:
-        self._push(time.monotonic() + STRIPE_PYTHON_SCHEDULE.delay(tries, error), pending, tries)
+        self._push(self.clock() + STRIPE_PYTHON_SCHEDULE.delay(tries, error), pending, tries)
 
     def out_of_time(self) -> bool:
         """Past ``ends``: claim no more, and let go of the users not being tried (their
         leases go with the run's). True when that left a user, or maybe one, undone."""
-        if self.ends is None or time.monotonic() < self.ends:
+        if self.ends is None or self.clock() < self.ends:
             return False
         left = not self.exhausted or bool(self._ready)
         self.exhausted = True
@@ -701,17 +735,19 @@ class _Queue:
     ) -> list[tuple[_Pending, TryResult, int]]:
         """Start what is due, then wait for a call to end (or, with a worker free, for the
         next backoff to end, or a moment when more should be claimed)."""
-        now = time.monotonic()
+        now = self.clock()
         while self._ready and self._ready[0][0] <= now and len(self._running) < self.concurrency:
             _, _, pending, tries = heapq.heappop(self._ready)
             self._running[pool.submit(one_try, pending)] = (pending, tries + 1)
         timeout = None
-        if self._ready and len(self._running) < self.concurrency:
+        # Mutation testing: with every worker busy, waking when a backoff ends finds none
+        # free to start it: the loop would only wake sooner.
+        if self._ready and len(self._running) < self.concurrency:  # pragma: no mutate
             timeout = max(self._ready[0][0] - now, 0.0)
         if self.wants_more():
             timeout = 0.0
         if not self._running:
-            time.sleep(timeout or 0.0)
+            self.sleep(timeout or 0.0)
             return []
         finished, _ = wait(self._running, timeout=timeout, return_when=FIRST_COMPLETED)
         results = []
@@ -726,7 +762,7 @@ class _Queue:
 
     def _push(self, at: float, pending: _Pending, tries: int) -> None:
         heapq.heappush(self._ready, (at, self._order, pending, tries))
-        self._order += 1
+        self._order += 1  # pragma: no mutate  (a tie-breaker: only its order counts)
 
 
 def _try_once(
@@ -753,7 +789,10 @@ def _claim_pending(
     customer = table_of(StripeCustomer)
     pending = (
         _rows()
-        .where(customer.c.id > after, customer.c.customer_id.is_(None))
+        # Mutation testing: the row at ``after`` is in this run's hands, under its lease,
+        # whenever the next claim comes, so ">=" could not take it either.
+        .where(customer.c.id > after)  # pragma: no mutate
+        .where(customer.c.customer_id.is_(None))
         .order_by(customer.c.id)
         .limit(limit)
     )
