@@ -214,6 +214,15 @@ def test_a_claim_walks_past_a_batch_of_sellers_it_cannot_take(
     assert (taken.credential_id, taken.user_id) == (live, "live")
 
 
+def test_a_claim_of_one_walks_past_each_seller_it_cannot_take_one_by_one(
+    database: Database, vault: Vault
+) -> None:
+    for n in range(2):
+        add_seller(database, vault, f"gone{n}", status="revoked")
+    add_seller(database, vault, "live")
+    assert [due.user_id for due in claim(database, limit=1)] == ["live"]
+
+
 def test_a_claim_takes_only_due_sellers_unless_forced(database: Database, vault: Vault) -> None:
     add_seller(database, vault, "fresh", **fresh())
     due = add_seller(database, vault, "due", **fresh(refreshed_at=NOW - 2 * HOUR))
