@@ -37,6 +37,7 @@ from discoveryctl.jobs.refresh_all import (
     run,
     stripe_ends,
     stripe_line,
+    stripe_turn,
 )
 from discoveryctl.sandbox import Sandbox
 from discoveryctl.support.crypto import Vault
@@ -262,6 +263,31 @@ def test_the_stripe_half_has_what_is_left_of_the_deadline() -> None:
     assert stripe_ends(10.0, 3.0, 100.0) == 107.0
     assert stripe_ends(10.0, 12.0, 100.0) == 100.0  # nothing left: it ends at once
     assert stripe_ends(10.0, 0.0, 100.0) == 110.0
+
+
+def test_after_the_amazon_half_the_stripe_half_has_what_is_left_of_the_deadline() -> None:
+    plan = Plan(deadline=10.0)
+    assert stripe_turn(plan, Summary(seconds=3.0), 100.0) == (True, 107.0)
+    assert stripe_turn(Plan(), Summary(seconds=3.0), 100.0) == (True, None)
+    assert stripe_turn(plan, Summary(seconds=12.0), 100.0) == (True, 100.0)
+
+
+def test_without_the_amazon_half_the_stripe_half_has_the_whole_deadline() -> None:
+    assert stripe_turn(Plan(amazon=False, deadline=10.0), None, 100.0) == (True, 110.0)
+    assert stripe_turn(Plan(amazon=False), None, 100.0) == (True, None)
+
+
+def test_the_stripe_half_is_left_for_the_next_run_after_an_amazon_half_that_did_not_finish() -> (
+    None
+):
+    plan = Plan(deadline=10.0)
+    for ended in (
+        Summary(interrupted=True),
+        Summary(app_rejected="Client authentication failed"),
+        Summary(deadline_reached=True),
+    ):
+        assert stripe_turn(plan, ended, 100.0) == (False, None)
+    assert stripe_turn(Plan(stripe=False), Summary(), 100.0) == (False, None)
 
 
 def test_a_stripe_half_with_no_time_left_creates_nothing_and_says_so(

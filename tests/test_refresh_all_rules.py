@@ -15,9 +15,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from discoveryctl.amazon.refresh_all import (
     Closing,
     Due,
     Summary,
+    _claim_due,
     _write_batch,
     claim_batch,
     due_now,
@@ -212,6 +214,15 @@ def test_a_claim_walks_past_a_batch_of_sellers_it_cannot_take(
     assert (taken.credential_id, taken.user_id) == (live, "live")
 
 
+def test_a_claim_of_one_walks_past_each_seller_it_cannot_take_one_by_one(
+    database: Database, vault: Vault
+) -> None:
+    for n in range(2):
+        add_seller(database, vault, f"gone{n}", status="revoked")
+    add_seller(database, vault, "live")
+    assert [due.user_id for due in claim(database, limit=1)] == ["live"]
+
+
 def test_a_claim_takes_only_due_sellers_unless_forced(database: Database, vault: Vault) -> None:
     add_seller(database, vault, "fresh", **fresh())
     due = add_seller(database, vault, "due", **fresh(refreshed_at=NOW - 2 * HOUR))
@@ -255,6 +266,16 @@ def test_a_verifying_claim_spends_one_check_of_each_seller_that_has_one(
     assert credential(db_rows, never)["check_allowance_at"] == _stored(NOW)
     assert credential(db_rows, spent)["check_allowance"] == 0.99  # nothing spent
     assert credential(db_rows, spent)["check_allowance_at"] == _stored(NOW)
+
+
+def test_a_run_s_claim_takes_its_batch_in_a_transaction_of_its_own(
+    db_rows: Any, database: Database, vault: Vault
+) -> None:
+    for n in range(3):
+        add_seller(database, vault, f"u{n}")
+    batch = _claim_due(database.session, "run-a", 2, now=NOW, lease=LEASE)
+    assert [due.user_id for due in batch] == ["u0", "u1"]
+    assert leases(db_rows) == ["run-a", "run-a", None]
 
 
 def test_a_claim_without_checks_spends_no_allowance(
@@ -428,8 +449,43 @@ def test_a_batch_write_records_each_check_as_the_sp_api_answered(
     assert counted(summary.outcomes) == {"refreshed": 5}
     assert dict(summary.checks) == {"ok": 1, "paced": 1, "revoked": 1, "failed": 1}
     assert events_of(db_rows, "seller_checked") == ["checked"]
+    (checked,) = db_rows.rows("SELECT provider FROM events WHERE kind = 'seller_checked'")
+    assert checked["provider"] == "amazon"
     assert events_of(db_rows, "seller_check_failed") == ["refused", "throttled"]
     assert statuses(db_rows)["refused"] == "revoked"
+
+
+def test_a_refresh_near_the_re_authorization_date_warns_the_seller_with_its_reconnect_link(
+    db_rows: Any, database: Database, vault: Vault
+) -> None:
+    add_seller(database, vault, "u1", authorized_at=datetime.now(UTC) - timedelta(days=350))
+    batch = claim(database)
+    write(database, vault, batch, [Answer(batch[0], grant=GRANT)])
+    (note,) = db_rows.rows("SELECT user_id, detail FROM notifications")
+    assert note["user_id"] == "u1"
+    assert json.loads(note["detail"])["reconnectUrl"].startswith(FRONTEND + "/")
+
+
+def test_a_run_s_summary_adds_up_its_batches(
+    db_rows: Any, database: Database, vault: Vault
+) -> None:
+    for user in ("a0", "a1", "a2", "a3", "b0", "b1", "b2", "b3"):
+        add_seller(database, vault, user)
+    batch = claim(database, checks=True)
+    refused = SellerAuthorizationRevoked("the SP-API refused the token", status_code=401)
+    transient = Verdict(RefreshOutcome.failed, "lwa_server_error", "LWA answered 503", 503)
+    summary = Summary()
+    for first in (0, 4):
+        due = batch[first : first + 4]
+        answers = [
+            Answer(due[0], grant=GRANT, checked=True),
+            Answer(due[1], grant=GRANT, paced=True),
+            Answer(due[2], grant=GRANT, check_error=refused),
+            Answer(due[3], verdict=transient),
+        ]
+        _write_batch(database.session, vault, "run-a", due, answers, None, FRONTEND, summary)
+    assert counted(summary.outcomes) == {"refreshed": 6, "failed": 2}
+    assert dict(summary.checks) == {"ok": 2, "paced": 2, "revoked": 2}
 
 
 def test_a_batch_without_checks_counts_none(db_rows: Any, database: Database, vault: Vault) -> None:

