@@ -118,6 +118,18 @@ def test_a_run_refreshes_the_sellers_then_creates_the_pending_customers(
     assert result.as_dict()["outcomes"]["refreshed"] == 2
 
 
+def test_a_revoked_seller_is_told_to_reconnect_at_the_configured_front_end(
+    database: Database, vault: Vault, sandbox: Sandbox, sqlite_db: Any
+) -> None:
+    (seller,) = sellers(database, vault, sandbox, 1)
+    sandbox.state.revoke(seller.selling_partner_id)
+    environ = {**sandbox.env(), "FRONTEND_URL": "https://app.example.com"}
+    result = job(database, vault, environ, Plan())
+    assert result.amazon is not None and result.amazon.outcomes["revoked"] == 1
+    (told,) = sqlite_db.rows("SELECT message, detail FROM notifications WHERE user_id = 'u0'")
+    assert "https://app.example.com/" in told["message"] + str(told["detail"])
+
+
 def test_the_stripe_half_is_left_for_the_next_run_when_lwa_refuses_the_app(
     database: Database, vault: Vault, sandbox: Sandbox
 ) -> None:
