@@ -10,8 +10,6 @@ another process would, while the call is in flight) that returns one of those.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -26,7 +24,6 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from discoveryctl.db.engine import Database, SessionScope
-from discoveryctl.db.migrations import migrations_dir, upgrade
 from discoveryctl.db.models import Event, IntegrationStatus, Notification, StripeCustomer
 from discoveryctl.errors import ProviderError
 from discoveryctl.providers.stripe import CreatedCustomer, StripeCustomers
@@ -89,34 +86,12 @@ def stand_in_fixture() -> StripeStandIn:
     return StripeStandIn()
 
 
-@pytest.fixture(name="migrated_template", scope="session")
-def migrated_template_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SQLite file migrated to head, kept from one test session to the next beside pytest's
-    temporary folders, under a name that changes with the migrations' contents.
-
-    ``sqlite_db`` migrates its template once per session; ``make mutate`` starts a session for
-    each mutant, and that migration would be most of each one's run."""
-    migrations = migrations_dir()
-    digest = hashlib.sha256()
-    for path in sorted(migrations.rglob("*.py")):
-        digest.update(str(path.relative_to(migrations)).encode() + b"\0" + path.read_bytes())
-    template = tmp_path_factory.getbasetemp().parent / f"discoveryctl-{digest.hexdigest()[:16]}.db"
-    if not template.exists():
-        building = tmp_path_factory.mktemp("template") / "discovery.db"
-        building.touch()  # an empty file is an empty SQLite database
-        database = Database(f"sqlite:///{building}")
-        upgrade(database)
-        database.dispose()
-        os.replace(building, template)  # whole or not at all, for sessions running at once
-    return template
-
-
 @pytest.fixture(name="database")
-def database_fixture(migrated_template: Path, tmp_path: Path) -> Iterator[Database]:
-    """A copy of the migrated template, opened as the commands open it (``sqlite_db``'s
-    twin; these rules' SQL is the same on both databases)."""
+def database_fixture(_migrated_sqlite: Path, tmp_path: Path) -> Iterator[Database]:
+    """A copy of the migrated template (conftest's), opened as the commands open it
+    (``sqlite_db``'s twin; these rules' SQL is the same on both databases)."""
     path = tmp_path / "discovery.db"
-    shutil.copyfile(migrated_template, path)
+    shutil.copyfile(_migrated_sqlite, path)
     opened = Database(f"sqlite:///{path}")
     yield opened
     opened.dispose()

@@ -33,7 +33,6 @@ from stripe_stand_in import (  # noqa: F401  (the fixtures)
     database_fixture,
     events_of,
     integration,
-    migrated_template_fixture,
     notifications_of,
     parties,
     row,
