@@ -9,6 +9,7 @@ command end to end: test_check.py."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,7 +42,9 @@ from discoveryctl.amazon.check import (
     seconds_until_check,
     spend_check,
 )
+from discoveryctl.amazon.refresh import claim
 from discoveryctl.db.engine import Database
+from discoveryctl.db.leases import CREDENTIALS
 from discoveryctl.db.models import Credential
 from discoveryctl.errors import ProviderError, SellerAuthorizationRevoked, TransientProviderError
 from discoveryctl.integrations import lifecycle
@@ -257,6 +260,30 @@ def test_a_seller_whose_refresh_is_refused_is_gone_without_a_call(
     assert integration_of(database, "u1").status == str(outcome)
     assert participation_calls(amazon) == 0
     assert credential_of(database, "u1").check_allowance is None  # nothing spent
+
+
+def test_a_check_waits_for_another_s_refresh_only_as_long_as_it_is_told(
+    amazon: Sandbox, database: Database, vault: Vault, lwa: LwaClient, spapi: SpApiClient
+) -> None:
+    credential_id = add_seller(database, vault, "u1")
+    with database.session() as session:
+        assert claim(session, credential_id, "another-process", datetime.now(UTC))
+    letting_go = threading.Timer(0.5, lambda: release(database, "another-process"))
+    letting_go.start()
+    try:
+        with pytest.raises(TransientProviderError) as raised:
+            check_seller(
+                database.session, vault, lwa, spapi, "u1", frontend_url=FRONTEND, wait_for_lease=0.1
+            )
+    finally:
+        letting_go.join()
+    assert raised.value.error_type == "refresh_in_progress"
+    assert participation_calls(amazon) == 0
+
+
+def release(database: Database, owner: str) -> None:
+    with database.session() as session:
+        CREDENTIALS.release(session, owner)
 
 
 def test_a_refused_token_revokes_the_seller_and_shows_the_way_back(

@@ -323,7 +323,7 @@ def test_a_refresh_s_lease_names_the_work_and_the_process_while_it_is_held(
     sqlite_db: Any, amazon: Sandbox, database: Database, vault: Vault, lwa: LwaClient
 ) -> None:
     known = sandbox_seller(amazon, database, vault)
-    amazon.state.set_behaviour(known.selling_partner_id, "slow", ms=300, times=2)
+    amazon.state.set_behaviour(known.selling_partner_id, "slow", ms=200, times=2)
     path = sqlite_db.url.removeprefix("sqlite:///")
     for call in (  # nothing cached yet: the token is refreshed first, then refreshed again
         lambda: token_of_u1(database, vault, lwa),
@@ -378,10 +378,10 @@ def test_a_refresh_waits_for_a_live_lease_and_gives_up_after_its_wait(
     amazon: Sandbox, database: Database, vault: Vault, lwa: LwaClient
 ) -> None:
     credential_id = add_seller(database, vault, "u1")
-    holder = hold_lease(database, credential_id, release_after=0.6)
+    holder = hold_lease(database, credential_id, release_after=0.5)
     try:
         with pytest.raises(TransientProviderError) as raised:
-            refresh_u1(database, vault, lwa, wait=0.2)
+            refresh_u1(database, vault, lwa, wait=0.1)
         assert credential_of(database, "u1").lease_owner == "another-process"  # left alone
     finally:
         holder.join()
@@ -396,7 +396,7 @@ def test_a_refresh_takes_the_lease_once_the_holder_lets_go(
     amazon: Sandbox, database: Database, vault: Vault, lwa: LwaClient
 ) -> None:
     sandbox_seller(amazon, database, vault)
-    holder = hold_lease(database, credential_of(database, "u1").id, release_after=0.3)
+    holder = hold_lease(database, credential_of(database, "u1").id, release_after=0.15)
     try:
         done = refresh_u1(database, vault, lwa)
     finally:
@@ -528,7 +528,7 @@ def test_a_caller_waits_for_another_s_refresh_and_uses_its_token(
             credential.access_token_expires_at = expires
         release(database, "another-process")
 
-    elsewhere = threading.Timer(0.3, refreshed_elsewhere)
+    elsewhere = threading.Timer(0.15, refreshed_elsewhere)
     elsewhere.start()
     try:
         token = token_of_u1(database, vault, lwa)
@@ -572,15 +572,15 @@ def test_a_caller_gives_up_after_waiting_its_wait_for_another_s_refresh(
     amazon: Sandbox, database: Database, vault: Vault, lwa: LwaClient
 ) -> None:
     credential_id = add_seller(database, vault, "u1")
-    holder = hold_lease(database, credential_id, release_after=0.6)
+    holder = hold_lease(database, credential_id, release_after=0.5)
     try:
         with pytest.raises(TransientProviderError) as raised:
-            token_of_u1(database, vault, lwa, wait=0.2)
+            token_of_u1(database, vault, lwa, wait=0.1)
     finally:
         holder.join()
     assert raised.value.error_type == "refresh_in_progress"
     assert raised.value.message == (
-        "another process has been refreshing the token of 'u1' for over 0.2 s"
+        "another process has been refreshing the token of 'u1' for over 0.1 s"
     )
     assert grants(amazon) == 0
 
@@ -821,9 +821,12 @@ def test_a_seller_within_30_days_of_re_authorization_is_warned_once(
     authorized = now() - timedelta(days=340)
     add_seller(database, vault, "u1", authorized_at=authorized)
     before = now()
+    warned_at = []
     for _ in range(2):
         with database.session() as session:
             record_refresh(session, vault, "u1", TokenGrant("a", None, 3600), frontend_url=FRONTEND)
+        warned_at.append(credential_of(database, "u1").expiry_warned_at)
+    assert warned_at[0] == warned_at[1]  # the first warning's time: none since
     (warning,) = notifications_of(database, "user")
     renew_by = authorized + timedelta(days=365)
     day = renew_by.date().isoformat()
