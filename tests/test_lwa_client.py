@@ -199,3 +199,13 @@ def test_a_code_is_exchanged_once(sandbox: Sandbox, lwa: LwaClient) -> None:
     assert grant.refresh_token is not None
     with pytest.raises(SellerAuthorizationRevoked):
         lwa.exchange_code(code)  # LWA's answer to a spent code is invalid_grant
+
+
+def test_the_exchange_names_the_app_s_redirect_uri(sandbox: Sandbox, lwa: LwaClient) -> None:
+    """A code issued for another redirect URI is refused: the exchange says which one it is
+    for (RFC 6749 §4.1.3), rather than leaving LWA to accept it without."""
+    seller_id = sandbox.state.consenting_seller(None)
+    code = sandbox.state.issue_code(seller_id, "https://elsewhere.example.com/cb", ttl=300)
+    with pytest.raises(SellerAuthorizationRevoked):
+        lwa.exchange_code(code)
+    assert sandbox.state.stats()["grants"]["authorization_code"] == 0
