@@ -189,6 +189,8 @@ def test_login_uri_mode_from_the_browser(
         assert confirm.startswith(
             f"https://amazon.com/apps/authorize/confirm/{web.sandbox.config.application_id}?"
         )
+        huge = browser.post(f"{web.api}{ROUTES}/login", content=b"a=" + b"x" * 100_000)
+        assert huge.headers["location"] == f"{LANDING}?error=invalid_login_request"
         again = browser.post(f"{web.api}{ROUTES}/login", data=form)  # once per consent
         assert again.headers["location"] == f"{LANDING}?error=login_reused"
         assert web.land(browser, confirm) == {"status": "connected"}

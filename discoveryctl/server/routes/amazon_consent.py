@@ -177,11 +177,17 @@ def login(
     )
 
 
+MAX_FORM_BYTES = 16 * 1024
+
+
 async def _form(request: Request) -> dict[str, list[str]]:
-    """A posted form (``application/x-www-form-urlencoded``), at most 16 KiB."""
-    body = await request.body()
-    if len(body) > 16 * 1024:
-        return {}
+    """A posted form (``application/x-www-form-urlencoded``), read up to 16 KiB and no further:
+    a longer one is no confirmation this page sent, and reads as empty."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return {}
     return parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
 
 
