@@ -3,15 +3,34 @@ one integration and its credential per seller, every time given."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from discoveryctl.db.engine import Database
 from discoveryctl.db.models import Credential, IntegrationStatus
+from discoveryctl.sandbox import Sandbox
 from discoveryctl.support.crypto import Vault
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 FRONTEND = "http://localhost:3000"
+TOKEN_CALLS = "POST /auth/o2/token"
+CHECK_CALLS = "GET /sellers/v1/marketplaceParticipations"
+
+
+@pytest.fixture(name="database")
+def database_fixture(sqlite_db: Any) -> Iterator[Database]:
+    """The migrated SQLite copy, opened as the commands open it."""
+    opened = Database(sqlite_db.url)
+    yield opened
+    opened.dispose()
+
+
+@pytest.fixture(name="vault")
+def vault_fixture(sqlite_db: Any) -> Vault:
+    return Vault([sqlite_db.key])
 
 
 def add_seller(
@@ -40,3 +59,11 @@ def add_seller(
         session.add(credential)
         session.flush()
         return credential.id
+
+
+def sellers(database: Database, vault: Vault, sandbox: Sandbox, count: int, **columns: Any) -> Any:
+    """``count`` sellers the sandbox knows, due (no access token cached), as u0, u1, …"""
+    known = [sandbox.state.add_seller() for _ in range(count)]
+    for number, seller in enumerate(known):
+        add_seller(database, vault, f"u{number}", token=seller.refresh_token, **columns)
+    return known

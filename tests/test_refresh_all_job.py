@@ -19,7 +19,15 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from refresh_all_seeds import NOW, add_seller
+from refresh_all_seeds import (  # noqa: F401  (fixtures)
+    CHECK_CALLS,
+    NOW,
+    TOKEN_CALLS,
+    add_seller,
+    database_fixture,
+    sellers,
+    vault_fixture,
+)
 
 from discoveryctl.amazon.refresh_all import Summary
 from discoveryctl.billing.customers import PendingRun
@@ -41,28 +49,6 @@ from discoveryctl.jobs.refresh_all import (
 )
 from discoveryctl.sandbox import Sandbox
 from discoveryctl.support.crypto import Vault
-
-TOKEN_CALLS = "POST /auth/o2/token"
-CHECK_CALLS = "GET /sellers/v1/marketplaceParticipations"
-
-
-@pytest.fixture
-def database(sqlite_db: Any) -> Iterator[Database]:
-    opened = Database(sqlite_db.url)
-    yield opened
-    opened.dispose()
-
-
-@pytest.fixture
-def vault(sqlite_db: Any) -> Vault:
-    return Vault([sqlite_db.key])
-
-
-def sellers(database: Database, vault: Vault, sandbox: Sandbox, count: int, **columns: Any) -> Any:
-    known = [sandbox.state.add_seller() for _ in range(count)]
-    for number, seller in enumerate(known):
-        add_seller(database, vault, f"u{number}", token=seller.refresh_token, **columns)
-    return known
 
 
 def pending_customers(database: Database, *users: str) -> None:

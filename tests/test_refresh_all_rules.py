@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from refresh_all_seeds import FRONTEND, NOW, add_seller
+from refresh_all_seeds import FRONTEND, NOW, add_seller, database_fixture, vault_fixture  # noqa: F401
 
 from discoveryctl.amazon.refresh_all import (
     DEFAULT_MAX_AGE,
@@ -43,18 +42,6 @@ from discoveryctl.support.crypto import Vault
 
 MINUTE, HOUR, SECOND = timedelta(minutes=1), timedelta(hours=1), timedelta(seconds=1)
 LEASE = timedelta(seconds=60)
-
-
-@pytest.fixture
-def database(sqlite_db: Any) -> Iterator[Database]:
-    opened = Database(sqlite_db.url)
-    yield opened
-    opened.dispose()
-
-
-@pytest.fixture
-def vault(sqlite_db: Any) -> Vault:
-    return Vault([sqlite_db.key])
 
 
 def fresh(**columns: Any) -> dict[str, Any]:

@@ -13,12 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import pytest
-from refresh_all_seeds import FRONTEND, NOW, add_seller
+from refresh_all_seeds import (  # noqa: F401  (fixtures)
+    CHECK_CALLS,
+    FRONTEND,
+    NOW,
+    TOKEN_CALLS,
+    add_seller,
+    database_fixture,
+    sellers,
+    vault_fixture,
+)
 
 from discoveryctl.amazon.refresh_all import Summary, run
 from discoveryctl.db.engine import Database
@@ -28,29 +35,6 @@ from discoveryctl.sandbox import Sandbox
 from discoveryctl.support.crypto import Vault
 
 from helpers import app_for
-
-TOKEN_CALLS = "POST /auth/o2/token"
-CHECK_CALLS = "GET /sellers/v1/marketplaceParticipations"
-
-
-@pytest.fixture
-def database(sqlite_db: Any) -> Iterator[Database]:
-    opened = Database(sqlite_db.url)
-    yield opened
-    opened.dispose()
-
-
-@pytest.fixture
-def vault(sqlite_db: Any) -> Vault:
-    return Vault([sqlite_db.key])
-
-
-def sellers(database: Database, vault: Vault, sandbox: Sandbox, count: int, **columns: Any) -> Any:
-    """``count`` sellers the sandbox knows, due (no access token cached), as u0, u1, …"""
-    known = [sandbox.state.add_seller() for _ in range(count)]
-    for number, seller in enumerate(known):
-        add_seller(database, vault, f"u{number}", token=seller.refresh_token, **columns)
-    return known
 
 
 def refresh_all(
