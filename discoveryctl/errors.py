@@ -15,7 +15,9 @@ into a status (``discoveryctl.server.errors.HTTP_STATUS``); nothing else decides
     │   └── NotFound                        not_found             2     404
     ├── ProviderError                       provider              1     502
     │   ├── SellerAuthorizationRevoked      seller                1     409
+    │   ├── SpApiTokenRefused               provider              1     502
     │   ├── AppCredentialsRejected          app_credentials       3     502
+    │   ├── MassRevocationHeld              app_credentials       3     502
     │   ├── StripeIdempotencyConflict       provider              1     502
     │   └── TransientProviderError          transient             1     503
     │       └── StripeOutcomeUnknown        transient             1     503
@@ -149,6 +151,21 @@ class SellerAuthorizationRevoked(ProviderError):
     """The seller's authorization is gone: revoked, or past its re-authorization date."""
 
     kind = ErrorKind.seller
+
+
+class SpApiTokenRefused(ProviderError):
+    """The SP-API refused a seller's access token (401, or 403 saying it is revoked,
+    malformed, invalid or expired). Not yet evidence that the authorization is gone: Amazon
+    says the same of expired and mis-signed tokens; the check refreshes and asks once more
+    (``amazon.check``)."""
+
+
+class MassRevocationHeld(ProviderError):
+    """Most of a run's refresh answers said the sellers' authorizations are gone: more likely
+    the app's own settings (another app's client id) than every seller at once. Nothing was
+    marked; ``refresh-all --accept-mass-revocation`` applies them."""
+
+    kind = ErrorKind.app_credentials
 
 
 class TransientProviderError(ProviderError):

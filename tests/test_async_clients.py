@@ -13,6 +13,7 @@ from discoveryctl.errors import (
     AppCredentialsRejected,
     ProviderError,
     SellerAuthorizationRevoked,
+    SpApiTokenRefused,
     TransientProviderError,
 )
 from discoveryctl.providers.lwa import AsyncLwaClient, LwaClient
@@ -63,7 +64,7 @@ def test_both_sp_api_clients_check_a_seller(sandbox: Sandbox) -> None:
         token = lwa.refresh(seller.refresh_token).access_token
     with SpApiClient(app) as spapi:
         assert spapi.marketplace_participations("na", token) == 2
-        with pytest.raises(SellerAuthorizationRevoked):
+        with pytest.raises(SpApiTokenRefused):
             spapi.marketplace_participations("na", "Atza|never-issued")
         sandbox.state.set_behaviour(seller.selling_partner_id, "spapi_403_ambiguous", times=1)
         with pytest.raises(ProviderError) as caught:
@@ -74,7 +75,7 @@ def test_both_sp_api_clients_check_a_seller(sandbox: Sandbox) -> None:
         async with AsyncSpApiClient(app) as spapi:
             assert await spapi.marketplace_participations("na", token) == 2
             sandbox.state.set_behaviour(seller.selling_partner_id, "spapi_401", times=1)
-            with pytest.raises(SellerAuthorizationRevoked):
+            with pytest.raises(SpApiTokenRefused):
                 await spapi.marketplace_participations("na", token)
 
     asyncio.run(run())

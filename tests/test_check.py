@@ -49,19 +49,40 @@ def test_an_answer_marks_the_seller_in_sync(db: Any, cli: Any, sellers: Any) -> 
     assert kinds(db, "u0") == [("seller_checked", None)]
 
 
-@pytest.mark.parametrize("behaviour", ["spapi_401", "revoked_token"])
-def test_a_refused_token_revokes_the_seller(
-    db: Any, cli: Any, sandbox: Sandbox, sellers: Any, behaviour: str
+def test_one_refusal_proves_nothing_a_fresh_token_that_works_keeps_the_seller(
+    db: Any, cli: Any, sandbox: Sandbox, sellers: Any
 ) -> None:
+    """Amazon's "revoked, malformed or invalid" also comes back for expired and mis-signed
+    tokens: the check refreshes and asks once more before it decides anything."""
     seller = sellers[1]
     assert cli("access-token", "amazon", "--user", "u1").exit_code == 0  # a cached token
-    if behaviour == "spapi_401":
-        sandbox.state.set_behaviour(seller.selling_partner_id, "spapi_401", times=1)
-    else:  # revoked at Amazon: its access tokens die with it (403, "revoked … or invalid")
-        sandbox.state.revoke(seller.selling_partner_id)
+    grants = sandbox.state.stats()["grants"]["refresh_token"]
+    sandbox.state.set_behaviour(seller.selling_partner_id, "spapi_401", times=1)
+    result = cli("check", "amazon", "--user", "u1", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()[0]["outcome"] == "ok"
+    # a fresh token for the second call
+    assert sandbox.state.stats()["grants"]["refresh_token"] == grants + 1
+    assert participation_calls(sandbox) == 2
+    (row,) = cli("status", "--user", "u1", "--json").json()
+    assert row["status"] == "active"
+    assert kinds(db, "u1") == [
+        ("seller_check_failed", "spapi_token_refused"),  # the first refusal, on record
+        ("seller_checked", None),
+    ]
+    assert cli("notifications", "--user", "u1", "--json").json() == []
+
+
+def test_a_fresh_token_refused_again_revokes_on_the_sp_api_s_word(
+    db: Any, cli: Any, sandbox: Sandbox, sellers: Any
+) -> None:
+    seller = sellers[1]
+    assert cli("access-token", "amazon", "--user", "u1").exit_code == 0
+    sandbox.state.set_behaviour(seller.selling_partner_id, "spapi_401", times=2)
     result = cli("check", "amazon", "--user", "u1", "--json")
     assert result.exit_code == 1
     assert result.json()[0]["outcome"] == "revoked"
+    assert participation_calls(sandbox) == 2
     (row,) = cli("status", "--user", "u1", "--json").json()
     assert row["status"] == "revoked"
     (note,) = cli("notifications", "--user", "u1", "--json").json()
@@ -70,6 +91,49 @@ def test_a_refused_token_revokes_the_seller(
         "SELECT error_type FROM events WHERE user_id = 'u1' AND kind = 'token_refresh_failed'"
     )
     assert refused == [{"error_type": "oauth_token_revoked"}]  # in the history as a refresh
+    (marked,) = db.rows(REFUSED_BY_SPAPI.format(user="u1"))
+    assert marked["refused_by_spapi_at"] is not None  # the SP-API's word: looked at again
+
+
+def test_a_seller_revoked_at_amazon_is_revoked_on_lwa_s_word(
+    db: Any, cli: Any, sandbox: Sandbox, sellers: Any
+) -> None:
+    """Revoked at Amazon, its access tokens die with it (403 "revoked … or invalid"); the
+    refresh that follows gets LWA's invalid_grant, the authoritative answer."""
+    seller = sellers[1]
+    assert cli("access-token", "amazon", "--user", "u1").exit_code == 0
+    sandbox.state.revoke(seller.selling_partner_id)
+    result = cli("check", "amazon", "--user", "u1", "--json")
+    assert result.exit_code == 1
+    assert result.json()[0]["outcome"] == "revoked"
+    assert participation_calls(sandbox) == 1  # no second call: LWA said it
+    (row,) = cli("status", "--user", "u1", "--json").json()
+    assert row["status"] == "revoked"
+    (marked,) = db.rows(REFUSED_BY_SPAPI.format(user="u1"))
+    assert marked["refused_by_spapi_at"] is None  # LWA's word: not looked at again
+
+
+def test_a_403_saying_the_token_expired_refreshes_and_asks_again(
+    db: Any, cli: Any, sandbox: Sandbox, sellers: Any
+) -> None:
+    """Our cached token outlived itself at Amazon (clocks apart): the cached token is not
+    sent again; a fresh one is."""
+    assert cli("access-token", "amazon", "--user", "u2").exit_code == 0
+    sandbox.state.clock.advance(2 * 3600)  # past the token's hour at Amazon, not in our cache
+    result = cli("check", "amazon", "--user", "u2", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()[0]["outcome"] == "ok"
+    assert participation_calls(sandbox) == 2
+    assert kinds(db, "u2") == [
+        ("seller_check_failed", "spapi_token_expired"),
+        ("seller_checked", None),
+    ]
+
+
+REFUSED_BY_SPAPI = (
+    "SELECT c.refused_by_spapi_at, c.next_attempt_at FROM credentials c"
+    " JOIN integration_status i ON i.id = c.integration_id WHERE i.user_id = '{user}'"
+)
 
 
 def test_an_ambiguous_403_is_recorded_not_acted_on(
@@ -192,7 +256,7 @@ def test_a_refused_token_past_its_reauthorization_date_is_expired_as_a_refresh_s
     line["selling_partner_id"] = seller.selling_partner_id
     assert cli("import", str(write_lines(tmp_path / "old.jsonl", line))).exit_code == 0
     assert cli("access-token", "amazon", "--user", "old").exit_code == 0  # a cached token
-    sandbox.state.set_behaviour(seller.selling_partner_id, "spapi_401", times=1)
+    sandbox.state.set_behaviour(seller.selling_partner_id, "spapi_401", times=2)
     result = cli("check", "amazon", "--user", "old", "--json")
     assert result.exit_code == 1
     assert result.json()[0]["outcome"] == "expired"

@@ -1,9 +1,10 @@
 """The rules of the seller check (``amazon.check``), called directly, fast enough for
 ``make mutate``: each seller's allowance of checks (a burst of 15, growing back at 0.016 a
 second, one spent per check, none spent when there is less than one), what each SP-API answer
-means for the seller (in sync; the token refused: revoked or expired as a refresh would say,
-and in the history as a refused refresh; a transient failure counted with the refresh's
-backoff; anything else recorded only), and which sellers a check of everyone covers. The
+means for the seller (in sync; the token refused: confirmed with a fresh token first, then
+revoked or expired as a refresh would say, in the history as a refused refresh, and marked as
+the SP-API's word until the SP-API takes a token again; a transient failure counted with the
+refresh's backoff; anything else recorded only), and which sellers a check of everyone covers. The
 command end to end: test_check.py."""
 
 from __future__ import annotations
@@ -46,7 +47,12 @@ from discoveryctl.amazon.refresh import claim
 from discoveryctl.db.engine import Database
 from discoveryctl.db.leases import CREDENTIALS
 from discoveryctl.db.models import Credential
-from discoveryctl.errors import ProviderError, SellerAuthorizationRevoked, TransientProviderError
+from discoveryctl.errors import (
+    AppCredentialsRejected,
+    ProviderError,
+    SpApiTokenRefused,
+    TransientProviderError,
+)
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.vocabulary import Status
 from discoveryctl.providers.lwa import LwaClient
@@ -290,15 +296,103 @@ def test_a_refused_token_revokes_the_seller_and_shows_the_way_back(
     amazon: Sandbox, database: Database, vault: Vault, lwa: LwaClient, spapi: SpApiClient
 ) -> None:
     known = sandbox_seller(amazon, database, vault)
-    amazon.state.set_behaviour(known.selling_partner_id, "spapi_401", times=1)
+    amazon.state.set_behaviour(known.selling_partner_id, "spapi_401", times=2)
     checked = check_u1(database, vault, lwa, spapi)
     assert checked == Checked(
         "u1", CheckOutcome.revoked, message=checked.message, reconnect_url=RECONNECT_U1
     )
+    assert participation_calls(amazon) == 2  # the second with a fresh token
     assert checked.message is not None and checked.message.startswith(
         "SP-API refused the seller's token (401)"
     )
     assert integration_of(database, "u1").status == Status.revoked
+
+
+def test_one_refusal_is_confirmed_with_a_fresh_token_before_anything_is_decided(
+    amazon: Sandbox, database: Database, vault: Vault, lwa: LwaClient, spapi: SpApiClient
+) -> None:
+    # a cached token the SP-API refuses (it never issued it); LWA hands out a fresh one
+    sandbox_seller(amazon, database, vault, access_token="Atza|never-issued", expires_at=NOW)
+    checked = check_u1(database, vault, lwa, spapi)
+    assert checked == Checked("u1", CheckOutcome.ok, marketplaces=2)
+    assert participation_calls(amazon) == 2
+    assert amazon.state.stats()["grants"]["refresh_token"] == 1  # the fresh token
+    assert credential_of(database, "u1").check_allowance == pytest.approx(13, abs=0.01)  # two
+    assert [e.kind for e in events_of(database, "u1", *CHECK_KINDS)] == [
+        "seller_check_failed",
+        "seller_checked",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("days_ago", "outcome"), [(10, CheckOutcome.revoked), (365, CheckOutcome.expired)]
+)
+def test_lwa_refusing_the_confirming_refresh_decides_without_a_second_call(
+    amazon: Sandbox,
+    database: Database,
+    vault: Vault,
+    lwa: LwaClient,
+    spapi: SpApiClient,
+    days_ago: int,
+    outcome: CheckOutcome,
+) -> None:
+    known = sandbox_seller(
+        amazon,
+        database,
+        vault,
+        access_token="Atza|never-issued",  # the SP-API refuses it
+        expires_at=NOW,
+        authorized_at=now() - timedelta(days=days_ago),
+    )
+    amazon.state.revoke(known.selling_partner_id)
+    checked = check_u1(database, vault, lwa, spapi)
+    assert checked.outcome == outcome and checked.reconnect_url == RECONNECT_U1
+    assert participation_calls(amazon) == 1
+    assert integration_of(database, "u1").status == str(outcome)
+    assert credential_of(database, "u1").refused_by_spapi_at is None  # LWA's word
+
+
+def test_a_transient_failure_at_the_confirming_refresh_is_counted_and_decides_nothing(
+    amazon: Sandbox, database: Database, vault: Vault, lwa: LwaClient, spapi: SpApiClient
+) -> None:
+    known = sandbox_seller(
+        amazon, database, vault, access_token="Atza|never-issued", expires_at=NOW
+    )
+    amazon.state.set_behaviour(known.selling_partner_id, "flaky", status=503)
+    checked = check_u1(database, vault, lwa, spapi)
+    assert checked.outcome == CheckOutcome.failed and checked.reconnect_url is None
+    integration = integration_of(database, "u1")
+    assert integration.status == Status.active
+    assert integration.meta["consecutive_failures"] == 1
+    assert credential_of(database, "u1").next_attempt_at is not None  # the refresh's backoff
+
+
+def test_the_app_refused_at_the_confirming_refresh_is_the_command_s_error(
+    amazon: Sandbox, database: Database, vault: Vault, spapi: SpApiClient
+) -> None:
+    sandbox_seller(amazon, database, vault, access_token="Atza|never-issued", expires_at=NOW)
+    refused_app = LwaClient(app_for(amazon, client_secret="wrong"))
+    with refused_app, pytest.raises(AppCredentialsRejected):
+        check_u1(database, vault, refused_app, spapi)
+    assert integration_of(database, "u1").status == Status.active
+
+
+def test_no_allowance_left_for_the_confirming_call_decides_nothing(
+    amazon: Sandbox, database: Database, vault: Vault, lwa: LwaClient, spapi: SpApiClient
+) -> None:
+    sandbox_seller(
+        amazon,
+        database,
+        vault,
+        access_token="Atza|never-issued",
+        expires_at=NOW,
+        check_allowance=1.0,
+        check_allowance_at=now(),
+    )
+    checked = check_u1(database, vault, lwa, spapi)
+    assert checked.outcome == CheckOutcome.paced
+    assert participation_calls(amazon) == 1
+    assert integration_of(database, "u1").status == Status.active
 
 
 def test_an_answer_that_proves_nothing_is_recorded_only(
@@ -331,10 +425,10 @@ def test_throttling_that_lasts_is_a_counted_failure(
 # -- what an answer means, recorded -----------------------------------------------------------
 
 
-def refused(status: int = 401) -> SellerAuthorizationRevoked:
-    return SellerAuthorizationRevoked(
+def refused(status: int = 401) -> SpApiTokenRefused:
+    return SpApiTokenRefused(
         "SP-API refused the seller's token (401): gone",
-        error_type="oauth_token_revoked",
+        error_type="spapi_token_refused",
         status_code=status,
     )
 
@@ -394,7 +488,8 @@ def test_a_refused_token_is_recorded_as_a_refused_refresh(
         database, vault, "u1", authorized_at=authorized, access_token="Atza|x", expires_at=NOW
     )
     with database.session() as session:
-        assert record_check(session, "u1", refused(), frontend_url=FRONTEND) == outcome
+        decided = record_check(session, "u1", refused(), frontend_url=FRONTEND, confirmed=True)
+    assert decided == outcome
     assert integration_of(database, "u1").status == str(outcome)
     (failed,) = events_of(database, "u1", "token_refresh_failed")
     expected_type = (
@@ -402,10 +497,69 @@ def test_a_refused_token_is_recorded_as_a_refused_refresh(
     )
     assert (failed.error_type, failed.detail["http_status"]) == (expected_type, 401)
     (checked,) = events_of(database, "u1", *CHECK_KINDS)
-    assert checked.error_type == "oauth_token_revoked"
-    assert credential_of(database, "u1").access_token is None
+    assert checked.error_type == "spapi_token_refused"
+    credential = credential_of(database, "u1")
+    assert credential.access_token is None
+    assert near(credential.refused_by_spapi_at, now())  # the SP-API's word: looked at again
+    assert credential.next_attempt_at is None  # by the next run
     (note,) = notifications_of(database, "user")
     assert note.detail["reconnectUrl"] == RECONNECT_U1
+
+
+def test_a_refusal_not_confirmed_with_a_fresh_token_is_recorded_only(
+    database: Database, vault: Vault
+) -> None:
+    add_seller(database, vault, "u1", access_token="Atza|x", expires_at=NOW)
+    with database.session() as session:
+        decided = record_check(session, "u1", refused(), frontend_url=FRONTEND)
+    assert decided == CheckOutcome.inconclusive
+    assert integration_of(database, "u1").status == Status.active
+    (checked,) = events_of(database, "u1", *CHECK_KINDS)
+    assert (checked.kind, checked.error_type) == ("seller_check_failed", "spapi_token_refused")
+    assert events_of(database, "u1", "token_refresh_failed") == []
+    credential = credential_of(database, "u1")
+    assert credential.refused_by_spapi_at is None and credential.access_token is not None
+
+
+def test_a_seller_refused_again_when_looked_at_again_waits_before_the_next_look(
+    database: Database, vault: Vault
+) -> None:
+    before = now()
+    add_seller(database, vault, "u1", status=Status.revoked, refused_by_spapi_at=before)
+    with database.session() as session:
+        decided = record_check(session, "u1", refused(), frontend_url=FRONTEND, confirmed=True)
+    assert decided == CheckOutcome.revoked
+    credential = credential_of(database, "u1")
+    assert credential.refused_by_spapi_at is not None and credential.refused_by_spapi_at > before
+    assert credential.next_attempt_at is not None
+    assert near(credential.next_attempt_at, now() + timedelta(hours=6))
+    assert notifications_of(database, "user") == []  # already told: revoked is no news
+
+
+def test_an_answer_brings_back_a_seller_the_sp_api_refused(
+    database: Database, vault: Vault
+) -> None:
+    add_seller(database, vault, "u1")
+    with database.session() as session:  # revoked on the SP-API's word: the seller was told
+        record_check(session, "u1", refused(), frontend_url=FRONTEND, confirmed=True)
+    (lost,) = notifications_of(database, "user")
+    assert lost.resolved_at is None
+    with database.session() as session:
+        assert record_check(session, "u1", None, frontend_url=FRONTEND) == CheckOutcome.ok
+    assert integration_of(database, "u1").status == Status.active
+    (lost,) = notifications_of(database, "user")
+    assert lost.resolved_at is not None
+    credential = credential_of(database, "u1")
+    assert credential.refused_by_spapi_at is None and credential.next_attempt_at is None
+
+
+def test_an_answer_does_not_bring_back_a_seller_lwa_refused(
+    database: Database, vault: Vault
+) -> None:
+    add_seller(database, vault, "u1", status=Status.revoked)
+    with database.session() as session:
+        assert record_check(session, "u1", None, frontend_url=FRONTEND) == CheckOutcome.ok
+    assert integration_of(database, "u1").status == Status.revoked
 
 
 def test_a_transient_failure_is_counted_and_waits_the_refresh_s_backoff(
@@ -447,7 +601,7 @@ def test_recording_a_check_keeps_other_writers_out_while_it_reads_the_seller(
     add_seller(database, vault, "u1")
     path = sqlite_db.url.removeprefix("sqlite:///")
     with writers_tried_at_reads(path, "integration_status") as tried, database.session() as s:
-        record_check(s, "u1", error, frontend_url=FRONTEND)
+        record_check(s, "u1", error, frontend_url=FRONTEND, confirmed=True)
     assert tried and not any(tried)
 
 

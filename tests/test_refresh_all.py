@@ -263,27 +263,68 @@ def test_no_token_reaches_a_log_line_at_debug(
 def test_verify_checks_each_new_token_at_the_sp_api(
     db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
 ) -> None:
-    _, refused, ambiguous = import_sellers(cli, amazon, tmp_path, 3)
-    amazon.state.set_behaviour(refused.selling_partner_id, "spapi_401", times=1)
+    """A refusal is confirmed with a second grant and call: u3's second token is taken, u1's is
+    refused again (revoked on the SP-API's word); an ambiguous 403 is recorded only."""
+    _, refused, ambiguous, once = import_sellers(cli, amazon, tmp_path, 4)
+    amazon.state.set_behaviour(refused.selling_partner_id, "spapi_401", times=2)
     amazon.state.set_behaviour(ambiguous.selling_partner_id, "spapi_403_ambiguous", times=1)
+    amazon.state.set_behaviour(once.selling_partner_id, "spapi_401", times=1)
     result = cli("refresh-all", "--verify", "--json")
     assert result.exit_code == 1
     summary = result.json()
-    assert summary["outcomes"]["refreshed"] == 3
-    assert summary["checks"] == {"ok": 1, "revoked": 1, "inconclusive": 1}
+    assert summary["outcomes"]["refreshed"] == 4
+    assert summary["checks"] == {"ok": 2, "revoked": 1, "inconclusive": 1}
     statuses = {r["user_id"]: r["status"] for r in cli("status", "--json").json()}
-    assert statuses == {"u0": "active", "u1": "revoked", "u2": "active"}
+    assert statuses == {"u0": "active", "u1": "revoked", "u2": "active", "u3": "active"}
     checks = db.rows(
         "SELECT user_id, kind, error_type FROM events WHERE kind LIKE 'seller_check%'"
-        " ORDER BY user_id"
+        " ORDER BY user_id, id"
     )
     assert [(r["user_id"], r["kind"], r["error_type"]) for r in checks] == [
         ("u0", "seller_checked", None),
-        ("u1", "seller_check_failed", "oauth_token_revoked"),
+        ("u1", "seller_check_failed", "spapi_token_refused"),
+        ("u1", "seller_check_failed", "spapi_token_refused"),
         ("u2", "seller_check_failed", "spapi_forbidden"),
+        ("u3", "seller_check_failed", "spapi_token_refused"),
+        ("u3", "seller_checked", None),
     ]
     calls = amazon.state.stats()["requests"]["GET /sellers/v1/marketplaceParticipations"]
-    assert calls == 3
+    assert calls == 6
+    assert amazon.state.stats()["grants"]["refresh_token"] == 6  # u1 and u3: one more each
+
+
+def test_a_seller_revoked_on_the_sp_api_s_word_is_looked_at_again_by_the_next_run(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    """Revoked because two fresh tokens were refused, not because LWA said so: the next run
+    refreshes and checks it (without --verify); while the SP-API refuses, it stays revoked and
+    is left 6 hours; once the SP-API takes a token, it is active and its notice resolved."""
+    _, seller = import_sellers(cli, amazon, tmp_path, 2)
+    amazon.state.set_behaviour(seller.selling_partner_id, "spapi_401", times=3)
+    assert cli("refresh-all", "--verify", "--force").exit_code == 1
+    assert cli("status", "--user", "u1", "--json").json()[0]["status"] == "revoked"
+    (lost,) = cli("notifications", "--user", "u1", "--json").json()
+    assert lost["kind"] == "connection_lost"
+    first = cli("refresh-all", "--json")  # u1's third refusal: still revoked, not news
+    assert first.exit_code == 0, first.stderr
+    assert first.json()["checks"] == {"still_refused": 1}
+    assert cli("status", "--user", "u1", "--json").json()[0]["status"] == "revoked"
+    assert len(cli("notifications", "--user", "u1", "--json").json()) == 1
+    (wait,) = db.rows(
+        "SELECT c.next_attempt_at FROM credentials c JOIN integration_status i"
+        " ON i.id = c.integration_id WHERE i.user_id = 'u1'"
+    )
+    assert wait["next_attempt_at"] is not None
+    assert cli("refresh-all", "--json").json()["total"] == 0  # left alone for 6 hours
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE credentials SET next_attempt_at = NULL")
+    again = cli("refresh-all", "--json")  # the SP-API takes its token now
+    assert again.exit_code == 0, again.stderr
+    assert again.json()["checks"] == {"restored": 1}
+    assert cli("status", "--user", "u1", "--json").json()[0]["status"] == "active"
+    (lost,) = cli("notifications", "--user", "u1", "--json").json()
+    assert lost["resolved_at"] is not None
+    assert cli("refresh-all", "--json").json()["total"] == 0  # an active seller, fresh
 
 
 # -- what a review found: each failed before its fix -------------------------------------------

@@ -6,12 +6,15 @@ LWA and SP-API, without a database:
   verdict, with every try it took; the app's credentials refused close the run at once, with
   no grace for the calls in flight; once the run is closed, a call not yet started is not sent;
 - with ``--verify``, the new token is checked at the SP-API while the seller's allowance lasts
-  (paced once it is spent), and the SP-API's refusal is kept with the grant.
+  (paced once it is spent); a refusal is confirmed with one more grant and one more call (the
+  newest grant kept), and only a second refusal is the answer; a seller looked at again is
+  not confirmed again.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,8 +22,8 @@ import pytest
 
 from discoveryctl.amazon.refresh_all import Answer, Closing, Due, _refresh_one
 from discoveryctl.amazon.verdict import RefreshOutcome
-from discoveryctl.errors import SellerAuthorizationRevoked
-from discoveryctl.providers.lwa import AsyncLwaClient
+from discoveryctl.errors import SpApiTokenRefused
+from discoveryctl.providers.lwa import AsyncLwaClient, TokenGrant
 from discoveryctl.providers.spapi import AsyncSpApiClient
 from discoveryctl.sandbox import Sandbox
 from discoveryctl.support.crypto import Vault
@@ -38,8 +41,20 @@ def vault(sqlite_db: Any) -> Vault:
     return Vault([sqlite_db.key])
 
 
-def due_for(vault: Vault, refresh_token: str, *, may_check: bool = False) -> Due:
-    return Due(7, "u7", vault.encrypt(refresh_token), RECENTLY, "na", may_check)
+def due_for(
+    vault: Vault, refresh_token: str, *, may_check: bool = False, recheck: bool = False
+) -> Due:
+    """Seller u7's claim, as a run with ``--verify`` (or looking at it again) makes it."""
+    return Due(
+        7,
+        "u7",
+        vault.encrypt(refresh_token),
+        RECENTLY,
+        "na",
+        may_check=may_check,
+        recheck=recheck,
+        wants_check=True,
+    )
 
 
 def refresh_one(
@@ -49,13 +64,16 @@ def refresh_one(
     *,
     verify: bool = False,
     closing: Closing | None = None,
+    between: Callable[[], None] | None = None,
 ) -> tuple[Answer | None, Closing]:
-    """``due``'s call, as a run makes it (one at a time); the answer and the run's closing."""
+    """``due``'s call, as a run makes it (one at a time); the answer and the run's closing.
+    ``between``: done at the sandbox once LWA's first grant is in, before anything else."""
     app = app_for(sandbox)
     closed = closing or Closing()
 
     async def call() -> Answer | None:
-        async with AsyncLwaClient(app) as lwa, AsyncSpApiClient(app) as spapi:
+        lwa_client = AsyncLwaClient(app) if between is None else _Then(app, between)
+        async with lwa_client as lwa, AsyncSpApiClient(app) as spapi:
             return await _refresh_one(
                 lwa,
                 vault,
@@ -67,6 +85,21 @@ def refresh_one(
             )
 
     return asyncio.run(call()), closed
+
+
+class _Then(AsyncLwaClient):
+    """LWA's client, which does ``then`` once its first grant is in."""
+
+    def __init__(self, app: Any, then: Callable[[], None]) -> None:
+        super().__init__(app)
+        self._then: Callable[[], None] | None = then
+
+    async def refresh(self, refresh_token: str) -> TokenGrant:
+        grant = await super().refresh(refresh_token)
+        if self._then is not None:
+            self._then, then = None, self._then
+            then()
+        return grant
 
 
 def sent(sandbox: Sandbox, route: str = TOKEN_CALLS) -> int:
@@ -164,14 +197,69 @@ def test_with_verify_a_seller_whose_allowance_is_spent_is_not_checked(
     assert sent(sandbox, CHECK_CALLS) == 0
 
 
-def test_with_verify_the_sp_api_s_refusal_is_kept_with_the_grant(
+def test_with_verify_one_refusal_is_confirmed_with_a_fresh_grant_that_works(
     vault: Vault, sandbox: Sandbox
 ) -> None:
     seller = sandbox.state.add_seller()
     sandbox.state.set_behaviour(seller.selling_partner_id, "spapi_401", times=1)
+    sandbox.state.set_behaviour(seller.selling_partner_id, "rotate_refresh_token", times=1)
     due = due_for(vault, seller.refresh_token, may_check=True)
     answer, _ = refresh_one(sandbox, vault, due, verify=True)
     assert answer is not None and answer.grant is not None
-    assert isinstance(answer.check_error, SellerAuthorizationRevoked)
+    assert (answer.checked, answer.check_error, answer.verdict) == (True, None, None)
+    assert isinstance(answer.first_refusal, SpApiTokenRefused)
+    assert sent(sandbox) == 2 and sent(sandbox, CHECK_CALLS) == 2
+    # the first grant rotated the refresh token; the second, sent with it, did not: kept
+    assert answer.grant.refresh_token is not None
+    assert answer.grant.refresh_token != seller.refresh_token
+    assert [a.number for a in answer.tries] == [1, 1]
+
+
+def test_with_verify_a_fresh_token_refused_again_is_the_answer(
+    vault: Vault, sandbox: Sandbox
+) -> None:
+    seller = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.selling_partner_id, "spapi_401", times=2)
+    due = due_for(vault, seller.refresh_token, may_check=True)
+    answer, _ = refresh_one(sandbox, vault, due, verify=True)
+    assert answer is not None and answer.grant is not None
+    assert isinstance(answer.check_error, SpApiTokenRefused) and answer.confirmed
+    assert answer.gone
     assert (answer.checked, answer.paced) == (False, False)
-    assert [a.number for a in answer.tries] == [1]
+    assert sent(sandbox) == 2 and sent(sandbox, CHECK_CALLS) == 2
+
+
+def test_with_verify_lwa_refusing_the_confirming_grant_is_the_seller_s_verdict(
+    vault: Vault, sandbox: Sandbox
+) -> None:
+    seller = sandbox.state.add_seller()
+    due = due_for(vault, seller.refresh_token, may_check=True)
+
+    def revoke_after_the_first_grant() -> None:  # its access tokens die with it: refused
+        sandbox.state.revoke(seller.selling_partner_id)
+
+    answer, _ = refresh_one(sandbox, vault, due, verify=True, between=revoke_after_the_first_grant)
+    assert answer is not None and answer.grant is not None  # the first grant, still stored
+    assert answer.verdict is not None and answer.verdict.outcome == RefreshOutcome.revoked
+    assert answer.gone and answer.check_error is None
+    assert sent(sandbox, CHECK_CALLS) == 1
+
+
+def test_a_seller_looked_at_again_is_not_confirmed_again(vault: Vault, sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.selling_partner_id, "spapi_401", times=1)
+    due = due_for(vault, seller.refresh_token, may_check=True, recheck=True)
+    answer, _ = refresh_one(sandbox, vault, due, verify=True)
+    assert answer is not None and answer.grant is not None
+    assert isinstance(answer.check_error, SpApiTokenRefused) and answer.confirmed
+    assert not answer.gone  # already gone: nothing for the brake to weigh
+    assert sent(sandbox) == 1 and sent(sandbox, CHECK_CALLS) == 1
+
+
+def test_a_seller_not_asked_to_be_checked_is_not_called(vault: Vault, sandbox: Sandbox) -> None:
+    seller = sandbox.state.add_seller()
+    due = Due(7, "u7", vault.encrypt(seller.refresh_token), RECENTLY, "na", may_check=True)
+    answer, _ = refresh_one(sandbox, vault, due, verify=True)
+    assert answer is not None and answer.grant is not None
+    assert (answer.checked, answer.paced) == (False, False)
+    assert sent(sandbox, CHECK_CALLS) == 0

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from refresh_all_seeds import FRONTEND, NOW, add_seller, database_fixture, vault_fixture  # noqa: F401
 
+from discoveryctl.amazon.mass_revocation import Brake
 from discoveryctl.amazon.refresh_all import (
     DEFAULT_MAX_AGE,
     Answer,
@@ -33,10 +34,11 @@ from discoveryctl.amazon.refresh_all import (
     _write_batch,
     claim_batch,
     due_now,
+    settle,
 )
 from discoveryctl.amazon.verdict import RefreshOutcome, Verdict
 from discoveryctl.db.engine import Database
-from discoveryctl.errors import SellerAuthorizationRevoked, TransientProviderError
+from discoveryctl.errors import SpApiTokenRefused, TransientProviderError
 from discoveryctl.providers.lwa import TokenGrant
 from discoveryctl.support.crypto import Vault
 
@@ -298,9 +300,13 @@ def write(
     *,
     rejected: Verdict | None = None,
     owner: str = "run-a",
+    brake: Brake | None = Brake(),
 ) -> Summary:
+    """A batch written, then (unless ``brake`` is None) the run's end with that brake."""
     summary = Summary()
     _write_batch(database.session, vault, owner, batch, answers, rejected, FRONTEND, summary)
+    if brake is not None:
+        settle(database.session, vault, summary, brake, frontend_url=FRONTEND)
     return summary
 
 
@@ -369,7 +375,8 @@ def test_a_batch_write_acts_on_each_failure_s_verdict(
     summary = write(database, vault, batch, [*answers, Answer(batch[2], verdict=gone)])
     assert counted(summary.outcomes) == {"revoked": 1, "failed": 1}
     assert statuses(db_rows) == {"revoked": "revoked", "failing": "active", "reconnected": "active"}
-    assert events_of(db_rows, "token_refresh_failed") == ["revoked", "failing"]
+    # the transient failure with its batch; the revocation held to the run's end
+    assert events_of(db_rows, "token_refresh_failed") == ["failing", "revoked"]
     notes = db_rows.rows("SELECT user_id, kind FROM notifications ORDER BY id")
     assert [(n["user_id"], n["kind"]) for n in notes] == [("revoked", "connection_lost")]
     assert leases(db_rows) == [None, None, None]
@@ -423,12 +430,12 @@ def test_a_batch_write_records_each_check_as_the_sp_api_answered(
     for user in ("checked", "paced", "refused", "throttled", "unchecked"):
         add_seller(database, vault, user)
     batch = claim(database, checks=True)
-    refused = SellerAuthorizationRevoked("the SP-API refused the token", status_code=401)
+    refused = SpApiTokenRefused("the SP-API refused the token", status_code=401)
     throttled = TransientProviderError("slow down", error_type="spapi_throttled", status_code=429)
     answers = [
         Answer(batch[0], grant=GRANT, checked=True),
         Answer(batch[1], grant=GRANT, paced=True),
-        Answer(batch[2], grant=GRANT, check_error=refused),
+        Answer(batch[2], grant=GRANT, check_error=refused, confirmed=True, first_refusal=refused),
         Answer(batch[3], grant=GRANT, check_error=throttled),
         Answer(batch[4], grant=GRANT),
     ]
@@ -438,7 +445,8 @@ def test_a_batch_write_records_each_check_as_the_sp_api_answered(
     assert events_of(db_rows, "seller_checked") == ["checked"]
     (checked,) = db_rows.rows("SELECT provider FROM events WHERE kind = 'seller_checked'")
     assert checked["provider"] == "amazon"
-    assert events_of(db_rows, "seller_check_failed") == ["refused", "throttled"]
+    # the first refusal with the batch; the second, with the run's verdicts at its end
+    assert events_of(db_rows, "seller_check_failed") == ["refused", "throttled", "refused"]
     assert statuses(db_rows)["refused"] == "revoked"
 
 
@@ -459,7 +467,7 @@ def test_a_run_s_summary_adds_up_its_batches(
     for user in ("a0", "a1", "a2", "a3", "b0", "b1", "b2", "b3"):
         add_seller(database, vault, user)
     batch = claim(database, checks=True)
-    refused = SellerAuthorizationRevoked("the SP-API refused the token", status_code=401)
+    refused = SpApiTokenRefused("the SP-API refused the token", status_code=401)
     transient = Verdict(RefreshOutcome.failed, "lwa_server_error", "LWA answered 503", 503)
     summary = Summary()
     for first in (0, 4):
@@ -467,11 +475,15 @@ def test_a_run_s_summary_adds_up_its_batches(
         answers = [
             Answer(due[0], grant=GRANT, checked=True),
             Answer(due[1], grant=GRANT, paced=True),
-            Answer(due[2], grant=GRANT, check_error=refused),
+            Answer(due[2], grant=GRANT, check_error=refused, confirmed=True),
             Answer(due[3], verdict=transient),
         ]
         _write_batch(database.session, vault, "run-a", due, answers, None, FRONTEND, summary)
     assert counted(summary.outcomes) == {"refreshed": 6, "failed": 2}
+    assert dict(summary.checks) == {"ok": 2, "paced": 2}
+    # LWA's answers: the grants (the verdicts here carry no try: nothing was sent for them)
+    assert summary.answered == 6 and len(summary.held) == 2  # decided at the run's end
+    settle(database.session, vault, summary, Brake(), frontend_url=FRONTEND)
     assert dict(summary.checks) == {"ok": 2, "paced": 2, "revoked": 2}
 
 
@@ -500,6 +512,7 @@ def test_the_summary_counts_every_outcome_and_the_rate() -> None:
         "app_credentials_rejected": None,
         "interrupted": False,
         "deadline_reached": False,
+        "mass_revocation_held": 0,
     }
 
 

@@ -46,7 +46,8 @@ def refresh_all(
         vault,
         lambda: AsyncLwaClient(app),
         frontend_url=FRONTEND,
-        spapi_factory=(lambda: AsyncSpApiClient(app)) if verify else None,
+        spapi_factory=lambda: AsyncSpApiClient(app),
+        verify=verify,
         **options,
     )
 
@@ -202,7 +203,7 @@ def test_verify_checks_each_new_token_while_the_seller_s_allowance_lasts(
     sqlite_db: Any, database: Database, vault: Vault, sandbox: Sandbox
 ) -> None:
     _, refused, _ = sellers(database, vault, sandbox, 3)
-    sandbox.state.set_behaviour(refused.selling_partner_id, "spapi_401", times=1)
+    sandbox.state.set_behaviour(refused.selling_partner_id, "spapi_401", times=2)
     with sqlite_db.engine.begin() as connection:  # u2 has checked its whole burst just now
         connection.exec_driver_sql(
             "UPDATE credentials SET check_allowance = 0, check_allowance_at = :now WHERE id = 3",
@@ -211,7 +212,7 @@ def test_verify_checks_each_new_token_while_the_seller_s_allowance_lasts(
     summary = refresh_all(database, vault, sandbox, verify=True)
     assert summary.as_dict()["outcomes"]["refreshed"] == 3
     assert dict(summary.checks) == {"ok": 1, "revoked": 1, "paced": 1}
-    assert sent(sandbox, CHECK_CALLS) == 2
+    assert sent(sandbox, CHECK_CALLS) == 3  # u1's refusal confirmed with a second call
     assert statuses(sqlite_db) == {"u0": "active", "u1": "revoked", "u2": "active"}
 
 

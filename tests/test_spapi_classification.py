@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from discoveryctl.errors import ProviderError, SellerAuthorizationRevoked, TransientProviderError
+from discoveryctl.errors import ProviderError, SpApiTokenRefused, TransientProviderError
 from discoveryctl.providers.spapi import parse_participations
 
 PAYLOAD = {"payload": [{"marketplace": {"id": "ATVPDKIKX0DER"}}, {"marketplace": {"id": "X"}}]}
@@ -66,12 +66,15 @@ def test_a_body_that_is_not_a_json_object_is_transient(status: int, raw: bytes) 
             ),
         ),
         (403, error_body("Unauthorized", details="The access token is INVALID")),
+        (403, error_body("Unauthorized", details="The token is malformed")),
     ],
 )
-def test_a_refused_token_means_the_seller_s_authorization_is_gone(status: int, body: Any) -> None:
+def test_a_refused_token_is_a_refusal_not_yet_a_verdict(status: int, body: Any) -> None:
+    """Amazon says "revoked, malformed or invalid" of expired and mis-signed tokens too: the
+    check confirms a refusal with a fresh token before anyone is revoked (amazon.check)."""
     error = answer(status, body)
-    assert type(error) is SellerAuthorizationRevoked
-    assert (error.error_type, error.status_code) == ("oauth_token_revoked", status)
+    assert type(error) is SpApiTokenRefused
+    assert (error.error_type, error.status_code) == ("spapi_token_refused", status)
     assert error.message.startswith(f"SP-API refused the seller's token ({status}): ")
 
 
@@ -108,14 +111,13 @@ def test_an_unplaced_answer_says_what_came() -> None:
     assert bare.message == "SP-API answered 404: no details"
 
 
-def test_an_expired_token_is_ours_to_refresh_not_the_seller_s_fault() -> None:
-    error = answer(
-        403, error_body("Unauthorized", details="The access token you provided has expired.")
-    )
-    assert type(error) is TransientProviderError
+@pytest.mark.parametrize("code", ["Unauthorized", "AccessDenied"])
+def test_an_expired_token_is_a_refusal_to_refresh_for(code: str) -> None:
+    error = answer(403, error_body(code, details="The access token you provided has expired."))
+    assert type(error) is SpApiTokenRefused
     assert (error.error_type, error.status_code) == ("spapi_token_expired", 403)
     assert error.message == (
-        "SP-API answered 403: Access to requested resource is denied. "
+        "SP-API refused the seller's token (403): Access to requested resource is denied. "
         "The access token you provided has expired."
     )
 

@@ -3,35 +3,57 @@
 
 A refresh only proves LWA still hands out tokens; the check proves the SP-API takes them.
 - it answers: the seller is in sync (``last_synced_at``), failures are cleared;
-- 401, or 403 ``Unauthorized`` saying the token is revoked or invalid: the authorization is
-  gone, with the same verdict as a refresh (``amazon.verdict``: ``expired`` past its
-  re-authorization date, else ``revoked``), recorded as a failed refresh is (the seller is
-  told how to reconnect);
+- it refuses the token (401, or 403 saying it is revoked, malformed, invalid or expired):
+  not yet a verdict, since Amazon says the same of expired and mis-signed tokens. The seller's
+  token is refreshed (LWA's answer is the authoritative one: ``invalid_grant`` is the
+  authorization gone) and the SP-API asked once more with the fresh token. Only a fresh token
+  refused again marks the authorization gone on the SP-API's word, with the same verdict as a
+  refresh (``amazon.verdict``: ``expired`` past its re-authorization date, else ``revoked``),
+  recorded as a failed refresh is (the seller is told how to reconnect), and remembered as the
+  SP-API's (``refused_by_spapi_at``): ``refresh-all`` looks at such a seller again, and once the
+  SP-API takes a fresh token it is active again and its "connection lost" notification is
+  resolved (``record_check``);
 - throttling, 5xx, timeouts: a counted transient failure, status unchanged, and the seller's
   next refresh waits the same backoff as after a failed refresh;
-- any other 403 (or an answer nobody planned for): recorded as an event, not acted on.
+- any other 403 (or an answer nobody planned for, or a refusal that could not be confirmed):
+  recorded as an event, not acted on.
 
 Checks are paced to the call's usage plan, per seller: each spends one call of the
 seller's allowance (a token bucket stored with the credential), and a seller with none left
-is not called ("paced"), whoever asks: ``check``, or ``refresh-all --verify``.
+is not called ("paced"), whoever asks: ``check``, or ``refresh-all --verify``; the confirming
+call spends one as well.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from discoveryctl.amazon.refresh import LEASE, access_token, apply_verdict, find, record_failure
-from discoveryctl.amazon.verdict import EXPIRED, verdict
+from discoveryctl.amazon.refresh import (
+    BETWEEN_RUNS,
+    LEASE,
+    access_token,
+    apply_verdict,
+    find,
+    raise_for,
+    record_failure,
+    refresh_seller,
+)
+from discoveryctl.amazon.verdict import EXPIRED, RefreshOutcome, verdict
 from discoveryctl.db.engine import SessionScope
 from discoveryctl.db.leases import lock_for_update
 from discoveryctl.db.models import Credential, IntegrationStatus, utcnow
-from discoveryctl.errors import ProviderError, SellerAuthorizationRevoked, TransientProviderError
+from discoveryctl.errors import (
+    ProviderError,
+    SellerAuthorizationRevoked,
+    SpApiTokenRefused,
+    TransientProviderError,
+)
 from discoveryctl.integrations import events, lifecycle
 from discoveryctl.integrations.vocabulary import (
     Provider,
@@ -54,6 +76,10 @@ CHECK_RATE = 0.016
 """Seller checks a second the allowance grows by."""
 CHECK_BURST = 15.0
 """The most checks a seller's allowance holds (a seller never checked has them all)."""
+RECHECK_AFTER = timedelta(seconds=BETWEEN_RUNS.longest or 0.0)
+"""How long a seller the SP-API refused again, when ``refresh-all`` looked at it, is left
+before the next look (our choice: the longest wait between failed refreshes, 6 h). The first
+look is the next run's."""
 
 
 def allowance(left: float | None, as_of: datetime | None, now: datetime) -> float:
@@ -124,7 +150,8 @@ def check_seller(
     wait_for_lease: float = LEASE.total_seconds(),
 ) -> Checked:
     """Call the SP-API as the seller and record what the answer means; ``wait_for_lease``:
-    how long to wait for another process refreshing the seller's token."""
+    how long to wait for another process refreshing the seller's token. A refused token is
+    confirmed with a fresh one before anything is decided (``_confirm``)."""
     try:
         token, _ = access_token(
             session_scope,
@@ -135,9 +162,57 @@ def check_seller(
             wait_for_lease=wait_for_lease,
         )
     except SellerAuthorizationRevoked as error:  # the refresh itself found it gone
-        url = reconnect_url(frontend_url, Provider.amazon, user_id)
-        gone = CheckOutcome.expired if error.error_type == EXPIRED else CheckOutcome.revoked
-        return Checked(user_id, gone, message=error.message, reconnect_url=url)
+        return _gone(user_id, error, frontend_url)
+    try:
+        return _call(session_scope, spapi, user_id, token, frontend_url, confirmed=False)
+    except SpApiTokenRefused as refused:
+        with session_scope() as session:
+            record_refusal(session, user_id, refused)  # on record, not yet acted on
+    return _confirm(
+        session_scope, vault, lwa, spapi, user_id, frontend_url=frontend_url, wait=wait_for_lease
+    )
+
+
+def _confirm(
+    session_scope: SessionScope,
+    vault: Vault,
+    lwa: LwaClient,
+    spapi: SpApiClient,
+    user_id: str,
+    *,
+    frontend_url: str,
+    wait: float,
+) -> Checked:
+    """After the SP-API refused the seller's token: a fresh one (a refresh, under the lease:
+    LWA's own verdict, recorded as a refresh's), and one more call with it, whose refusal is
+    the evidence (``record_check(confirmed=True)``)."""
+    done = refresh_seller(
+        session_scope, vault, lwa, user_id, frontend_url=frontend_url, wait_for_lease=wait
+    )
+    if done.outcome == RefreshOutcome.app_rejected:
+        raise_for(done)  # the app's own credentials: the command's error, no seller's
+    if done.outcome != RefreshOutcome.refreshed:
+        return Checked(
+            user_id,
+            CheckOutcome(done.outcome),
+            message=done.message,
+            reconnect_url=done.reconnect_url if needs_reconnect(done.outcome) else None,
+        )
+    assert done.access_token is not None  # pragma: no mutate  (types only: a refresh's token)
+    return _call(session_scope, spapi, user_id, done.access_token, frontend_url, confirmed=True)
+
+
+def _call(
+    session_scope: SessionScope,
+    spapi: SpApiClient,
+    user_id: str,
+    token: str,
+    frontend_url: str,
+    *,
+    confirmed: bool,
+) -> Checked:
+    """One call of the seller's allowance with ``token``, and what its answer means; a first
+    refusal (not ``confirmed``) is raised for the caller to confirm."""
     with session_scope() as session:
         _, credential = find(session, user_id)
         region = credential.region
@@ -154,8 +229,12 @@ def check_seller(
     try:
         count = IN_RUN.call(lambda: spapi.marketplace_participations(region, token))
     except ProviderError as error:
+        if isinstance(error, SpApiTokenRefused) and not confirmed:
+            raise  # a first refusal: the caller confirms it with a fresh token
         with session_scope() as session:
-            outcome = record_check(session, user_id, error, frontend_url=frontend_url)
+            outcome = record_check(
+                session, user_id, error, frontend_url=frontend_url, confirmed=confirmed
+            )
         url = reconnect_url(frontend_url, Provider.amazon, user_id)
         return Checked(
             user_id,
@@ -168,12 +247,18 @@ def check_seller(
             session,
             user_id,
             None,
-            # Mutation testing: an answer changes no status, so it needs no reconnect URL (the
-            # surviving mutants).
+            # Mutation testing: an answer changes no status here (the seller is active), so
+            # it needs no reconnect URL (the surviving mutants).
             frontend_url=frontend_url,  # pragma: no mutate
             marketplaces=count,
         )
     return Checked(user_id, CheckOutcome.ok, marketplaces=count)
+
+
+def _gone(user_id: str, error: SellerAuthorizationRevoked, frontend_url: str) -> Checked:
+    url = reconnect_url(frontend_url, Provider.amazon, user_id)
+    gone = CheckOutcome.expired if error.error_type == EXPIRED else CheckOutcome.revoked
+    return Checked(user_id, gone, message=error.message, reconnect_url=url)
 
 
 def record_check(
@@ -183,12 +268,21 @@ def record_check(
     *,
     frontend_url: str,
     marketplaces: int | None = None,
+    confirmed: bool = False,
 ) -> CheckOutcome:
-    """What one SP-API answer means for the seller: the token refused or a transient failure
-    is acted on as a refresh's verdict would be (``amazon.verdict``, ``refresh.apply_verdict``);
-    any other refusal is recorded only."""
+    """What one SP-API answer means for the seller (``confirmed``: the token it was asked
+    with was granted after an earlier refusal):
+
+    - an answer: the seller is in sync; one marked gone on the SP-API's word alone is active
+      again, and its "connection lost" notification resolved;
+    - a confirmed refusal: the authorization is gone, as a refresh's verdict would say
+      (``amazon.verdict``, ``refresh.record_failure``), marked as the SP-API's so that
+      ``refresh-all`` looks at it again: at its next run the first time, ``RECHECK_AFTER``
+      later each time after;
+    - a transient failure: counted, with a refresh's backoff (``refresh.apply_verdict``);
+    - anything else, a refusal not confirmed included: recorded only."""
     if error is None:
-        integration, _ = find(session, user_id, for_update=True)
+        integration, credential = find(session, user_id, for_update=True)
         lifecycle.record_success(session, integration)
         events.record(
             session,
@@ -198,15 +292,35 @@ def record_check(
             provider=Provider.amazon,
             marketplaces=marketplaces,
         )
+        if credential.refused_by_spapi_at is not None:  # the SP-API takes its tokens again
+            credential.refused_by_spapi_at = None
+            credential.next_attempt_at = None
+            lifecycle.change_status(
+                session,
+                integration,
+                Status.active,
+                reason="spapi_accepted",
+                # Mutation testing: coming back active uses no URL (the surviving mutants).
+                frontend_url=frontend_url,  # pragma: no mutate
+            )
         return CheckOutcome.ok
-    if not isinstance(error, SellerAuthorizationRevoked | TransientProviderError):
-        _event(session, user_id, error)
+    refused = confirmed and isinstance(error, SpApiTokenRefused)
+    if not (refused or isinstance(error, TransientProviderError)):
+        record_refusal(session, user_id, error)
         return CheckOutcome.inconclusive
     integration, credential = find(session, user_id, for_update=True)  # before any write
-    _event(session, user_id, error)
+    record_refusal(session, user_id, error)
     now = utcnow()
-    decided = verdict(error, credential.authorized_at, now)
+    evidence = (
+        SellerAuthorizationRevoked(
+            error.message, error_type=error.error_type, status_code=error.status_code
+        )
+        if refused
+        else error
+    )
+    decided = verdict(evidence, credential.authorized_at, now)
     if decided.authorization_gone:  # in the history as a refresh LWA refused
+        looked_again = credential.refused_by_spapi_at is not None
         record_failure(
             session,
             user_id,
@@ -216,6 +330,8 @@ def record_check(
             # objects, already locked): one query more, nothing else.
             found=(integration, credential),  # pragma: no mutate
         )
+        credential.refused_by_spapi_at = now  # the SP-API's word, not LWA's
+        credential.next_attempt_at = now + RECHECK_AFTER if looked_again else None
     else:
         apply_verdict(
             session,
@@ -230,7 +346,8 @@ def record_check(
     return CheckOutcome(decided.outcome)
 
 
-def _event(session: Session, user_id: str, error: ProviderError) -> None:
+def record_refusal(session: Session, user_id: str, error: ProviderError) -> None:
+    """What the SP-API said instead of answering, on record (``seller_check_failed``)."""
     events.record(
         session,
         CHECK_FAILED,

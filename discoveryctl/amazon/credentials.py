@@ -72,6 +72,8 @@ def store_authorization(
     credential.refreshed_at = now if access_token else None
     credential.authorized_at = authorized_at
     credential.expiry_warned_at = None
+    credential.refused_by_spapi_at = None  # a new consent: whatever the SP-API said is past
+    credential.next_attempt_at = None
     credential.updated_at = now
     return credential
 

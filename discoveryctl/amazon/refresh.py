@@ -361,7 +361,9 @@ def record_refresh(
     credential.next_attempt_at = None
     credential.updated_at = now
     lifecycle.record_success(session, integration)
-    if integration.status != Status.active:
+    # A seller marked gone on the SP-API's word stays so until the SP-API takes a fresh token
+    # (amazon.check.record_check): LWA granting one proves less than the SP-API refusing two.
+    if integration.status != Status.active and credential.refused_by_spapi_at is None:
         lifecycle.change_status(
             session,
             integration,
@@ -560,6 +562,7 @@ def apply_verdict(
         status = Status.expired if decided.outcome == RefreshOutcome.expired else Status.revoked
         credential.access_token = None
         credential.access_token_expires_at = None
+        credential.refused_by_spapi_at = None  # the check marks its own (amazon.check)
         lifecycle.change_status(
             session,
             integration,

@@ -8,9 +8,19 @@ one transaction that sets a lease on it (PostgreSQL: ``FOR UPDATE SKIP LOCKED``;
 under its write lock), so overlapping runs and other machines never refresh the same seller
 twice, and a killed run's leases simply run out for the next run to take the work.
 
-What each answer means is decided in ``discoveryctl.amazon.refresh``; this module only schedules.
-If LWA refuses the app's own credentials, no more work is claimed, the calls in flight end,
-no seller is marked, the leases are let go, and the admins are told once.
+What each answer means is decided in ``discoveryctl.amazon.refresh`` and ``amazon.check``;
+this module only schedules. If LWA refuses the app's own credentials, no more work is claimed,
+the calls in flight end, no seller is marked, the leases are let go, and the admins are told
+once.
+
+Two more rules of evidence:
+- a seller marked gone on the SP-API's word alone (``refused_by_spapi_at``) is due too, to be
+  looked at again: its token is refreshed and checked at the SP-API, and it is active again
+  only if the SP-API takes it (``amazon.check.record_check``);
+- every "authorization gone" verdict of the run (LWA's ``invalid_grant``, a fresh token the
+  SP-API refused twice) is held until the run ends, and applied only if they are not most of
+  the run's answers (``amazon.mass_revocation``); otherwise nobody is marked and the admins
+  are told.
 """
 
 from __future__ import annotations
@@ -29,7 +39,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from discoveryctl.amazon.check import CHECKED, allowance, record_check
+from discoveryctl.amazon import mass_revocation
+from discoveryctl.amazon.check import CHECKED, allowance, record_check, record_refusal
+from discoveryctl.amazon.mass_revocation import Brake
 from discoveryctl.amazon.refresh import (
     DEFAULT_MARGIN,
     LEASE,
@@ -41,9 +53,9 @@ from discoveryctl.amazon.verdict import RefreshOutcome, Verdict, verdict
 from discoveryctl.db.engine import SessionScope
 from discoveryctl.db.leases import CREDENTIALS, Claim, Heartbeat, new_owner
 from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
-from discoveryctl.errors import DiscoveryError, ProviderError
+from discoveryctl.errors import DiscoveryError, ProviderError, SpApiTokenRefused
 from discoveryctl.integrations import events, notifications
-from discoveryctl.integrations.vocabulary import Provider, Status
+from discoveryctl.integrations.vocabulary import NEEDS_RECONNECT, Provider, Status, needs_reconnect
 from discoveryctl.providers.lwa import AsyncLwaClient, TokenGrant
 from discoveryctl.providers.spapi import AsyncSpApiClient
 from discoveryctl.support.crypto import Vault
@@ -63,7 +75,9 @@ class Due:
     refresh_token: str  # encrypted, as stored
     authorized_at: datetime
     region: str
-    may_check: bool = False  # --verify: one SP-API check taken from the seller's allowance
+    may_check: bool = False  # one SP-API check taken from the seller's allowance
+    recheck: bool = False  # marked gone on the SP-API's word: looked at again
+    wants_check: bool = False  # --verify, or a recheck: the new token goes to the SP-API
 
 
 @dataclass
@@ -76,6 +90,9 @@ class Summary:
     app_rejected: str | None = None  # LWA's message when the app's credentials were refused
     interrupted: bool = False
     deadline_reached: bool = False
+    answered: int = 0  # answers LWA gave (grants and refusals): what the brake weighs
+    held: list[Answer] = field(default_factory=list)  # "gone" verdicts, applied at the end
+    mass_revocation_held: int = 0  # verdicts the brake held: nobody was marked
 
     @property
     def total(self) -> int:
@@ -91,6 +108,7 @@ class Summary:
             "app_credentials_rejected": self.app_rejected,
             "interrupted": self.interrupted,
             "deadline_reached": self.deadline_reached,
+            "mass_revocation_held": self.mass_revocation_held,
         }
 
 
@@ -112,6 +130,25 @@ def _credential_due(now: datetime, margin: timedelta, max_age: timedelta, force:
     return sa.and_(*conditions)
 
 
+def looked_at(status: str, refused_by_spapi_at: datetime | None) -> bool:
+    """Whether a run refreshes a seller in this status: an active one, or one marked gone on
+    the SP-API's word alone, to look at again (``_looked_at_clause`` says it in SQL)."""
+    return status == Status.active or (
+        status in NEEDS_RECONNECT and refused_by_spapi_at is not None
+    )
+
+
+def _looked_at_clause() -> Any:
+    credential, integration = table_of(Credential), table_of(IntegrationStatus)
+    return sa.or_(
+        integration.c.status == Status.active,
+        sa.and_(
+            integration.c.status.in_(sorted(NEEDS_RECONNECT)),
+            credential.c.refused_by_spapi_at.is_not(None),
+        ),
+    )
+
+
 def _due_query(now: datetime, margin: timedelta, max_age: timedelta, force: bool) -> Any:
     credential, integration = table_of(Credential), table_of(IntegrationStatus)
     return (
@@ -121,6 +158,7 @@ def _due_query(now: datetime, margin: timedelta, max_age: timedelta, force: bool
             credential.c.refresh_token,
             credential.c.authorized_at,
             credential.c.region,
+            credential.c.refused_by_spapi_at.is_not(None).label("recheck"),
         )
         .join(
             integration,
@@ -128,7 +166,7 @@ def _due_query(now: datetime, margin: timedelta, max_age: timedelta, force: bool
         )
         .where(
             _credential_due(now, margin, max_age, force),
-            integration.c.status == Status.active,
+            _looked_at_clause(),
             integration.c.provider == Provider.amazon,
         )
         .order_by(credential.c.id)  # pragma: no mutate  (--dry-run's listing order, no rule)
@@ -147,7 +185,18 @@ def due_now(
     ``--dry-run``), claiming nothing."""
     moment = utcnow() if now is None else now
     rows = session.execute(_due_query(moment, margin, max_age, force))
-    return [Due(*row) for row in rows]
+    return [
+        Due(
+            row.id,
+            row.user_id,
+            row.refresh_token,
+            row.authorized_at,
+            row.region,
+            recheck=bool(row.recheck),
+            wants_check=bool(row.recheck),
+        )
+        for row in rows
+    ]
 
 
 def claim_batch(
@@ -165,7 +214,8 @@ def claim_batch(
 ) -> list[Due]:
     """Take the lease on up to ``limit`` due authorizations past credential id ``after``
     (a run walks the table once, in id order, and never comes back), atomically; with
-    ``checks``, also one SP-API check from the allowance of each seller that has one.
+    ``checks`` (``--verify``), also one SP-API check from the allowance of each seller that
+    has one; a seller looked at again (``looked_at``) is always checked.
     ``now``: the database's clock unless given."""
     claim = CREDENTIALS.claim(session, now)  # SQLite: its write lock from the walk to the lease
     now = claim.now
@@ -191,12 +241,23 @@ def claim_batch(
     claimed: list[Due] = []
     spent: list[dict[str, Any]] = []
     for row, user_id in rows:
+        recheck = row.refused_by_spapi_at is not None
+        wants_check = checks or recheck
         left = allowance(row.check_allowance, row.check_allowance_at, now)
-        may_check = checks and left >= 1.0
+        may_check = wants_check and left >= 1.0
         if may_check:
             spent.append({"row_id": row.id, "left": left - 1.0, "now": now})
         claimed.append(
-            Due(row.id, user_id, row.refresh_token, row.authorized_at, row.region, may_check)
+            Due(
+                row.id,
+                user_id,
+                row.refresh_token,
+                row.authorized_at,
+                row.region,
+                may_check=may_check,
+                recheck=recheck,
+                wants_check=wants_check,
+            )
         )
     claim.take([due.credential_id for due in claimed], owner, lease)
     if spent:
@@ -211,7 +272,7 @@ def claim_batch(
 
 def _take(claim: Claim, ids: list[int], due: Any) -> list[tuple[Any, str]]:
     """Of the credentials ``ids`` (due when walked), those still ``due`` once locked and
-    whose Amazon integration is active, in id order, with their user ids.
+    whose Amazon integration a run looks at (``looked_at``), in id order, with their user ids.
 
     On PostgreSQL ``due`` is asked again under the lock (``Claim.lock``): between the walk
     and the lock another run may have claimed a seller and let it go, and PostgreSQL
@@ -220,10 +281,10 @@ def _take(claim: Claim, ids: list[int], due: Any) -> list[tuple[Any, str]]:
     to ask again.
 
     Both tables are read by their primary key alone, and the integration's status checked
-    here: with any other condition in the query, a planner may start from another index
-    instead (integration_status's status index, credentials' lease index: every active
-    seller, every unleased credential) and read the whole table for one batch. SQLite did,
-    once an import had analysed the tables: 25 ms a batch at 100,000 sellers."""
+    here (``looked_at``): with any other condition in the query, a planner may start from
+    another index instead (integration_status's status index, credentials' lease index:
+    every active seller, every unleased credential) and read the whole table for one batch.
+    SQLite did, once an import had analysed the tables: 25 ms a batch at 100,000 sellers."""
     credential, integration = table_of(Credential), table_of(IntegrationStatus)
     query = (
         sa.select(
@@ -234,6 +295,7 @@ def _take(claim: Claim, ids: list[int], due: Any) -> list[tuple[Any, str]]:
             credential.c.region,
             credential.c.check_allowance,
             credential.c.check_allowance_at,
+            credential.c.refused_by_spapi_at,
         )
         .where(credential.c.id.in_(ids))
         .order_by(credential.c.id)
@@ -245,8 +307,13 @@ def _take(claim: Claim, ids: list[int], due: Any) -> list[tuple[Any, str]]:
             integration.c.id.in_([row.integration_id for row in found])
         )
     )
-    active = {row.id: row.user_id for row in integrations if row.status == Status.active}
-    return [(row, active[row.integration_id]) for row in found if row.integration_id in active]
+    status = {row.id: (row.user_id, row.status) for row in integrations}
+    return [
+        (row, status[row.integration_id][0])
+        for row in found
+        if row.integration_id in status
+        and looked_at(status[row.integration_id][1], row.refused_by_spapi_at)
+    ]
 
 
 @dataclass(frozen=True)
@@ -257,9 +324,23 @@ class Answer:
     grant: TokenGrant | None = None
     verdict: Verdict | None = None
     tries: tuple[Attempt, ...] = ()
-    checked: bool = False  # --verify: the SP-API took the new token
-    paced: bool = False  # --verify: not checked, the seller's allowance being spent
-    check_error: ProviderError | None = None  # --verify: what the SP-API said instead
+    checked: bool = False  # the SP-API took the new token
+    paced: bool = False  # not checked, the seller's allowance being spent
+    check_error: ProviderError | None = None  # what the SP-API said instead
+    confirmed: bool = False  # check_error is about a token granted after a refusal
+    first_refusal: ProviderError | None = None  # the refusal a second grant and call followed
+
+    @property
+    def gone(self) -> bool:
+        """An "authorization gone" verdict (LWA's, or the SP-API's refusing a fresh token
+        again), held for the brake; a seller looked at again is gone already."""
+        if self.verdict is not None:
+            return self.verdict.authorization_gone
+        return (
+            self.confirmed
+            and isinstance(self.check_error, SpApiTokenRefused)
+            and not self.due.recheck
+        )
 
 
 STOP_GRACE_SECONDS = 3.0
@@ -310,30 +391,21 @@ async def _refresh_one(
         if wait:
             await asyncio.sleep(wait)
         tries: list[Attempt] = []
-        try:
-            grant = news_only(
-                await IN_RUN.call_async(lambda: lwa.refresh(token), tries=tries), token
-            )
-        except ProviderError as error:
-            decided = verdict(error, due.authorized_at, utcnow())
-            if decided.app_rejected:
-                closing.close(grace=None)
-            return Answer(due, verdict=decided, tries=tuple(tries))
+        grant = await _grant(lwa, due, token, tries, closing)
+        if isinstance(grant, Verdict):
+            return Answer(due, verdict=grant, tries=tuple(tries))
         pacer.took(tries[0].seconds)  # the first try: how long LWA takes to answer
         granted = functools.partial(Answer, due, grant=grant, tries=tuple(tries))
-        if spapi is None:
+        if spapi is None or not due.wants_check:
             return granted()
         if not due.may_check:  # the seller's SP-API allowance is spent: not called
             return granted(paced=True)
         try:
-            await IN_RUN.call_async(
-                lambda: spapi.marketplace_participations(
-                    # the SP-API's host: the sandbox stands in for every region (the hosts
-                    # by region are AmazonApp.spapi's, tested on their own)
-                    due.region,  # pragma: no mutate
-                    grant.access_token,
-                )
-            )
+            await _check(spapi, due, grant.access_token)
+        except SpApiTokenRefused as refused:
+            if due.recheck:  # a fresh token, for a seller the SP-API refused before: as said
+                return granted(check_error=refused, confirmed=True)
+            return await _confirm(lwa, spapi, due, token, grant, tuple(tries), refused, closing)
         except ProviderError as error:
             return granted(check_error=error)
         except asyncio.CancelledError:
@@ -343,16 +415,88 @@ async def _refresh_one(
     return granted(checked=True)
 
 
-def _replaced_since(session: Session, answers: list[Answer]) -> set[int]:
-    """Which of these answers' credentials hold another refresh token than the one sent."""
-    credential = table_of(Credential)
-    sent = {a.due.credential_id: a.due.refresh_token for a in answers}
-    if not sent:
-        return set()
-    stored = session.execute(
-        sa.select(credential.c.id, credential.c.refresh_token).where(credential.c.id.in_(sent))
+async def _grant(
+    lwa: AsyncLwaClient, due: Due, sent: str, tries: list[Attempt], closing: Closing
+) -> TokenGrant | Verdict:
+    """LWA's answer to ``sent``: a grant (its refresh token only if rotated), or the verdict
+    on its refusal; the app's credentials refused close the run at once, with no grace."""
+    try:
+        return news_only(await IN_RUN.call_async(lambda: lwa.refresh(sent), tries=tries), sent)
+    except ProviderError as error:
+        decided = verdict(error, due.authorized_at, utcnow())
+        if decided.app_rejected:
+            closing.close(grace=None)
+        return decided
+
+
+async def _check(spapi: AsyncSpApiClient, due: Due, access_token: str) -> None:
+    await IN_RUN.call_async(
+        lambda: spapi.marketplace_participations(
+            # the SP-API's host: the sandbox stands in for every region (the hosts by region
+            # are AmazonApp.spapi's, tested on their own)
+            due.region,  # pragma: no mutate
+            access_token,
+        )
     )
-    return {row.id for row in stored if row.refresh_token != sent[row.id]}
+
+
+async def _confirm(
+    lwa: AsyncLwaClient,
+    spapi: AsyncSpApiClient,
+    due: Due,
+    sent: str,
+    grant: TokenGrant,
+    tries: tuple[Attempt, ...],
+    refused: SpApiTokenRefused,
+    closing: Closing,
+) -> Answer:
+    """The SP-API refused the token just granted: as ``amazon.check`` does, one more grant
+    (LWA's verdict, if it refuses, is the seller's) and one more call, whose answer is the
+    evidence. The grant to store is the newest, with the newest refresh token either sent."""
+    again: list[Attempt] = []
+    second = await _grant(lwa, due, grant.refresh_token or sent, again, closing)
+    if isinstance(second, Verdict):
+        return Answer(due, grant, second, (*tries, *again), first_refusal=refused)
+    newest = TokenGrant(
+        second.access_token, second.refresh_token or grant.refresh_token, second.expires_in
+    )
+    answer = functools.partial(
+        Answer, due, grant=newest, tries=(*tries, *again), first_refusal=refused
+    )
+    try:
+        await _check(spapi, due, newest.access_token)
+    except ProviderError as error:
+        return answer(check_error=error, confirmed=True)
+    except asyncio.CancelledError:
+        return answer()
+    return answer(checked=True)
+
+
+def _replaced_since(session: Session, vault: Vault, answers: list[Answer]) -> set[int]:
+    """Which of these answers' credentials hold another refresh token than the answer left
+    there (the one sent, or the one LWA rotated to and the run stored): a reconnect since."""
+    credential = table_of(Credential)
+    if not answers:
+        return set()
+    rows = session.execute(
+        sa.select(credential.c.id, credential.c.refresh_token).where(
+            credential.c.id.in_([a.due.credential_id for a in answers])
+        )
+    )
+    stored = {row.id: row.refresh_token for row in rows}
+    replaced = set()
+    for answer in answers:
+        now = stored.get(answer.due.credential_id)
+        if now is None:
+            continue  # removed since: record_failures passes it by
+        rotated = None if answer.grant is None else answer.grant.refresh_token
+        if rotated is None:
+            changed = now != answer.due.refresh_token
+        else:
+            changed = vault.decrypt(now, what="the refresh token") != rotated
+        if changed:
+            replaced.add(answer.due.credential_id)
+    return replaced
 
 
 def _record(
@@ -363,6 +507,9 @@ def _record(
     frontend_url: str,
     summary: Summary,
 ) -> None:
+    """One batch's answers: grants stored, checks recorded, transient failures counted; the
+    "authorization gone" verdicts kept in ``summary.held`` for the end of the run."""
+    summary.answered += sum(1 for a in answers if a.grant is not None or a.tries)
     refreshed = [(a.due.credential_id, a.grant, a.tries) for a in answers if a.grant is not None]
     record_refreshes(
         session,
@@ -374,35 +521,104 @@ def _record(
         lease_owner=owner,  # pragma: no mutate
     )
     summary.outcomes[RefreshOutcome.refreshed] += len(refreshed)
+    for answer in answers:
+        if answer.first_refusal is not None:
+            record_refusal(session, answer.due.user_id, answer.first_refusal)
+    _spend_confirming_calls(session, [a for a in answers if a.first_refusal and not a.verdict])
     checked = [
         events.entry(CHECKED, outcome=events.SUCCESS, user_id=a.due.user_id, provider="amazon")
         for a in answers
-        if a.checked
+        if a.checked and not a.due.recheck
     ]
     events.record_all(session, checked)  # last_synced_at was set with the refresh
     if checked:
         summary.checks["ok"] += len(checked)
+    for answer in answers:
+        if answer.checked and answer.due.recheck:  # the SP-API takes its tokens again
+            record_check(session, answer.due.user_id, None, frontend_url=frontend_url)
+            summary.checks["restored"] += 1
     paced = sum(1 for a in answers if a.paced)
     if paced:
         summary.checks["paced"] += paced
     for answer in answers:
-        if answer.check_error is not None:
+        if answer.check_error is not None and not answer.gone:
             outcome = record_check(
-                session, answer.due.user_id, answer.check_error, frontend_url=frontend_url
+                session,
+                answer.due.user_id,
+                answer.check_error,
+                frontend_url=frontend_url,
+                confirmed=answer.confirmed,
             )
-            summary.checks[outcome] += 1
-    failed = [a for a in answers if a.verdict is not None and not a.verdict.app_rejected]
-    refused = [a for a in failed if a.verdict is not None and a.verdict.authorization_gone]
-    # LWA refused a token that has been replaced since (a reconnect meanwhile): no verdict
-    stale = _replaced_since(session, refused)
+            still = answer.due.recheck and needs_reconnect(outcome)
+            summary.checks["still_refused" if still else str(outcome)] += 1
+    summary.held += [a for a in answers if a.gone]
     failures = [
         (a.due.user_id, a.verdict, a.tries)
-        for a in failed
-        if a.verdict is not None and a.due.credential_id not in stale
+        for a in answers
+        if a.verdict is not None and not a.verdict.app_rejected and not a.gone
     ]
     for _, decided, _ in failures:
         summary.outcomes[decided.outcome] += 1
     record_failures(session, failures, frontend_url=frontend_url)
+
+
+def _spend_confirming_calls(session: Session, answers: list[Answer]) -> None:
+    """The confirming calls' share of the sellers' SP-API allowances: one more each, spent
+    from what the claim left (made whatever was left: the allowance may owe a call)."""
+    if not answers:
+        return
+    credential = table_of(Credential)
+    session.execute(
+        sa.update(credential)
+        .where(credential.c.id.in_([a.due.credential_id for a in answers]))
+        .values(check_allowance=credential.c.check_allowance - 1.0)
+    )
+
+
+def settle(
+    session_scope: SessionScope,
+    vault: Vault,
+    summary: Summary,
+    brake: Brake,
+    *,
+    frontend_url: str,
+) -> None:
+    """At the end of the run, its held "authorization gone" verdicts: all held by the brake
+    (nobody marked, the admins told), or applied, each but those whose authorization has been
+    replaced since (a reconnect meanwhile)."""
+    held, answered = summary.held, summary.answered
+    with session_scope() as session:
+        alert = notifications.dedupe_key(mass_revocation.HELD, Provider.amazon, None)
+        if brake.engaged(answered, len(held)):
+            summary.mass_revocation_held = len(held)
+            notifications.notify(
+                session,
+                audience=notifications.ADMIN,
+                kind=mass_revocation.HELD,
+                title="Amazon: most sellers' authorizations said gone at once: nobody marked",
+                message=mass_revocation.message(answered, len(held)),
+                provider=Provider.amazon,
+                detail={"held": len(held), "answered": answered},
+            )
+            return
+        if answered:
+            notifications.resolve(session, alert)  # a run whose verdicts stand
+        stale = _replaced_since(session, vault, held)
+        kept = [a for a in held if a.due.credential_id not in stale]
+        failures = [(a.due.user_id, a.verdict, a.tries) for a in kept if a.verdict is not None]
+        for _, decided, _ in failures:
+            summary.outcomes[decided.outcome] += 1
+        record_failures(session, failures, frontend_url=frontend_url)
+        for answer in kept:
+            if answer.verdict is None and answer.check_error is not None:
+                outcome = record_check(
+                    session,
+                    answer.due.user_id,
+                    answer.check_error,
+                    frontend_url=frontend_url,
+                    confirmed=True,
+                )
+                summary.checks[str(outcome)] += 1
 
 
 def _write_batch(
@@ -449,6 +665,8 @@ def run(
     *,
     frontend_url: str,
     spapi_factory: Callable[[], AsyncSpApiClient] | None = None,
+    verify: bool = False,
+    brake: Brake = Brake(),
     concurrency: int = DEFAULT_CONCURRENCY,
     deadline: float | None = None,
     lease: timedelta = LEASE,
@@ -460,7 +678,9 @@ def run(
     grace: float = STOP_GRACE_SECONDS,
 ) -> Summary:  # pragma: no mutate block
     """Refresh every due authorization; ``deadline`` (seconds from now) stops claiming, and
-    after it or a ``stop`` the calls in flight have ``grace`` seconds to end."""
+    after it or a ``stop`` the calls in flight have ``grace`` seconds to end. ``spapi_factory``:
+    the SP-API client, for ``verify`` (each new token checked) and for the sellers looked at
+    again; ``brake``: when the run's "gone" verdicts are held rather than applied."""
     return asyncio.run(
         _run(
             session_scope,
@@ -468,6 +688,8 @@ def run(
             lwa_factory,
             frontend_url=frontend_url,
             spapi_factory=spapi_factory,
+            verify=verify,
+            brake=brake,
             concurrency=concurrency,
             deadline=deadline,
             lease=lease,
@@ -490,6 +712,8 @@ async def _run(
     *,
     frontend_url: str,
     spapi_factory: Callable[[], AsyncSpApiClient] | None,
+    verify: bool,
+    brake: Brake,
     concurrency: int,
     deadline: float | None,
     lease: timedelta,
@@ -550,7 +774,7 @@ async def _run(
                         margin=margin,
                         max_age=max_age,
                         force=force,
-                        checks=spapi is not None,
+                        checks=verify and spapi is not None,
                     )
                     if batch:
                         walked = batch[-1].credential_id
@@ -602,8 +826,11 @@ async def _run(
             if writing is not None:
                 await writing
                 writing = None
-                if progress is not None:
-                    progress(summary.total)
+            await asyncio.to_thread(
+                settle, session_scope, vault, summary, brake, frontend_url=frontend_url
+            )
+            if progress is not None:
+                progress(summary.total)
     finally:
         watcher.cancel()
         for _, tasks in outstanding:

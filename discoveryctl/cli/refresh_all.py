@@ -44,6 +44,18 @@ def refresh_all(
         "--verify",
         help="Also check each new token with SP-API getMarketplaceParticipations.",
     ),
+    accept_mass_revocation: bool = typer.Option(
+        False,
+        "--accept-mass-revocation",
+        help="Apply the run's revocations even when most of its refresh answers are revocations.",
+    ),
+    mass_revocation_threshold: float = typer.Option(
+        0.5,
+        "--mass-revocation-threshold",
+        min=0.0,
+        max=1.0,
+        help="Hold every revocation when more than this share of at least 10 answers are.",
+    ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="List the due sellers and pending customers; call nothing."
     ),
@@ -54,17 +66,23 @@ def refresh_all(
     Due: the cached access token expires within 5 minutes (or there is none), or the last
     refresh is over a day old; sellers whose last refresh failed wait out their backoff.
     With --verify, each new token is also checked at the SP-API (a seller it refuses is
-    revoked; an ambiguous 403 is recorded only). Then every user still waiting for a Stripe
-    customer gets one, under the idempotency key stored for it (see stripe ensure-customer).
-    Overlapping runs, and runs on several machines over one database, never work on the same
-    seller twice. Exit 0 all fine; 1 something needs attention (revoked or expired sellers,
-    failures left for the next run); 3 LWA or Stripe refused the app's own credentials
-    (nothing was marked on any seller); 130 interrupted (the summary so far is printed).
+    revoked only if a second fresh token is refused too; an ambiguous 403 is recorded only).
+    Sellers revoked on the SP-API's word alone are looked at again: active once the SP-API
+    takes a fresh token. When more than half of at least 10 refresh answers say the seller's
+    authorization is gone, nobody is marked and the run exits 3 (a wrong
+    AMAZON_LWA_CLIENT_ID looks like that); --accept-mass-revocation applies them. Then every
+    user still waiting for a Stripe customer gets one, under the idempotency key stored for
+    it (see stripe ensure-customer). Overlapping runs, and runs on several machines over one
+    database, never work on the same seller twice. Exit 0 all fine; 1 something needs
+    attention (revoked or expired sellers, failures left for the next run); 3 LWA or Stripe
+    refused the app's own credentials, or a mass revocation was held (nothing was marked on
+    any seller); 130 interrupted (the summary so far is printed).
 
     \b
     Example: */5 * * * * discoveryctl refresh-all --deadline 4m
     """
 
+    from discoveryctl.amazon.mass_revocation import Brake
     from discoveryctl.jobs import refresh_all as job
     from discoveryctl.support import durations
 
@@ -78,6 +96,7 @@ def refresh_all(
         lease=durations.parse(lease, "--lease"),
         force=force,
         verify=verify,
+        brake=Brake(threshold=mass_revocation_threshold, accept=accept_mass_revocation),
     )
     database = app.open_database()
     if dry_run:

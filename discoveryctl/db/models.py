@@ -135,6 +135,10 @@ class Credential(Base):
     # token bucket: see amazon.check.allowance); NULL: never checked, a full burst.
     check_allowance: Mapped[float | None] = mapped_column(sa.Float)
     check_allowance_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the authorization was marked gone on the SP-API's word alone (two fresh tokens
+    # refused: amazon.check); refresh-all looks at it again until the SP-API takes a fresh
+    # token or LWA decides. NULL: not so marked.
+    refused_by_spapi_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

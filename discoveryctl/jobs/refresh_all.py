@@ -11,18 +11,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from discoveryctl.amazon import mass_revocation
 from discoveryctl.amazon import refresh_all as amazon_run
+from discoveryctl.amazon.mass_revocation import Brake
 from discoveryctl.amazon.refresh import LEASE
 from discoveryctl.billing import customers
 from discoveryctl.billing.customers import PendingRun
 from discoveryctl.config import Config
 from discoveryctl.db.engine import SessionScope
 from discoveryctl.db.leases import new_owner
-from discoveryctl.errors import AppCredentialsRejected, Interrupted, NeedsAttention
+from discoveryctl.errors import (
+    AppCredentialsRejected,
+    Interrupted,
+    MassRevocationHeld,
+    NeedsAttention,
+)
 from discoveryctl.jobs import attention
 from discoveryctl.providers.lwa import AsyncLwaClient, app_from
 from discoveryctl.providers.spapi import AsyncSpApiClient
@@ -43,6 +50,7 @@ class Plan:
     lease: timedelta = LEASE
     force: bool = False
     verify: bool = False
+    brake: Brake = field(default_factory=Brake)
 
 
 @dataclass(frozen=True)
@@ -96,16 +104,13 @@ def run(
                     amazon,
                     connections=plan.concurrency,  # pragma: no mutate  (pool size: speed)
                 ),
-                spapi_factory=(
-                    (
-                        lambda: AsyncSpApiClient(
-                            amazon,
-                            connections=plan.concurrency,  # pragma: no mutate  (pool size: speed)
-                        )
-                    )
-                    if plan.verify
-                    else None
+                # --verify, and the sellers marked gone on the SP-API's word: looked at again
+                spapi_factory=lambda: AsyncSpApiClient(
+                    amazon,
+                    connections=plan.concurrency,  # pragma: no mutate  (pool size: speed)
                 ),
+                verify=plan.verify,
+                brake=plan.brake,
                 frontend_url=config.frontend_url,
                 concurrency=plan.concurrency,
                 deadline=plan.deadline,
@@ -162,10 +167,15 @@ def _stripe(
 
 def raise_for(result: Result) -> None:
     """The run's exit code, as the error that carries it (nothing raised: exit 0): the app's
-    credentials refused (3), interrupted (130), then what needs attention (1)."""
+    credentials refused or a mass revocation held (3), interrupted (130), then what needs
+    attention (1)."""
     amazon = result.amazon
     if amazon is not None and amazon.app_rejected is not None:
         raise AppCredentialsRejected(amazon.app_rejected)
+    if amazon is not None and amazon.mass_revocation_held:
+        raise MassRevocationHeld(
+            mass_revocation.message(amazon.answered, amazon.mass_revocation_held)
+        )
     if result.stripe is not None:
         _raise_for_stripe(result.stripe)
     if amazon is None:
@@ -203,6 +213,8 @@ def amazon_line(summary: amazon_run.Summary) -> str:
     counts = ", ".join(f"{n} {o}" for o, n in summary.as_dict()["outcomes"].items() if n)
     if summary.checks:
         counts += "; checked: " + ", ".join(f"{n} {c}" for c, n in summary.checks.items())
+    if summary.mass_revocation_held:
+        counts += f"; {summary.mass_revocation_held} held: nobody marked"
     rate = f", {summary.total / summary.seconds:.1f}/s" if summary.seconds else ""
     return (
         f"refresh-all: {summary.total} in {summary.seconds:.1f} s{rate}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiohttp
 import httpx
 
-from discoveryctl.errors import ProviderError, SellerAuthorizationRevoked, TransientProviderError
+from discoveryctl.errors import ProviderError, SpApiTokenRefused, TransientProviderError
 from discoveryctl.providers.async_http import Reply, open_session, send, transport_failure
 from discoveryctl.providers.lwa import (
     DEFAULT_TIMEOUT,
@@ -18,10 +18,14 @@ from discoveryctl.providers.lwa import (
 
 # SP-API: the seller check. `GET /sellers/v1/marketplaceParticipations` (sellers.json in
 # amzn/selling-partner-api-models; usage plan 0.016 requests a second, burst 15) answers 401,
-# or 403 "Unauthorized" with details saying the token is revoked or invalid, once a seller's
-# authorization is gone ("Authorization Errors", SP-API docs); any other 403 proves nothing.
+# or 403 "Unauthorized" with details such as "The access token you provided is revoked,
+# malformed or invalid." ("Authorization Errors", SP-API docs) when it refuses the token.
+# The same words come back for expired and mis-signed tokens (selling-partner-api-docs
+# issues #2147, #2149; selling-partner-api-models #230), so a refusal is not yet a verdict:
+# ``SpApiTokenRefused``, which the check confirms with a fresh token (amazon.check). Any other
+# 403 proves nothing about the token.
 PARTICIPATIONS_PATH = "/sellers/v1/marketplaceParticipations"
-_REVOKED_WORDS = ("revoked", "invalid")
+_REFUSED_WORDS = ("revoked", "invalid", "malformed", "expired")
 
 
 def parse_participations(response: Reply) -> int:
@@ -49,18 +53,12 @@ def parse_participations(response: Reply) -> int:
             status_code=status,
             retry_after=retry_after(response),
         )
-    if status == 403 and "expired" in details.lower():
-        raise TransientProviderError(  # our cached token outlived itself: refresh and retry
-            f"SP-API answered 403: {message}", error_type="spapi_token_expired", status_code=403
-        )
-    if status == 401 or (
-        status == 403
-        and code == "Unauthorized"
-        and any(word in details.lower() for word in _REVOKED_WORDS)
-    ):
-        raise SellerAuthorizationRevoked(
+    expired = "expired" in details.lower()
+    token_words = any(word in details.lower() for word in _REFUSED_WORDS)
+    if status == 401 or (status == 403 and (expired or (code == "Unauthorized" and token_words))):
+        raise SpApiTokenRefused(
             f"SP-API refused the seller's token ({status}): {message}",
-            error_type="oauth_token_revoked",
+            error_type="spapi_token_expired" if expired else "spapi_token_refused",
             status_code=status,
         )
     raise ProviderError(
