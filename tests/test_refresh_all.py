@@ -689,3 +689,106 @@ def test_the_cron_run_warns_a_seller_once_30_days_before_re_authorization(
     assert cli("refresh-all", "--force").exit_code == 0
     assert len(warnings("soon")) == 1
     assert warnings("later") == []
+
+
+# -- the brake on mass revocation -------------------------------------------------------------
+
+
+def user_notices(db: Any) -> int:
+    return int(db.scalar("SELECT count(*) FROM notifications WHERE audience = 'user'"))
+
+
+def statuses_of(cli: Any) -> dict[str, str]:
+    return {r["user_id"]: r["status"] for r in cli("status", "--json").json()}
+
+
+def test_another_app_s_client_id_revokes_nobody_and_exits_3(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One wrong AMAZON_LWA_CLIENT_ID (another app of the same developer): LWA takes the
+    credentials but answers invalid_grant for every seller's refresh token."""
+    import_sellers(cli, amazon, tmp_path, 12)
+    other_id, other_secret = amazon.config.other_apps[0]
+    monkeypatch.setenv("AMAZON_LWA_CLIENT_ID", other_id)
+    monkeypatch.setenv("AMAZON_LWA_CLIENT_SECRET", other_secret)
+    result = cli("refresh-all", "--force", "--json")
+    assert result.exit_code == 3, result.stderr
+    summary = result.json()
+    assert summary["mass_revocation_held"] == 12
+    assert summary["outcomes"]["revoked"] == 0
+    assert "12 of 12 refresh answers" in result.stderr
+    assert set(statuses_of(cli).values()) == {"active"}
+    assert user_notices(db) == 0  # no seller told
+    (alert,) = cli("notifications", "--admin", "--json").json()
+    assert alert["kind"] == "mass_revocation_held"
+    assert alert["detail"] == {"held": 12, "answered": 12}
+    assert "AMAZON_LWA_CLIENT_ID" in alert["message"]
+    assert cli("refresh-all", "--force").exit_code == 3  # held again: still one alert
+    assert len(cli("notifications", "--admin", "--json").json()) == 1
+    monkeypatch.setenv("AMAZON_LWA_CLIENT_ID", amazon.config.client_id)  # the setting fixed
+    monkeypatch.setenv("AMAZON_LWA_CLIENT_SECRET", amazon.config.client_secret)
+    fixed = cli("refresh-all", "--force", "--json")
+    assert fixed.exit_code == 0, fixed.stderr
+    assert fixed.json()["outcomes"]["refreshed"] == 12
+    (alert,) = cli("notifications", "--admin", "--json").json()
+    assert alert["resolved_at"] is not None
+
+
+def test_most_sellers_revoked_at_once_are_held_until_the_operator_accepts(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path
+) -> None:
+    sellers = import_sellers(cli, amazon, tmp_path, 10)
+    for seller in sellers[:6]:  # 6 of 10: more than half
+        amazon.state.revoke(seller.selling_partner_id)
+    held = cli("refresh-all", "--json")
+    assert held.exit_code == 3
+    assert held.json()["mass_revocation_held"] == 6
+    assert held.json()["outcomes"]["refreshed"] == 4  # the grants are stored all the same
+    assert set(statuses_of(cli).values()) == {"active"} and user_notices(db) == 0
+    accepted = cli("refresh-all", "--accept-mass-revocation", "--json")
+    assert accepted.exit_code == 1  # applied: 6 sellers need attention
+    assert accepted.json()["outcomes"]["revoked"] == 6
+    assert accepted.json()["mass_revocation_held"] == 0
+    assert sorted(u for u, s in statuses_of(cli).items() if s == "revoked") == [
+        f"u{n}" for n in range(6)
+    ]
+    assert user_notices(db) == 6
+
+
+@pytest.mark.parametrize(
+    ("revoked", "sellers", "threshold", "held"),
+    [
+        (5, 10, None, False),  # half is not more than half
+        (9, 9, None, False),  # fewer than 10 answers: too few to tell
+        (4, 10, "0.3", True),  # the threshold is the operator's
+    ],
+)
+def test_the_brake_weighs_at_least_10_answers_against_its_threshold(
+    db: Any,
+    cli: Any,
+    amazon: Sandbox,
+    tmp_path: Path,
+    revoked: int,
+    sellers: int,
+    threshold: str | None,
+    held: bool,
+) -> None:
+    known = import_sellers(cli, amazon, tmp_path, sellers)
+    for seller in known[:revoked]:
+        amazon.state.revoke(seller.selling_partner_id)
+    options = [] if threshold is None else ["--mass-revocation-threshold", threshold]
+    result = cli("refresh-all", *options, "--json")
+    assert result.exit_code == (3 if held else 1)
+    assert result.json()["mass_revocation_held"] == (revoked if held else 0)
+    assert result.json()["outcomes"]["revoked"] == (0 if held else revoked)
+
+
+def test_refresh_of_one_seller_is_not_braked(
+    db: Any, cli: Any, amazon: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import_sellers(cli, amazon, tmp_path, 1)
+    other_id, other_secret = amazon.config.other_apps[0]
+    monkeypatch.setenv("AMAZON_LWA_CLIENT_ID", other_id)
+    monkeypatch.setenv("AMAZON_LWA_CLIENT_SECRET", other_secret)
+    assert cli("refresh", "amazon", "--user", "u0").exit_code == 1
+    assert statuses_of(cli) == {"u0": "revoked"}

@@ -141,6 +141,42 @@ def test_only_active_amazon_integrations_without_a_live_lease_are_due(
     assert due_users(database) == ["active", "lease-ran-out"]
 
 
+def test_a_seller_gone_on_the_sp_api_s_word_alone_is_due_to_be_looked_at_again(
+    database: Database, vault: Vault
+) -> None:
+    add_seller(database, vault, "refused", status="revoked", refused_by_spapi_at=NOW - HOUR)
+    add_seller(database, vault, "expired", status="expired", refused_by_spapi_at=NOW - HOUR)
+    add_seller(database, vault, "lwa", status="revoked")  # LWA's word: final
+    add_seller(
+        database,
+        vault,
+        "waiting",
+        status="revoked",
+        refused_by_spapi_at=NOW - HOUR,
+        next_attempt_at=NOW + SECOND,
+    )
+    add_seller(database, vault, "pending", status="pending", refused_by_spapi_at=NOW - HOUR)
+    assert due_users(database) == ["refused", "expired"]
+    with database.session() as session:
+        (listed, _) = due_now(session, now=NOW)
+    assert (listed.recheck, listed.wants_check) == (True, True)
+    claimed = claim(database)
+    assert [d.user_id for d in claimed] == ["refused", "expired"]
+    assert all(d.recheck and d.wants_check and d.may_check for d in claimed)
+
+
+def test_a_seller_looked_at_again_spends_a_check_even_without_verify(
+    db_rows: Any, database: Database, vault: Vault
+) -> None:
+    first = add_seller(database, vault, "active")
+    second = add_seller(database, vault, "refused", status="revoked", refused_by_spapi_at=NOW)
+    active, refused = claim(database)
+    assert refused.may_check
+    assert (active.wants_check, active.may_check, active.recheck) == (False, False, False)
+    assert credential(db_rows, first)["check_allowance"] is None
+    assert credential(db_rows, second)["check_allowance"] == 14.0
+
+
 def test_a_due_seller_is_listed_with_its_stored_authorization(
     database: Database, vault: Vault
 ) -> None:
@@ -481,8 +517,8 @@ def test_a_run_s_summary_adds_up_its_batches(
         _write_batch(database.session, vault, "run-a", due, answers, None, FRONTEND, summary)
     assert counted(summary.outcomes) == {"refreshed": 6, "failed": 2}
     assert dict(summary.checks) == {"ok": 2, "paced": 2}
-    # LWA's answers: the grants (the verdicts here carry no try: nothing was sent for them)
-    assert summary.answered == 6 and len(summary.held) == 2  # decided at the run's end
+    # LWA's answers: 6 grants, 2 refusals over HTTP (503)
+    assert summary.answered == 8 and len(summary.held) == 2  # decided at the run's end
     settle(database.session, vault, summary, Brake(), frontend_url=FRONTEND)
     assert dict(summary.checks) == {"ok": 2, "paced": 2, "revoked": 2}
 
@@ -543,3 +579,133 @@ def test_a_run_closed_by_the_app_s_refusal_gives_no_grace() -> None:
     assert closing.is_closed() and closing.grace_ends is None
     closing.close(5.0)
     assert closing.grace_ends is None
+
+
+# -- the run's end: the held verdicts, and the brake --------------------------------------------
+
+GONE = Verdict(RefreshOutcome.revoked, "oauth_token_revoked", "LWA refused the grant", 400)
+
+
+def held_run(database: Database, vault: Vault, sellers: int, gone: int) -> tuple[Summary, Any]:
+    """A batch of ``sellers`` written: the first ``gone`` refused by LWA, the rest granted."""
+    for n in range(sellers):
+        add_seller(database, vault, f"u{n}")
+    batch = claim(database, limit=sellers)
+    answers = [
+        Answer(due, verdict=GONE) if n < gone else Answer(due, grant=GRANT)
+        for n, due in enumerate(batch)
+    ]
+    return write(database, vault, batch, answers, brake=None), batch
+
+
+def admin_alerts(db: Any) -> list[Any]:
+    return db.rows(
+        "SELECT kind, detail, resolved_at FROM notifications WHERE audience = 'admin' ORDER BY id"
+    )
+
+
+def test_the_brake_holds_every_verdict_marks_nobody_and_tells_the_admins(
+    db_rows: Any, database: Database, vault: Vault
+) -> None:
+    summary, _ = held_run(database, vault, 10, 6)
+    assert (summary.answered, len(summary.held)) == (10, 6)
+    settle(database.session, vault, summary, Brake(), frontend_url=FRONTEND)
+    assert summary.mass_revocation_held == 6
+    assert counted(summary.outcomes) == {"refreshed": 4}
+    assert set(statuses(db_rows).values()) == {"active"}
+    assert events_of(db_rows, "token_refresh_failed") == []
+    (alert,) = admin_alerts(db_rows)
+    assert alert["kind"] == "mass_revocation_held"
+    assert json.loads(alert["detail"]) == {"held": 6, "answered": 10}
+
+
+def test_verdicts_the_brake_lets_through_are_applied_and_the_alert_resolved(
+    db_rows: Any, database: Database, vault: Vault
+) -> None:
+    summary, _ = held_run(database, vault, 10, 6)
+    settle(database.session, vault, summary, Brake(), frontend_url=FRONTEND)
+    again = Summary(answered=10, held=summary.held)
+    settle(database.session, vault, again, Brake(accept=True), frontend_url=FRONTEND)
+    assert again.mass_revocation_held == 0
+    assert counted(again.outcomes) == {"revoked": 6}
+    assert sorted(u for u, s in statuses(db_rows).items() if s == "revoked") == [
+        f"u{n}" for n in range(6)
+    ]
+    (alert,) = admin_alerts(db_rows)
+    assert alert["resolved_at"] is not None
+
+
+def test_a_run_without_answers_leaves_the_alert_open(
+    db_rows: Any, database: Database, vault: Vault
+) -> None:
+    summary, _ = held_run(database, vault, 10, 6)
+    settle(database.session, vault, summary, Brake(), frontend_url=FRONTEND)
+    settle(database.session, vault, Summary(), Brake(), frontend_url=FRONTEND)
+    (alert,) = admin_alerts(db_rows)
+    assert alert["resolved_at"] is None
+
+
+def test_a_held_verdict_on_an_authorization_replaced_since_is_dropped(
+    db_rows: Any, database: Database, vault: Vault
+) -> None:
+    summary, batch = held_run(database, vault, 2, 1)
+    with db_rows.engine.begin() as connection:  # a reconnect stored another token meanwhile
+        connection.exec_driver_sql(
+            f"UPDATE credentials SET refresh_token = 'another' WHERE id = {batch[0].credential_id}"
+        )
+    settle(database.session, vault, summary, Brake(), frontend_url=FRONTEND)
+    assert counted(summary.outcomes) == {"refreshed": 1}
+    assert statuses(db_rows) == {"u0": "active", "u1": "active"}
+
+
+def test_a_held_verdict_after_the_run_s_own_rotation_is_applied(
+    db_rows: Any, database: Database, vault: Vault
+) -> None:
+    """LWA rotated the token at the first grant (stored by the run), then refused the next
+    one: the authorization is the one the run left, not a reconnect's."""
+    add_seller(database, vault, "u1")
+    (due,) = claim(database)
+    rotated = TokenGrant("Atza|first", "Atzr|rotated", 3600)
+    answer = Answer(due, grant=rotated, verdict=GONE)
+    summary = write(database, vault, [due], [answer])
+    assert counted(summary.outcomes) == {"refreshed": 1, "revoked": 1}
+    assert statuses(db_rows) == {"u1": "revoked"}
+    assert leases(db_rows) == [None]
+
+
+def test_a_seller_looked_at_again_whose_token_the_sp_api_takes_is_active_again(
+    db_rows: Any, database: Database, vault: Vault
+) -> None:
+    add_seller(database, vault, "u1", status="revoked", refused_by_spapi_at=NOW)
+    (due,) = claim(database)
+    summary = write(database, vault, [due], [Answer(due, grant=GRANT, checked=True)])
+    assert dict(summary.checks) == {"restored": 1}
+    assert statuses(db_rows) == {"u1": "active"}
+    assert events_of(db_rows, "seller_checked") == ["u1"]
+
+
+def test_a_seller_looked_at_again_refused_again_stays_gone_and_needs_no_attention(
+    db_rows: Any, database: Database, vault: Vault
+) -> None:
+    add_seller(database, vault, "u1", status="revoked", refused_by_spapi_at=NOW)
+    (due,) = claim(database)
+    refused = SpApiTokenRefused("refused", error_type="spapi_token_refused", status_code=401)
+    answer = Answer(due, grant=GRANT, check_error=refused, confirmed=True)
+    summary = write(database, vault, [due], [answer])
+    assert dict(summary.checks) == {"still_refused": 1}
+    assert summary.held == [] and statuses(db_rows) == {"u1": "revoked"}
+    (row,) = db_rows.rows("SELECT access_token, next_attempt_at FROM credentials")
+    assert row["next_attempt_at"] is not None  # left a while before the next look
+    assert db_rows.rows("SELECT * FROM notifications") == []  # nothing new to tell
+
+
+def test_a_grant_alone_does_not_bring_back_a_seller_looked_at_again(
+    db_rows: Any, database: Database, vault: Vault
+) -> None:
+    add_seller(database, vault, "u1", status="revoked", refused_by_spapi_at=NOW)
+    (due,) = claim(database)
+    summary = write(database, vault, [due], [Answer(due, grant=GRANT, paced=True)])
+    assert counted(summary.outcomes) == {"refreshed": 1}
+    assert statuses(db_rows) == {"u1": "revoked"}
+    (row,) = db_rows.rows("SELECT access_token FROM credentials")
+    assert row["access_token"] is not None  # the grant is stored all the same

@@ -331,6 +331,14 @@ class Answer:
     first_refusal: ProviderError | None = None  # the refusal a second grant and call followed
 
     @property
+    def answered(self) -> bool:
+        """Whether LWA answered (a grant, or a refusal over HTTP): what the brake weighs;
+        an unreadable credential or a call that never got an answer is not one."""
+        return self.grant is not None or (
+            self.verdict is not None and self.verdict.status_code is not None
+        )
+
+    @property
     def gone(self) -> bool:
         """An "authorization gone" verdict (LWA's, or the SP-API's refusing a fresh token
         again), held for the brake; a seller looked at again is gone already."""
@@ -509,7 +517,7 @@ def _record(
 ) -> None:
     """One batch's answers: grants stored, checks recorded, transient failures counted; the
     "authorization gone" verdicts kept in ``summary.held`` for the end of the run."""
-    summary.answered += sum(1 for a in answers if a.grant is not None or a.tries)
+    summary.answered += sum(1 for a in answers if a.answered)
     refreshed = [(a.due.credential_id, a.grant, a.tries) for a in answers if a.grant is not None]
     record_refreshes(
         session,

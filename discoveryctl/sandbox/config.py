@@ -16,6 +16,11 @@ class SandboxConfig:
 
     client_id: str = "sandbox-client-id"
     client_secret: str = "sandbox-client-secret"
+    other_apps: tuple[tuple[str, str], ...] = (
+        ("sandbox-other-client-id", "sandbox-other-client-secret"),
+    )
+    """Other apps of the same developer (client id, secret): LWA accepts their credentials,
+    but not the tokens this app was issued (``invalid_grant``)."""
     application_id: str = "amzn1.sp.solution.sandbox"
     stripe_api_key: str = "sk_test_sandbox"
     stripe_search_lag_seconds: float = 60.0

@@ -43,7 +43,12 @@ async def token(request: Request, config: SandboxConfig, state: SandboxState) ->
     # A wrong client id or secret is invalid_client (LWA, Access Token Errors), whoever the
     # seller: a rotated secret (state.rotate_client_secret) fails every seller at once.
     accepted_secret = state.client_secret(config.client_secret)
-    if not (
+    another_app = any(
+        compare_digest(form["client_id"].encode(), other_id.encode())
+        and compare_digest(form["client_secret"].encode(), other_secret.encode())
+        for other_id, other_secret in config.other_apps
+    )
+    if not another_app and not (
         compare_digest(form["client_id"].encode(), config.client_id.encode())
         and compare_digest(form["client_secret"].encode(), accepted_secret.encode())
     ):
@@ -59,6 +64,11 @@ async def token(request: Request, config: SandboxConfig, state: SandboxState) ->
     grant = form.get(parameter)
     if not grant:
         return _missing(parameter)
+    if another_app:
+        # Another app's valid credentials with this app's code or refresh token: the grant
+        # "was issued to another client" (RFC 6749 §5.2, invalid_grant), as LWA answers a
+        # refresh token it does not take (LWA, "Refresh Tokens" / Access Token Errors).
+        return _invalid_grant(parameter)
     if grant_type == "refresh_token":
         outcome = await _refresh(state, config, grant)
     else:
