@@ -3,12 +3,20 @@
 
 The seller approves at once. The checks and their error pages follow Seller Central: an unknown
 application, a redirect URI with a fragment (MD5110) or not registered on the app (MD5101), a
-draft app without ``version=beta`` (MD1000), and a missing ``state`` (codes from SP-API
-"Authorization Errors", https://developer-docs.amazon.com/sp-api/docs/authorization-errors).
+draft app without ``version=beta`` (MD1000), and a missing ``state`` (the three codes from SP-API
+"Authorization Errors", https://developer-docs.amazon.com/sp-api/docs/authorization-errors; the
+unknown application and the missing state have no code or page there: those two pages are the
+sandbox's own).
 
-Source for the login-URI steps: SP-API developer guide, "Website Authorization Workflow"
-(https://developer-docs.amazon.com/sp-api/docs/website-authorization-workflow; the same steps
-in amzn/selling-partner-api-docs, guides/en-US/developer-guide/SellingPartnerApiDeveloperGuide.md).
+Sources for the redirect to the redirect URI: SP-API "Website Authorization Workflow"
+(https://developer-docs.amazon.com/sp-api/docs/website-authorization-workflow; earlier text in
+amzn/selling-partner-api-docs, guides/en-US/developer-guide/SellingPartnerApiDeveloperGuide.md).
+For the login-URI steps: SP-API "Selling Partner Appstore Authorization Workflow", steps 2 and 3
+(https://developer-docs.amazon.com/sp-api/docs/selling-partner-appstore-authorization-workflow;
+the guide's "Amazon Seller Central Partner Network authorization workflow"), and for a start at
+Amazon the renewal pages cited at ``authorize_at_amazon``. The current Website Authorization
+Workflow page has the login-URI request too (step 5 of its table); the guide's text of it does
+not.
 """
 
 from __future__ import annotations
@@ -38,8 +46,10 @@ async def consent(request: Request, config: SandboxConfig, state: SandboxState) 
     amazon_state = state.open_amazon_state(seller_id, config.code_ttl)
     # Amazon loads the login URI with amazon_callback_uri, amazon_state and selling_partner_id,
     # the callback being https://amazon.com/apps/authorize/confirm/<application id>; and "if
-    # this is a test workflow (the seller started by navigating to your OAuth authorization
-    # URI) Amazon includes the version=beta parameter" (guide, step 2 of the workflow).
+    # this a test workflow (started by navigating to your OAuth authorization URI) Amazon
+    # includes the version=beta parameter" (Selling Partner Appstore Authorization Workflow,
+    # step 2, with the example URI; Website Authorization Workflow, step 5 of its table, for
+    # the three parameters).
     login = {
         "amazon_callback_uri": callback_uri(config),
         "amazon_state": amazon_state,
@@ -62,10 +72,16 @@ async def authorize_at_amazon(
     parameters": amazon_callback_uri, amazon_state, selling_partner_id ("Renew Selling Partner
     Appstore Authorization Workflow", step 1,
     https://developer-docs.amazon.com/sp-api/docs/selling-partner-appstore-authorization-workflow-renew;
+    "Renew Your Website Authorization", step 1,
+    https://developer-docs.amazon.com/sp-api/docs/website-authorization-workflow-renew;
     "Renew Authorizations", https://developer-docs.amazon.com/sp-api/docs/renew-authorizations:
-    every 365 days). The address of that button is not public: this path is the sandbox's
-    own. No ``state`` of the app's and no ``version=beta`` (that marks a test workflow started
-    at the authorization URI)."""
+    every 365 days; for *Authorize Now*, "Selling Partner Appstore Authorization Workflow",
+    steps 1 and 2,
+    https://developer-docs.amazon.com/sp-api/docs/selling-partner-appstore-authorization-workflow).
+    The address of that button is not public: this path is the sandbox's own. No ``state`` of
+    the app's, and no ``version=beta``: a production workflow started from the Appstore has
+    none (Appstore workflow, step 2). Both renewal pages say that for an app in DRAFT status
+    Amazon does include version=beta on a re-authorization; this route does not."""
     if request.query.get("application_id") != config.application_id:
         return _unknown_application()
     if config.login_uri is None:
@@ -89,9 +105,14 @@ async def confirm(request: Request, config: SandboxConfig, state: SandboxState) 
     """The ``amazon_callback_uri`` of login-URI mode: check the application id in the path and
     the single-use ``amazon_state``, then send the seller to the redirect URI with a code.
 
-    As on the consent page, a draft app needs ``version=beta`` here too: "if you include the
-    version=beta parameter, the workflow authorizes an application in Draft state" (guide,
-    step 3 of the workflow)."""
+    The parameters are those of "Selling Partner Appstore Authorization Workflow", step 3
+    (https://developer-docs.amazon.com/sp-api/docs/selling-partner-appstore-authorization-workflow):
+    ``redirect_uri`` (optional, the first registered one by default), ``amazon_state``,
+    ``state``. As on the consent page, a draft app needs ``version=beta`` here too: "if you
+    include the version=beta parameter, the workflow authorizes an application in Draft state"
+    (same step), and the test workflow "adds the version=beta parameter to the Amazon callback
+    URI". That ``amazon_state`` is single-use and lives as long as a code has no public source:
+    the pages only call it a guard against cross-site request forgery and give no lifetime."""
     if request.path_params["application_id"] != config.application_id:
         return _unknown_application()
     checked = _check_authorization(request, config)
@@ -108,6 +129,10 @@ async def confirm(request: Request, config: SandboxConfig, state: SandboxState) 
 
 def _check_authorization(request: Request, config: SandboxConfig) -> tuple[str, str] | Response:
     """The redirect URI and state to answer with, or the error page Seller Central shows."""
+    # redirect_uri is optional: "the default is the first OAuth Redirect URI that you specified"
+    # (Website Authorization Workflow, step 1 in the guide; Appstore workflow, step 3). MD5110
+    # ("the URL Redirect contains fragments"), MD5101 (no match with the app's redirect URLs)
+    # and MD1000 (a draft app without version=beta) are from "Authorization Errors".
     redirect_uri = request.query.get("redirect_uri") or config.redirect_uris[0]
     if "#" in redirect_uri:
         return _error_page("MD5110", "The redirect URI must not contain a fragment.")
@@ -119,6 +144,8 @@ def _check_authorization(request: Request, config: SandboxConfig) -> tuple[str, 
         return _error_page(
             "MD1000", "This application is in draft state: add version=beta to authorize it."
         )
+    # The workflows list state as a parameter (only redirect_uri is marked optional); what
+    # Seller Central shows without it is unpublished: this page is the sandbox's own.
     app_state = request.query.get("state")
     if not app_state:
         return _error_page(None, "The authorization request is missing the state parameter.")
@@ -144,6 +171,7 @@ def _with_query(url: str, params: dict[str, str]) -> str:
 
 
 def _unknown_application() -> Response:
+    # No public source: "Authorization Errors" lists no code for an unknown application id.
     return _error_page(None, "The application you are trying to authorize could not be found.")
 
 

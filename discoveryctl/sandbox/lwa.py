@@ -73,9 +73,11 @@ async def token(request: Request, config: SandboxConfig, state: SandboxState) ->
         outcome = await _refresh(state, config, grant)
     else:
         # A code grant that names a redirect URI must name the one the code was issued for
-        # (RFC 6749 §4.1.3). One that names none is accepted: clients that work against LWA
-        # send none (python-amazon-sp-api's `authorize_auth_code` posts grant_type, code,
-        # client_id and client_secret alone), although LWA's page lists the parameter
+        # (RFC 6749 §4.1.3). One that names none is accepted: the example request of the SP-API
+        # guide's Website Authorization Workflow (step 4) sends none, nor do clients that work
+        # against LWA (python-amazon-sp-api's `authorize_auth_code` posts grant_type, code,
+        # client_id and client_secret alone), although the guide's table and LWA's page list
+        # the parameter
         # (https://developer.amazon.com/docs/amazon-data-portability/lwa-access-token.html).
         redirect_uri = form.get("redirect_uri") or None
         outcome = await _exchange_code(state, config, grant, redirect_uri)
@@ -84,8 +86,9 @@ async def token(request: Request, config: SandboxConfig, state: SandboxState) ->
     seller_id = outcome.selling_partner_id
     omit = state.take_behaviour(seller_id, "omit_refresh_token") is not None
     # RFC 6749 §5.1 makes expires_in a number, and every Amazon example found shows 3600: no
-    # public source shows LWA answering the string "3600"; this switch is for clients that
-    # must cope with servers that do.
+    # public source shows LWA answering the string "3600" (Amazon Pay Later's "Access Token
+    # API" types it String in a table, no more); this switch is for clients that must cope
+    # with servers that do.
     as_string = state.take_behaviour(seller_id, "expires_in_string") is not None
     expires_in = str(config.access_token_ttl) if as_string else config.access_token_ttl
     return _granted(outcome, expires_in, with_refresh_token=not omit)
@@ -157,6 +160,11 @@ async def _apply_behaviours(state: SandboxState, seller_id: str, parameter: str)
 
 
 def _granted(tokens: Tokens, expires_in: int | str, *, with_refresh_token: bool) -> Response:
+    # Atza|/Atzr| tokens, "bearer", expires_in (LWA "Access Tokens"); Cache-Control: no-store and
+    # Pragma: no-cache as in the example answer of the SP-API guide's Website Authorization
+    # Workflow, step 4. No refresh token with omit_refresh_token: LWA can answer without one
+    # (Amazon Data Portability, "Use the refresh token to get new tokens",
+    # https://developer.amazon.com/docs/amazon-data-portability/use-refresh-token.html).
     payload: dict[str, str | int] = {"access_token": tokens.access_token}
     if with_refresh_token:
         payload["refresh_token"] = tokens.refresh_token

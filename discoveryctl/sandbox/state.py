@@ -203,7 +203,9 @@ class SandboxState:
     # -- consent ----------------------------------------------------------------------------------
 
     def open_amazon_state(self, selling_partner_id: str, ttl: float) -> str:
-        """An opaque, single-use ``amazon_state`` for the login-URI step."""
+        """An opaque, single-use ``amazon_state`` for the login-URI step. Single use and the
+        lifetime (the caller passes the code's) are the sandbox's own choice: the SP-API pages
+        only call it a guard against cross-site request forgery."""
         amazon_state = secrets.token_urlsafe(32)
         with self._lock:
             self._amazon_states[amazon_state] = (selling_partner_id, self.clock.now() + ttl)
@@ -219,7 +221,11 @@ class SandboxState:
         return entry[0]
 
     def issue_code(self, selling_partner_id: str, redirect_uri: str, ttl: float) -> str:
-        """A single-use ``spapi_oauth_code`` bound to the seller and the redirect URI."""
+        """A single-use ``spapi_oauth_code`` bound to the seller and the redirect URI: it
+        "expires after five minutes" (Website Authorization Workflow), "authorization codes are
+        one-use tokens" (Amazon Video Central, "Token requests",
+        https://videocentral.amazon.com/support/pt_BR/token-requests); the binding to the
+        redirect URI follows RFC 6749 §4.1.3, no Amazon page."""
         code = "".join(secrets.choice(_ALNUM) for _ in range(20))
         with self._lock:
             self._codes[code] = (selling_partner_id, redirect_uri, self.clock.now() + ttl)
