@@ -264,13 +264,28 @@ def test_a_consent_started_at_amazon_goes_to_the_login_uri_without_a_state_of_th
         )
         target, login = redirected_to(entry)
         assert target == LOGIN_URI
-        assert set(login) == {"amazon_callback_uri", "amazon_state", "selling_partner_id"}
-        assert login["selling_partner_id"] == seller
+        # a draft app's re-authorization carries version=beta (both renewal pages, step 1)
+        assert set(login) == {
+            "amazon_callback_uri",
+            "amazon_state",
+            "selling_partner_id",
+            "version",
+        }
+        assert (login["selling_partner_id"], login["version"]) == (seller, "beta")
         callback = sandbox.browser_url(login["amazon_callback_uri"])
         target, query = redirected_to(client.get(callback, params=confirm_params(login)))
         assert (target, query["selling_partner_id"]) == (REDIRECT_URI, seller)
         unknown = client.get("/apps/manage/authorize", params={"application_id": "other"})
         assert unknown.status_code == 400
+
+
+def test_a_published_app_s_reauthorization_carries_no_version_beta() -> None:
+    config = SandboxConfig(login_uri=LOGIN_URI, draft=False)
+    with run_in_thread(config) as sandbox, httpx.Client(base_url=sandbox.url) as client:
+        seller = sandbox.state.add_seller().selling_partner_id
+        params = {"application_id": sandbox.config.application_id, "selling_partner_id": seller}
+        _, login = redirected_to(client.get("/apps/manage/authorize", params=params))
+    assert "version" not in login
 
 
 def test_a_consent_started_at_amazon_needs_a_login_uri(sandbox: Sandbox) -> None:

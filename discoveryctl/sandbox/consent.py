@@ -79,9 +79,9 @@ async def authorize_at_amazon(
     steps 1 and 2,
     https://developer-docs.amazon.com/sp-api/docs/selling-partner-appstore-authorization-workflow).
     The address of that button is not public: this path is the sandbox's own. No ``state`` of
-    the app's, and no ``version=beta``: a production workflow started from the Appstore has
-    none (Appstore workflow, step 2). Both renewal pages say that for an app in DRAFT status
-    Amazon does include version=beta on a re-authorization; this route does not."""
+    the app's; ``version=beta`` only for an app in DRAFT status ("If the application is in
+    DRAFT status, Amazon includes the version=beta parameter", both renewal pages, step 1): a
+    published app's workflow has none (Appstore workflow, step 2)."""
     if request.query.get("application_id") != config.application_id:
         return _unknown_application()
     if config.login_uri is None:
@@ -92,6 +92,8 @@ async def authorize_at_amazon(
         "amazon_state": state.open_amazon_state(seller_id, config.code_ttl),
         "selling_partner_id": seller_id,
     }
+    if config.draft:
+        login["version"] = "beta"
     return redirect(_with_query(config.login_uri, login))
 
 
