@@ -35,7 +35,12 @@ from discoveryctl.cli import EXIT_CODES
 from discoveryctl.config import Config
 from discoveryctl.db.engine import Database
 from discoveryctl.db.models import IntegrationStatus, StripeCustomer
-from discoveryctl.errors import AppCredentialsRejected, Interrupted, NeedsAttention
+from discoveryctl.errors import (
+    AppCredentialsRejected,
+    Interrupted,
+    MassRevocationHeld,
+    NeedsAttention,
+)
 from discoveryctl.jobs.refresh_all import (
     Plan,
     Result,
@@ -356,6 +361,21 @@ def test_the_app_refused_at_stripe_exits_3() -> None:
     assert raised.value.message == "bad key"
     with pytest.raises(AppCredentialsRejected):
         raise_for(Result(None, stripe(app_rejected="bad key", outcomes={"failed": 1}), 1))
+
+
+def test_a_held_mass_revocation_exits_3_naming_the_count_before_stripe_and_attention() -> None:
+    held = amazon(mass_revocation_held=7, answered=12, outcomes={"refreshed": 5, "failed": 1})
+    with pytest.raises(MassRevocationHeld) as raised:
+        raise_for(Result(held, stripe(outcomes={"failed": 1}), 1))
+    assert raised.value.message.startswith("7 of 12 refresh answers said")
+    assert EXIT_CODES[raised.value.kind] == 3
+
+
+def test_the_amazon_line_says_how_many_were_held() -> None:
+    summary = amazon(seconds=1.0, mass_revocation_held=7, outcomes={"refreshed": 5})
+    assert amazon_line(summary) == (
+        "refresh-all: 5 in 1.0 s, 5.0/s (5 refreshed; 7 held: nobody marked)"
+    )
 
 
 def test_an_interrupted_run_exits_130_before_what_needs_attention() -> None:

@@ -212,6 +212,7 @@ def test_with_verify_one_refusal_is_confirmed_with_a_fresh_grant_that_works(
     # the first grant rotated the refresh token; the second, sent with it, did not: kept
     assert answer.grant.refresh_token is not None
     assert answer.grant.refresh_token != seller.refresh_token
+    assert answer.grant.expires_in == 3600
     assert [a.number for a in answer.tries] == [1, 1]
 
 
@@ -238,11 +239,32 @@ def test_with_verify_lwa_refusing_the_confirming_grant_is_the_seller_s_verdict(
     def revoke_after_the_first_grant() -> None:  # its access tokens die with it: refused
         sandbox.state.revoke(seller.selling_partner_id)
 
-    answer, _ = refresh_one(sandbox, vault, due, verify=True, between=revoke_after_the_first_grant)
+    answer, closing = refresh_one(
+        sandbox, vault, due, verify=True, between=revoke_after_the_first_grant
+    )
     assert answer is not None and answer.grant is not None  # the first grant, still stored
+    assert answer.due == due
     assert answer.verdict is not None and answer.verdict.outcome == RefreshOutcome.revoked
     assert answer.gone and answer.check_error is None
+    assert [a.number for a in answer.tries] == [1]  # the grant's; the refusal is the verdict
+    assert isinstance(answer.first_refusal, SpApiTokenRefused)
     assert sent(sandbox, CHECK_CALLS) == 1
+    assert not closing.is_closed()
+
+
+def test_with_verify_the_app_refused_at_the_confirming_grant_closes_the_run(
+    vault: Vault, sandbox: Sandbox
+) -> None:
+    seller = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.selling_partner_id, "spapi_401", times=1)
+    due = due_for(vault, seller.refresh_token, may_check=True)
+
+    def rotate_the_secret() -> None:
+        sandbox.state.rotate_client_secret("a-new-secret")
+
+    answer, closing = refresh_one(sandbox, vault, due, verify=True, between=rotate_the_secret)
+    assert answer is not None and answer.verdict is not None and answer.verdict.app_rejected
+    assert closing.is_closed() and closing.grace_ends is None
 
 
 def test_a_seller_looked_at_again_is_not_confirmed_again(vault: Vault, sandbox: Sandbox) -> None:
