@@ -28,10 +28,13 @@ def check(
 ) -> None:
     """Check sellers' authorizations live with SP-API getMarketplaceParticipations.
 
-    An answer marks the seller in sync; 401, or 403 saying the token is revoked or invalid,
-    marks it revoked, or expired past its re-authorization date, as a refresh would (the
-    seller is told how to reconnect); a transient failure is counted with the same backoff
-    as a failed refresh; any other 403 is recorded only.
+    An answer marks the seller in sync. A refusal (401, or 403 saying the token is revoked,
+    malformed, invalid or expired) is confirmed first: the token is refreshed (LWA's
+    invalid_grant decides there) and the SP-API asked once more; only a fresh token refused
+    again marks the seller revoked, or expired past its re-authorization date, as a refresh
+    would (the seller is told how to reconnect; refresh-all looks at it again). A transient
+    failure is counted with the same backoff as a failed refresh; any other 403 is recorded
+    only.
     Checks follow the call's SP-API usage plan per seller (about one a minute, bursts of
     15): a seller checked too often is "paced", not called. Exit 1 if any seller needs
     attention (a paced seller does not).
