@@ -496,6 +496,7 @@ def test_a_refused_token_is_recorded_as_a_refused_refresh(
         "oauth_token_expired" if outcome == CheckOutcome.expired else "oauth_token_revoked"
     )
     assert (failed.error_type, failed.detail["http_status"]) == (expected_type, 401)
+    assert failed.detail["message"] == "SP-API refused the seller's token (401): gone"
     (checked,) = events_of(database, "u1", *CHECK_KINDS)
     assert checked.error_type == "spapi_token_refused"
     credential = credential_of(database, "u1")
@@ -551,6 +552,8 @@ def test_an_answer_brings_back_a_seller_the_sp_api_refused(
     assert lost.resolved_at is not None
     credential = credential_of(database, "u1")
     assert credential.refused_by_spapi_at is None and credential.next_attempt_at is None
+    back = events_of(database, "u1", "status_changed")[-1]
+    assert (back.detail["to"], back.detail["reason"]) == ("active", "spapi_accepted")
 
 
 def test_an_answer_does_not_bring_back_a_seller_lwa_refused(

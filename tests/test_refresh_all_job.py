@@ -29,6 +29,7 @@ from refresh_all_seeds import (  # noqa: F401  (fixtures)
     vault_fixture,
 )
 
+from discoveryctl.amazon.mass_revocation import Brake
 from discoveryctl.amazon.refresh_all import Summary
 from discoveryctl.billing.customers import PendingRun
 from discoveryctl.cli import EXIT_CODES
@@ -300,6 +301,18 @@ def test_a_stripe_half_with_no_time_left_creates_nothing_and_says_so(
     result = job(database, None, sandbox.env(), Plan(amazon=False, deadline=0.0))
     assert result.stripe is not None and result.stripe.deadline_reached
     assert customers_made(sandbox) == []
+
+
+def test_a_run_holds_a_mass_revocation_unless_its_plan_accepts_it(
+    database: Database, vault: Vault, sandbox: Sandbox
+) -> None:
+    known = sellers(database, vault, sandbox, 10)
+    for seller in known[:6]:
+        sandbox.state.revoke(seller.selling_partner_id)
+    held = job(database, vault, sandbox.env(), Plan(stripe=False))
+    assert held.amazon is not None and held.amazon.mass_revocation_held == 6
+    accepted = job(database, vault, sandbox.env(), Plan(stripe=False, brake=Brake(accept=True)))
+    assert accepted.amazon is not None and accepted.amazon.outcomes["revoked"] == 6
 
 
 # -- --dry-run ----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 
 from discoveryctl.amazon.refresh_all import Answer, Closing, Due, _refresh_one
 from discoveryctl.amazon.verdict import RefreshOutcome
-from discoveryctl.errors import SpApiTokenRefused
+from discoveryctl.errors import SpApiTokenRefused, TransientProviderError
 from discoveryctl.providers.lwa import AsyncLwaClient, TokenGrant
 from discoveryctl.providers.spapi import AsyncSpApiClient
 from discoveryctl.sandbox import Sandbox
@@ -285,3 +285,17 @@ def test_a_seller_not_asked_to_be_checked_is_not_called(vault: Vault, sandbox: S
     assert answer is not None and answer.grant is not None
     assert (answer.checked, answer.paced) == (False, False)
     assert sent(sandbox, CHECK_CALLS) == 0
+
+
+def test_with_verify_a_check_that_does_not_get_through_is_kept_with_the_grant(
+    vault: Vault, sandbox: Sandbox
+) -> None:
+    seller = sandbox.state.add_seller()
+    sandbox.state.set_behaviour(seller.selling_partner_id, "spapi_429", retry_after=0)
+    due = due_for(vault, seller.refresh_token, may_check=True)
+    answer, _ = refresh_one(sandbox, vault, due, verify=True)
+    assert answer is not None and answer.grant is not None
+    assert isinstance(answer.check_error, TransientProviderError)
+    assert answer.check_error.error_type == "spapi_throttled"
+    assert (answer.confirmed, answer.first_refusal, answer.gone) == (False, None, False)
+    assert sent(sandbox) == 1  # no confirming grant for a refusal that never came

@@ -584,6 +584,7 @@ def test_a_run_closed_by_the_app_s_refusal_gives_no_grace() -> None:
 # -- the run's end: the held verdicts, and the brake --------------------------------------------
 
 GONE = Verdict(RefreshOutcome.revoked, "oauth_token_revoked", "LWA refused the grant", 400)
+REFUSED = SpApiTokenRefused("refused again", error_type="spapi_token_refused", status_code=401)
 
 
 def held_run(database: Database, vault: Vault, sellers: int, gone: int) -> tuple[Summary, Any]:
@@ -709,3 +710,49 @@ def test_a_grant_alone_does_not_bring_back_a_seller_looked_at_again(
     assert statuses(db_rows) == {"u1": "revoked"}
     (row,) = db_rows.rows("SELECT access_token FROM credentials")
     assert row["access_token"] is not None  # the grant is stored all the same
+
+
+def test_a_held_verdict_after_the_run_s_rotation_and_a_reconnect_since_is_dropped(
+    db_rows: Any, database: Database, vault: Vault
+) -> None:
+    add_seller(database, vault, "gone")  # its credential removed before the run's end
+    add_seller(database, vault, "u1")
+    gone, due = claim(database)
+    rotated = TokenGrant("Atza|first", "Atzr|rotated", 3600)
+    summary = write(
+        database,
+        vault,
+        [gone, due],
+        [
+            Answer(gone, grant=GRANT, check_error=REFUSED, confirmed=True),
+            Answer(due, grant=rotated, verdict=GONE),
+        ],
+        brake=None,
+    )
+    with db_rows.engine.begin() as connection:  # a reconnect, then the other one removed
+        connection.exec_driver_sql(
+            "UPDATE credentials SET refresh_token = :token WHERE id = :id",
+            {"token": vault.encrypt("Atzr|reconnected"), "id": due.credential_id},
+        )
+        connection.exec_driver_sql(f"DELETE FROM credentials WHERE id = {gone.credential_id}")
+    settle(database.session, vault, summary, Brake(), frontend_url=FRONTEND)
+    assert counted(summary.outcomes) == {"refreshed": 2}
+    assert dict(summary.checks) == {}
+    assert statuses(db_rows) == {"gone": "active", "u1": "active"}
+
+
+def test_a_confirming_call_is_spent_from_the_seller_s_allowance(
+    db_rows: Any, database: Database, vault: Vault
+) -> None:
+    for user in ("confirmed", "refused-at-lwa", "plain"):
+        add_seller(database, vault, user)
+    batch = claim(database, checks=True)  # one check each: 14 left
+    first = SpApiTokenRefused("refused", error_type="spapi_token_refused", status_code=401)
+    answers = [
+        Answer(batch[0], grant=GRANT, checked=True, first_refusal=first),
+        Answer(batch[1], grant=GRANT, verdict=GONE, first_refusal=first),
+        Answer(batch[2], grant=GRANT, checked=True),
+    ]
+    write(database, vault, batch, answers)
+    left = [credential(db_rows, due.credential_id)["check_allowance"] for due in batch]
+    assert left == [13.0, 14.0, 14.0]

@@ -312,9 +312,7 @@ def record_check(
     record_refusal(session, user_id, error)
     now = utcnow()
     evidence = (
-        SellerAuthorizationRevoked(
-            error.message, error_type=error.error_type, status_code=error.status_code
-        )
+        SellerAuthorizationRevoked(error.message, status_code=error.status_code)
         if refused
         else error
     )

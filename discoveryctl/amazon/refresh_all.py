@@ -482,7 +482,8 @@ async def _confirm(
 
 def _replaced_since(session: Session, vault: Vault, answers: list[Answer]) -> set[int]:
     """Which of these answers' credentials hold another refresh token than the answer left
-    there (the one sent, or the one LWA rotated to and the run stored): a reconnect since."""
+    there (the one sent, or the one LWA rotated to and the run stored: a reconnect since), or
+    are gone."""
     credential = table_of(Credential)
     if not answers:
         return set()
@@ -495,13 +496,15 @@ def _replaced_since(session: Session, vault: Vault, answers: list[Answer]) -> se
     replaced = set()
     for answer in answers:
         now = stored.get(answer.due.credential_id)
-        if now is None:
-            continue  # removed since: record_failures passes it by
+        if now is None:  # removed since: nothing left to record on
+            replaced.add(answer.due.credential_id)
+            continue
         rotated = None if answer.grant is None else answer.grant.refresh_token
         if rotated is None:
             changed = now != answer.due.refresh_token
         else:
-            changed = vault.decrypt(now, what="the refresh token") != rotated
+            # Mutation testing: ``what`` only names the secret in an error message.
+            changed = vault.decrypt(now, what="the refresh token") != rotated  # pragma: no mutate
         if changed:
             replaced.add(answer.due.credential_id)
     return replaced
@@ -565,9 +568,8 @@ def _record(
         for a in answers
         if a.verdict is not None and not a.verdict.app_rejected and not a.gone
     ]
-    for _, decided, _ in failures:
-        summary.outcomes[decided.outcome] += 1
-    record_failures(session, failures, frontend_url=frontend_url)
+    for done in record_failures(session, failures, frontend_url=frontend_url):
+        summary.outcomes[done.outcome] += 1  # those recorded: a seller removed since is not
 
 
 def _spend_confirming_calls(session: Session, answers: list[Answer]) -> None:
@@ -614,9 +616,8 @@ def settle(
         stale = _replaced_since(session, vault, held)
         kept = [a for a in held if a.due.credential_id not in stale]
         failures = [(a.due.user_id, a.verdict, a.tries) for a in kept if a.verdict is not None]
-        for _, decided, _ in failures:
-            summary.outcomes[decided.outcome] += 1
-        record_failures(session, failures, frontend_url=frontend_url)
+        for done in record_failures(session, failures, frontend_url=frontend_url):
+            summary.outcomes[done.outcome] += 1
         for answer in kept:
             if answer.verdict is None and answer.check_error is not None:
                 outcome = record_check(
