@@ -601,7 +601,8 @@ def held_run(database: Database, vault: Vault, sellers: int, gone: int) -> tuple
 
 def admin_alerts(db: Any) -> list[Any]:
     return db.rows(
-        "SELECT kind, detail, resolved_at FROM notifications WHERE audience = 'admin' ORDER BY id"
+        "SELECT kind, title, message, detail, resolved_at FROM notifications"
+        " WHERE audience = 'admin' ORDER BY id"
     )
 
 
@@ -618,6 +619,10 @@ def test_the_brake_holds_every_verdict_marks_nobody_and_tells_the_admins(
     (alert,) = admin_alerts(db_rows)
     assert alert["kind"] == "mass_revocation_held"
     assert json.loads(alert["detail"]) == {"held": 6, "answered": 10}
+    assert alert["title"] == (
+        "Amazon: most sellers' authorizations said gone at once: nobody marked"
+    )
+    assert alert["message"].startswith("6 of 10 refresh answers said")
 
 
 def test_verdicts_the_brake_lets_through_are_applied_and_the_alert_resolved(
@@ -629,6 +634,7 @@ def test_verdicts_the_brake_lets_through_are_applied_and_the_alert_resolved(
     settle(database.session, vault, again, Brake(accept=True), frontend_url=FRONTEND)
     assert again.mass_revocation_held == 0
     assert counted(again.outcomes) == {"revoked": 6}
+    assert dict(again.checks) == {}  # LWA's verdicts: no check recorded for them
     assert sorted(u for u, s in statuses(db_rows).items() if s == "revoked") == [
         f"u{n}" for n in range(6)
     ]
@@ -677,27 +683,35 @@ def test_a_held_verdict_after_the_run_s_own_rotation_is_applied(
 def test_a_seller_looked_at_again_whose_token_the_sp_api_takes_is_active_again(
     db_rows: Any, database: Database, vault: Vault
 ) -> None:
-    add_seller(database, vault, "u1", status="revoked", refused_by_spapi_at=NOW)
-    (due,) = claim(database)
-    summary = write(database, vault, [due], [Answer(due, grant=GRANT, checked=True)])
-    assert dict(summary.checks) == {"restored": 1}
-    assert statuses(db_rows) == {"u1": "active"}
-    assert events_of(db_rows, "seller_checked") == ["u1"]
+    for user in ("u1", "u2"):
+        add_seller(database, vault, user, status="revoked", refused_by_spapi_at=NOW)
+    batch = claim(database)
+    answers = [Answer(due, grant=GRANT, checked=True) for due in batch]
+    summary = write(database, vault, batch, answers)
+    assert dict(summary.checks) == {"restored": 2}
+    assert statuses(db_rows) == {"u1": "active", "u2": "active"}
+    assert events_of(db_rows, "seller_checked") == ["u1", "u2"]
 
 
 def test_a_seller_looked_at_again_refused_again_stays_gone_and_needs_no_attention(
     db_rows: Any, database: Database, vault: Vault
 ) -> None:
-    add_seller(database, vault, "u1", status="revoked", refused_by_spapi_at=NOW)
-    (due,) = claim(database)
+    for user in ("u1", "u2"):
+        add_seller(database, vault, user, status="revoked", refused_by_spapi_at=NOW)
+    batch = claim(database)
     refused = SpApiTokenRefused("refused", error_type="spapi_token_refused", status_code=401)
-    answer = Answer(due, grant=GRANT, check_error=refused, confirmed=True)
-    summary = write(database, vault, [due], [answer])
-    assert dict(summary.checks) == {"still_refused": 1}
-    assert summary.held == [] and statuses(db_rows) == {"u1": "revoked"}
-    (row,) = db_rows.rows("SELECT access_token, next_attempt_at FROM credentials")
-    assert row["next_attempt_at"] is not None  # left a while before the next look
+    answers = [Answer(due, grant=GRANT, check_error=refused, confirmed=True) for due in batch]
+    summary = write(database, vault, batch, answers)
+    assert dict(summary.checks) == {"still_refused": 2}
+    assert summary.held == [] and statuses(db_rows) == {"u1": "revoked", "u2": "revoked"}
+    rows = db_rows.rows("SELECT access_token, next_attempt_at FROM credentials")
+    assert all(row["next_attempt_at"] is not None for row in rows)  # left a while
     assert db_rows.rows("SELECT * FROM notifications") == []  # nothing new to tell
+    throttled = TransientProviderError("slow", error_type="spapi_throttled", status_code=429)
+    add_seller(database, vault, "u3", status="revoked", refused_by_spapi_at=NOW)
+    (due,) = claim(database, after=batch[-1].credential_id)
+    answer = Answer(due, grant=GRANT, check_error=throttled)
+    assert dict(write(database, vault, [due], [answer]).checks) == {"failed": 1}
 
 
 def test_a_grant_alone_does_not_bring_back_a_seller_looked_at_again(
