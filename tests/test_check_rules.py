@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -287,6 +288,26 @@ def test_a_check_waits_for_another_s_refresh_only_as_long_as_it_is_told(
     assert participation_calls(amazon) == 0
 
 
+def test_the_confirming_refresh_waits_for_another_s_only_as_long_as_the_check_is_told(
+    amazon: Sandbox, database: Database, vault: Vault, lwa: LwaClient, spapi: SpApiClient
+) -> None:
+    """The cached token is refused; another process holds the lease meanwhile: the confirming
+    refresh waits ``wait_for_lease`` for it, not the minute a lease may last."""
+    sandbox_seller(amazon, database, vault, access_token="Atza|never-issued", expires_at=NOW)
+    credential_id = credential_of(database, "u1").id
+    with database.session() as session:
+        assert claim(session, credential_id, "another-process", datetime.now(UTC))
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransientProviderError) as raised:
+            check_u1(database, vault, lwa, spapi)
+    finally:
+        release(database, "another-process")
+    assert raised.value.error_type == "refresh_in_progress"
+    assert time.monotonic() - started < WAIT + 5
+    assert participation_calls(amazon) == 1
+
+
 def release(database: Database, owner: str) -> None:
     with database.session() as session:
         CREDENTIALS.release(session, owner)
@@ -361,6 +382,8 @@ def test_a_transient_failure_at_the_confirming_refresh_is_counted_and_decides_no
     amazon.state.set_behaviour(known.selling_partner_id, "flaky", status=503)
     checked = check_u1(database, vault, lwa, spapi)
     assert checked.outcome == CheckOutcome.failed and checked.reconnect_url is None
+    assert checked.user_id == "u1"
+    assert checked.message is not None and checked.message.startswith("LWA answered 503")
     integration = integration_of(database, "u1")
     assert integration.status == Status.active
     assert integration.meta["consecutive_failures"] == 1

@@ -164,7 +164,15 @@ def check_seller(
     except SellerAuthorizationRevoked as error:  # the refresh itself found it gone
         return _gone(user_id, error, frontend_url)
     try:
-        return _call(session_scope, spapi, user_id, token, frontend_url, confirmed=False)
+        # Mutation testing: None says "not confirmed" as False does.
+        return _call(
+            session_scope,
+            spapi,
+            user_id,
+            token,
+            frontend_url,
+            confirmed=False,  # pragma: no mutate
+        )
     except SpApiTokenRefused as refused:
         with session_scope() as session:
             record_refusal(session, user_id, refused)  # on record, not yet acted on
