@@ -11,7 +11,7 @@ import pytest
 
 from discoveryctl.sandbox import Sandbox
 
-from helpers import amazon_line, write_lines
+from helpers import amazon_line, import_sellers, write_lines
 
 
 @pytest.fixture
@@ -277,3 +277,54 @@ def test_a_failed_check_waits_out_the_backoff_a_failed_refresh_would(
     due = cli("refresh-all", "--dry-run", "--provider", "amazon").stdout.split("\n")
     assert "u0 amazon" not in due
     assert "u1 amazon" in due
+
+
+# -- a check of every seller weighs its revocations together ----------------------------------
+
+
+def test_checking_everyone_with_another_app_s_client_id_revokes_nobody(
+    db: Any, cli: Any, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    import_sellers(cli, sandbox, tmp_path, 10)  # no token cached: each check refreshes first
+    other_id, other_secret = sandbox.config.other_apps[0]
+    monkeypatch.setenv("AMAZON_LWA_CLIENT_ID", other_id)
+    monkeypatch.setenv("AMAZON_LWA_CLIENT_SECRET", other_secret)
+    result = cli("check", "amazon", "--json")
+    assert result.exit_code == 3, result.stderr
+    assert "10 of 10 refresh answers" in result.stderr
+    statuses = {r["user_id"]: r["status"] for r in cli("status", "--json").json()}
+    assert set(statuses.values()) == {"active"}
+    assert db.scalar("SELECT count(*) FROM notifications WHERE audience = 'user'") == 0
+    (alert,) = cli("notifications", "--admin", "--json").json()
+    assert alert["kind"] == "mass_revocation_held"
+    accepted = cli("check", "amazon", "--accept-mass-revocation", "--json")
+    assert accepted.exit_code == 1
+    statuses = {r["user_id"]: r["status"] for r in cli("status", "--json").json()}
+    assert set(statuses.values()) == {"revoked"}
+
+
+def test_checking_everyone_when_the_sp_api_refuses_most_revokes_nobody(
+    db: Any, cli: Any, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    known = import_sellers(cli, sandbox, tmp_path, 10)
+    for seller in known[:6]:  # two fresh tokens refused each: the SP-API's word, 6 of 10
+        sandbox.state.set_behaviour(seller.selling_partner_id, "spapi_401", times=2)
+    result = cli("check", "amazon", "--json")
+    assert result.exit_code == 3, result.stderr
+    statuses = {r["user_id"]: r["status"] for r in cli("status", "--json").json()}
+    assert set(statuses.values()) == {"active"}
+    for seller in known[:5]:
+        sandbox.state.set_behaviour(seller.selling_partner_id, "spapi_401", times=2)
+    result = cli("check", "amazon", "--json")  # 5 of 10: not more than half, applied
+    assert result.exit_code == 1
+    outcomes = [c["outcome"] for c in result.json()]
+    assert outcomes.count("revoked") == 5
+    revoked = db.rows(
+        "SELECT c.refused_by_spapi_at FROM credentials c JOIN integration_status i"
+        " ON i.id = c.integration_id WHERE i.status = 'revoked'"
+    )
+    assert len(revoked) == 5 and all(r["refused_by_spapi_at"] is not None for r in revoked)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from amazon_rules import (
     FRONTEND,
     add_seller,
@@ -42,12 +43,15 @@ from discoveryctl.amazon.check import (
     check_seller,
     record_check,
     seconds_until_check,
+    settle,
     spend_check,
 )
+from discoveryctl.amazon.mass_revocation import Brake, Held
 from discoveryctl.amazon.refresh import claim
+from discoveryctl.amazon.verdict import REVOKED, RefreshOutcome, Verdict
 from discoveryctl.db.engine import Database
 from discoveryctl.db.leases import CREDENTIALS
-from discoveryctl.db.models import Credential
+from discoveryctl.db.models import Credential, IntegrationStatus
 from discoveryctl.errors import (
     AppCredentialsRejected,
     ProviderError,
@@ -226,7 +230,15 @@ def test_a_seller_is_checked_in_its_own_region(
 def test_a_seller_without_a_whole_check_left_is_not_called(
     amazon: Sandbox, database: Database, vault: Vault, lwa: LwaClient, spapi: SpApiClient
 ) -> None:
-    sandbox_seller(amazon, database, vault, check_allowance=0.5, check_allowance_at=now())
+    sandbox_seller(  # a cached token: no refresh first, so the wait is read at once
+        amazon,
+        database,
+        vault,
+        access_token="Atza|cached",
+        expires_at=NOW,
+        check_allowance=0.5,
+        check_allowance_at=now(),
+    )
     checked = check_u1(database, vault, lwa, spapi)
     assert checked == Checked(
         "u1",
@@ -643,3 +655,65 @@ def test_every_active_amazon_seller_is_checked_in_order(database: Database, vaul
         lifecycle.create(session, "payer", "stripe", Status.active)
     with database.session() as session:
         assert active_sellers(session) == ["u1", "u2"]
+
+
+# -- a check of every seller: held verdicts, weighed at the end ---------------------------------
+
+
+def test_a_fresh_token_refused_again_is_held_when_asked(
+    amazon: Sandbox, database: Database, vault: Vault, lwa: LwaClient, spapi: SpApiClient
+) -> None:
+    known = sandbox_seller(amazon, database, vault, authorized_at=now() - timedelta(days=365))
+    amazon.state.set_behaviour(known.selling_partner_id, "spapi_401", times=2)
+    held: list[Held] = []
+    checked = check_seller(
+        database.session, vault, lwa, spapi, "u1", frontend_url=FRONTEND, held=held
+    )
+    assert (checked.user_id, checked.outcome, checked.reconnect_url) == (
+        "u1",
+        CheckOutcome.expired,  # the verdict a refresh would reach, past 365 days
+        RECONNECT_U1,
+    )
+    assert checked.message is not None and checked.message.startswith("SP-API refused")
+    (kept,) = held
+    assert (kept.user_id, kept.verdict) == ("u1", None)
+    assert isinstance(kept.refusal, SpApiTokenRefused)
+    assert integration_of(database, "u1").status == Status.active
+    assert credential_of(database, "u1").refused_by_spapi_at is None
+
+
+def held_for(database: Database, vault: Vault, users: int, gone: int) -> list[Held]:
+    for n in range(users):
+        add_seller(database, vault, f"u{n}")
+    lwa_said = Verdict(RefreshOutcome.revoked, REVOKED, "LWA refused the grant", 400)
+    return [
+        Held(f"u{n}", lwa_said) if n % 2 else Held(f"u{n}", refusal=refused()) for n in range(gone)
+    ]
+
+
+def test_held_verdicts_that_are_most_of_the_answers_mark_nobody(
+    database: Database, vault: Vault
+) -> None:
+    held = held_for(database, vault, 10, 6)
+    assert settle(database.session, held, 10, Brake(), frontend_url=FRONTEND)
+    with database.session() as session:
+        statuses = {i.user_id: i.status for i in session.scalars(sa.select(IntegrationStatus))}
+    assert set(statuses.values()) == {Status.active}
+    (alert,) = notifications_of(database, "admin")
+    assert (alert.kind, alert.detail) == ("mass_revocation_held", {"held": 6, "answered": 10})
+
+
+def test_held_verdicts_the_brake_lets_through_are_applied_each_as_its_own(
+    database: Database, vault: Vault
+) -> None:
+    held = held_for(database, vault, 10, 5)
+    with database.session() as session:  # u0 removed since: nothing to record on
+        session.delete(lifecycle.find(session, "u0", "amazon"))
+    assert not settle(database.session, held, 10, Brake(), frontend_url=FRONTEND)
+    for user in ("u1", "u3"):  # LWA's word
+        assert integration_of(database, user).status == Status.revoked
+        assert credential_of(database, user).refused_by_spapi_at is None
+    for user in ("u2", "u4"):  # the SP-API's word
+        assert integration_of(database, user).status == Status.revoked
+        assert credential_of(database, user).refused_by_spapi_at is not None
+    assert integration_of(database, "u5").status == Status.active

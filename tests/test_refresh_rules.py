@@ -38,6 +38,7 @@ from amazon_rules import (
 )
 from cryptography.fernet import Fernet
 
+from discoveryctl.amazon.mass_revocation import Held
 from discoveryctl.amazon.refresh import (
     Refresh,
     access_token,
@@ -303,6 +304,58 @@ def test_a_refused_refresh_is_recorded_and_lets_go_of_the_lease(
     )
     assert integration_of(database, "u1").status == Status.revoked
     assert credential_of(database, "u1").lease_owner is None
+
+
+def test_a_refused_refresh_asked_to_hold_its_verdict_records_nothing(
+    amazon: Sandbox, database: Database, vault: Vault, lwa: LwaClient
+) -> None:
+    """A check of every seller weighs the "gone" verdicts together: the refresh puts its
+    verdict in ``held`` and leaves the seller as it was (and its lease let go)."""
+    known = sandbox_seller(amazon, database, vault)
+    amazon.state.revoke(known.selling_partner_id)
+    held: list[Held] = []
+    done = refresh_seller(
+        database.session, vault, lwa, "u1", frontend_url=FRONTEND, wait_for_lease=WAIT, held=held
+    )
+    assert (done.user_id, done.outcome, done.error_type, done.reconnect_url) == (
+        "u1",
+        RefreshOutcome.revoked,
+        REVOKED,
+        RECONNECT_U1,
+    )
+    assert done.message is not None and done.message.startswith("LWA refused the grant")
+    (kept,) = held
+    assert (kept.user_id, kept.refusal) == ("u1", None)
+    assert kept.verdict is not None and kept.verdict.outcome == RefreshOutcome.revoked
+    assert [t.number for t in kept.tries] == []  # invalid_grant is not retried: no try kept
+    assert integration_of(database, "u1").status == Status.active
+    assert events_of(database, "u1", *REFRESH_KINDS) == []
+    assert credential_of(database, "u1").lease_owner is None
+
+
+def test_a_transient_failure_is_recorded_even_when_verdicts_are_held(
+    amazon: Sandbox, database: Database, vault: Vault, lwa: LwaClient
+) -> None:
+    known = sandbox_seller(amazon, database, vault)
+    amazon.state.set_behaviour(known.selling_partner_id, "flaky", status=503)
+    held: list[Held] = []
+    done = refresh_seller(
+        database.session, vault, lwa, "u1", frontend_url=FRONTEND, wait_for_lease=WAIT, held=held
+    )
+    assert done.outcome == RefreshOutcome.failed and held == []
+    assert integration_of(database, "u1").meta["consecutive_failures"] == 1
+
+
+def test_an_access_token_refused_when_verdicts_are_held_is_held(
+    amazon: Sandbox, database: Database, vault: Vault, lwa: LwaClient
+) -> None:
+    known = sandbox_seller(amazon, database, vault)
+    amazon.state.revoke(known.selling_partner_id)
+    held: list[Held] = []
+    with pytest.raises(SellerAuthorizationRevoked):
+        token_of_u1(database, vault, lwa, held=held)
+    assert [h.user_id for h in held] == ["u1"]
+    assert integration_of(database, "u1").status == Status.active
 
 
 def test_a_refresh_that_cannot_read_its_token_says_so_and_lets_go_of_the_lease(

@@ -26,6 +26,7 @@ call spends one as well.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,6 +35,8 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from discoveryctl.amazon import mass_revocation
+from discoveryctl.amazon.mass_revocation import Brake, Held
 from discoveryctl.amazon.refresh import (
     BETWEEN_RUNS,
     LEASE,
@@ -42,6 +45,7 @@ from discoveryctl.amazon.refresh import (
     find,
     raise_for,
     record_failure,
+    record_failures,
     refresh_seller,
 )
 from discoveryctl.amazon.verdict import EXPIRED, RefreshOutcome, verdict
@@ -49,6 +53,7 @@ from discoveryctl.db.engine import SessionScope
 from discoveryctl.db.leases import lock_for_update
 from discoveryctl.db.models import Credential, IntegrationStatus, utcnow
 from discoveryctl.errors import (
+    NotFound,
     ProviderError,
     SellerAuthorizationRevoked,
     SpApiTokenRefused,
@@ -148,10 +153,13 @@ def check_seller(
     *,
     frontend_url: str,
     wait_for_lease: float = LEASE.total_seconds(),
+    held: list[Held] | None = None,
 ) -> Checked:
     """Call the SP-API as the seller and record what the answer means; ``wait_for_lease``:
     how long to wait for another process refreshing the seller's token. A refused token is
-    confirmed with a fresh one before anything is decided (``_confirm``)."""
+    confirmed with a fresh one before anything is decided (``_confirm``). With ``held``, an
+    "authorization gone" verdict (LWA's or the SP-API's) is put there, not recorded: a check
+    of every seller weighs them together (``settle``)."""
     try:
         token, _ = access_token(
             session_scope,
@@ -160,6 +168,7 @@ def check_seller(
             user_id,
             frontend_url=frontend_url,
             wait_for_lease=wait_for_lease,
+            held=held,
         )
     except SellerAuthorizationRevoked as error:  # the refresh itself found it gone
         return _gone(user_id, error, frontend_url)
@@ -172,12 +181,20 @@ def check_seller(
             token,
             frontend_url,
             confirmed=False,  # pragma: no mutate
+            held=held,
         )
     except SpApiTokenRefused as refused:
         with session_scope() as session:
             record_refusal(session, user_id, refused)  # on record, not yet acted on
     return _confirm(
-        session_scope, vault, lwa, spapi, user_id, frontend_url=frontend_url, wait=wait_for_lease
+        session_scope,
+        vault,
+        lwa,
+        spapi,
+        user_id,
+        frontend_url=frontend_url,
+        wait=wait_for_lease,
+        held=held,
     )
 
 
@@ -190,12 +207,19 @@ def _confirm(
     *,
     frontend_url: str,
     wait: float,
+    held: list[Held] | None,
 ) -> Checked:
     """After the SP-API refused the seller's token: a fresh one (a refresh, under the lease:
     LWA's own verdict, recorded as a refresh's), and one more call with it, whose refusal is
     the evidence (``record_check(confirmed=True)``)."""
     done = refresh_seller(
-        session_scope, vault, lwa, user_id, frontend_url=frontend_url, wait_for_lease=wait
+        session_scope,
+        vault,
+        lwa,
+        user_id,
+        frontend_url=frontend_url,
+        wait_for_lease=wait,
+        held=held,
     )
     if done.outcome == RefreshOutcome.app_rejected:
         raise_for(done)  # the app's own credentials: the command's error, no seller's
@@ -207,7 +231,9 @@ def _confirm(
             reconnect_url=done.reconnect_url if needs_reconnect(done.outcome) else None,
         )
     assert done.access_token is not None  # pragma: no mutate  (types only: a refresh's token)
-    return _call(session_scope, spapi, user_id, done.access_token, frontend_url, confirmed=True)
+    return _call(
+        session_scope, spapi, user_id, done.access_token, frontend_url, confirmed=True, held=held
+    )
 
 
 def _call(
@@ -218,12 +244,14 @@ def _call(
     frontend_url: str,
     *,
     confirmed: bool,
+    held: list[Held] | None = None,
 ) -> Checked:
     """One call of the seller's allowance with ``token``, and what its answer means; a first
-    refusal (not ``confirmed``) is raised for the caller to confirm."""
+    refusal (not ``confirmed``) is raised for the caller to confirm; with ``held``, a
+    confirmed one is put there, not recorded."""
     with session_scope() as session:
         _, credential = find(session, user_id)
-        region = credential.region
+        region, authorized_at = credential.region, credential.authorized_at
         wait = _take_check(session, credential.id)
     if wait is not None:
         return Checked(
@@ -239,11 +267,15 @@ def _call(
     except ProviderError as error:
         if isinstance(error, SpApiTokenRefused) and not confirmed:
             raise  # a first refusal: the caller confirms it with a fresh token
+        url = reconnect_url(frontend_url, Provider.amazon, user_id)
+        if isinstance(error, SpApiTokenRefused) and held is not None:
+            held.append(Held(user_id, refusal=error))
+            gone = verdict(_as_evidence(error), authorized_at, utcnow()).outcome
+            return Checked(user_id, CheckOutcome(gone), message=error.message, reconnect_url=url)
         with session_scope() as session:
             outcome = record_check(
                 session, user_id, error, frontend_url=frontend_url, confirmed=confirmed
             )
-        url = reconnect_url(frontend_url, Provider.amazon, user_id)
         return Checked(
             user_id,
             outcome,
@@ -319,12 +351,7 @@ def record_check(
     integration, credential = find(session, user_id, for_update=True)  # before any write
     record_refusal(session, user_id, error)
     now = utcnow()
-    evidence = (
-        SellerAuthorizationRevoked(error.message, status_code=error.status_code)
-        if refused
-        else error
-    )
-    decided = verdict(evidence, credential.authorized_at, now)
+    decided = verdict(_as_evidence(error) if refused else error, credential.authorized_at, now)
     if decided.authorization_gone:  # in the history as a refresh LWA refused
         looked_again = credential.refused_by_spapi_at is not None
         record_failure(
@@ -350,6 +377,36 @@ def record_check(
             frontend_url=frontend_url,  # pragma: no mutate
         )
     return CheckOutcome(decided.outcome)
+
+
+def _as_evidence(refused: ProviderError) -> SellerAuthorizationRevoked:
+    """A fresh token refused again, as the verdict takes an authorization gone."""
+    return SellerAuthorizationRevoked(refused.message, status_code=refused.status_code)
+
+
+def settle(
+    session_scope: SessionScope,
+    held: list[Held],
+    answered: int,
+    brake: Brake,
+    *,
+    frontend_url: str,
+) -> bool:
+    """A check of every seller, at its end: its held verdicts all held by the brake (the
+    admins told, nobody marked: True), or applied (False) to the sellers still there."""
+    with session_scope() as session:
+        if mass_revocation.weigh(session, brake, answered, len(held)):
+            return True
+        failures = [(h.user_id, h.verdict, h.tries) for h in held if h.verdict is not None]
+        record_failures(session, failures, frontend_url=frontend_url)
+        for each in held:
+            if each.refusal is None:
+                continue
+            with contextlib.suppress(NotFound):  # removed since: nothing to record on
+                record_check(
+                    session, each.user_id, each.refusal, frontend_url=frontend_url, confirmed=True
+                )
+    return False
 
 
 def record_refusal(session: Session, user_id: str, error: ProviderError) -> None:

@@ -13,6 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
+
+from discoveryctl.amazon.verdict import Verdict
+from discoveryctl.errors import ProviderError
+from discoveryctl.integrations import notifications
+from discoveryctl.integrations.vocabulary import Provider
+from discoveryctl.support.retrying import Attempt
+
 MINIMUM_ANSWERS = 10
 """Below this many refresh answers a run is too small to tell a pattern (the issue's choice)."""
 THRESHOLD = 0.5
@@ -34,6 +42,18 @@ class Brake:
         return not self.accept and answered >= self.minimum and gone > self.threshold * answered
 
 
+@dataclass(frozen=True)
+class Held:
+    """An "authorization gone" verdict reached but not applied until the run weighs them
+    all: LWA's (``verdict``, with its ``tries``), or the SP-API refusing a fresh token again
+    (``refusal``)."""
+
+    user_id: str
+    verdict: Verdict | None = None
+    tries: tuple[Attempt, ...] = ()
+    refusal: ProviderError | None = None
+
+
 def message(answered: int, gone: int) -> str:
     """What the operator is told when the brake holds a run's verdicts."""
     return (
@@ -42,3 +62,23 @@ def message(answered: int, gone: int) -> str:
         "app's?) than every seller at once; nobody was marked and no seller was told. Check the "
         "settings; if the sellers really are gone, run refresh-all --accept-mass-revocation"
     )
+
+
+def weigh(session: Session, brake: Brake, answered: int, gone: int) -> bool:
+    """Whether a run's ``gone`` verdicts among ``answered`` answers are held: then the admins
+    are told (one open alert however many runs), and the caller marks nobody. A run whose
+    verdicts stand, with any answer at all, resolves that alert."""
+    if brake.engaged(answered, gone):
+        notifications.notify(
+            session,
+            audience=notifications.ADMIN,
+            kind=HELD,
+            title="Amazon: most sellers' authorizations said gone at once: nobody marked",
+            message=message(answered, gone),
+            provider=Provider.amazon,
+            detail={"held": gone, "answered": answered},
+        )
+        return True
+    if answered:
+        notifications.resolve(session, notifications.dedupe_key(HELD, Provider.amazon, None))
+    return False

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from discoveryctl.amazon.credentials import for_integration
+from discoveryctl.amazon.mass_revocation import Held
 from discoveryctl.amazon.verdict import (
     EXPIRED,
     REVOKED,
@@ -185,12 +186,21 @@ def refresh_seller(
     *,
     frontend_url: str,
     wait_for_lease: float = LEASE.total_seconds(),
+    held: list[Held] | None = None,
 ) -> Refresh:
-    """Refresh one seller's access token now and record what it means."""
+    """Refresh one seller's access token now and record what it means; with ``held``, an
+    "authorization gone" verdict is put there instead of recorded (the caller weighs them)."""
     owner = new_owner("refresh")
     credential_id = _take_lease(session_scope, user_id, owner, wait_for_lease)
     return _refresh_leased(
-        session_scope, vault, lwa, user_id, credential_id, owner, frontend_url=frontend_url
+        session_scope,
+        vault,
+        lwa,
+        user_id,
+        credential_id,
+        owner,
+        frontend_url=frontend_url,
+        held=held,
     )
 
 
@@ -203,6 +213,7 @@ def access_token(
     frontend_url: str,
     margin: timedelta = DEFAULT_MARGIN,
     wait_for_lease: float = LEASE.total_seconds(),
+    held: list[Held] | None = None,
 ) -> tuple[str, datetime]:
     """A usable access token and its expiry: the cached one while it has more than
     ``margin`` left, else a fresh one. Callers at the same moment share one refresh: the
@@ -235,7 +246,14 @@ def access_token(
         if not taken:
             return None
         done = _refresh_leased(
-            session_scope, vault, lwa, user_id, credential.id, owner, frontend_url=frontend_url
+            session_scope,
+            vault,
+            lwa,
+            user_id,
+            credential.id,
+            owner,
+            frontend_url=frontend_url,
+            held=held,
         )
         raise_for(done)
         # The token just granted, whatever its lifetime: read back through the cache, one
@@ -263,8 +281,10 @@ def _refresh_leased(
     owner: str,
     *,
     frontend_url: str,
+    held: list[Held] | None = None,
 ) -> Refresh:
-    """The refresh itself, under a lease this process holds; the lease is let go after."""
+    """The refresh itself, under a lease this process holds; the lease is let go after.
+    With ``held``, an "authorization gone" verdict is put there, not recorded."""
     try:
         with session_scope() as session:
             _, credential = find(session, user_id)
@@ -277,6 +297,15 @@ def _refresh_leased(
             )
         except ProviderError as error:
             decided = verdict(error, authorized_at, utcnow())
+            if held is not None and decided.authorization_gone:
+                held.append(Held(user_id, decided, tuple(tries)))
+                return Refresh(
+                    user_id,
+                    decided.outcome,
+                    error_type=decided.error_type,
+                    message=decided.message,
+                    reconnect_url=reconnect_url(frontend_url, Provider.amazon, user_id),
+                )
             with session_scope() as session:
                 return record_failure(
                     session, user_id, decided, frontend_url=frontend_url, tries=tries

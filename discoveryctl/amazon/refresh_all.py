@@ -604,21 +604,9 @@ def settle(
     replaced since (a reconnect meanwhile)."""
     held, answered = summary.held, summary.answered
     with session_scope() as session:
-        alert = notifications.dedupe_key(mass_revocation.HELD, Provider.amazon, None)
-        if brake.engaged(answered, len(held)):
+        if mass_revocation.weigh(session, brake, answered, len(held)):
             summary.mass_revocation_held = len(held)
-            notifications.notify(
-                session,
-                audience=notifications.ADMIN,
-                kind=mass_revocation.HELD,
-                title="Amazon: most sellers' authorizations said gone at once: nobody marked",
-                message=mass_revocation.message(answered, len(held)),
-                provider=Provider.amazon,
-                detail={"held": len(held), "answered": answered},
-            )
             return
-        if answered:
-            notifications.resolve(session, alert)  # a run whose verdicts stand
         stale = _replaced_since(session, vault, held)
         kept = [a for a in held if a.due.credential_id not in stale]
         failures = [(a.due.user_id, a.verdict, a.tries) for a in kept if a.verdict is not None]
