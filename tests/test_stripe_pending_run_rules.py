@@ -131,6 +131,8 @@ def test_every_pending_customer_is_made_and_the_run_says_how_each_came(
         "adopted": 1,
         "existing": 1,
         "failed": 0,
+        "refused": 0,
+        "in_flight": 0,
         "app_credentials_rejected": None,
         "deadline_reached": False,
     }
@@ -325,6 +327,8 @@ def test_a_refused_api_key_stops_the_run_marks_no_user_and_tells_the_admins_once
         "adopted": 0,
         "existing": 0,
         "failed": 0,
+        "refused": 0,
+        "in_flight": 0,
         "app_credentials_rejected": "Stripe refused the API key (401)",
         "deadline_reached": False,
     }
