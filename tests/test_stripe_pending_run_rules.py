@@ -48,7 +48,13 @@ from discoveryctl.billing.customers import (
 )
 from discoveryctl.db.engine import Database, SessionScope
 from discoveryctl.db.models import StripeCustomer, utcnow
-from discoveryctl.errors import AppCredentialsRejected, ProviderError, TransientProviderError
+from discoveryctl.errors import (
+    AppCredentialsRejected,
+    ProviderError,
+    StripeKeyInUse,
+    StripeParametersRefused,
+    TransientProviderError,
+)
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.vocabulary import Status
 
@@ -531,3 +537,46 @@ def test_users_are_taken_in_id_order_whatever_order_the_table_keeps_them_in(
         database.dispose()
     assert done.outcomes == {"created": 5}
     assert [c["user_id"] for c in stand_in.creates] == users
+
+
+def test_customers_whose_parameters_stripe_refused_are_not_pending_nor_claimed(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    pending(scope, "waiting")
+    pending(scope, "refused", parameters_refused_at=utcnow())
+    with scope() as session:
+        assert (pending_count(session), pending_users(session)) == (1, ["waiting"])
+    done = run(scope, stand_in, Clock())
+    assert [c["user_id"] for c in stand_in.creates] == ["waiting"]
+    assert done.outcomes == {"created": 1}
+
+
+def test_a_run_meeting_a_refusal_tries_it_once_and_leaves_it_to_the_operator(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    pending(scope, "u1", "u2")
+    refused = StripeParametersRefused("refused", error_type="stripe_email_invalid")
+    stand_in.create_answers.append(refused)
+    done = run(scope, stand_in, Clock())
+    assert done.outcomes == {"refused": 1, "created": 1}
+    assert [c["user_id"] for c in stand_in.creates] == ["u1", "u2"]
+    assert events_of(scope, "stripe_customer_failed") == []
+    kinds = [n["kind"] for n in notifications_of(scope)]
+    assert "stripe_onboarding_failed" not in kinds
+    with scope() as session:
+        assert pending_count(session) == 0
+
+
+def test_a_run_meeting_a_create_in_flight_past_the_wait_counts_it_apart(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    pending(scope, "u1")
+    stand_in.create_answers += [
+        StripeKeyInUse("in flight", error_type="stripe_idempotency_key_in_use") for _ in range(100)
+    ]
+    clock = Clock()
+    done = run(scope, stand_in, clock)
+    assert done.outcomes == {"in_flight": 1}
+    assert sum(clock.slept) >= 30
+    assert events_of(scope, "stripe_customer_failed", "stripe_customer_attempt") == []
+    assert notifications_of(scope) == []
