@@ -747,8 +747,8 @@ def test_a_key_another_process_mints_first_for_an_imported_customer_is_the_one_k
     rekeyed: list[str] = []
 
     def meanwhile(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.startswith("UPDATE stripe_customers SET name=") and not rekeyed:
-            rekeyed.append("theirs")  # our write of the key (and name) is about to go out
+        if statement.startswith("UPDATE stripe_customers SET email=") and not rekeyed:
+            rekeyed.append("theirs")  # our write of the key (and email, name) is about to go out
             with database.session() as session:
                 theirs = session.get_one(StripeCustomer, 1)
                 theirs.idempotency_key, theirs.idempotency_key_created_at = "theirs", NOW
