@@ -192,6 +192,18 @@ def test_a_400_stripe_did_not_keep_refuses_a_keyed_create_s_parameters() -> None
     assert type(plain) is StripeParametersRefused
     assert plain.error_type == "stripe_invalid_request"
     assert plain.message == "Stripe refused the customer's parameters: Stripe says so here"
+    bare = classify(answer(stripe.InvalidRequestError, 400, json=False), keyed=True)
+    assert type(bare) is StripeParametersRefused
+    assert bare.message == (
+        "Stripe refused the customer's parameters: Stripe says so here (request req_123)"
+    )
+
+
+def test_a_key_in_use_says_another_request_is_in_flight() -> None:
+    found = classify(answer(stripe.APIError, 409, code="idempotency_key_in_use"), keyed=True)
+    assert found.message == (
+        "another request under the same idempotency key is still in flight (request req_123)"
+    )
 
 
 @pytest.mark.parametrize(

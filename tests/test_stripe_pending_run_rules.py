@@ -554,12 +554,13 @@ def test_customers_whose_parameters_stripe_refused_are_not_pending_nor_claimed(
 def test_a_run_meeting_a_refusal_tries_it_once_and_leaves_it_to_the_operator(
     scope: SessionScope, stand_in: StripeStandIn
 ) -> None:
-    pending(scope, "u1", "u2")
+    pending(scope, "u1", "u2", "u3")
     refused = StripeParametersRefused("refused", error_type="stripe_email_invalid")
-    stand_in.create_answers.append(refused)
+    stand_in.create_answers += [refused, refused]
     done = run(scope, stand_in, Clock())
-    assert done.outcomes == {"refused": 1, "created": 1}
-    assert [c["user_id"] for c in stand_in.creates] == ["u1", "u2"]
+    assert done.outcomes == {"refused": 2, "created": 1}
+    assert (done.as_dict()["refused"], done.as_dict()["failed"]) == (2, 0)
+    assert [c["user_id"] for c in stand_in.creates] == ["u1", "u2", "u3"]
     assert events_of(scope, "stripe_customer_failed") == []
     kinds = [n["kind"] for n in notifications_of(scope)]
     assert "stripe_onboarding_failed" not in kinds
@@ -570,13 +571,14 @@ def test_a_run_meeting_a_refusal_tries_it_once_and_leaves_it_to_the_operator(
 def test_a_run_meeting_a_create_in_flight_past_the_wait_counts_it_apart(
     scope: SessionScope, stand_in: StripeStandIn
 ) -> None:
-    pending(scope, "u1")
+    pending(scope, "u1", "u2")
     stand_in.create_answers += [
         StripeKeyInUse("in flight", error_type="stripe_idempotency_key_in_use") for _ in range(100)
     ]
     clock = Clock()
     done = run(scope, stand_in, clock)
-    assert done.outcomes == {"in_flight": 1}
-    assert sum(clock.slept) >= 30
+    assert done.outcomes == {"in_flight": 2}
+    assert (done.as_dict()["in_flight"], done.as_dict()["failed"]) == (2, 0)
+    assert sum(clock.slept) == 2 * 32.5  # each user waited out 30 s: no backoff between
     assert events_of(scope, "stripe_customer_failed", "stripe_customer_attempt") == []
     assert notifications_of(scope) == []

@@ -72,8 +72,12 @@ stripe-python waits, or what Retry-After asks up to 10 s."""
 IN_FLIGHT_WAIT = TIMEOUT_SECONDS
 """How long, in all, a create that met another caller's request under its key (409
 ``idempotency_key_in_use``) waits for that request's outcome: as long as that caller waits
-for Stripe's answer itself (``TIMEOUT_SECONDS``, 30 s). Between looks at the row, the waits
-are stripe-python's (``STRIPE_PYTHON_SCHEDULE``, which retries a 409 itself)."""
+for Stripe's answer itself (``TIMEOUT_SECONDS``, 30 s)."""
+
+IN_FLIGHT_LOOKS = replace(STRIPE_PYTHON_SCHEDULE, jitter=(1.0, 1.0))
+"""The waits between looks at the row meanwhile: stripe-python's (0.5 s doubling to 5 s; it
+retries a 409 itself, ``_should_retry``) without its random share, which spreads many
+clients' retries: only the callers of one user's key wait on it. 0.5, 1, 2, 4, then 5 s."""
 
 ONBOARDING_FAILED = "stripe_onboarding_failed"
 DETAILS_REFUSED = "stripe_details_refused"  # to the user: Stripe refused their details
@@ -339,11 +343,13 @@ def _wait_for_other_caller(
             provider=Provider.stripe,
             request_id=in_use.request_id,
         )
-    waited = 0.0
+    # Mutation testing: the looks' waits add up to 27.5 s, then 32.5 s: counting from a
+    # second more, or going on at 30 s itself, ends after the same look.
+    waited = 0.0  # pragma: no mutate
     looks = 0
-    while waited < IN_FLIGHT_WAIT:
+    while waited < IN_FLIGHT_WAIT:  # pragma: no mutate
         looks += 1
-        pause = STRIPE_PYTHON_SCHEDULE.delay(looks)
+        pause = IN_FLIGHT_LOOKS.delay(looks)
         sleep(pause)
         waited += pause
         pending = _current(session_scope, pending.row_id)
@@ -603,7 +609,7 @@ def _record_attempt(
     age: timedelta,
     error: ProviderError,
     *,
-    refused: bool = False,
+    refused: bool,
 ) -> None:
     """Each failed try is an event: key age, outcome, HTTP status, Stripe's request id.
 
