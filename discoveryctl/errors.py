@@ -19,8 +19,11 @@ into a status (``discoveryctl.server.errors.HTTP_STATUS``); nothing else decides
     │   ├── AppCredentialsRejected          app_credentials       3     502
     │   ├── MassRevocationHeld              app_credentials       3     502
     │   ├── StripeIdempotencyConflict       provider              1     502
+    │   ├── StripeParametersRefused         input                 2     400
+    │   ├── StripeCreateInFlight            transient             1     503
     │   └── TransientProviderError          transient             1     503
-    │       └── StripeOutcomeUnknown        transient             1     503
+    │       ├── StripeOutcomeUnknown        transient             1     503
+    │       └── StripeKeyInUse              transient             1     503
     ├── OAuthCallbackError                  consent               1     400
     ├── Unauthenticated                     unauthenticated       2     401
     ├── NeedsAttention                      attention             1     200
@@ -193,9 +196,30 @@ class StripeOutcomeUnknown(TransientProviderError):
     key): the customer may exist. Look it up before trying again with a new key."""
 
 
+class StripeKeyInUse(TransientProviderError):
+    """409 ``idempotency_key_in_use``: another caller's request under the same idempotency
+    key is still in flight. Its outcome is waited for; it is never the user's failure."""
+
+
 class StripeIdempotencyConflict(ProviderError):
     """Stripe refused a retry whose parameters differ from the first request's under the same
     idempotency key: that user stops, and the operator is told."""
+
+
+class StripeParametersRefused(ProviderError):
+    """Stripe refused a create's parameters before it began executing (a 400 it did not keep
+    under the idempotency key): the key is let go, and nothing more is tried for the user until
+    the operator sends corrected parameters."""
+
+    kind = ErrorKind.input
+
+
+class StripeCreateInFlight(ProviderError):
+    """Another caller's create under the user's idempotency key was still in flight (409
+    ``idempotency_key_in_use``) when this one stopped waiting for it: not a failure of the
+    user's, nor anyone's; a later command finds its outcome."""
+
+    kind = ErrorKind.transient
 
 
 class OAuthCallbackError(DiscoveryError):

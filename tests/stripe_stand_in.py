@@ -3,9 +3,10 @@
 test scripted, so the rules run in milliseconds. What Stripe's answers mean is proven against
 the sandbox elsewhere (tests/test_stripe_client.py, tests/test_stripe_classification.py).
 
-Each scripted answer is a customer id (or ``None`` for a lookup that finds nothing), a
-``ProviderError`` to raise, or a function called with the request (to act "meanwhile", as
-another process would, while the call is in flight) that returns one of those.
+Each scripted answer is a customer id (or ``None`` for a lookup that finds nothing; a lookup
+may also answer a ``Lookup``, to say Stripe refused its search), a ``ProviderError`` to raise,
+or a function called with the request (to act "meanwhile", as another process would, while
+the call is in flight) that returns one of those.
 """
 
 from __future__ import annotations
@@ -26,9 +27,15 @@ from sqlalchemy.orm import Session
 from discoveryctl.db.engine import Database, SessionScope
 from discoveryctl.db.models import Event, IntegrationStatus, Notification, StripeCustomer
 from discoveryctl.errors import ProviderError
-from discoveryctl.providers.stripe import CreatedCustomer, StripeCustomers
+from discoveryctl.providers.stripe import CreatedCustomer, Lookup, StripeCustomers
 
-Answer = str | None | ProviderError | Callable[[dict[str, Any]], "str | ProviderError | None"]
+Answer = (
+    str
+    | Lookup
+    | None
+    | ProviderError
+    | Callable[[dict[str, Any]], "str | Lookup | ProviderError | None"]
+)
 
 
 @dataclass
@@ -55,16 +62,17 @@ class StripeStandIn:
             number = len(self.creates)
             answer = self.create_answers.pop(0) if self.create_answers else f"cus_{user_id}"
         answer = _answered(answer, request)
-        if answer is None:
+        if not isinstance(answer, str):
             raise AssertionError("a create always answers with a customer or an error")
         return CreatedCustomer(answer, f"req_{number}", self.replayed)
 
-    def find(self, *, user_id: str, email: str, search: bool = True) -> str | None:
+    def find(self, *, user_id: str, email: str, search: bool = True) -> Lookup:
         request = {"user_id": user_id, "email": email, "search": search}
         with self._lock:
             self.finds.append(request)
             answer = self.find_answers.pop(0) if self.find_answers else None
-        return _answered(answer, request)
+        found = _answered(answer, request)
+        return found if isinstance(found, Lookup) else Lookup(found)
 
     def close(self) -> None:
         self.closed += 1
@@ -73,7 +81,7 @@ class StripeStandIn:
         return cast(StripeCustomers, self)
 
 
-def _answered(answer: Answer, request: dict[str, Any]) -> str | None:
+def _answered(answer: Answer, request: dict[str, Any]) -> str | Lookup | None:
     if callable(answer):
         answer = answer(request)
     if isinstance(answer, ProviderError):

@@ -418,6 +418,28 @@ def test_sellers_whose_refresh_or_check_needs_attention_exit_1() -> None:
     assert raised.value.message == "1 seller needs attention"
 
 
+def test_stripe_customers_refused_or_in_flight_elsewhere_exit_1_saying_what_follows() -> None:
+    with pytest.raises(NeedsAttention) as raised:
+        raise_for(Result(None, stripe(outcomes={"refused": 1, "in_flight": 1}), 2))
+    assert raised.value.message == (
+        "Stripe refused the parameters of 1 customer: no run sends them again; correct each "
+        "with discoveryctl stripe ensure-customer --user USER --email EMAIL (the admins' "
+        "notifications name them)"
+    )
+    with pytest.raises(NeedsAttention) as raised:
+        raise_for(Result(None, stripe(outcomes={"refused": 2}), 2))
+    assert raised.value.message.startswith("Stripe refused the parameters of 2 customers:")
+    with pytest.raises(NeedsAttention) as raised:
+        raise_for(Result(None, stripe(outcomes={"in_flight": 1}, deadline_reached=True), 1))
+    assert raised.value.message == (
+        "1 Stripe customer was still being created by another caller: nothing failed, the "
+        "next run finds the outcome"
+    )
+    with pytest.raises(NeedsAttention) as raised:
+        raise_for(Result(None, stripe(outcomes={"in_flight": 3}), 3))
+    assert raised.value.message.startswith("3 Stripe customers were still being created")
+
+
 def test_stripe_customers_that_failed_exit_1_before_the_sellers_do() -> None:
     with pytest.raises(NeedsAttention) as raised:
         raise_for(Result(amazon(outcomes={"revoked": 1}), stripe(outcomes={"failed": 1}), 1))

@@ -14,7 +14,9 @@ from discoveryctl.errors import (
     AppCredentialsRejected,
     ProviderError,
     StripeIdempotencyConflict,
+    StripeKeyInUse,
     StripeOutcomeUnknown,
+    StripeParametersRefused,
     TransientProviderError,
 )
 from discoveryctl.providers.stripe import classify
@@ -30,6 +32,7 @@ def answer(
     request_id: str | None = "req_123",
     json: bool = True,
     replayed: bool = False,
+    param: str | None = None,
 ) -> stripe.StripeError:
     headers = {} if request_id is None else {"request-id": request_id}
     if should_retry is not None:
@@ -39,6 +42,8 @@ def answer(
     body: dict[str, Any] | None = {"error": {"message": message, "type": "api_error"}}
     if code is not None and body is not None:
         body["error"]["code"] = code
+    if param is not None and body is not None:
+        body["error"]["param"] = param
     if not json:
         body = None
     if kind is stripe.InvalidRequestError:  # (message, param, code, …), as the SDK builds it
@@ -75,7 +80,13 @@ CASES = [
     (answer(stripe.APIError, 503, should_retry="false"), ProviderError, "stripe_503"),
     (
         answer(stripe.InvalidRequestError, 409, code="idempotency_key_in_use"),
-        TransientProviderError,
+        StripeKeyInUse,
+        "stripe_idempotency_key_in_use",
+    ),
+    (answer(stripe.APIError, 409), TransientProviderError, "stripe_conflict"),
+    (
+        answer(stripe.APIError, 409, code="idempotency_key_in_use", should_retry="true"),
+        StripeKeyInUse,
         "stripe_idempotency_key_in_use",
     ),
     (answer(stripe.RateLimitError, 429), TransientProviderError, "stripe_rate_limited"),
@@ -161,4 +172,66 @@ def test_a_replayed_error_says_so() -> None:
     assert found.message == (
         "Stripe failed after it began (a replay of an earlier try): Stripe says so here "
         "(request req_123)"
+    )
+
+
+def test_a_400_stripe_did_not_keep_refuses_a_keyed_create_s_parameters() -> None:
+    """ "Idempotent requests": a request that fails validation is not saved under its key.
+    Only a keyed create's first-hand 400 invalid_request_error is such a refusal."""
+    refused = classify(
+        answer(stripe.InvalidRequestError, 400, code="email_invalid", param="email"), keyed=True
+    )
+    assert type(refused) is StripeParametersRefused
+    assert refused.error_type == "stripe_email_invalid"
+    assert (refused.status_code, refused.request_id) == (400, "req_123")
+    assert refused.message == (
+        "Stripe refused the customer's parameters: Stripe says so here (parameter email) "
+        "(request req_123)"
+    )
+    plain = classify(answer(stripe.InvalidRequestError, 400, request_id=None), keyed=True)
+    assert type(plain) is StripeParametersRefused
+    assert plain.error_type == "stripe_invalid_request"
+    assert plain.message == "Stripe refused the customer's parameters: Stripe says so here"
+    bare = classify(answer(stripe.InvalidRequestError, 400, json=False), keyed=True)
+    assert type(bare) is StripeParametersRefused
+    assert bare.message == (
+        "Stripe refused the customer's parameters: Stripe says so here (request req_123)"
+    )
+
+
+def test_a_key_in_use_says_another_request_is_in_flight() -> None:
+    found = classify(answer(stripe.APIError, 409, code="idempotency_key_in_use"), keyed=True)
+    assert found.message == (
+        "another request under the same idempotency key is still in flight (request req_123)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "keyed", "kind"),
+    [
+        (answer(stripe.InvalidRequestError, 400, code="email_invalid"), False, ProviderError),
+        (answer(stripe.InvalidRequestError, 404), True, ProviderError),
+        (answer(stripe.InvalidRequestError, 400, replayed=True), True, ProviderError),
+        (answer(stripe.APIError, 400), True, ProviderError),
+        (
+            answer(stripe.InvalidRequestError, 400, code="rate_limit"),
+            True,
+            TransientProviderError,
+        ),
+        (answer(stripe.IdempotencyError, 400), True, StripeIdempotencyConflict),
+    ],
+    ids=["not-keyed", "404", "replayed", "not-invalid-request", "rate-limit", "idempotency"],
+)
+def test_other_400s_are_no_refusal_of_the_parameters(
+    error: stripe.StripeError, keyed: bool, kind: type[ProviderError]
+) -> None:
+    """A 400 replayed under the key (Idempotent-Replayed: true) was saved: the key keeps it."""
+    assert type(classify(error, keyed=keyed)) is kind
+
+
+def test_a_replayed_400_says_the_key_keeps_it() -> None:
+    found = classify(answer(stripe.InvalidRequestError, 400, replayed=True), keyed=True)
+    assert found.message == (
+        "Stripe refused the request (400) (a replay of an earlier try: the key keeps it): "
+        "Stripe says so here (request req_123)"
     )

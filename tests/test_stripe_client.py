@@ -12,7 +12,12 @@ from discoveryctl.errors import (
     StripeOutcomeUnknown,
     TransientProviderError,
 )
-from discoveryctl.providers.stripe import STRIPE_API_VERSION, StripeAccount, StripeCustomers
+from discoveryctl.providers.stripe import (
+    STRIPE_API_VERSION,
+    Lookup,
+    StripeAccount,
+    StripeCustomers,
+)
 from discoveryctl.sandbox import Sandbox, SandboxConfig, run_in_thread
 
 KEY = SandboxConfig().stripe_api_key
@@ -88,21 +93,24 @@ def test_a_wrong_key_is_the_app_s_credentials(sandbox: Sandbox) -> None:
 
 
 def test_find_lists_by_email_and_checks_the_user(client: StripeCustomers) -> None:
-    assert client.find(user_id="u1", email="a@example.com") is None
+    assert client.find(user_id="u1", email="a@example.com").customer_id is None
     other = client.create(user_id="u2", email="a@example.com", name=None, idempotency_key="k2")
     mine = client.create(user_id="u1", email="a@example.com", name=None, idempotency_key="k1")
-    assert client.find(user_id="u1", email="a@example.com") == mine.customer_id
-    assert client.find(user_id="u2", email="a@example.com") == other.customer_id
-    assert client.find(user_id="u3", email="a@example.com") is None
+    assert client.find(user_id="u1", email="a@example.com").customer_id == mine.customer_id
+    assert client.find(user_id="u2", email="a@example.com").customer_id == other.customer_id
+    assert client.find(user_id="u3", email="a@example.com").customer_id is None
 
 
 def test_find_without_search_asks_the_list_alone(client: StripeCustomers, sandbox: Sandbox) -> None:
     made = client.create(user_id="u1", email="old@example.com", name=None, idempotency_key="k")
     sandbox.state.clock.advance(61)  # searchable now, but not asked
-    assert client.find(user_id="u1", email="new@example.com", search=False) is None
-    assert client.find(user_id="u1", email="old@example.com", search=False) == made.customer_id
+    assert client.find(user_id="u1", email="new@example.com", search=False).customer_id is None
+    assert (
+        client.find(user_id="u1", email="old@example.com", search=False).customer_id
+        == made.customer_id
+    )
     assert "GET /v1/customers/search" not in sandbox.state.stats()["requests"]
-    assert client.find(user_id="u1", email="new@example.com") == made.customer_id
+    assert client.find(user_id="u1", email="new@example.com").customer_id == made.customer_id
 
 
 def test_find_searches_by_metadata_when_the_email_changed_at_stripe(
@@ -111,10 +119,48 @@ def test_find_searches_by_metadata_when_the_email_changed_at_stripe(
     """The list by email misses a customer whose email is not the one we sent; the search by
     metadata finds it once it is searchable (the sandbox's lag: a minute, by its clock)."""
     made = client.create(user_id="o'neil", email="old@example.com", name=None, idempotency_key="k")
-    assert client.find(user_id="o'neil", email="new@example.com") is None  # not searchable yet
+    assert (
+        client.find(user_id="o'neil", email="new@example.com").customer_id is None
+    )  # not searchable yet
     sandbox.state.clock.advance(61)
-    assert client.find(user_id="o'neil", email="new@example.com") == made.customer_id
-    assert client.find(user_id="someone", email="new@example.com") is None
+    assert client.find(user_id="o'neil", email="new@example.com").customer_id == made.customer_id
+    assert client.find(user_id="someone", email="new@example.com").customer_id is None
     slash = client.create(user_id="a\\b", email="x@example.com", name=None, idempotency_key="s")
     sandbox.state.clock.advance(61)
-    assert client.find(user_id="a\\b", email="new@example.com") == slash.customer_id
+    assert client.find(user_id="a\\b", email="new@example.com").customer_id == slash.customer_id
+
+
+def test_a_refused_search_leaves_the_list_s_answer_and_says_so(
+    client: StripeCustomers, sandbox: Sandbox
+) -> None:
+    """ "Search": not offered everywhere. Refused for good (the sandbox's 400, or a 403: the
+    list under the same key has just answered), the list by email decides alone and the
+    lookup carries Stripe's message; a customer found by the list needs no search at all."""
+    made = client.create(user_id="u1", email="old@example.com", name=None, idempotency_key="k")
+    sandbox.state.clock.advance(61)
+    sandbox.state.set_behaviour("stripe", "stripe_search_unavailable")
+    assert client.find(user_id="u1", email="new@example.com") == Lookup(
+        None, search_refused="search feature unavailable for merchant"
+    )
+    assert client.find(user_id="u1", email="old@example.com") == Lookup(made.customer_id)
+    sandbox.state.set_behaviour("stripe", "stripe_search_unavailable", refusal_status=403)
+    refused = client.find(user_id="u1", email="new@example.com")
+    assert refused == Lookup(None, search_refused="search feature unavailable for merchant")
+    assert sandbox.state.stats()["requests"]["GET /v1/customers/search"] == 2
+
+
+@pytest.mark.parametrize(
+    ("refusal_status", "error"),
+    [(429, TransientProviderError), (401, AppCredentialsRejected)],
+    ids=["rate-limited", "key-refused"],
+)
+def test_a_search_failing_for_now_or_refusing_the_key_fails_the_lookup(
+    client: StripeCustomers, sandbox: Sandbox, refusal_status: int, error: type[Exception]
+) -> None:
+    """A 429 is a wait, not a refusal (a later try asks again); a 401 is the key's."""
+    sandbox.state.clock.advance(61)
+    sandbox.state.set_behaviour(
+        "stripe", "stripe_search_unavailable", refusal_status=refusal_status
+    )
+    with pytest.raises(error):
+        client.find(user_id="u1", email="a@example.com")

@@ -41,6 +41,7 @@ from stripe_stand_in import (  # noqa: F401  (the fixtures)
 )
 
 from discoveryctl.billing.customers import (
+    IN_FLIGHT_WAIT,
     KEY_LIFETIME,
     Onboarded,
     ParametersFrozen,
@@ -48,17 +49,20 @@ from discoveryctl.billing.customers import (
     new_idempotency_key,
 )
 from discoveryctl.db.engine import Database, SessionScope
-from discoveryctl.db.models import StripeCustomer
+from discoveryctl.db.models import Event, StripeCustomer
 from discoveryctl.errors import (
     AppCredentialsRejected,
     ProviderError,
+    StripeCreateInFlight,
     StripeIdempotencyConflict,
+    StripeKeyInUse,
     StripeOutcomeUnknown,
+    StripeParametersRefused,
     TransientProviderError,
 )
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.vocabulary import Status
-from discoveryctl.providers.stripe import SEARCH_LAG
+from discoveryctl.providers.stripe import SEARCH_LAG, Lookup
 
 EMAIL = "jenny@example.com"
 
@@ -743,8 +747,8 @@ def test_a_key_another_process_mints_first_for_an_imported_customer_is_the_one_k
     rekeyed: list[str] = []
 
     def meanwhile(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.startswith("UPDATE stripe_customers SET name=") and not rekeyed:
-            rekeyed.append("theirs")  # our write of the key (and name) is about to go out
+        if statement.startswith("UPDATE stripe_customers SET email=") and not rekeyed:
+            rekeyed.append("theirs")  # our write of the key (and email, name) is about to go out
             with database.session() as session:
                 theirs = session.get_one(StripeCustomer, 1)
                 theirs.idempotency_key, theirs.idempotency_key_created_at = "theirs", NOW
@@ -755,3 +759,263 @@ def test_a_key_another_process_mints_first_for_an_imported_customer_is_the_one_k
     finally:
         database.dispose()
     assert [c["idempotency_key"] for c in stand_in.creates] == ["theirs"]
+
+
+# -- another caller's create in flight (409 idempotency_key_in_use) -------------------------------
+
+
+def in_use() -> StripeKeyInUse:
+    return StripeKeyInUse(
+        "still in flight",
+        error_type="stripe_idempotency_key_in_use",
+        status_code=409,
+        request_id="req_409",
+    )
+
+
+def who(scope: SessionScope, kind: str) -> list[tuple[str | None, str | None]]:
+    """The (user, provider) of each event of ``kind``."""
+    with scope() as session:
+        query = sa.select(Event.user_id, Event.provider).where(Event.kind == kind)
+        return [(user, provider) for user, provider in session.execute(query.order_by(Event.id))]
+
+
+def _no_failure(scope: SessionScope) -> None:
+    """Nothing counted against the user: no failed try, no failure, no notification."""
+    kinds = {kind for kind, *_ in events_of(scope)}
+    assert not kinds & {"stripe_customer_attempt", "stripe_customer_failed"}
+    assert notifications_of(scope) == []
+    status = integration(scope, "u1")
+    assert status is not None and "consecutive_failures" not in status[1]
+
+
+def test_a_create_in_flight_elsewhere_is_waited_for_and_the_customer_it_commits_taken(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    clock = Clock()
+
+    def other_caller_commits(request: dict[str, Any]) -> StripeKeyInUse:
+        with scope() as session:
+            session.execute(sa.update(StripeCustomer).values(customer_id="cus_other"))
+        return in_use()
+
+    stand_in.create_answers.append(other_caller_commits)
+    made = ensure(scope, stand_in, clock=clock)
+    assert made == Onboarded("u1", "cus_other", "existing", EMAIL)
+    assert len(stand_in.creates) == 1 and clock.slept == [0.5]  # stripe-python's first wait
+    assert events_of(scope, "stripe_create_in_flight") == [
+        ("stripe_create_in_flight", "info", None, {"request_id": "req_409"})
+    ]
+    assert who(scope, "stripe_create_in_flight") == [("u1", "stripe")]
+    assert row(scope, "u1").attempts == 0
+    _no_failure(scope)
+
+
+def test_a_create_in_flight_elsewhere_is_sent_again_under_its_key_until_stripe_replays(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    clock = Clock()
+    stand_in.create_answers += [in_use(), in_use(), "cus_1"]
+    made = ensure(scope, stand_in, clock=clock)
+    assert made == Onboarded("u1", "cus_1", "created", EMAIL)
+    assert len({c["idempotency_key"] for c in stand_in.creates}) == 1
+    assert len(stand_in.creates) == 3
+    assert clock.slept == [0.5, 1.0]
+    assert len(events_of(scope, "stripe_create_in_flight")) == 1
+    assert [e[3]["attempt"] for e in events_of(scope, "stripe_customer_created")] == [1]
+    _no_failure(scope)
+
+
+def test_a_create_still_in_flight_past_the_wait_is_no_failure_of_the_user_s(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    clock = Clock()
+    stand_in.create_answers += [in_use() for _ in range(100)]
+    with pytest.raises(StripeCreateInFlight) as raised:
+        ensure(scope, stand_in, clock=clock)
+    assert IN_FLIGHT_WAIT == 30
+    assert clock.slept == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0, 5.0]  # 32.5 s: past 30
+    assert sum(clock.slept[:-1]) < IN_FLIGHT_WAIT
+    assert len(stand_in.creates) == len(clock.slept) + 1  # a wait after each 409, then the key
+    assert raised.value.message == (
+        "user u1's Stripe customer was still being created by another caller after 30 s: "
+        "nothing failed; run the command again for its outcome"
+    )
+    assert (raised.value.error_type, raised.value.status_code) == ("stripe_create_in_flight", 409)
+    assert raised.value.request_id == "req_409"
+    _no_failure(scope)
+
+
+def test_a_create_in_flight_elsewhere_that_stripe_refused_ends_the_wait(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    def other_caller_refused(request: dict[str, Any]) -> StripeKeyInUse:
+        with scope() as session:
+            session.execute(sa.update(StripeCustomer).values(idempotency_key=None))
+        return in_use()
+
+    stand_in.create_answers.append(other_caller_refused)
+    with pytest.raises(StripeParametersRefused) as raised:
+        ensure(scope, stand_in)
+    assert raised.value.error_type == "stripe_parameters_refused"
+    assert raised.value.message == (
+        "Stripe refused user u1's customer parameters in another caller's create: nothing "
+        "more is sent for them until corrected ones are given: discoveryctl stripe "
+        "ensure-customer --user u1 --email <corrected>"
+    )
+    assert len(stand_in.creates) == 1
+    _no_failure(scope)
+
+
+# -- parameters Stripe refused (a 400 it did not keep) -------------------------------------------
+
+
+def refusal() -> StripeParametersRefused:
+    return StripeParametersRefused(
+        "Stripe refused the customer's parameters: Invalid email address (parameter email)",
+        error_type="stripe_email_invalid",
+        status_code=400,
+        request_id="req_400",
+    )
+
+
+def test_parameters_stripe_refused_let_the_key_go_and_tell_the_user_and_the_admins(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    clock = Clock()
+    stand_in.create_answers.append(refusal())
+    with pytest.raises(StripeParametersRefused):
+        ensure(scope, stand_in, clock=clock)
+    assert len(stand_in.creates) == 1 and clock.slept == []  # the answer will not change
+    stored = row(scope, "u1")
+    assert (stored.idempotency_key, stored.idempotency_key_created_at) == (None, None)
+    assert stored.parameters_refused_at is not None and stored.customer_id is None
+    assert (stored.attempts, stored.last_error) == (1, refusal().message)
+    assert events_of(scope, "stripe_customer_refused", "stripe_customer_failed") == [
+        (
+            "stripe_customer_refused",
+            "failure",
+            "stripe_email_invalid",
+            {"attempt": 1, "key_age_seconds": 0, "http_status": 400, "request_id": "req_400"},
+        )
+    ]
+    assert events_of(scope, "stripe_customer_attempt") == []
+    assert [
+        (n["audience"], n["kind"], n["title"], n["message"], n["detail"], n["key"])
+        for n in notifications_of(scope)
+    ] == [
+        (
+            "user",
+            "stripe_details_refused",
+            "Stripe did not accept your billing details",
+            "We could not set up your billing account: Stripe did not accept the details it "
+            f"was given ({EMAIL}). It will be set up once they are corrected.",
+            {"error_type": "stripe_email_invalid"},
+            "stripe_details_refused:stripe:u1",
+        ),
+        (
+            "admin",
+            "stripe_parameters_refused",
+            "Stripe refused a customer's parameters",
+            f"User u1: {refusal().message}; nothing more is sent for them until corrected "
+            "ones are given: discoveryctl stripe ensure-customer --user u1 --email <corrected>",
+            {"error_type": "stripe_email_invalid", "request_id": "req_400"},
+            "stripe_parameters_refused:stripe:u1",
+        ),
+    ]
+    status = integration(scope, "u1")
+    assert status == ("pending", {})
+
+
+def test_after_a_refusal_corrected_parameters_go_out_under_a_new_key(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    stand_in.create_answers.append(refusal())
+    with pytest.raises(StripeParametersRefused):
+        ensure(scope, stand_in, name="Jen")
+    first = stand_in.creates[0]["idempotency_key"]
+    made = ensure(scope, stand_in, email="jenny@corrected.example.com", at=NOW + timedelta(1))
+    assert made == Onboarded("u1", "cus_u1", "created", "jenny@corrected.example.com")
+    second = stand_in.creates[1]
+    assert second["idempotency_key"] not in (None, first)
+    assert (second["email"], second["name"]) == ("jenny@corrected.example.com", "Jen")
+    stored = row(scope, "u1")
+    assert (stored.email, stored.parameters_refused_at) == ("jenny@corrected.example.com", None)
+    assert stored.idempotency_key_created_at == NOW + timedelta(1)
+    assert [n["open"] for n in notifications_of(scope)] == [False, False]
+
+
+def test_a_refusal_of_a_key_another_process_replaced_meanwhile_changes_nothing(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    def replaced_then_refused(request: dict[str, Any]) -> StripeParametersRefused:
+        with scope() as session:
+            session.execute(sa.update(StripeCustomer).values(idempotency_key="theirs"))
+        return refusal()
+
+    stand_in.create_answers.append(replaced_then_refused)
+    with pytest.raises(StripeParametersRefused):
+        ensure(scope, stand_in)
+    stored = row(scope, "u1")
+    assert (stored.idempotency_key, stored.parameters_refused_at, stored.attempts) == (
+        "theirs",
+        None,
+        0,
+    )
+    assert events_of(scope, "stripe_customer_refused") == []
+    assert notifications_of(scope) == []
+
+
+# -- a lookup whose search Stripe refused -------------------------------------------------------
+
+
+def test_a_lookup_whose_search_stripe_refused_is_undecided_and_the_admins_are_told_once(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    key = started(scope, stand_in)
+    refused = Lookup(None, search_refused="search feature unavailable for merchant")
+    stand_in.find_answers += [refused, refused]
+    made = ensure(scope, stand_in, at=NOW + KEY_LIFETIME)
+    assert made == Onboarded("u1", "cus_u1", "created", EMAIL)
+    assert stand_in.creates[0]["idempotency_key"] not in (None, key)
+    assert events_of(scope, "stripe_lookup_undecided") == [
+        (
+            "stripe_lookup_undecided",
+            "info",
+            None,
+            {"reason": "key_expired", "search_refused": refused.search_refused},
+        )
+    ]
+    assert who(scope, "stripe_lookup_undecided") == [("u1", "stripe")]
+    alerts = [n for n in notifications_of(scope) if n["audience"] == "admin"]
+    assert [
+        (n["kind"], n["title"], n["user_id"], n["provider"], n["detail"], n["open"]) for n in alerts
+    ] == [
+        (
+            "stripe_search_refused",
+            "Stripe refused to search customers",
+            None,
+            "stripe",
+            {"search_refused": "search feature unavailable for merchant"},
+            True,
+        )
+    ]
+    assert alerts[0]["message"] == (
+        "Stripe refused a customer search (search feature unavailable for merchant). Before a "
+        "new idempotency key, customers are now looked for by email alone: one whose email was "
+        "changed at Stripe cannot be found, and a second may be made for its user (the events "
+        "stripe_lookup_undecided name them)"
+    )
+    stand_in.create_answers.append(unknown_outcome())
+    ensure(scope, stand_in, "u2", "u2@example.com")
+    assert len(events_of(scope, "stripe_lookup_undecided")) == 2
+    assert len([n for n in notifications_of(scope) if n["audience"] == "admin"]) == 1
+
+
+def test_a_lookup_that_found_nothing_with_its_search_answered_is_no_undecided_one(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    started(scope, stand_in)
+    ensure(scope, stand_in, at=NOW + KEY_LIFETIME)
+    assert events_of(scope, "stripe_lookup_undecided") == []
+    assert [n["audience"] for n in notifications_of(scope)] == ["user"]

@@ -393,8 +393,99 @@ def test_three_processes_at_once_make_one_customer(db: Any, cli: Any, stripe_env
     assert printed == set(customers(stripe_env))  # stdout: the id alone
     assert len(printed) == 1
     assert stored(db)["customer_id"] in printed
-    in_use = "SELECT count(*) FROM events WHERE error_type = 'stripe_idempotency_key_in_use'"
-    assert db.scalar(in_use) >= 1  # 409 while the first was executing, retried into a replay
+    in_flight = "SELECT count(*) FROM events WHERE kind = 'stripe_create_in_flight'"
+    assert db.scalar(in_flight) >= 1  # 409 while the first was executing: waited for
+    assert db.scalar("SELECT count(*) FROM events WHERE kind = 'stripe_customer_attempt'") == 0
+
+
+def test_a_second_caller_waits_for_the_create_in_flight_and_nothing_fails(
+    db: Any, cli: Any, stripe_env: Sandbox
+) -> None:
+    """The first caller's create takes 6 s at Stripe: longer than four tries' waits (2 to
+    3.5 s). The second gets 409 idempotency_key_in_use, waits for the first's outcome, and
+    answers with the same customer: no failed attempt, no failure, no notification, nothing
+    for health to count."""
+    stripe_env.state.set_behaviour("stripe", "stripe_slow", ms=6000, times=1)
+    first = subprocess.Popen(COMMAND, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not posts(stripe_env):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    second = ensure(cli)
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    assert second.exit_code == 0, second.stderr
+    (made,) = customers(stripe_env)
+    assert out.strip() == second.json()["customer_id"] == stored(db)["customer_id"] == made
+    assert posts(stripe_env) >= 2  # the second sent the key: 409, then maybe a replay
+    kinds = [r["kind"] for r in db.rows("SELECT kind FROM events ORDER BY id")]
+    assert "stripe_create_in_flight" in kinds
+    assert not {"stripe_customer_attempt", "stripe_customer_failed"} & set(kinds)
+    assert db.rows("SELECT kind FROM notifications") == []
+    assert stripe_status(db) == "active"
+    health = cli("health", "--json")
+    assert health.json()["stripe_customers"]["failed"] == 0
+
+
+def test_parameters_stripe_refused_free_the_key_for_corrected_ones(
+    db: Any, cli: Any, stripe_env: Sandbox
+) -> None:
+    """Stripe's own email checks refuse an address ours let through: a 400 it kept nothing
+    for. The key is let go; the user is told their details were refused (not "we will try
+    again"), the admins what to run; no run sends them again; the corrected email goes
+    through under a new key."""
+    stripe_env.state.set_behaviour("stripe", "stripe_email_invalid", times=1)
+    refused = ensure(cli)
+    assert refused.exit_code == 2
+    assert "Stripe refused the customer's parameters: Invalid email address" in refused.stderr
+    row = stored(db)
+    assert (row["idempotency_key"], row["customer_id"]) == (None, None)
+    assert row["parameters_refused_at"] is not None
+    assert posts(stripe_env) == 1  # not retried: the answer will not change
+    inbox = db.rows("SELECT audience, kind, message FROM notifications ORDER BY id")
+    assert [(n["audience"], n["kind"]) for n in inbox] == [
+        ("user", "stripe_details_refused"),
+        ("admin", "stripe_parameters_refused"),
+    ]
+    assert "try again" not in inbox[0]["message"]
+    assert "stripe ensure-customer --user u1 --email <corrected>" in inbox[1]["message"]
+    kinds = [r["kind"] for r in db.rows("SELECT kind FROM events ORDER BY id")]
+    assert "stripe_customer_refused" in kinds and "stripe_customer_failed" not in kinds
+    health = cli("health", "--json")
+    assert health.exit_code == 0, health.stderr  # no Stripe alert for it
+    run = cli("refresh-all", "--provider", "stripe", "--json")
+    assert run.exit_code == 0, run.stderr
+    assert posts(stripe_env) == 1  # the run leaves it to the operator
+    corrected = ensure(cli, "u1", "jenny@corrected.example.com")
+    assert corrected.exit_code == 0, corrected.stderr
+    assert corrected.json()["how"] == "created"
+    (made,) = stripe_env.state.customers_for("u1")
+    assert made["email"] == "jenny@corrected.example.com"
+    row = stored(db)
+    assert row["email"] == "jenny@corrected.example.com" and row["parameters_refused_at"] is None
+    assert row["idempotency_key"] is not None
+    assert db.scalar("SELECT count(*) FROM notifications WHERE resolved_at IS NULL") == 0
+
+
+def test_refresh_all_meeting_a_refusal_says_what_to_run_and_never_sends_it_again(
+    db: Any, cli: Any, stripe_env: Sandbox, tmp_path: Path
+) -> None:
+    (user,) = import_pending(cli, tmp_path, 1)
+    stripe_env.state.set_behaviour("stripe", "stripe_email_invalid")
+    first = cli("refresh-all", "--provider", "stripe", "--json")
+    assert first.exit_code == 1
+    assert first.json()["stripe"]["refused"] == 1 and first.json()["stripe"]["failed"] == 0
+    assert "no run sends them again" in first.stderr
+    assert "stripe ensure-customer --user USER --email EMAIL" in first.stderr
+    assert posts(stripe_env) == 1  # one answer that will not change: not tried six times
+    kinds = {r["kind"] for r in db.rows("SELECT kind FROM notifications")}
+    assert kinds == {"stripe_details_refused", "stripe_parameters_refused"}
+    again = cli("refresh-all", "--provider", "stripe", "--json")
+    assert again.exit_code == 0, again.stderr
+    assert posts(stripe_env) == 1
+    assert stripe_status(db, user) == "pending"
+    listed = cli("refresh-all", "--dry-run", "--json")
+    assert listed.json() == []
 
 
 def _age_key(db: Any, *, minutes: int) -> None:
@@ -768,3 +859,50 @@ def test_json_field_names_are_snake_case_but_the_two_the_seed_api_fixes(
     names = {key for output in outputs for _, key in _keys(output)}
     assert {"http_status", "request_id", "key_age_seconds", "customer_id"} <= names
     assert {n for n in names if n != n.lower()} <= {"lastSyncedAt", "reconnectUrl"}
+
+
+def test_past_24_hours_without_search_the_list_decides_and_the_admins_are_told(
+    db: Any, cli: Any, stripe_env: Sandbox
+) -> None:
+    """Stripe refuses the search ("Search": not offered to merchants in India). A customer
+    the crashed process made is still found by the list by email; with none listed, the
+    lookup cannot rule out one whose email was changed at Stripe: a new key is sent, and
+    the event and an admin notice say the lookup was undecided."""
+    key = _crashed_after_sending(db, stripe_env)
+    stripe_env.state.set_behaviour("stripe", "stripe_search_unavailable")
+    result = ensure(cli)
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["how"] == "created"
+    assert customers(stripe_env) == [result.json()["customer_id"]]
+    assert stored(db)["idempotency_key"] not in (None, key)
+    assert requests(stripe_env)["GET /v1/customers/search"] == 1
+    undecided = db.rows("SELECT detail FROM events WHERE kind = 'stripe_lookup_undecided'")
+    assert len(undecided) == 1
+    detail = undecided[0]["detail"]
+    detail = json.loads(detail) if isinstance(detail, str) else detail
+    assert detail == {
+        "reason": "key_expired",
+        "search_refused": "search feature unavailable for merchant",
+    }
+    alerts = db.rows("SELECT audience, kind, message FROM notifications WHERE audience = 'admin'")
+    assert [(a["audience"], a["kind"]) for a in alerts] == [("admin", "stripe_search_refused")]
+    assert "looked for by email alone" in alerts[0]["message"]
+
+
+def test_past_24_hours_without_search_a_customer_listed_by_email_is_adopted(
+    db: Any, cli: Any, stripe_env: Sandbox
+) -> None:
+    key = _crashed_after_sending(db, stripe_env)
+    crashed = stripe.StripeClient(
+        KEY, base_addresses={"api": stripe_env.url}, http_client=stripe.RequestsClient()
+    )
+    made = crashed.v1.customers.create(
+        {"email": "jenny@example.com", "metadata": {"user_id": "u1"}}, {"idempotency_key": key}
+    )
+    stripe_env.state.set_behaviour("stripe", "stripe_search_unavailable")
+    stripe_env.state.set_behaviour("stripe", "stripe_search_lag", ms=3_600_000)  # an outage
+    result = ensure(cli)
+    assert result.exit_code == 0, result.stderr
+    assert (result.json()["customer_id"], result.json()["how"]) == (made.id, "adopted")
+    assert "GET /v1/customers/search" not in requests(stripe_env)
+    assert db.rows("SELECT kind FROM notifications WHERE audience = 'admin'") == []

@@ -48,7 +48,13 @@ from discoveryctl.billing.customers import (
 )
 from discoveryctl.db.engine import Database, SessionScope
 from discoveryctl.db.models import StripeCustomer, utcnow
-from discoveryctl.errors import AppCredentialsRejected, ProviderError, TransientProviderError
+from discoveryctl.errors import (
+    AppCredentialsRejected,
+    ProviderError,
+    StripeKeyInUse,
+    StripeParametersRefused,
+    TransientProviderError,
+)
 from discoveryctl.integrations import lifecycle
 from discoveryctl.integrations.vocabulary import Status
 
@@ -131,6 +137,8 @@ def test_every_pending_customer_is_made_and_the_run_says_how_each_came(
         "adopted": 1,
         "existing": 1,
         "failed": 0,
+        "refused": 0,
+        "in_flight": 0,
         "app_credentials_rejected": None,
         "deadline_reached": False,
     }
@@ -325,6 +333,8 @@ def test_a_refused_api_key_stops_the_run_marks_no_user_and_tells_the_admins_once
         "adopted": 0,
         "existing": 0,
         "failed": 0,
+        "refused": 0,
+        "in_flight": 0,
         "app_credentials_rejected": "Stripe refused the API key (401)",
         "deadline_reached": False,
     }
@@ -527,3 +537,48 @@ def test_users_are_taken_in_id_order_whatever_order_the_table_keeps_them_in(
         database.dispose()
     assert done.outcomes == {"created": 5}
     assert [c["user_id"] for c in stand_in.creates] == users
+
+
+def test_customers_whose_parameters_stripe_refused_are_not_pending_nor_claimed(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    pending(scope, "waiting")
+    pending(scope, "refused", parameters_refused_at=utcnow())
+    with scope() as session:
+        assert (pending_count(session), pending_users(session)) == (1, ["waiting"])
+    done = run(scope, stand_in, Clock())
+    assert [c["user_id"] for c in stand_in.creates] == ["waiting"]
+    assert done.outcomes == {"created": 1}
+
+
+def test_a_run_meeting_a_refusal_tries_it_once_and_leaves_it_to_the_operator(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    pending(scope, "u1", "u2", "u3")
+    refused = StripeParametersRefused("refused", error_type="stripe_email_invalid")
+    stand_in.create_answers += [refused, refused]
+    done = run(scope, stand_in, Clock())
+    assert done.outcomes == {"refused": 2, "created": 1}
+    assert (done.as_dict()["refused"], done.as_dict()["failed"]) == (2, 0)
+    assert [c["user_id"] for c in stand_in.creates] == ["u1", "u2", "u3"]
+    assert events_of(scope, "stripe_customer_failed") == []
+    kinds = [n["kind"] for n in notifications_of(scope)]
+    assert "stripe_onboarding_failed" not in kinds
+    with scope() as session:
+        assert pending_count(session) == 0
+
+
+def test_a_run_meeting_a_create_in_flight_past_the_wait_counts_it_apart(
+    scope: SessionScope, stand_in: StripeStandIn
+) -> None:
+    pending(scope, "u1", "u2")
+    stand_in.create_answers += [
+        StripeKeyInUse("in flight", error_type="stripe_idempotency_key_in_use") for _ in range(100)
+    ]
+    clock = Clock()
+    done = run(scope, stand_in, clock)
+    assert done.outcomes == {"in_flight": 2}
+    assert (done.as_dict()["in_flight"], done.as_dict()["failed"]) == (2, 0)
+    assert sum(clock.slept) == 2 * 32.5  # each user waited out 30 s: no backoff between
+    assert events_of(scope, "stripe_customer_failed", "stripe_customer_attempt") == []
+    assert notifications_of(scope) == []

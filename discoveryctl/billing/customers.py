@@ -9,7 +9,15 @@ requests). The customer id is committed the moment Stripe answers.
 Stripe keeps a key for 24 hours only. A key older than that, or one whose request Stripe failed
 after it began (a 500 it replays), is not sent again before the customer has been looked for
 (``StripeCustomers.find``: list by email, then search by metadata) and adopted if found;
-otherwise a new key is minted, recorded, and sent.
+otherwise a new key is minted, recorded, and sent. Where Stripe refuses the search (it is not
+offered everywhere), the list by email decides alone, and the admins are told that a customer
+whose email was changed at Stripe could not be looked for (``_adopt_or_rekey``).
+
+Two answers are not failures of the user's. A 409 ``idempotency_key_in_use`` is another
+caller's create under the same key, still in flight: its outcome is waited for
+(``_wait_for_other_caller``). A 400 Stripe did not keep under the key (the parameters failed
+validation) lets go of the key: nothing more is sent for the user until the operator gives
+corrected parameters (``_record_attempt``); no run tries it again.
 """
 
 from __future__ import annotations
@@ -36,7 +44,10 @@ from discoveryctl.errors import (
     AppCredentialsRejected,
     InvalidInput,
     ProviderError,
+    StripeCreateInFlight,
+    StripeKeyInUse,
     StripeOutcomeUnknown,
+    StripeParametersRefused,
     TransientProviderError,
 )
 from discoveryctl.integrations import events, lifecycle, notifications
@@ -44,6 +55,7 @@ from discoveryctl.integrations.vocabulary import Provider, Status
 from discoveryctl.providers.stripe import (
     SEARCH_LAG,
     STRIPE_PYTHON_SCHEDULE,
+    TIMEOUT_SECONDS,
     CreatedCustomer,
     StripeCustomers,
 )
@@ -57,7 +69,20 @@ ONE_CREATE = replace(STRIPE_PYTHON_SCHEDULE, attempts=4)
 """The tries of one create in one command: 4 (our choice), transient failures apart as
 stripe-python waits, or what Retry-After asks up to 10 s."""
 
+IN_FLIGHT_WAIT = TIMEOUT_SECONDS
+"""How long, in all, a create that met another caller's request under its key (409
+``idempotency_key_in_use``) waits for that request's outcome: as long as that caller waits
+for Stripe's answer itself (``TIMEOUT_SECONDS``, 30 s)."""
+
+IN_FLIGHT_LOOKS = replace(STRIPE_PYTHON_SCHEDULE, jitter=(1.0, 1.0))
+"""The waits between looks at the row meanwhile: stripe-python's (0.5 s doubling to 5 s; it
+retries a 409 itself, ``_should_retry``) without its random share, which spreads many
+clients' retries: only the callers of one user's key wait on it. 0.5, 1, 2, 4, then 5 s."""
+
 ONBOARDING_FAILED = "stripe_onboarding_failed"
+DETAILS_REFUSED = "stripe_details_refused"  # to the user: Stripe refused their details
+PARAMETERS_REFUSED = "stripe_parameters_refused"  # to the admins: what to correct, and how
+SEARCH_REFUSED = "stripe_search_refused"  # to the admins: lookups rely on the list alone
 
 How = Literal["existing", "created", "adopted"]
 
@@ -113,12 +138,15 @@ def ensure_customer(
     """The user's Stripe customer: the one already recorded (no call), or one found or made
     now. Raises ``ParametersFrozen`` when a pending customer was started with another email
     or name, ``AppCredentialsRejected`` when Stripe refuses the key (the admins are told
-    once, no user is marked), and ``ProviderError`` when Stripe refused or kept failing
-    (the user's integration records it). ``sleep``: how the waits between tries are spent."""
+    once, no user is marked), ``StripeParametersRefused`` when Stripe refused the parameters
+    (the key is let go for corrected ones), ``StripeCreateInFlight`` when another caller's
+    create was still in flight past ``IN_FLIGHT_WAIT`` (neither is the user's failure), and
+    ``ProviderError`` when Stripe refused or kept failing (the user's integration records
+    it). ``sleep``: how the waits between tries are spent."""
     tries: list[Attempt] = []
     try:
         return ONE_CREATE.call(
-            lambda: _try_once(session_scope, customers, user_id, email, name, now),
+            lambda: _try_once(session_scope, customers, user_id, email, name, now, sleep),
             tries=tries,
             sleep=sleep,
         )
@@ -126,6 +154,8 @@ def ensure_customer(
         with session_scope() as session:
             notifications.alert_app_credentials(session, Provider.stripe, error.message)
         raise
+    except (StripeParametersRefused, StripeCreateInFlight):
+        raise  # the refusal was recorded when it came; another caller's create is no failure
     except ProviderError as error:
         with session_scope() as session:
             _record_failure(session, user_id, error, len(tries))
@@ -135,8 +165,9 @@ def ensure_customer(
 def _pending(
     session: Session, user_id: str, email: str, name: str | None, now: datetime
 ) -> _Pending:
-    """The user's row, made if there was none; a row without a key (a new one, or one from
-    ``import``) gets one, and a ``pending`` integration. Committed before any call to Stripe."""
+    """The user's row, made if there was none; a row without a key (a new one, one from
+    ``import``, or one whose parameters Stripe refused) takes the caller's email and name and
+    gets a key, and a ``pending`` integration. Committed before any call to Stripe."""
     customer = table_of(StripeCustomer)
     # Mutation testing: reading first only spares an INSERT; the INSERT that does nothing
     # when the row exists, and the read after it, come to the same row.
@@ -179,7 +210,9 @@ def _pending(
             .values(
                 idempotency_key=new_idempotency_key(),
                 idempotency_key_created_at=now,
+                email=email,  # nothing was sent under a key yet: nothing is frozen
                 name=name or found.name,
+                parameters_refused_at=None,
                 updated_at=now,
             )
         )
@@ -250,12 +283,14 @@ def _attempt(
     customers: StripeCustomers,
     row_id: int,
     now: Callable[[], datetime],
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Onboarded:
     """One try: adopt or re-key first if the key cannot be trusted, then create. A create
     whose outcome Stripe left unknown (a 500) is looked up at once; found, it is adopted,
     else the new key is sent straight away: the lookup's answers show Stripe is answering
     again, and the try's backoff would only delay the user. A second unknown outcome ends
-    the try (its key replaced too)."""
+    the try (its key replaced too). A create that met another caller's under the same key
+    waits for its outcome (``_wait_for_other_caller``)."""
     pending = _current(session_scope, row_id)
     if (done := _done(pending)) is not None:  # another process finished meanwhile
         return done
@@ -271,6 +306,8 @@ def _attempt(
     while True:
         try:
             return _create(session_scope, customers, pending, now)
+        except StripeKeyInUse as in_use:
+            return _wait_for_other_caller(session_scope, customers, pending, now, sleep, in_use)
         except StripeOutcomeUnknown:
             adopted = _adopt_or_rekey(session_scope, customers, pending, now(), "outcome_unknown")
             if adopted is not None:
@@ -281,6 +318,68 @@ def _attempt(
             pending = _current(session_scope, row_id)
             if (done := _done(pending)) is not None:
                 return done
+
+
+def _wait_for_other_caller(
+    session_scope: SessionScope,
+    customers: StripeCustomers,
+    pending: _Pending,
+    now: Callable[[], datetime],
+    sleep: Callable[[float], None],
+    in_use: StripeKeyInUse,
+) -> Onboarded:
+    """Another caller's create under the row's key is in flight (409 ``idempotency_key_in_use``,
+    "Error codes"): not a failure of the user's, so no failed attempt is recorded, nor a
+    failure, nor a notification. Wait as stripe-python would, look at the row for the
+    customer the other caller commits, and if it has not, send the key again: once the other
+    request has ended Stripe replays its answer ("Idempotent requests"); a caller that died
+    meanwhile commits nothing, and the replay serves. Past ``IN_FLIGHT_WAIT`` in all,
+    ``StripeCreateInFlight``: a later command finds the outcome."""
+    with session_scope() as session:
+        events.record(
+            session,
+            events.Kind.stripe_create_in_flight,
+            user_id=pending.user_id,
+            provider=Provider.stripe,
+            request_id=in_use.request_id,
+        )
+    # Mutation testing: the looks' waits add up to 27.5 s, then 32.5 s: counting from a
+    # second more, or going on at 30 s itself, ends after the same look.
+    waited = 0.0  # pragma: no mutate
+    looks = 0
+    while waited < IN_FLIGHT_WAIT:  # pragma: no mutate
+        looks += 1
+        pause = IN_FLIGHT_LOOKS.delay(looks)
+        sleep(pause)
+        waited += pause
+        pending = _current(session_scope, pending.row_id)
+        if (done := _done(pending)) is not None:
+            return done
+        if pending.key is None:  # the other caller's create was refused: it let the key go
+            raise StripeParametersRefused(
+                f"Stripe refused user {pending.user_id}'s customer parameters in another "
+                f"caller's create: {_correct(pending.user_id)}",
+                error_type="stripe_parameters_refused",
+            )
+        try:
+            return _create(session_scope, customers, pending, now)
+        except StripeKeyInUse:
+            continue
+    raise StripeCreateInFlight(
+        f"user {pending.user_id}'s Stripe customer was still being created by another caller "
+        f"after {IN_FLIGHT_WAIT:.0f} s: nothing failed; run the command again for its outcome",
+        error_type="stripe_create_in_flight",
+        status_code=409,
+        request_id=in_use.request_id,
+    )
+
+
+def _correct(user_id: str) -> str:
+    """What the operator does once Stripe refused a user's parameters."""
+    return (
+        "nothing more is sent for them until corrected ones are given: "
+        f"discoveryctl stripe ensure-customer --user {user_id} --email <corrected>"
+    )
 
 
 def _current(session_scope: SessionScope, row_id: int) -> _Pending:
@@ -312,10 +411,11 @@ def _create(
             name=pending.name,
             idempotency_key=pending.key,
         )
-    except AppCredentialsRejected:
-        raise  # the app's key, not this user's: nothing is recorded against the user
+    except (AppCredentialsRejected, StripeKeyInUse):
+        raise  # the app's key, or another caller's request: nothing against the user
     except ProviderError as error:
-        _record_attempt(session_scope, pending, age, error)
+        refused = isinstance(error, StripeParametersRefused)
+        _record_attempt(session_scope, pending, age, error, refused=refused)
         raise
     return _commit(session_scope, pending, created, age)
 
@@ -332,7 +432,12 @@ def _adopt_or_rekey(
 
     A key minted less than ``SEARCH_LAG`` ago can only have made a customer that recently,
     which the list by email sees and a search may not yet: the list alone is asked. (Its
-    email changed at Stripe within that minute is the one case neither would find.)"""
+    email changed at Stripe within that minute is the one case neither would find.)
+
+    Where Stripe refuses the search, the list decides alone: it cannot see a customer whose
+    email was changed at Stripe, so the lookup is recorded as undecided (an event, and one
+    open notice to the admins) before the new key goes out. Stopping every such user instead
+    would stop them all on an account that never has search ("Search": not offered in India)."""
     assert pending.key_created_at is not None
     found = customers.find(
         user_id=pending.user_id,
@@ -341,8 +446,10 @@ def _adopt_or_rekey(
     )
     customer = table_of(StripeCustomer)
     with session_scope() as session:
-        if found is not None:
-            return _store_customer(session, pending, found, "adopted", reason=reason)
+        if found.customer_id is not None:
+            return _store_customer(session, pending, found.customer_id, "adopted", reason=reason)
+        if found.search_refused is not None:
+            _report_undecided(session, pending, reason, found.search_refused)
         replaced = session.execute(
             sa.update(customer)
             .where(customer.c.id == pending.row_id)  # pragma: no mutate  (keys are the row's own)
@@ -362,6 +469,33 @@ def _adopt_or_rekey(
                 reason=reason,
             )
     return None
+
+
+def _report_undecided(session: Session, pending: _Pending, reason: str, refusal: str) -> None:
+    """The lookup before a new key could not rule out a customer whose email was changed at
+    Stripe: the list by email found none, and Stripe refused the search."""
+    events.record(
+        session,
+        events.Kind.stripe_lookup_undecided,
+        user_id=pending.user_id,
+        provider=Provider.stripe,
+        reason=reason,
+        search_refused=refusal,
+    )
+    notifications.notify(
+        session,
+        audience=notifications.ADMIN,
+        kind=SEARCH_REFUSED,
+        title="Stripe refused to search customers",
+        message=(
+            f"Stripe refused a customer search ({refusal}). Before a new idempotency key, "
+            "customers are now looked for by email alone: one whose email was changed at "
+            "Stripe cannot be found, and a second may be made for its user (the events "
+            "stripe_lookup_undecided name them)"
+        ),
+        provider=Provider.stripe,
+        detail={"search_refused": refusal},
+    )
 
 
 def _commit(
@@ -429,9 +563,10 @@ def _store_customer(
         # Mutation testing: its session only resolves alerts while failures are counted, and
         # the change to active has just cleared them.
         lifecycle.record_success(session, integration)  # pragma: no mutate
-    notifications.resolve(
-        session, notifications.dedupe_key(ONBOARDING_FAILED, Provider.stripe, pending.user_id)
-    )
+    for kind in (ONBOARDING_FAILED, DETAILS_REFUSED, PARAMETERS_REFUSED):
+        notifications.resolve(
+            session, notifications.dedupe_key(kind, Provider.stripe, pending.user_id)
+        )
     notifications.app_credentials_accepted(session, Provider.stripe)
     return Onboarded(pending.user_id, customer_id, how, pending.email)
 
@@ -469,26 +604,48 @@ def _report_duplicate(session: Session, user_id: str, kept: str, duplicate: str)
 
 
 def _record_attempt(
-    session_scope: SessionScope, pending: _Pending, age: timedelta, error: ProviderError
+    session_scope: SessionScope,
+    pending: _Pending,
+    age: timedelta,
+    error: ProviderError,
+    *,
+    refused: bool,
 ) -> None:
-    """Each failed try is an event: key age, outcome, HTTP status, Stripe's request id."""
+    """Each failed try is an event: key age, outcome, HTTP status, Stripe's request id.
+
+    ``refused``: Stripe refused the parameters before it began executing, so it kept nothing
+    under the key ("Idempotent requests": a request that fails validation is not saved). The
+    key is let go (unless another process replaced it first) and the row marked refused: no
+    run sends these parameters again, and the next ``ensure-customer`` mints a key for its
+    own. The user is told their details were refused (never "we will try again"), the admins
+    what to correct and how; it is no transient failure, and the Stripe alert does not count
+    it (``stripe_customer_refused``, not ``stripe_customer_failed``)."""
     customer = table_of(StripeCustomer)
     now = utcnow()
+    update = sa.update(customer).where(customer.c.id == pending.row_id)
+    values: dict[str, Any] = {}
+    if refused:
+        update = update.where(customer.c.idempotency_key == pending.key)
+        values = {
+            "idempotency_key": None,
+            "idempotency_key_created_at": None,
+            "parameters_refused_at": now,
+        }
     with session_scope() as session:
         attempts = session.execute(
-            sa.update(customer)
-            .where(customer.c.id == pending.row_id)
-            .values(
+            update.values(
                 attempts=customer.c.attempts + 1,
                 last_attempt_at=now,
                 last_error=error.message,
                 updated_at=now,
-            )
-            .returning(customer.c.attempts)
-        ).scalar_one()
+                **values,
+            ).returning(customer.c.attempts)
+        ).scalar_one_or_none()
+        if attempts is None:  # the key was replaced meanwhile: the refusal was of no key of ours
+            return
         events.record(
             session,
-            events.Kind.stripe_customer_attempt,
+            events.Kind.stripe_customer_refused if refused else events.Kind.stripe_customer_attempt,
             outcome=events.FAILURE,
             user_id=pending.user_id,
             provider=Provider.stripe,
@@ -498,6 +655,36 @@ def _record_attempt(
             http_status=error.status_code,
             request_id=error.request_id,
         )
+        if refused:
+            _tell_refused(session, pending, error)
+
+
+def _tell_refused(session: Session, pending: _Pending, error: ProviderError) -> None:
+    """Stripe refused the user's parameters: the user is told their details were not
+    accepted, the admins what to correct and how."""
+    notifications.notify(
+        session,
+        audience=notifications.USER,
+        kind=DETAILS_REFUSED,
+        title="Stripe did not accept your billing details",
+        message=(
+            "We could not set up your billing account: Stripe did not accept the details "
+            f"it was given ({pending.email}). It will be set up once they are corrected."
+        ),
+        user_id=pending.user_id,
+        provider=Provider.stripe,
+        detail={"error_type": error.error_type},
+    )
+    notifications.notify(
+        session,
+        audience=notifications.ADMIN,
+        kind=PARAMETERS_REFUSED,
+        title="Stripe refused a customer's parameters",
+        message=f"User {pending.user_id}: {error.message}; {_correct(pending.user_id)}",
+        user_id=pending.user_id,
+        provider=Provider.stripe,
+        detail={"error_type": error.error_type, "request_id": error.request_id},
+    )
 
 
 def _record_failure(session: Session, user_id: str, error: ProviderError, tries: int) -> None:
@@ -537,7 +724,9 @@ def _record_failure(session: Session, user_id: str, error: ProviderError, tries:
 
 @dataclass
 class PendingRun:
-    """What ``retry_pending`` did: customers by how they came, failures, the refusal if any."""
+    """What ``retry_pending`` did: customers by how they came, failures, users whose
+    parameters Stripe refused or whose create another caller still had in flight, and the
+    API key's refusal if any."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
     app_rejected: str | None = None  # Stripe's message when it refused the API key
@@ -549,22 +738,30 @@ class PendingRun:
             "adopted": self.outcomes["adopted"],
             "existing": self.outcomes["existing"],
             "failed": self.outcomes["failed"],
+            "refused": self.outcomes["refused"],
+            "in_flight": self.outcomes["in_flight"],
             "app_credentials_rejected": self.app_rejected,
             "deadline_reached": self.deadline_reached,
         }
 
 
+def _is_pending() -> sa.ColumnElement[bool]:
+    """A row a run creates the customer of: none yet, and its parameters not refused (those
+    wait for the operator's corrected ones, ``_record_attempt``)."""
+    customer = table_of(StripeCustomer)
+    return sa.and_(customer.c.customer_id.is_(None), customer.c.parameters_refused_at.is_(None))
+
+
 def pending_count(session: Session) -> int:
     """How many users wait for their Stripe customer."""
-    customer = table_of(StripeCustomer)
-    query = sa.select(sa.func.count()).where(customer.c.customer_id.is_(None))
+    query = sa.select(sa.func.count()).where(_is_pending())
     return int(session.execute(query).scalar_one())
 
 
 def pending_users(session: Session) -> list[str]:
     """The users who wait for their Stripe customer, in the order a run takes them."""
     customer = table_of(StripeCustomer)
-    query = sa.select(customer.c.user_id).where(customer.c.customer_id.is_(None))
+    query = sa.select(customer.c.user_id).where(_is_pending())
     return list(session.execute(query.order_by(customer.c.id)).scalars())
 
 
@@ -608,6 +805,7 @@ def retry_pending(
                 pending.user_id,
                 pending.email,
                 pending.name,  # pragma: no mutate  (None: _pending keeps the row's own name)
+                sleep=sleep,
             )
         except ProviderError as error:
             return error
@@ -640,6 +838,10 @@ def retry_pending(
                     else:
                         if isinstance(outcome, Onboarded):
                             run.outcomes[outcome.how] += 1
+                        elif isinstance(outcome, StripeParametersRefused):
+                            run.outcomes["refused"] += 1  # recorded, and left for the operator
+                        elif isinstance(outcome, StripeCreateInFlight):
+                            run.outcomes["in_flight"] += 1  # another caller's: the next run's
                         else:
                             run.outcomes["failed"] += 1
                             with session_scope() as session:
@@ -772,14 +974,16 @@ def _try_once(
     email: str,
     name: str | None,
     now: Callable[[], datetime] = utcnow,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Onboarded:
     """One try at the user's customer: the one recorded (no call), or the row and its key
-    committed first, then one attempt. No waiting, nothing recorded as a failure."""
+    committed first, then one attempt. No waiting but for another caller's create under the
+    same key; nothing recorded as a failure."""
     with session_scope() as session:
         pending = _pending(session, user_id, email, name, now())
     if pending.customer_id is not None:
         return Onboarded(pending.user_id, pending.customer_id, "existing", pending.email)
-    return _attempt(session_scope, customers, pending.row_id, now)
+    return _attempt(session_scope, customers, pending.row_id, now, sleep)
 
 
 def _claim_pending(
@@ -792,7 +996,7 @@ def _claim_pending(
         # Mutation testing: the row at ``after`` is in this run's hands, under its lease,
         # whenever the next claim comes, so ">=" could not take it either.
         .where(customer.c.id > after)  # pragma: no mutate
-        .where(customer.c.customer_id.is_(None))
+        .where(_is_pending())
         .order_by(customer.c.id)
         .limit(limit)
     )

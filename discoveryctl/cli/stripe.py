@@ -27,9 +27,10 @@ def ensure_customer(
     idempotency key is stored before the first call, and every retry (here, in another
     process, after a crash) reuses it: Stripe never makes a second customer for the user.
     A customer that exists is never changed: asked for with another email, it is printed
-    with a note. Exit 1 if Stripe refused or kept failing (the next refresh-all tries again),
-    2 if the user's customer is already being created with another email, 3 if Stripe
-    refused the API key.
+    with a note. Another caller's create for the same user is waited for. Exit 1 if Stripe
+    kept failing (the next refresh-all tries again), 2 if the user's customer is already
+    being created with another email, or if Stripe refused the parameters (run again with
+    corrected ones), 3 if Stripe refused the API key.
 
     \b
     Example: discoveryctl stripe ensure-customer --user seller-42 --email ops@acme.test

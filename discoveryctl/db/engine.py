@@ -21,7 +21,7 @@ from discoveryctl.db.failures import classify
 from discoveryctl.errors import DatabaseError, DiscoveryError
 
 # The newest migration in migrations/versions; a test keeps the two in step.
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 
 UPGRADE_HINT = "run `discoveryctl db upgrade`"
 

@@ -249,6 +249,8 @@ class StripeCustomer(Base):
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(sa.Text)
+    # Stripe refused the parameters (a 400 it did not keep): no run sends them again
+    parameters_refused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

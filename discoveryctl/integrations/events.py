@@ -47,6 +47,9 @@ class Kind(StrEnum):
     stripe_customer_created = "stripe_customer_created"
     stripe_customer_adopted = "stripe_customer_adopted"
     stripe_customer_failed = "stripe_customer_failed"
+    stripe_customer_refused = "stripe_customer_refused"
+    stripe_create_in_flight = "stripe_create_in_flight"
+    stripe_lookup_undecided = "stripe_lookup_undecided"
     stripe_idempotency_key_replaced = "stripe_idempotency_key_replaced"
     stripe_duplicate_customer = "stripe_duplicate_customer"
     # housekeeping
@@ -74,12 +77,14 @@ SHOWN_TO_USERS: frozenset[str] = frozenset(
         Kind.stripe_customer_created,
         Kind.stripe_customer_adopted,
         Kind.stripe_customer_failed,
+        Kind.stripe_customer_refused,
     }
 )
 """The kinds a user's own history shows them (the API's history route): what happened to
 their integrations. Not the operators' side of it: notifications raised (an admin alert names
 its audience and key; users read theirs on the notifications route), alert deliveries, a
-replaced idempotency key, a duplicate Stripe customer."""
+replaced idempotency key, another caller's create in flight, an undecided lookup, a duplicate
+Stripe customer."""
 
 
 OUTCOMES: dict[Kind, frozenset[str]] = {
@@ -108,6 +113,7 @@ OUTCOMES: dict[Kind, frozenset[str]] = {
             Kind.seller_check_failed,
             Kind.stripe_customer_attempt,
             Kind.stripe_customer_failed,
+            Kind.stripe_customer_refused,
             Kind.stripe_duplicate_customer,
             Kind.alert_delivery_failed,
         ),

@@ -144,6 +144,7 @@ _CALLS_FAILED = (
     Kind.token_refresh_retried,
     Kind.seller_check_failed,
     Kind.stripe_customer_attempt,
+    Kind.stripe_customer_refused,  # a failed call, not a failed customer: no Stripe alert
 )
 _PROVIDER_SIDE = ("server_error", "timeout", "connection_error", "bad_response", "outcome_unknown")
 """Error types that are the provider's failing, not the seller's or ours."""

@@ -201,6 +201,19 @@ def _raise_for_stripe(done: PendingRun) -> None:
             f"{failed} Stripe customer{'s' if failed != 1 else ''} could not be created: "
             "the next run tries again"
         )
+    refused = done.outcomes["refused"]
+    if refused:
+        raise NeedsAttention(
+            f"Stripe refused the parameters of {refused} customer{'s' if refused != 1 else ''}: "
+            "no run sends them again; correct each with discoveryctl stripe ensure-customer "
+            "--user USER --email EMAIL (the admins' notifications name them)"
+        )
+    in_flight = done.outcomes["in_flight"]
+    if in_flight:
+        raise NeedsAttention(
+            f"{in_flight} Stripe customer{'s were' if in_flight != 1 else ' was'} still being "
+            "created by another caller: nothing failed, the next run finds the outcome"
+        )
     if done.deadline_reached:
         raise NeedsAttention(
             "the deadline came before every pending Stripe customer was created: "

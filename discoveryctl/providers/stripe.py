@@ -8,7 +8,8 @@ records each attempt. Sources for what each answer means:
 - "Idempotent requests", https://docs.stripe.com/api/idempotent_requests
 - "Advanced error handling", https://docs.stripe.com/error-low-level
 - "Error codes", https://docs.stripe.com/error-codes
-- "Search", https://docs.stripe.com/search (the query language and its lag)
+- "Search", https://docs.stripe.com/search (the query language, its lag, and its
+  limitations: search "is not available to merchants in India")
 - stripe-python ``_http_client.py``, ``HTTPClient._should_retry``: the ``Stripe-Should-Retry``
   header decides first, then 409 and 5xx are retried; ``HTTPClient._sleep_time_seconds``: how
   long it waits before a retry (``STRIPE_PYTHON_SCHEDULE``).
@@ -28,7 +29,9 @@ from discoveryctl.errors import (
     AppCredentialsRejected,
     ProviderError,
     StripeIdempotencyConflict,
+    StripeKeyInUse,
     StripeOutcomeUnknown,
+    StripeParametersRefused,
     TransientProviderError,
 )
 from discoveryctl.support.retrying import IN_RUN, RetryPolicy
@@ -89,6 +92,16 @@ class CreatedCustomer:
     replayed: bool
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """What a look for a user's customer found: its id, or none; and, when Stripe refused
+    the search (``search_refused``, Stripe's message), that a customer whose email was changed
+    at Stripe could not be looked for: the list by email alone answered."""
+
+    customer_id: str | None
+    search_refused: str | None = None
+
+
 class StripeCustomers:
     """``/v1/customers`` for one account, over one HTTP connection pool."""
 
@@ -143,25 +156,46 @@ class StripeCustomers:
             replayed=_replayed(response.headers),
         )
 
-    def find(self, *, user_id: str, email: str, search: bool = True) -> str | None:
-        """The id of a customer made for ``user_id``, if Stripe has one: first among those
-        listed under ``email`` (a list sees every write at once), then, with ``search``, by a
-        search on ``metadata['user_id']``, which finds one whose email was changed at Stripe
-        but lags behind writes ("Search": "searchable in under 1 minute")."""
+    def find(self, *, user_id: str, email: str, search: bool = True) -> Lookup:
+        """A customer made for ``user_id``, if Stripe has one: first among those listed under
+        ``email`` (a list sees every write at once), then, with ``search``, by a search on
+        ``metadata['user_id']``, which finds one whose email was changed at Stripe but lags
+        behind writes ("Search": "searchable in under 1 minute", longer during an outage).
+
+        Search is a second source only. Where Stripe refuses it ("Search", Limitations: it
+        "is not available to merchants in India"; any refusal that is neither transient nor
+        the API key's), the list's answer stands and the lookup says so (``search_refused``).
+        A search that failed for now (5xx, 429, a connection error) fails the lookup: a later
+        try can ask again."""
         try:
             listed = self._client.v1.customers.list({"email": email, "limit": LIST_PAGE_SIZE})
             for customer in listed.auto_paging_iter():
                 if _metadata(customer).get("user_id") == user_id:
-                    return str(customer.id)
-            if not search:
-                return None
-            query = f"metadata['user_id']:'{_quoted(user_id)}'"
+                    return Lookup(str(customer.id))
+        except stripe.StripeError as error:
+            raise classify(error) from None
+        if not search:
+            return Lookup(None)
+        query = f"metadata['user_id']:'{_quoted(user_id)}'"
+        try:
             found = self._client.v1.customers.search(
                 {"query": query, "limit": 1}  # pragma: no mutate  (the first is all we read)
             )
         except stripe.StripeError as error:
-            raise classify(error) from None
-        return str(found.data[0].id) if found.data else None
+            return Lookup(None, search_refused=_search_refusal(error))
+        return Lookup(str(found.data[0].id) if found.data else None)
+
+
+def _search_refusal(error: stripe.StripeError) -> str:
+    """Stripe's message when it refused a search for good; the error itself otherwise. The
+    list under the same API key has just answered, so a 403 here is the search's refusal
+    (what status Stripe gives "search unavailable" is not public), not the key's; a 401 is."""
+    if isinstance(error, stripe.PermissionError):
+        return _summary(error)
+    classified = classify(error)
+    if isinstance(classified, TransientProviderError | AppCredentialsRejected):
+        raise classified from None
+    return _summary(error)
 
 
 def _metadata(customer: stripe.Customer) -> dict[str, Any]:
@@ -210,6 +244,37 @@ def classify(error: stripe.StripeError, *, keyed: bool = False) -> ProviderError
     if isinstance(error, stripe.APIConnectionError):
         return transient("stripe_connection_error")
     headers = error.headers or {}
+    if status == 409 and _code(error) == "idempotency_key_in_use":
+        # "Error codes": idempotency_key_in_use, "another API request with the same
+        # idempotency key is still in progress". Another caller's create, not a failure:
+        # the core waits for its outcome (and stripe-python's _should_retry retries a 409).
+        return StripeKeyInUse(
+            f"another request under the same idempotency key is still in flight{request}",
+            error_type="stripe_idempotency_key_in_use",
+            status_code=status,
+            request_id=error.request_id,
+        )
+    if (
+        keyed
+        and status == 400
+        and isinstance(error, stripe.InvalidRequestError)
+        and _code(error) != "rate_limit"
+        and not _replayed(headers)
+    ):
+        # "Idempotent requests": results are saved only once an endpoint began executing;
+        # a request that fails validation is not, and may be sent again. Stripe answers those
+        # with 400 invalid_request_error ("Error codes": email_invalid, parameter_unknown…).
+        # A 400 replayed under the key (Idempotent-Replayed: true) was saved: the key keeps
+        # it for 24 hours, and it falls through to a plain refusal below.
+        param = _param(error)
+        return StripeParametersRefused(
+            f"Stripe refused the customer's parameters: {_summary(error)}"
+            + (f" (parameter {param})" if param else "")
+            + request,
+            error_type=f"stripe_{_code(error) or 'invalid_request'}",
+            status_code=status,
+            request_id=error.request_id,
+        )
     should_retry = headers.get("stripe-should-retry")
     if status == 500 and (keyed or should_retry == "false"):
         # "Idempotent requests": once execution began, the key keeps the status and body,
@@ -233,16 +298,17 @@ def classify(error: stripe.StripeError, *, keyed: bool = False) -> ProviderError
             status_code=status,
             request_id=error.request_id,
         )
-    if status == 409:
-        return transient("stripe_idempotency_key_in_use")  # "Error codes": still in flight
+    if status == 409:  # "Error codes": a conflict with another request, maybe the key's
+        return transient("stripe_conflict")
     if status == 429 or (status == 400 and _code(error) == "rate_limit"):
         # "Error codes": rate_limit, "too many requests hit the API too quickly"; Stripe
         # answered it with 400 before the 429 existed ("Rate limits"), so either is a wait.
         return transient("stripe_rate_limited")
     if status is None or status >= 500:  # an edge page with no JSON is an APIError too
         return transient("stripe_server_error")
+    replayed = " (a replay of an earlier try: the key keeps it)" if _replayed(headers) else ""
     return ProviderError(
-        f"Stripe refused the request ({status}): {_summary(error)}{request}",
+        f"Stripe refused the request ({status}){replayed}: {_summary(error)}{request}",
         error_type=f"stripe_{_code(error) or 'invalid_request'}",
         status_code=status,
         request_id=error.request_id,
@@ -261,6 +327,12 @@ def _code(error: stripe.StripeError) -> str | None:
     error classes only; the parsed body has it on all."""
     body = error.error
     return error.code or (body.code if body is not None else None)
+
+
+def _param(error: stripe.StripeError) -> str | None:
+    """The parameter Stripe named in its refusal, if any."""
+    body = error.error
+    return body.param if body is not None else None
 
 
 def _summary(error: stripe.StripeError) -> str:

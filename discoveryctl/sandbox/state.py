@@ -59,6 +59,8 @@ BEHAVIOURS: dict[str, BehaviourSpec] = {
     "stripe_drop_after_create": BehaviourSpec("stripe"),
     "stripe_500_after_create": BehaviourSpec("stripe", frozenset({"replay_should_retry"})),
     "stripe_search_lag": BehaviourSpec("stripe", frozenset({"ms"}), frozenset({"ms"})),
+    "stripe_search_unavailable": BehaviourSpec("stripe", frozenset({"refusal_status"})),
+    "stripe_email_invalid": BehaviourSpec("stripe"),
 }
 """Every behaviour by name. Each also takes ``times=N`` (apply to the next N requests, then
 switch off); without it a behaviour stays on until cleared."""
@@ -68,6 +70,7 @@ _PARAM_RANGES = {
     "ms": (0, None),
     "retry_after": (0, None),
     "status": (500, 599),
+    "refusal_status": (400, 499),
     "html": (0, 1),
     "revoke_old": (0, 1),
     "should_retry": (0, 1),

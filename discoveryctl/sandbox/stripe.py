@@ -280,6 +280,12 @@ async def _create(
     invalid = _invalid_customer_params(params)
     if invalid is not None:
         return invalid
+    if state.take_behaviour(STRIPE, "stripe_email_invalid") is not None:
+        # ``stripe_email_invalid``: Stripe's own email checks refuse an address ours let
+        # through. Which addresses they refuse is not public; the answer is "Error codes"'
+        # email_invalid, given at validation, so nothing is kept under the key
+        # ("Idempotent requests": a request that fails validation is not saved).
+        return _email_invalid(dict(params).get("email", ""))
     if key is None:
         return await _execute_create(params, state, request_id, None)
     fingerprint = ("POST", request.path, tuple(sorted(params)))
@@ -376,14 +382,18 @@ def _invalid_customer_params(params: list[tuple[str, str]]) -> Response | None:
         if name not in _CUSTOMER_FIELDS and not _METADATA.match(name) and not _EXPAND.match(name):
             return _unknown_parameter(name)
         if name == "email" and value and not _EMAIL.match(value):
-            return _error(
-                400,
-                "invalid_request_error",
-                f"Invalid email address: {value}",
-                code="email_invalid",
-                param="email",
-            )
+            return _email_invalid(value)
     return None
+
+
+def _email_invalid(value: str) -> Response:
+    return _error(
+        400,
+        "invalid_request_error",
+        f"Invalid email address: {value}",
+        code="email_invalid",
+        param="email",
+    )
 
 
 # -- list ----------------------------------------------------------------------------------------
@@ -527,6 +537,17 @@ def _unknown_parameter(name: str) -> Response:
 async def _search(
     request: Request, config: SandboxConfig, state: SandboxState, request_id: str
 ) -> Response:
+    unavailable = state.take_behaviour(STRIPE, "stripe_search_unavailable")
+    if unavailable is not None:
+        # "Search", Limitations: search "is not available to merchants in India". The message
+        # is Stripe's as reported in better-auth/better-auth#7959 ("search feature unavailable
+        # for merchant"); no public source gives the status or the error type, so 400
+        # invalid_request_error is the sandbox's guess, and ``refusal_status`` picks another.
+        return _error(
+            unavailable.get("refusal_status", 400),
+            "invalid_request_error",
+            "search feature unavailable for merchant",
+        )
     limit = _page_size(request, _SEARCH_PARAMS)
     if isinstance(limit, Response):
         return limit
