@@ -745,7 +745,9 @@ def test_most_sellers_revoked_at_once_are_held_until_the_operator_accepts(
     assert held.json()["mass_revocation_held"] == 6
     assert held.json()["outcomes"]["refreshed"] == 4  # the grants are stored all the same
     assert set(statuses_of(cli).values()) == {"active"} and user_notices(db) == 0
-    accepted = cli("refresh-all", "--accept-mass-revocation", "--json")
+    # --force: the 4 refreshed above answer again, so the brake weighs 6 of 10 once more
+    assert cli("refresh-all", "--force").exit_code == 3
+    accepted = cli("refresh-all", "--force", "--accept-mass-revocation", "--json")
     assert accepted.exit_code == 1  # applied: 6 sellers need attention
     assert accepted.json()["outcomes"]["revoked"] == 6
     assert accepted.json()["mass_revocation_held"] == 0
