@@ -717,3 +717,28 @@ def test_held_verdicts_the_brake_lets_through_are_applied_each_as_its_own(
         assert integration_of(database, user).status == Status.revoked
         assert credential_of(database, user).refused_by_spapi_at is not None
     assert integration_of(database, "u5").status == Status.active
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["at-the-first-refresh", "confirming"])
+def test_lwa_s_verdict_is_held_when_asked_whichever_refresh_reaches_it(
+    amazon: Sandbox,
+    database: Database,
+    vault: Vault,
+    lwa: LwaClient,
+    spapi: SpApiClient,
+    cached: bool,
+) -> None:
+    """No token cached: the refresh before the call meets invalid_grant; a cached token the
+    SP-API refuses: the confirming refresh does. Either way the verdict is held, not recorded."""
+    token = {"access_token": "Atza|never-issued", "expires_at": NOW} if cached else {}
+    known = sandbox_seller(amazon, database, vault, **token)
+    amazon.state.revoke(known.selling_partner_id)
+    held: list[Held] = []
+    checked = check_seller(
+        database.session, vault, lwa, spapi, "u1", frontend_url=FRONTEND, held=held
+    )
+    assert checked.outcome == CheckOutcome.revoked
+    (kept,) = held
+    assert kept.verdict is not None and kept.refusal is None
+    assert integration_of(database, "u1").status == Status.active
+    assert participation_calls(amazon) == (1 if cached else 0)

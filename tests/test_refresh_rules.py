@@ -312,7 +312,8 @@ def test_a_refused_refresh_asked_to_hold_its_verdict_records_nothing(
     """A check of every seller weighs the "gone" verdicts together: the refresh puts its
     verdict in ``held`` and leaves the seller as it was (and its lease let go)."""
     known = sandbox_seller(amazon, database, vault)
-    amazon.state.revoke(known.selling_partner_id)
+    amazon.state.set_behaviour(known.selling_partner_id, "throttled", times=1, retry_after=0)
+    amazon.state.set_behaviour(known.selling_partner_id, "revoked")  # after the throttled try
     held: list[Held] = []
     done = refresh_seller(
         database.session, vault, lwa, "u1", frontend_url=FRONTEND, wait_for_lease=WAIT, held=held
@@ -327,7 +328,7 @@ def test_a_refused_refresh_asked_to_hold_its_verdict_records_nothing(
     (kept,) = held
     assert (kept.user_id, kept.refusal) == ("u1", None)
     assert kept.verdict is not None and kept.verdict.outcome == RefreshOutcome.revoked
-    assert [t.number for t in kept.tries] == []  # invalid_grant is not retried: no try kept
+    assert [t.number for t in kept.tries] == [1]  # the throttled try; invalid_grant ends it
     assert integration_of(database, "u1").status == Status.active
     assert events_of(database, "u1", *REFRESH_KINDS) == []
     assert credential_of(database, "u1").lease_owner is None

@@ -180,8 +180,7 @@ def check_seller(
             user_id,
             token,
             frontend_url,
-            confirmed=False,  # pragma: no mutate
-            held=held,
+            confirmed=False,  # pragma: no mutate  (a first refusal is raised, never held)
         )
     except SpApiTokenRefused as refused:
         with session_scope() as session:
