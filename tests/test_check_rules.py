@@ -686,8 +686,12 @@ def held_for(database: Database, vault: Vault, users: int, gone: int) -> list[He
     for n in range(users):
         add_seller(database, vault, f"u{n}")
     lwa_said = Verdict(RefreshOutcome.revoked, REVOKED, "LWA refused the grant", 400)
+    given = {n: credential_of(database, f"u{n}").authorized_at for n in range(gone)}
     return [
-        Held(f"u{n}", lwa_said) if n % 2 else Held(f"u{n}", refusal=refused()) for n in range(gone)
+        Held(f"u{n}", lwa_said, authorized_at=given[n])
+        if n % 2
+        else Held(f"u{n}", refusal=refused(), authorized_at=given[n])
+        for n in range(gone)
     ]
 
 
@@ -742,3 +746,15 @@ def test_lwa_s_verdict_is_held_when_asked_whichever_refresh_reaches_it(
     assert kept.verdict is not None and kept.refusal is None
     assert integration_of(database, "u1").status == Status.active
     assert participation_calls(amazon) == (1 if cached else 0)
+
+
+def test_a_held_verdict_about_an_authorization_replaced_since_is_not_applied(
+    database: Database, vault: Vault
+) -> None:
+    held = held_for(database, vault, 10, 2)  # u0 the SP-API's, u1 LWA's
+    with database.session() as session:  # both reconnected while the check went on
+        for credential in session.scalars(sa.select(Credential)):
+            credential.authorized_at = credential.authorized_at + timedelta(days=1)
+    assert not settle(database.session, held, 10, Brake(), frontend_url=FRONTEND)
+    assert integration_of(database, "u0").status == Status.active
+    assert integration_of(database, "u1").status == Status.active

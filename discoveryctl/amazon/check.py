@@ -268,7 +268,7 @@ def _call(
             raise  # a first refusal: the caller confirms it with a fresh token
         url = reconnect_url(frontend_url, Provider.amazon, user_id)
         if isinstance(error, SpApiTokenRefused) and held is not None:
-            held.append(Held(user_id, refusal=error))
+            held.append(Held(user_id, refusal=error, authorized_at=authorized_at))
             gone = verdict(_as_evidence(error), authorized_at, utcnow()).outcome
             return Checked(user_id, CheckOutcome(gone), message=error.message, reconnect_url=url)
         with session_scope() as session:
@@ -392,13 +392,16 @@ def settle(
     frontend_url: str,
 ) -> bool:
     """A check of every seller, at its end: its held verdicts all held by the brake (the
-    admins told, nobody marked: True), or applied (False) to the sellers still there."""
+    admins told, nobody marked: True), or applied (False) to the sellers still there and
+    still on the authorization the verdict is about (a reconnect meanwhile: not applied)."""
     with session_scope() as session:
         if mass_revocation.weigh(session, brake, answered, len(held)):
             return True
-        failures = [(h.user_id, h.verdict, h.tries) for h in held if h.verdict is not None]
+        current = _authorized_at(session, [h.user_id for h in held])
+        kept = [h for h in held if current.get(h.user_id) == h.authorized_at]
+        failures = [(h.user_id, h.verdict, h.tries) for h in kept if h.verdict is not None]
         record_failures(session, failures, frontend_url=frontend_url)
-        for each in held:
+        for each in kept:
             if each.refusal is None:
                 continue
             with contextlib.suppress(NotFound):  # removed since: nothing to record on
@@ -406,6 +409,16 @@ def settle(
                     session, each.user_id, each.refusal, frontend_url=frontend_url, confirmed=True
                 )
     return False
+
+
+def _authorized_at(session: Session, users: list[str]) -> dict[str, datetime]:
+    """When each of these sellers' current Amazon authorization was given."""
+    rows = session.execute(
+        sa.select(IntegrationStatus.user_id, Credential.authorized_at)
+        .join(Credential, Credential.integration_id == IntegrationStatus.id)
+        .where(IntegrationStatus.provider == Provider.amazon, IntegrationStatus.user_id.in_(users))
+    )
+    return {row.user_id: row.authorized_at for row in rows}
 
 
 def record_refusal(session: Session, user_id: str, error: ProviderError) -> None:

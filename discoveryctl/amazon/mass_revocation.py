@@ -12,6 +12,7 @@ operator says otherwise (``refresh-all --accept-mass-revocation``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
@@ -52,6 +53,7 @@ class Held:
     verdict: Verdict | None = None
     tries: tuple[Attempt, ...] = ()
     refusal: ProviderError | None = None
+    authorized_at: datetime | None = None  # the authorization it is about (a reconnect: another)
 
 
 def message(answered: int, gone: int) -> str:

@@ -298,7 +298,7 @@ def _refresh_leased(
         except ProviderError as error:
             decided = verdict(error, authorized_at, utcnow())
             if held is not None and decided.authorization_gone:
-                held.append(Held(user_id, decided, tuple(tries)))
+                held.append(Held(user_id, decided, tuple(tries), authorized_at=authorized_at))
                 return Refresh(
                     user_id,
                     decided.outcome,
