@@ -678,6 +678,7 @@ def test_a_fresh_token_refused_again_is_held_when_asked(
     (kept,) = held
     assert (kept.user_id, kept.verdict) == ("u1", None)
     assert isinstance(kept.refusal, SpApiTokenRefused)
+    assert kept.authorized_at == credential_of(database, "u1").authorized_at  # the one refused
     assert integration_of(database, "u1").status == Status.active
     assert credential_of(database, "u1").refused_by_spapi_at is None
 
@@ -744,6 +745,7 @@ def test_lwa_s_verdict_is_held_when_asked_whichever_refresh_reaches_it(
     assert checked.outcome == CheckOutcome.revoked
     (kept,) = held
     assert kept.verdict is not None and kept.refusal is None
+    assert kept.authorized_at == credential_of(database, "u1").authorized_at
     assert integration_of(database, "u1").status == Status.active
     assert participation_calls(amazon) == (1 if cached else 0)
 
