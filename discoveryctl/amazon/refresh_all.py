@@ -54,8 +54,8 @@ from discoveryctl.db.engine import SessionScope
 from discoveryctl.db.leases import CREDENTIALS, Claim, Heartbeat, new_owner
 from discoveryctl.db.models import Credential, IntegrationStatus, table_of, utcnow
 from discoveryctl.errors import DiscoveryError, ProviderError, SpApiTokenRefused
-from discoveryctl.integrations import events, notifications
-from discoveryctl.integrations.vocabulary import NEEDS_RECONNECT, Provider, Status, needs_reconnect
+from discoveryctl.integrations import events, lifecycle, notifications
+from discoveryctl.integrations.vocabulary import Provider, Status, needs_reconnect
 from discoveryctl.providers.lwa import AsyncLwaClient, TokenGrant
 from discoveryctl.providers.spapi import AsyncSpApiClient
 from discoveryctl.support.crypto import Vault
@@ -133,9 +133,7 @@ def _credential_due(now: datetime, margin: timedelta, max_age: timedelta, force:
 def looked_at(status: str, refused_by_spapi_at: datetime | None) -> bool:
     """Whether a run refreshes a seller in this status: an active one, or one marked gone on
     the SP-API's word alone, to look at again (``_looked_at_clause`` says it in SQL)."""
-    return status == Status.active or (
-        status in NEEDS_RECONNECT and refused_by_spapi_at is not None
-    )
+    return status == Status.active or (needs_reconnect(status) and refused_by_spapi_at is not None)
 
 
 def _looked_at_clause() -> Any:
@@ -143,7 +141,7 @@ def _looked_at_clause() -> Any:
     return sa.or_(
         integration.c.status == Status.active,
         sa.and_(
-            integration.c.status.in_(sorted(NEEDS_RECONNECT)),
+            lifecycle.needs_reconnect_clause(),
             credential.c.refused_by_spapi_at.is_not(None),
         ),
     )
